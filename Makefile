@@ -1,0 +1,37 @@
+# blockfabric: the two commands a new user types first.
+#   make run   - create .venv, install, start the target on its default config
+#   make test  - create .venv, install with test extras + system packages, run pytest
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test venv deps lint bench clean
+
+$(BIN)/python:
+	@$(PY) -m venv $(VENV) || { sh scripts/install-deps.sh python && $(PY) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,dev,bench]'
+
+run: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/blockfabric start $(ARGS)
+
+deps:
+	sh scripts/install-deps.sh all
+
+test: venv deps
+	$(BIN)/python -m pytest $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+bench: venv deps
+	$(BIN)/python -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

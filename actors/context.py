@@ -1,0 +1,45 @@
+"""What a reactor offers the protocol code that runs on it.
+
+Connection handlers (NVMe/TCP queue pairs, iSCSI connections) are created with
+a `ReactorContext`. They do their socket I/O through ``ctx.loop`` and their
+block I/O through ``ctx.channel(bdev_name)``, the reactor's own lazily opened
+I/O channel. Anything that needs state shared by all reactors (the NVMe-oF
+controller directory, iSCSI sessions, persistent reservations) is reached by
+``ctx.call(...)``, a message to the supervisor actor with a reply callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..bdevs.base import Bdev, IoChannel
+from .loop import EventLoop
+
+ReplyCallback = Callable[[bool, Any], None]  # (ok, result-or-error-text)
+
+
+class ReactorContext(Protocol):
+    loop: EventLoop
+    reactor_id: int
+    instance: str
+    # the latest configuration snapshot (ConfigUpdate), as plain dicts
+    nvmf_config: dict[str, Any]
+    iscsi_config: dict[str, Any]
+    generation: int
+
+    def bdev(self, name: str) -> Bdev | None: ...
+
+    def channel(self, name: str) -> IoChannel | None:
+        """This reactor's channel to bdev ``name`` (opened on first use), or
+        None if no such bdev exists or it is being removed."""
+        ...
+
+    def call(self, op: str, args: dict[str, Any], cb: ReplyCallback, timeout: float = 5.0) -> None:
+        """Ask the supervisor actor; ``cb(ok, result)`` runs on this reactor's
+        loop when the reply arrives, or ``cb(False, "timeout")``."""
+        ...
+
+    def notify(self, op: str, args: dict[str, Any]) -> None:
+        """Tell the supervisor something; no reply."""
+        ...

@@ -1,0 +1,180 @@
+"""Typed messages between the supervisor and the reactors (msgpack on ZeroMQ).
+
+Every message kind is a small dataclass registered under a short tag. On the
+wire a message is a msgpack array ``[tag, corr, field1, field2, ...]`` in field
+order: compact, and decoding checks the field count. ``corr`` is the
+correlation id: a request carries a fresh non-zero id and its `Reply` carries
+the same one; 0 means "no reply expected".
+
+Buffers never travel inside messages: a `BufRef` (segment, offset, length)
+names a slice of a shared-memory segment that both sides have mapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+
+class MessageError(ValueError):
+    pass
+
+
+_KINDS: dict[str, type[Message]] = {}
+
+
+class Message:
+    TAG: ClassVar[str] = ""
+
+    def fields(self) -> list[Any]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+
+def message(tag: str):  # type: ignore[no-untyped-def]
+    def deco(cls):  # type: ignore[no-untyped-def]
+        cls = dataclass(cls)
+        cls.TAG = tag
+        if tag in _KINDS:
+            raise ValueError(f"duplicate message tag {tag}")
+        _KINDS[tag] = cls
+        return cls
+
+    return deco
+
+
+def encode(msg: Message, corr: int = 0) -> bytes:
+    return msgpack.packb([msg.TAG, corr, *msg.fields()], use_bin_type=True)
+
+
+def decode(data: bytes) -> tuple[Message, int]:
+    try:
+        arr = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several types
+        raise MessageError(f"undecodable message: {e}") from None
+    if not isinstance(arr, list) or len(arr) < 2 or not isinstance(arr[0], str):
+        raise MessageError("message is not [tag, corr, ...]")
+    cls = _KINDS.get(arr[0])
+    if cls is None:
+        raise MessageError(f"unknown message kind {arr[0]!r}")
+    nf = len(dataclasses.fields(cls))  # type: ignore[arg-type]
+    if len(arr) - 2 != nf:
+        raise MessageError(f"{arr[0]}: expected {nf} fields, got {len(arr) - 2}")
+    return cls(*arr[2:]), int(arr[1])
+
+
+@dataclass
+class BufRef:
+    """A slice of a shared-memory segment, passed by reference."""
+
+    segment: str
+    offset: int
+    length: int
+
+    def pack(self) -> list[Any]:
+        return [self.segment, self.offset, self.length]
+
+    @classmethod
+    def unpack(cls, v: list[Any]) -> BufRef:
+        return cls(str(v[0]), int(v[1]), int(v[2]))
+
+
+# ---------------------------------------------------------------- generic ---
+@message("reply")
+class Reply(Message):
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
+@message("ping")
+class Ping(Message):
+    sent_ns: int = 0
+
+
+@message("hello")
+class Hello(Message):
+    """First message of a reactor: it is up and its mailbox works."""
+
+    reactor_id: int
+    pid: int
+
+
+@message("shutdown")
+class Shutdown(Message):
+    """Supervisor -> reactor: stop accepting, fail in-flight work, exit."""
+
+    reason: str = ""
+
+
+@message("stats_req")
+class StatsRequest(Message):
+    """Ask a reactor for its counters (loop, bdev channels, transports)."""
+
+    what: str = "all"
+
+
+@message("config")
+class ConfigUpdate(Message):
+    """Supervisor -> every reactor: the new configuration snapshot.
+
+    ``bdevs`` maps bdev name -> module description (Bdev.describe());
+    ``nvmf`` and ``iscsi`` are the protocol configs as plain dicts. Reactors
+    replace their views atomically between two callbacks and reply once done.
+    """
+
+    generation: int
+    bdevs: dict[str, Any] = field(default_factory=dict)
+    nvmf: dict[str, Any] = field(default_factory=dict)
+    iscsi: dict[str, Any] = field(default_factory=dict)
+
+
+@message("bdev_remove")
+class BdevRemove(Message):
+    """Hot-remove: fail new I/O on the bdev, let in-flight I/O complete, close
+    the channel, reply when nothing references the memory any more."""
+
+    name: str
+
+
+@message("new_conn")
+class NewConnection(Message):
+    """Announces the fd that follows on the reactor's Unix socket (SCM_RIGHTS).
+
+    ``proto`` is "nvmf-tcp" or "iscsi"; ``listener`` names the listen address
+    the connection was accepted on (subsystem/portal lookup); ``token`` pairs
+    this message with the fd message.
+    """
+
+    token: int
+    proto: str
+    listener: str
+    peer: str
+
+
+@message("set_poll_mode")
+class SetPollMode(Message):
+    mode: str
+    spin_us: int = 200
+
+
+@message("ctrl_call")
+class ControllerCall(Message):
+    """A request to the actor that owns an NVMe-oF controller or iSCSI object.
+
+    ``op`` names the operation (e.g. "create_ctrlr", "find_ctrlr",
+    "destroy_ctrlr", "qpair_gone", "pr_out"); ``args`` its arguments.
+    """
+
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@message("event")
+class Event(Message):
+    """A notification without reply (e.g. namespace changed -> AEN)."""
+
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,254 @@
+"""The block-device interface every bdev module implements.
+
+A `Bdev` is the description of a device (name, geometry, identity) and lives in
+every process. I/O goes through an `IoChannel`, which a reactor opens lazily
+for itself (SPDK's per-thread channel) and then uses without asking anyone:
+no lock, no message on the data path.
+
+All I/O calls are asynchronous in form: they take a completion callback that
+the channel may call before returning (malloc, null) or later from the reactor
+loop (aio). Protocol cores therefore never assume which one happens.
+
+Offsets and lengths are in blocks of `Bdev.block_size` bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid as uuid_mod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class IoStatus(enum.IntEnum):
+    SUCCESS = 0
+    FAILED = 1  # media / EIO
+    NOMEM = 2  # no buffer right now, retry later
+    REMOVED = 3  # the bdev was hot-removed: fail new I/O
+    OUT_OF_RANGE = 4  # offset+length beyond the end
+    MISCOMPARE = 5  # compare or compare-and-write found different data
+    UNSUPPORTED = 6
+
+
+# read completion: (status, data). data is a memoryview valid until the callback
+# returns *or* longer for bdevs whose memory is the device itself (malloc): the
+# view then stays valid as long as it is referenced, which is what lets a
+# reactor pass it straight into sendmsg.
+ReadCallback = Callable[[IoStatus, memoryview | None], None]
+Callback = Callable[[IoStatus], None]
+
+
+@dataclass
+class IoStats:
+    bytes_read: int = 0
+    num_read_ops: int = 0
+    bytes_written: int = 0
+    num_write_ops: int = 0
+    bytes_unmapped: int = 0
+    num_unmap_ops: int = 0
+    num_flush_ops: int = 0
+    num_write_zeroes_ops: int = 0
+    read_latency_ticks: int = 0
+    write_latency_ticks: int = 0
+    io_errors: int = 0
+
+    def add(self, other: IoStats) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class IoChannel:
+    """One reactor's handle on one bdev. Subclasses implement the `_do_*` hooks."""
+
+    def __init__(self, bdev: Bdev) -> None:
+        self.bdev = bdev
+        self.stats = IoStats()
+        self.removed = False
+        self.in_flight = 0
+
+    # --- range check shared by every module -------------------------------
+    def _check(self, offset_blocks: int, num_blocks: int) -> IoStatus:
+        if self.removed:
+            return IoStatus.REMOVED
+        if offset_blocks < 0 or num_blocks < 0 or offset_blocks + num_blocks > self.bdev.num_blocks:
+            return IoStatus.OUT_OF_RANGE
+        return IoStatus.SUCCESS
+
+    def read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+        st = self._check(offset_blocks, num_blocks)
+        if st:
+            self.stats.io_errors += 1
+            cb(st, None)
+            return
+        self.stats.num_read_ops += 1
+        self.stats.bytes_read += num_blocks * self.bdev.block_size
+        self._do_read(offset_blocks, num_blocks, cb)
+
+    def write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+        bs = self.bdev.block_size
+        if len(data) % bs:
+            cb(IoStatus.FAILED)
+            return
+        num_blocks = len(data) // bs
+        st = self._check(offset_blocks, num_blocks)
+        if st:
+            self.stats.io_errors += 1
+            cb(st)
+            return
+        self.stats.num_write_ops += 1
+        self.stats.bytes_written += len(data)
+        self._do_write(offset_blocks, data, cb)
+
+    def compare(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+        """Compare `data` with the medium; MISCOMPARE when different."""
+        num_blocks = len(data) // self.bdev.block_size
+        st = self._check(offset_blocks, num_blocks)
+        if st:
+            cb(st)
+            return
+
+        def _cmp(status: IoStatus, cur: memoryview | None) -> None:
+            if status:
+                cb(status)
+            else:
+                assert cur is not None
+                cb(IoStatus.SUCCESS if cur == data else IoStatus.MISCOMPARE)
+
+        self._do_read(offset_blocks, num_blocks, _cmp)
+
+    def compare_and_write(
+        self, offset_blocks: int, compare: memoryview, write: memoryview, cb: Callback
+    ) -> None:
+        """Atomic with respect to other I/O submitted on this channel's reactor:
+        the compare and the write run back to back without yielding to the loop
+        when the module completes synchronously (malloc, null)."""
+
+        def _after_cmp(st: IoStatus) -> None:
+            if st:
+                cb(st)
+            else:
+                self.write(offset_blocks, write, cb)
+
+        self.compare(offset_blocks, compare, _after_cmp)
+
+    def flush(self, cb: Callback) -> None:
+        if self.removed:
+            cb(IoStatus.REMOVED)
+            return
+        self.stats.num_flush_ops += 1
+        self._do_flush(cb)
+
+    def unmap(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
+        st = self._check(offset_blocks, num_blocks)
+        if st:
+            cb(st)
+            return
+        self.stats.num_unmap_ops += 1
+        self.stats.bytes_unmapped += num_blocks * self.bdev.block_size
+        self._do_unmap(offset_blocks, num_blocks, cb)
+
+    def write_zeroes(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
+        st = self._check(offset_blocks, num_blocks)
+        if st:
+            cb(st)
+            return
+        self.stats.num_write_zeroes_ops += 1
+        self._do_write_zeroes(offset_blocks, num_blocks, cb)
+
+    # --- module hooks -----------------------------------------------------
+    def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+        raise NotImplementedError
+
+    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+        raise NotImplementedError
+
+    def _do_flush(self, cb: Callback) -> None:
+        cb(IoStatus.SUCCESS)
+
+    def _do_unmap(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
+        self._do_write_zeroes(offset_blocks, num_blocks, cb)
+
+    def _do_write_zeroes(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the channel holds (mappings, fds). Idempotent."""
+
+
+@dataclass
+class Bdev:
+    """Description of a block device; identical in every process."""
+
+    name: str
+    block_size: int
+    num_blocks: int
+    uuid: str = field(default_factory=lambda: str(uuid_mod.uuid4()))
+    aliases: list[str] = field(default_factory=list)
+    product_name: str = "Generic"
+    # the RPC params that recreate this bdev (save_config)
+    create_method: str = ""
+    create_params: dict[str, Any] = field(default_factory=dict)
+    supports_unmap: bool = True
+    supports_write_zeroes: bool = True
+    supports_flush: bool = True
+    # set in each process once the supervisor announced a hot-remove
+    removed: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        return self.block_size * self.num_blocks
+
+    def open_channel(self) -> IoChannel:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Module-specific description, broadcast to reactors so they can
+        rebuild the Bdev (e.g. the shared-memory segment name)."""
+        return {}
+
+    def nguid(self) -> bytes:
+        """16-byte NVMe namespace GUID derived from the bdev UUID."""
+        return uuid_mod.UUID(self.uuid).bytes
+
+    def eui64(self) -> bytes:
+        return uuid_mod.UUID(self.uuid).bytes[:8]
+
+    def get_bdevs_entry(self) -> dict[str, Any]:
+        """One element of bdev_get_bdevs' answer, with SPDK's field names."""
+        return {
+            "name": self.name,
+            "aliases": list(self.aliases),
+            "product_name": self.product_name,
+            "block_size": self.block_size,
+            "num_blocks": self.num_blocks,
+            "uuid": self.uuid,
+            "assigned_rate_limits": {
+                "rw_ios_per_sec": 0,
+                "rw_mbytes_per_sec": 0,
+                "r_mbytes_per_sec": 0,
+                "w_mbytes_per_sec": 0,
+            },
+            "claimed": False,
+            "zoned": False,
+            "supported_io_types": {
+                "read": True,
+                "write": True,
+                "unmap": self.supports_unmap,
+                "write_zeroes": self.supports_write_zeroes,
+                "flush": self.supports_flush,
+                "reset": True,
+                "compare": True,
+                "compare_and_write": True,
+                "abort": False,
+                "nvme_admin": False,
+                "nvme_io": False,
+            },
+            "driver_specific": self.driver_specific(),
+        }
+
+    def driver_specific(self) -> dict[str, Any]:
+        return {}
