@@ -202,7 +202,10 @@ class Bdev:
     def size_bytes(self) -> int:
         return self.block_size * self.num_blocks
 
-    def open_channel(self) -> IoChannel:
+    def open_channel(self, loop: Any = None) -> IoChannel:
+        """Open this process's channel. ``loop`` (an actors.loop.EventLoop) is
+        given on reactors; modules that complete I/O later (aio) use it to get
+        their completions back onto the reactor thread."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,336 @@
+"""A reactor process: one per core of the core mask, pinned to its core.
+
+It owns: its event loop, its I/O channels to every bdev it uses, the
+connections (queue pairs, iSCSI connections) handed to it, and nothing else.
+It talks to the supervisor over a ZeroMQ DEALER socket (typed msgpack
+messages, see messages.py) and receives accepted sockets over a Unix
+socketpair (fdpass.py).
+
+Started by the supervisor as ``python -m blockfabric.actors.reactor ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..bdevs.base import Bdev, IoChannel
+from ..bdevs.registry import bdev_from_description
+from ..transports.base import DRIVERS
+from . import messages as m
+from .fdpass import Handoff, recv_fd, send_fd
+from .loop import EPOLLIN, EventLoop
+
+log = logging.getLogger("blockfabric.reactor")
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A reactor must not outlive its supervisor (kill -9 of the supervisor)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def load_drivers() -> None:
+    """Import the transport drivers so they register themselves."""
+    for mod in ("blockfabric.transports.nvmf.driver", "blockfabric.transports.iscsi.driver"):
+        try:
+            __import__(mod)
+        except ImportError as e:  # a transport not built yet must not stop the engine
+            log.warning("transport %s unavailable: %s", mod, e)
+
+
+class Reactor:
+    """The ReactorContext implementation (see context.py)."""
+
+    def __init__(self, instance: str, reactor_id: int, core: int, sup_addr: str, fd_sock: socket.socket,
+                 poll_mode: str, spin_us: int) -> None:
+        self.instance = instance
+        self.reactor_id = reactor_id
+        self.core = core
+        self.loop = EventLoop(poll_mode, spin_us)
+        self.started = time.time()
+        self.generation = 0
+        self.nvmf_config: dict[str, Any] = {}
+        self.iscsi_config: dict[str, Any] = {}
+        self._bdevs: dict[str, Bdev] = {}
+        self._channels: dict[str, IoChannel] = {}
+        self._corr = itertools.count(1)
+        self._pending: dict[int, tuple[Callable[[bool, Any], None], Any]] = {}
+        self.zctx = zmq.Context.instance()
+        self.mbox = self.zctx.socket(zmq.DEALER)
+        self.mbox.setsockopt(zmq.LINGER, 0)
+        self.mbox.setsockopt(zmq.IDENTITY, b"r%d" % reactor_id)
+        self.mbox.connect(sup_addr)
+        self.fd_sock = fd_sock
+        self.fd_sock.setblocking(False)
+        self.loop.add_fd(self.mbox.getsockopt(zmq.FD), EPOLLIN, self._on_mbox)
+        self.loop.add_fd(self.fd_sock.fileno(), EPOLLIN, self._on_fd_sock)
+        # ZeroMQ's fd is edge-triggered and may not fire again after a send
+        # drained its state, so the mailbox is also checked every iteration
+        # (a getsockopt, no syscall).
+        self.loop.add_poller(self._poll_mbox)
+        self._stopping = False
+
+    # ---------------------------------------------------------- context API
+    def bdev(self, name: str) -> Bdev | None:
+        return self._bdevs.get(name)
+
+    def channel(self, name: str) -> IoChannel | None:
+        ch = self._channels.get(name)
+        if ch is not None:
+            return ch
+        b = self._bdevs.get(name)
+        if b is None or b.removed:
+            return None
+        ch = b.open_channel(self.loop)
+        self._channels[name] = ch
+        return ch
+
+    def call(self, op: str, args: dict[str, Any], cb: Callable[[bool, Any], None], timeout: float = 5.0) -> None:
+        corr = next(self._corr)
+
+        def expire() -> None:
+            if self._pending.pop(corr, None) is not None:
+                cb(False, "timeout")
+
+        self._pending[corr] = (cb, self.loop.call_later(timeout, expire))
+        self._send(m.ControllerCall(op, args), corr)
+
+    def notify(self, op: str, args: dict[str, Any]) -> None:
+        self._send(m.Event(op, args), 0)
+
+    def handoff(self, sock: socket.socket, reactor_id: int, proto: str, listener: str, preread: bytes) -> None:
+        """Move a connection to another reactor (through the supervisor)."""
+        try:
+            peer = "%s:%s" % sock.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        send_fd(self.fd_sock, Handoff(sock.fileno(), proto, listener, peer, preread, reactor_id))
+        sock.close()
+
+    # ------------------------------------------------------------- mailbox
+    def _send(self, msg: m.Message, corr: int) -> None:
+        self.mbox.send(m.encode(msg, corr), zmq.NOBLOCK)
+
+    def _poll_mbox(self) -> int:
+        if self.mbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return self._drain()
+        return 0
+
+    def _on_mbox(self, _ev: int) -> None:
+        self._drain()
+
+    def _drain(self) -> int:
+        n = 0
+        while True:
+            try:
+                raw = self.mbox.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            n += 1
+            try:
+                msg, corr = m.decode(raw)
+            except m.MessageError as e:
+                log.error("reactor %d: bad message: %s", self.reactor_id, e)
+                continue
+            try:
+                self._handle(msg, corr)
+            except Exception as e:
+                log.exception("reactor %d: handling %s failed", self.reactor_id, msg.TAG)
+                if corr:
+                    self._send(m.Reply(False, None, f"{type(e).__name__}: {e}"), corr)
+
+    def _reply(self, corr: int, result: Any = None) -> None:
+        if corr:
+            self._send(m.Reply(True, result, ""), corr)
+
+    def _handle(self, msg: m.Message, corr: int) -> None:
+        if isinstance(msg, m.Reply):
+            p = self._pending.pop(corr, None)
+            if p is not None:
+                p[1].cancel()
+                p[0](msg.ok, msg.result if msg.ok else msg.error)
+        elif isinstance(msg, m.ConfigUpdate):
+            self._apply_config(msg)
+            self._reply(corr, self.generation)
+        elif isinstance(msg, m.Event | m.ControllerCall):
+            self._reply(corr, self._on_event(msg.op, msg.args))
+        elif isinstance(msg, m.BdevRemove):
+            self._remove_bdev(msg.name)
+            self._reply(corr, True)
+        elif isinstance(msg, m.Ping):
+            self._reply(corr, msg.sent_ns)
+        elif isinstance(msg, m.SetPollMode):
+            self.loop.poll_mode = msg.mode
+            self.loop.spin_s = msg.spin_us / 1e6
+            self._reply(corr, True)
+        elif isinstance(msg, m.Shutdown):
+            self._reply(corr, True)
+            self.stop()
+        else:
+            log.warning("reactor %d: unexpected message %s", self.reactor_id, msg.TAG)
+
+    def _on_event(self, op: str, args: dict[str, Any]) -> Any:
+        prefix = op.split(".", 1)[0]
+        if prefix == "framework":
+            return self._framework_event(op, args)
+        if prefix == "bdev":
+            if op == "bdev.iostat":
+                return {n: ch.stats.as_dict() for n, ch in self._channels.items()
+                        if n in set(args.get("names", []))}
+            return None
+        for d in DRIVERS.values():
+            if d.proto.split("-", 1)[0] == prefix:
+                return d.on_event(self, op, args)
+        raise ValueError(f"no handler for event {op}")
+
+    def _framework_event(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "framework.reactor_info":
+            t = os.times()
+            return {
+                "lcore": self.core,
+                "reactor_id": self.reactor_id,
+                "pid": os.getpid(),
+                "poll_mode": self.loop.poll_mode,
+                "busy": self.loop.busy_polls,
+                "idle": self.loop.idle_polls,
+                "blocks": self.loop.blocks,
+                "user_s": t.user,
+                "sys_s": t.system,
+                "uptime_s": time.time() - self.started,
+            }
+        if op == "framework.log_level":
+            logging.getLogger("blockfabric").setLevel(args.get("level", "INFO"))
+            return True
+        raise ValueError(f"unknown event {op}")
+
+    # ------------------------------------------------------- configuration
+    def _apply_config(self, msg: m.ConfigUpdate) -> None:
+        for name, desc in msg.bdevs.items():
+            if name not in self._bdevs:
+                self._bdevs[name] = bdev_from_description(desc)
+        self.generation = msg.generation
+        self.nvmf_config = msg.nvmf
+        self.iscsi_config = msg.iscsi
+        for d in DRIVERS.values():
+            d.on_config(self)
+
+    def _remove_bdev(self, name: str) -> None:
+        b = self._bdevs.pop(name, None)
+        if b is not None:
+            b.removed = True
+        ch = self._channels.pop(name, None)
+        if ch is not None:
+            ch.removed = True  # new I/O fails with REMOVED; in-flight completes
+            ch.close()
+        for d in DRIVERS.values():
+            try:
+                d.on_event(self, d.proto.split("-", 1)[0] + ".bdev_removed", {"name": name})
+            except Exception:
+                log.debug("driver %s ignores bdev removal", d.proto, exc_info=True)
+
+    # ------------------------------------------------------- connections
+    def _on_fd_sock(self, _ev: int) -> None:
+        while True:
+            try:
+                h = recv_fd(self.fd_sock)
+            except BlockingIOError:
+                return
+            except (OSError, ValueError) as e:
+                log.error("reactor %d: fd handoff failed: %s", self.reactor_id, e)
+                return
+            if h is None:  # supervisor gone
+                self.stop()
+                return
+            sock = socket.socket(fileno=h.fd)
+            drv = DRIVERS.get(h.proto)
+            if drv is None:
+                log.error("reactor %d: no transport %s", self.reactor_id, h.proto)
+                sock.close()
+                continue
+            try:
+                if h.preread:
+                    drv.accept(self, sock, h.listener, preread=h.preread)  # type: ignore[call-arg]
+                else:
+                    drv.accept(self, sock, h.listener)
+            except Exception:
+                log.exception("reactor %d: accept on %s failed", self.reactor_id, h.proto)
+                sock.close()
+
+    # ------------------------------------------------------------ lifecycle
+    def run(self) -> None:
+        self._send(m.Hello(self.reactor_id, os.getpid()), 0)
+        self.loop.run()
+        self._teardown()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.loop.stop()
+
+    def _teardown(self) -> None:
+        for d in DRIVERS.values():
+            try:
+                d.shutdown(self)
+            except Exception:
+                log.exception("driver %s shutdown failed", d.proto)
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+        for b in self._bdevs.values():
+            detach = getattr(b, "detach", None)
+            if detach:
+                detach()
+        self.mbox.close(0)
+        self.fd_sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="blockfabric-reactor")
+    ap.add_argument("--instance", required=True)
+    ap.add_argument("--id", type=int, required=True)
+    ap.add_argument("--core", type=int, required=True)
+    ap.add_argument("--sup", required=True)
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--poll-mode", default="adaptive")
+    ap.add_argument("--spin-us", type=int, default=200)
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    die_with_parent()
+    logging.basicConfig(level=a.log_level, stream=sys.stderr,
+                        format=f"%(asctime)s reactor{a.id} %(levelname)s %(name)s: %(message)s")
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"blockfabric[{a.instance}] reactor {a.id}")
+    except ImportError:
+        pass
+    os.sched_setaffinity(0, {a.core})
+    # SIGTERM/SIGINT: the supervisor decides; a reactor stops on its Shutdown
+    # message, or on SIGTERM from PDEATHSIG when the supervisor vanished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    load_drivers()
+    fd_sock = socket.socket(fileno=a.fd)
+    r = Reactor(a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us)
+    signal.signal(signal.SIGTERM, lambda *_: r.stop())
+    r.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

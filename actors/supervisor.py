@@ -1,0 +1,636 @@
+"""The supervisor process: starts, watches and stops the reactors; owns the
+configuration, the listening sockets, the RPC server and every shared-memory
+object of the instance.
+
+It is itself an actor with an event loop (blocking mode: it is not on the data
+path). Reactors reach it with typed messages on a ZeroMQ ROUTER socket; it
+answers RPCs; it accepts TCP connections and hands each to a reactor over a
+Unix socketpair (SCM_RIGHTS), round-robin per protocol.
+
+Shutdown (SIGTERM/SIGINT, or a reactor that died): stop accepting, tell
+reactors to close their connections and exit (SIGKILL after a grace period),
+destroy bdev segments and the buffer pool, remove the manifest, release the
+instance lock. Nothing of the instance stays in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from ..bdevs.base import Bdev
+from ..control.context import SUPERVISOR_OPS
+from ..control.errors import INTERNAL_ERROR, RpcError
+from ..control.registry import REGISTRY, Param, rpc_method
+from ..shm import names
+from ..shm.lock import InstanceLock
+from ..shm.manifest import Manifest
+from ..shm.pool import BufferPool
+from . import messages as m
+from .fdpass import Handoff, recv_fd, send_fd
+from .loop import EPOLLIN, EventLoop
+
+log = logging.getLogger("blockfabric.supervisor")
+
+REACTOR_START_TIMEOUT = 20.0
+REACTOR_STOP_GRACE = 5.0
+REQUEST_TIMEOUT = 10.0
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def _new_state(module: str, cls: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), cls)()
+    except ImportError as e:
+        log.warning("%s unavailable: %s", module, e)
+        return None
+
+
+def parse_core_mask(mask: str) -> list[int]:
+    """SPDK accepts 0x3, 3, or a list [0,1,4-5]."""
+    mask = mask.strip()
+    cores: list[int] = []
+    try:
+        if mask.startswith("["):
+            for part in mask.strip("[]").split(","):
+                part = part.strip()
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    cores.extend(range(int(a), int(b) + 1))
+                elif part:
+                    cores.append(int(part))
+        else:
+            v = int(mask, 16)
+            cores = [i for i in range(v.bit_length()) if v >> i & 1]
+    except ValueError:
+        raise StartupError(f"invalid core mask {mask!r}: use hex (0x3) or a list ([0,1])") from None
+    if not cores:
+        raise StartupError(f"core mask {mask!r} selects no CPU")
+    allowed = os.sched_getaffinity(0)
+    bad = sorted(set(cores) - allowed)
+    if bad:
+        raise StartupError(
+            f"core mask {mask!r} names CPU {', '.join(map(str, bad))}, which this process may not use "
+            f"(allowed: {', '.join(map(str, sorted(allowed)))})"
+        )
+    return sorted(set(cores))
+
+
+@dataclass
+class ReactorProc:
+    rid: int
+    core: int
+    proc: subprocess.Popen[bytes]
+    chan: socket.socket  # supervisor end of the fd socketpair
+    pidfd: int = -1
+    ready: bool = False
+    started: float = field(default_factory=time.time)
+
+
+@dataclass
+class Listener:
+    proto: str
+    addr: str
+    port: int
+    sock: socket.socket
+    users: int = 1
+
+
+@dataclass
+class Options:
+    name: str = "default"
+    core_mask: str = "0x1"
+    mem_mb: int = 0
+    rpc_addr: str | None = None
+    spdk_rpc: str | None = None
+    json_config: str | None = None
+    ini_config: str | None = None
+    default_config: bool = True
+    poll_mode: str = "adaptive"
+    spin_us: int = 200
+    hugepages: str = "auto"
+    log_level: str = "INFO"
+
+
+class Supervisor:
+    """Also the RpcContext every RPC handler receives (control/context.py)."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.instance = names.validate_instance(opts.name)
+        self.hugepages = opts.hugepages
+        self.cores = parse_core_mask(opts.core_mask)
+        self.num_reactors = len(self.cores)
+        self.loop = EventLoop("blocking")
+        self.bdevs: dict[str, Bdev] = {}
+        self.nvmf: Any = None
+        self.iscsi: Any = None
+        self.reactors: list[ReactorProc] = []
+        self.listeners: dict[tuple[str, str, int], Listener] = {}
+        self._rr = itertools.count()
+        self._corr = itertools.count(1)
+        self._generation = 0
+        self._deferred: list[tuple[bytes, bytes]] = []
+        self.exit_code = 0
+        self.started = time.time()
+        self.lock = InstanceLock(self.instance)
+        self.pool: BufferPool | None = None
+        self.rpc: Any = None
+        self.zctx = zmq.Context()
+        self.router: zmq.Socket[bytes] | None = None
+        self.state_dir = str(names.run_dir() / f"{self.instance}.state")
+        self._stopping = False
+        self._aio_timer: Any = None
+
+    # ------------------------------------------------------------ start-up
+    def prepare_config(self) -> list[tuple[str, str, Any]]:
+        """Read and validate every config source before anything is created."""
+        from ..control import methods  # noqa: F401  (registers every RPC)
+
+        entries: list[tuple[str, str, Any]] = []
+        if self.opts.json_config:
+            from ..control.config import load_config_file
+
+            entries += load_config_file(self.opts.json_config, REGISTRY)
+        if self.opts.ini_config:
+            from ..transports.iscsi.ini_config import parse_ini_file
+
+            for i, (method, params) in enumerate(parse_ini_file(self.opts.ini_config)):
+                REGISTRY.lookup(method).bind(params)
+                entries.append((f"{self.opts.ini_config} entry {i}", method, params))
+        if not entries and self.opts.default_config:
+            from .default_config import default_config
+
+            entries = [(f"default config entry {i}", mth, p) for i, (mth, p) in enumerate(default_config())]
+            entries = [e for e in entries if e[1] in REGISTRY.methods]
+        return entries
+
+    def start(self) -> None:
+        entries = self.prepare_config()
+        self.lock.acquire()
+        try:
+            self._start(entries)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, entries: list[tuple[str, str, Any]]) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.nvmf = _new_state("blockfabric.transports.nvmf.state", "NvmfState")
+        self.iscsi = _new_state("blockfabric.transports.iscsi.state", "IscsiState")
+        if self.opts.mem_mb:
+            self.pool = BufferPool.create(
+                self.instance, self.num_reactors, self.opts.mem_mb, hugepages=self.hugepages  # type: ignore[arg-type]
+            )
+        self.router = self.zctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.internal_addr = f"ipc://{names.run_dir()}/{self.instance}.internal.sock"
+        self.router.bind(self.internal_addr)
+        self.loop.add_fd(self.router.getsockopt(zmq.FD), EPOLLIN, lambda _e: self._drain_router())
+        self.loop.add_poller(self._poll_router)
+        self._install_signals()
+        self._start_reactors()
+        from ..control.addresses import default_rpc_addr
+        from ..control.server import RpcServer
+
+        self.rpc_addr = self.opts.rpc_addr or default_rpc_addr(self.instance)
+        for label, method, params in entries:
+            try:
+                REGISTRY.call(self, method, params)
+            except RpcError as e:
+                raise StartupError(f"{label} ({method}): {e.message}") from None
+        self.rpc = RpcServer(self.loop, self.dispatch, self.rpc_addr, spdk_path=self.opts.spdk_rpc,
+                             zmq_context=self.zctx)
+        self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+        log.info("blockfabric[%s] up: %d reactor(s) on cores %s, RPC at %s", self.instance,
+                 self.num_reactors, self.cores, self.rpc_addr)
+
+    def _install_signals(self) -> None:
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        self._sig_r, self._sig_w = r, w
+        signal.set_wakeup_fd(w.fileno())
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, self._on_signal)
+        self.loop.add_fd(r.fileno(), EPOLLIN, lambda _e: self._drain_sig())
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stopping = True
+        self.loop.stop()
+
+    def _drain_sig(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._sig_r.recv(4096)
+
+    def _start_reactors(self) -> None:
+        env = dict(os.environ)
+        for rid, core in enumerate(self.cores):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            args = [
+                sys.executable, "-m", "blockfabric.actors.reactor",
+                "--instance", self.instance, "--id", str(rid), "--core", str(core),
+                "--sup", self.internal_addr, "--fd", str(b.fileno()),
+                "--poll-mode", self.opts.poll_mode, "--spin-us", str(self.opts.spin_us),
+                "--log-level", self.opts.log_level,
+            ]  # fmt: skip
+            proc = subprocess.Popen(args, pass_fds=(b.fileno(),), env=env)
+            b.close()
+            a.setblocking(False)
+            rp = ReactorProc(rid, core, proc, a)
+            rp.pidfd = os.pidfd_open(proc.pid)
+            self.reactors.append(rp)
+            self.loop.add_fd(rp.pidfd, EPOLLIN, lambda _e, rp=rp: self._on_reactor_exit(rp))
+            self.loop.add_fd(a.fileno(), EPOLLIN, lambda _e, rp=rp: self._on_reactor_fd(rp))
+        deadline = time.monotonic() + REACTOR_START_TIMEOUT
+        while not all(r.ready for r in self.reactors):
+            if time.monotonic() > deadline:
+                raise StartupError("reactors did not start in time")
+            for r in self.reactors:
+                if r.proc.poll() is not None:
+                    raise StartupError(f"reactor {r.rid} exited during start-up (status {r.proc.returncode})")
+            self.loop.run_once(0.05)
+        self.config_changed()
+
+    # ------------------------------------------------------------ messages
+    def _poll_router(self) -> int:
+        if self.router is not None and self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return self._drain_router()
+        return 0
+
+    def _drain_router(self) -> int:
+        n = 0
+        assert self.router is not None
+        while True:
+            try:
+                ident, raw = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            except ValueError:
+                continue
+            n += 1
+            self._handle_reactor_msg(ident, raw)
+
+    def _rid_of(self, ident: bytes) -> int:
+        return int(ident[1:])
+
+    def _handle_reactor_msg(self, ident: bytes, raw: bytes) -> None:
+        try:
+            msg, corr = m.decode(raw)
+        except m.MessageError as e:
+            log.error("bad message from %r: %s", ident, e)
+            return
+        rid = self._rid_of(ident)
+        if isinstance(msg, m.Hello):
+            self.reactors[rid].ready = True
+        elif isinstance(msg, m.ControllerCall):
+            op = SUPERVISOR_OPS.get(msg.op)
+            if op is None:
+                reply = m.Reply(False, None, f"unknown op {msg.op}")
+            else:
+                try:
+                    reply = m.Reply(True, op(self, rid, msg.args), "")
+                except Exception as e:  # handlers report errors as text to the reactor
+                    if not isinstance(e, RpcError | ValueError):
+                        log.exception("supervisor op %s failed", msg.op)
+                    reply = m.Reply(False, None, str(e))
+            if corr:
+                self._send(rid, reply, corr)
+        elif isinstance(msg, m.Event):
+            op = SUPERVISOR_OPS.get(msg.op)
+            if op is None:
+                log.warning("unknown event %s from reactor %d", msg.op, rid)
+            else:
+                try:
+                    op(self, rid, msg.args)
+                except Exception:
+                    log.exception("supervisor event %s failed", msg.op)
+        elif isinstance(msg, m.Reply):
+            log.debug("late reply %d from reactor %d", corr, rid)
+        else:
+            log.warning("unexpected %s from reactor %d", msg.TAG, rid)
+
+    def _send(self, rid: int, msg: m.Message, corr: int = 0) -> None:
+        assert self.router is not None
+        try:
+            self.router.send_multipart([b"r%d" % rid, m.encode(msg, corr)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.error("cannot reach reactor %d: %s", rid, e)
+
+    def request_all(self, msg: m.Message, timeout: float = REQUEST_TIMEOUT,
+                    only: list[int] | None = None) -> list[Any]:
+        """Send ``msg`` to reactors and wait for every reply; other messages that
+        arrive meanwhile are handled in order (reactor -> supervisor calls are
+        never blocked by this wait)."""
+        assert self.router is not None
+        targets = only if only is not None else [r.rid for r in self.reactors]
+        want: dict[int, int] = {}
+        for rid in targets:
+            corr = next(self._corr)
+            want[corr] = rid
+            self._send(rid, msg, corr)
+        results: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        while want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RpcError(INTERNAL_ERROR, f"reactor(s) {sorted(want.values())} did not answer {msg.TAG}")
+            if not poller.poll(int(left * 1000) + 1):
+                continue
+            while True:
+                try:
+                    ident, raw = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    rmsg, corr = m.decode(raw)
+                except m.MessageError:
+                    continue
+                if isinstance(rmsg, m.Reply) and corr in want:
+                    rid = want.pop(corr)
+                    if not rmsg.ok:
+                        raise RpcError(INTERNAL_ERROR, f"reactor {rid}: {rmsg.error}")
+                    results[rid] = rmsg.result
+                else:
+                    self._handle_reactor_msg(ident, raw)
+        return [results[rid] for rid in targets]
+
+    # ------------------------------------------------------ RpcContext API
+    def config_changed(self) -> None:
+        self._generation += 1
+        msg = m.ConfigUpdate(
+            self._generation,
+            {n: b.describe() for n, b in self.bdevs.items()},
+            self.nvmf.snapshot() if self.nvmf is not None else {},
+            self.iscsi.snapshot() if self.iscsi is not None else {},
+        )
+        self.request_all(msg)
+
+    def gather(self, op: str, args: dict[str, Any], timeout: float = 5.0) -> list[Any]:
+        return self.request_all(m.Event(op, args), timeout)
+
+    def send_event(self, reactor_id: int | None, op: str, args: dict[str, Any]) -> None:
+        for r in self.reactors:
+            if reactor_id is None or r.rid == reactor_id:
+                self._send(r.rid, m.Event(op, args))
+
+    def add_bdev(self, b: Bdev) -> None:
+        self.bdevs[b.name] = b
+        self.config_changed()
+
+    def remove_bdev(self, name: str) -> None:
+        b = self.bdevs.get(name)
+        if b is None:
+            raise RpcError(-19, f"bdev {name} not found")
+        b.removed = True
+        for st in (self.nvmf, self.iscsi):
+            hook = getattr(st, "on_bdev_removed", None)
+            if hook is not None:
+                hook(name)
+        # reactors first fail new I/O and drop namespaces/LUNs (new snapshot),
+        # then close their channels; only then is the memory released
+        self.config_changed()
+        self.request_all(m.BdevRemove(name))
+        del self.bdevs[name]
+        destroy = getattr(b, "destroy", None)
+        if destroy is not None:
+            destroy()
+        self.config_changed()
+
+    def bdev_save_config(self) -> list[dict[str, Any]]:
+        return [{"method": b.create_method, "params": dict(b.create_params)} for b in self.bdevs.values()
+                if b.create_method]
+
+    def _watch_aio(self) -> None:
+        """An aio file that vanished is hot-removed like a deleted bdev."""
+        from ..bdevs.aio import AioBdev
+
+        for b in list(self.bdevs.values()):
+            if isinstance(b, AioBdev) and b.vanished():
+                log.warning("aio bdev %s: %s vanished, removing", b.name, b.filename)
+                try:
+                    self.remove_bdev(b.name)
+                except RpcError as e:
+                    log.error("hot-remove of %s failed: %s", b.name, e.message)
+        self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+
+    # ------------------------------------------------------------ listeners
+    def add_listener(self, proto: str, addr: str, port: int, family: str = "ipv4") -> str:
+        key = (proto, addr, int(port))
+        lst = self.listeners.get(key)
+        if lst is not None:
+            lst.users += 1
+            return f"{addr}:{port}"
+        fam = socket.AF_INET6 if family.lower() == "ipv6" or ":" in addr else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, int(port)))
+            s.listen(128)
+        except OSError as e:
+            s.close()
+            raise RpcError(-98 if e.errno == 98 else -22, f"cannot listen on {addr}:{port}: {e.strerror}") from None
+        s.setblocking(False)
+        self.listeners[key] = Listener(proto, addr, int(port), s)
+        self.loop.add_fd(s.fileno(), EPOLLIN, lambda _e, k=key: self._on_accept(k))
+        log.info("listening for %s on %s:%s", proto, addr, port)
+        return f"{addr}:{port}"
+
+    def remove_listener(self, proto: str, addr: str, port: int) -> None:
+        key = (proto, addr, int(port))
+        lst = self.listeners.get(key)
+        if lst is None:
+            return
+        lst.users -= 1
+        if lst.users <= 0:
+            self.loop.remove_fd(lst.sock.fileno())
+            lst.sock.close()
+            del self.listeners[key]
+
+    def listener_port(self, proto: str, addr: str, port: int) -> int:
+        """The bound port (useful with port 0 in tests)."""
+        return int(self.listeners[(proto, addr, int(port))].sock.getsockname()[1])
+
+    def _on_accept(self, key: tuple[str, str, int]) -> None:
+        lst = self.listeners.get(key)
+        if lst is None:
+            return
+        while True:
+            try:
+                conn, peer = lst.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.error("accept on %s:%s failed: %s", lst.addr, lst.port, e)
+                return
+            rp = self.reactors[next(self._rr) % len(self.reactors)]
+            try:
+                send_fd(rp.chan, Handoff(conn.fileno(), lst.proto, f"{lst.addr}:{lst.port}",
+                                         f"{peer[0]}:{peer[1]}"))
+            except OSError as e:
+                log.error("handing connection to reactor %d failed: %s", rp.rid, e)
+            conn.close()
+
+    def _on_reactor_fd(self, rp: ReactorProc) -> None:
+        """A reactor hands a connection on to another reactor."""
+        while True:
+            try:
+                h = recv_fd(rp.chan)
+            except BlockingIOError:
+                return
+            except (OSError, ValueError) as e:
+                log.error("handoff from reactor %d failed: %s", rp.rid, e)
+                return
+            if h is None:
+                self.loop.remove_fd(rp.chan.fileno())
+                return
+            try:
+                if 0 <= h.target < len(self.reactors):
+                    send_fd(self.reactors[h.target].chan, h)
+                else:
+                    log.error("handoff to unknown reactor %d", h.target)
+            finally:
+                os.close(h.fd)
+
+    # ----------------------------------------------------------- lifecycle
+    def _on_reactor_exit(self, rp: ReactorProc) -> None:
+        if self._stopping:
+            return
+        code = rp.proc.wait()
+        why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        log.error("reactor %d (pid %d, core %d) %s: stopping the target", rp.rid, rp.proc.pid, rp.core, why)
+        self.exit_code = 1
+        self._stopping = True
+        self.loop.stop()
+
+    def run(self) -> int:
+        if not self._stopping:
+            self.loop.run()
+        self.shutdown()
+        return self.exit_code
+
+    def dispatch(self, method: str, params: Any) -> Any:
+        return REGISTRY.call(self, method, params)
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        for lst in list(self.listeners.values()):
+            with contextlib.suppress(OSError, ValueError):
+                self.loop.remove_fd(lst.sock.fileno())
+            lst.sock.close()
+        self.listeners.clear()
+        if self.rpc is not None:
+            with contextlib.suppress(Exception):
+                self.rpc.close()
+            self.rpc = None
+        alive = [r for r in self.reactors if r.proc.poll() is None]
+        if alive and self.router is not None:
+            with contextlib.suppress(Exception):
+                self.request_all(m.Shutdown("supervisor stopping"), timeout=REACTOR_STOP_GRACE,
+                                 only=[r.rid for r in alive])
+        for r in self.reactors:
+            try:
+                r.proc.wait(REACTOR_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                log.error("reactor %d did not stop: SIGKILL", r.rid)
+                r.proc.kill()
+                r.proc.wait()
+            r.chan.close()
+            if r.pidfd >= 0:
+                os.close(r.pidfd)
+                r.pidfd = -1
+        for b in list(self.bdevs.values()):
+            destroy = getattr(b, "destroy", None)
+            if destroy is not None:
+                with contextlib.suppress(Exception):
+                    destroy()
+        self.bdevs.clear()
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                self.pool.destroy()
+            self.pool = None
+        if self.router is not None:
+            self.router.close(0)
+            self.router = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.internal_addr[len("ipc://"):])
+        self.zctx.term()
+        with contextlib.suppress(Exception):
+            Manifest(self.instance).delete()
+        if self.lock.held:
+            self.lock.release()
+        signal.set_wakeup_fd(-1)
+
+
+# ---------------------------------------------------- supervisor-only RPCs
+@rpc_method("blockfabric_get_status")
+def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
+    """Processes of this instance (used by `blockfabric status`)."""
+    return {
+        "instance": ctx.instance,
+        "pid": os.getpid(),
+        "started": ctx.started,
+        "rpc_addr": ctx.rpc_addr,
+        "reactors": [{"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started}
+                     for r in ctx.reactors],
+        "listeners": [{"proto": lst.proto, "addr": lst.addr, "port": lst.sock.getsockname()[1]}
+                      for lst in ctx.listeners.values()],
+    }
+
+
+@rpc_method("framework_set_poll_mode", Param("mode", str, choices=("adaptive", "busy", "blocking")),
+            Param("spin_us", int, required=False, min=0, max=1_000_000))
+def framework_set_poll_mode(ctx: Supervisor, mode: str, spin_us: int | None = None) -> bool:
+    """blockfabric extension: switch every reactor's polling mode at run time."""
+    ctx.request_all(m.SetPollMode(mode, spin_us if spin_us is not None else ctx.opts.spin_us))
+    return True
+
+
+@rpc_method("framework_ping", Param("count", int, required=False, min=1, max=100000))
+def framework_ping(ctx: Supervisor, count: int | None = None) -> dict[str, Any]:
+    """Message round trips supervisor -> every reactor -> supervisor (ns)."""
+    samples = []
+    for _ in range(count or 1):
+        t0 = time.perf_counter_ns()
+        ctx.request_all(m.Ping(t0))
+        samples.append(time.perf_counter_ns() - t0)
+    samples.sort()
+    return {"count": len(samples), "median_ns": samples[len(samples) // 2],
+            "p99_ns": samples[min(len(samples) - 1, int(len(samples) * 0.99))], "samples_ns": samples[:1000]}
+
+
+def run_supervisor(opts: Options, ready: Callable[[], None] | None = None) -> int:
+    logging.basicConfig(level=opts.log_level, stream=sys.stderr,
+                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"blockfabric[{opts.name}] supervisor")
+    except ImportError:
+        pass
+    sup = Supervisor(opts)
+    sup.start()
+    if ready:
+        ready()
+    return sup.run()

@@ -1,0 +1,55 @@
+"""null bdev: reads return zeroes, writes are discarded (for benchmarks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Bdev, Callback, IoChannel, IoStatus, ReadCallback
+
+_ZEROS = memoryview(bytes(4 << 20))  # read source, shared by every null channel of a process
+
+
+class NullChannel(IoChannel):
+    def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+        n = num_blocks * self.bdev.block_size
+        if n <= len(_ZEROS):
+            cb(IoStatus.SUCCESS, _ZEROS[:n])
+        else:
+            cb(IoStatus.SUCCESS, memoryview(bytes(n)))
+
+    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+        cb(IoStatus.SUCCESS)
+
+    def _do_write_zeroes(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
+        cb(IoStatus.SUCCESS)
+
+    def compare(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+        st = self._check(offset_blocks, len(data) // self.bdev.block_size)
+        cb(st)  # a null device compares equal to anything, like SPDK's
+
+
+class NullBdev(Bdev):
+    @classmethod
+    def create(cls, name: str, num_blocks: int, block_size: int, uuid: str | None = None) -> NullBdev:
+        kw: dict[str, Any] = {"uuid": uuid} if uuid else {}
+        b = cls(name=name, block_size=block_size, num_blocks=num_blocks, product_name="Null disk", **kw)
+        b.create_method = "bdev_null_create"
+        b.create_params = {"name": name, "num_blocks": num_blocks, "block_size": block_size, "uuid": b.uuid}
+        return b
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> NullBdev:
+        return cls(
+            name=d["name"], block_size=d["block_size"], num_blocks=d["num_blocks"], uuid=d["uuid"],
+            product_name="Null disk",
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"module": "null", "name": self.name, "block_size": self.block_size,
+                "num_blocks": self.num_blocks, "uuid": self.uuid}
+
+    def open_channel(self, loop: Any = None) -> IoChannel:
+        return NullChannel(self)
+
+    def destroy(self) -> None:
+        pass

@@ -1,0 +1,19 @@
+"""Rebuild a Bdev in a reactor from the supervisor's description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .aio import AioBdev
+from .base import Bdev
+from .malloc import MallocBdev
+from .null import NullBdev
+
+MODULES: dict[str, Any] = {"malloc": MallocBdev, "null": NullBdev, "aio": AioBdev}
+
+
+def bdev_from_description(d: dict[str, Any]) -> Bdev:
+    cls = MODULES.get(d.get("module", ""))
+    if cls is None:
+        raise ValueError(f"unknown bdev module {d.get('module')!r}")
+    return cls.from_description(d)

@@ -1,0 +1,187 @@
+"""bdev RPC methods (SPDK names and parameters)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
+from ..control.registry import Param, rpc_method
+from .aio import AioBdev
+from .base import Bdev, IoStats
+from .malloc import MallocBdev
+from .null import NullBdev
+
+BLOCK_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+NAME_MAX = 255
+
+
+def _check_new_name(ctx: Any, name: str) -> None:
+    if not name or len(name) > NAME_MAX or any(c.isspace() for c in name) or ":" in name:
+        raise invalid_params(f"parameter 'name' {name!r} is not a valid bdev name (1-255 chars, no spaces or ':')")
+    if name in ctx.bdevs or any(name in b.aliases for b in ctx.bdevs.values()):
+        raise RpcError(EEXIST, f"bdev {name} already exists")
+
+
+def _check_geometry(num_blocks: int, block_size: int) -> None:
+    if block_size not in BLOCK_SIZES:
+        raise invalid_params(f"parameter 'block_size' must be a power of two from 512 to 65536, got {block_size}")
+    if num_blocks * block_size > (1 << 40):
+        raise invalid_params("bdev larger than 1 TiB is refused")
+
+
+def _uuid(u: str | None) -> str | None:
+    if u is None:
+        return None
+    import uuid as uuid_mod
+
+    try:
+        return str(uuid_mod.UUID(u))
+    except ValueError:
+        raise invalid_params(f"parameter 'uuid' is not a UUID: {u!r}") from None
+
+
+def get_bdev(ctx: Any, name: str) -> Bdev:
+    b = ctx.bdevs.get(name)
+    if b is None:
+        for x in ctx.bdevs.values():
+            if name in x.aliases or name == x.uuid:
+                return x  # type: ignore[no-any-return]
+        raise RpcError(ENODEV, f"bdev {name} not found")
+    return b  # type: ignore[no-any-return]
+
+
+_GEOMETRY_EXTRAS = ("optimal_io_boundary", "md_size", "md_interleave", "dif_type", "dif_is_head_of_md",
+                    "physical_block_size", "dif_pi_format")
+
+
+@rpc_method(
+    "bdev_malloc_create",
+    Param("num_blocks", int, min=1),
+    Param("block_size", int),
+    Param("name", str, required=False),
+    Param("uuid", str, required=False),
+    Param("optimal_io_boundary", int, required=False),
+    Param("md_size", int, required=False, max=0),
+    Param("md_interleave", bool, required=False),
+    Param("dif_type", int, required=False, max=0),
+    Param("dif_is_head_of_md", bool, required=False),
+    Param("physical_block_size", int, required=False),
+    aliases=("construct_malloc_bdev",),
+)
+def bdev_malloc_create(ctx: Any, num_blocks: int, block_size: int, name: str | None = None,
+                       uuid: str | None = None, **_: Any) -> str:
+    """Create a RAM disk in shared memory."""
+    _check_geometry(num_blocks, block_size)
+    if name is None:
+        i = 0
+        while f"Malloc{i}" in ctx.bdevs:
+            i += 1
+        name = f"Malloc{i}"
+    _check_new_name(ctx, name)
+    try:
+        b = MallocBdev.create(ctx.instance, name, num_blocks, block_size, _uuid(uuid), hugepages=ctx.hugepages)
+    except OSError as e:
+        raise RpcError(-12, f"cannot allocate {num_blocks * block_size} bytes of shared memory: {e}") from None
+    ctx.add_bdev(b)
+    return name
+
+
+@rpc_method("bdev_malloc_delete", Param("name", str), aliases=("delete_malloc_bdev",))
+def bdev_malloc_delete(ctx: Any, name: str) -> bool:
+    b = get_bdev(ctx, name)
+    if not isinstance(b, MallocBdev):
+        raise RpcError(ENODEV, f"bdev {name} is not a malloc bdev")
+    ctx.remove_bdev(b.name)
+    return True
+
+
+@rpc_method(
+    "bdev_null_create",
+    Param("name", str),
+    Param("num_blocks", int, min=1),
+    Param("block_size", int),
+    Param("uuid", str, required=False),
+    Param("md_size", int, required=False, max=0),
+    Param("dif_type", int, required=False, max=0),
+    Param("dif_is_head_of_md", bool, required=False),
+    Param("physical_block_size", int, required=False),
+    Param("dif_pi_format", int, required=False),
+    aliases=("construct_null_bdev",),
+)
+def bdev_null_create(ctx: Any, name: str, num_blocks: int, block_size: int, uuid: str | None = None,
+                     **_: Any) -> str:
+    _check_geometry(num_blocks, block_size)
+    _check_new_name(ctx, name)
+    ctx.add_bdev(NullBdev.create(name, num_blocks, block_size, _uuid(uuid)))
+    return name
+
+
+@rpc_method("bdev_null_delete", Param("name", str), aliases=("delete_null_bdev",))
+def bdev_null_delete(ctx: Any, name: str) -> bool:
+    b = get_bdev(ctx, name)
+    if not isinstance(b, NullBdev):
+        raise RpcError(ENODEV, f"bdev {name} is not a null bdev")
+    ctx.remove_bdev(b.name)
+    return True
+
+
+@rpc_method(
+    "bdev_aio_create",
+    Param("filename", str),
+    Param("name", str),
+    Param("block_size", int, required=False),
+    Param("readonly", bool, required=False),
+    Param("fallocate", bool, required=False),
+    Param("uuid", str, required=False),
+    aliases=("construct_aio_bdev",),
+)
+def bdev_aio_create(ctx: Any, filename: str, name: str, block_size: int | None = None,
+                    uuid: str | None = None, **_: Any) -> str:
+    _check_new_name(ctx, name)
+    try:
+        b = AioBdev.create(name, filename, block_size or None, _uuid(uuid))
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    ctx.add_bdev(b)
+    return name
+
+
+@rpc_method("bdev_aio_delete", Param("name", str), aliases=("delete_aio_bdev",))
+def bdev_aio_delete(ctx: Any, name: str) -> bool:
+    b = get_bdev(ctx, name)
+    if not isinstance(b, AioBdev):
+        raise RpcError(ENODEV, f"bdev {name} is not an aio bdev")
+    ctx.remove_bdev(b.name)
+    return True
+
+
+@rpc_method("bdev_get_bdevs", Param("name", str, required=False), Param("timeout", int, required=False, min=0),
+            aliases=("get_bdevs",))
+def bdev_get_bdevs(ctx: Any, name: str | None = None, timeout: int | None = None) -> list[dict[str, Any]]:
+    if name is not None:
+        return [get_bdev(ctx, name).get_bdevs_entry()]
+    return [b.get_bdevs_entry() for b in ctx.bdevs.values()]
+
+
+@rpc_method("bdev_get_iostat", Param("name", str, required=False), Param("per_channel", bool, required=False),
+            aliases=("get_bdevs_iostat",))
+def bdev_get_iostat(ctx: Any, name: str | None = None, per_channel: bool | None = None) -> dict[str, Any]:
+    names = [get_bdev(ctx, name).name] if name else list(ctx.bdevs)
+    per_reactor = ctx.gather("bdev.iostat", {"names": names})
+    out = []
+    for n in names:
+        b = ctx.bdevs[n]
+        total = IoStats()
+        channels = []
+        for rid, stats in enumerate(per_reactor):
+            s = (stats or {}).get(n)
+            if s:
+                st = IoStats(**s)
+                total.add(st)
+                channels.append({"thread_id": rid + 1, **st.as_dict()})
+        entry: dict[str, Any] = {"name": n, "uuid": b.uuid, **total.as_dict()}
+        if per_channel:
+            entry = {"name": n, "channels": channels}
+        out.append(entry)
+    return {"tick_rate": 1_000_000_000, "ticks": time.monotonic_ns(), "bdevs": out}

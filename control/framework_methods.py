@@ -1,0 +1,179 @@
+"""Framework RPC methods, named and shaped like SPDK's: version, method list,
+save/load of the whole configuration, log level, subsystems, reactors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import __version__
+from .config import ConfigError, apply_config, build_config, default_sections, validate_config
+from .errors import INVALID_PARAMS, RpcError, invalid_params
+from .registry import REGISTRY, Param, Registry, rpc_method
+
+# SPDK's log levels -> Python logging; NOTICE sits between INFO and WARNING
+NOTICE = 25
+logging.addLevelName(NOTICE, "NOTICE")
+LOG_LEVELS = {
+    "ERROR": logging.ERROR,
+    "WARNING": logging.WARNING,
+    "NOTICE": NOTICE,
+    "INFO": logging.INFO,
+    "DEBUG": logging.DEBUG,
+}
+LOG_ROOT = "blockfabric"
+
+# subsystem -> subsystems it depends on (framework_get_subsystems)
+SUBSYSTEMS: dict[str, list[str]] = {"bdev": [], "nvmf": ["bdev"], "iscsi": ["bdev"]}
+
+# reactors report busy/idle in nanoseconds unless they say otherwise
+DEFAULT_TICK_RATE = 1_000_000_000
+
+
+def _registry(ctx: Any) -> Registry:
+    reg = getattr(ctx, "registry", None)
+    return reg if isinstance(reg, Registry) else REGISTRY
+
+
+def version_fields(version: str = __version__) -> dict[str, Any]:
+    core, _, suffix = version.partition("-")
+    parts = (core.split(".") + ["0", "0", "0"])[:3]
+    nums = []
+    for p in parts:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        nums.append(int(digits) if digits else 0)
+    return {
+        "major": nums[0],
+        "minor": nums[1],
+        "patch": nums[2],
+        "suffix": f"-{suffix}" if suffix else "",
+    }
+
+
+@rpc_method("spdk_get_version", aliases=("get_spdk_version",))
+def spdk_get_version(ctx: Any) -> dict[str, Any]:
+    """Version of the target (SPDK's shape: version string + fields)."""
+    return {"version": f"blockfabric v{__version__}", "fields": version_fields()}
+
+
+@rpc_method(
+    "rpc_get_methods",
+    Param("current", bool, default=False),
+    Param("include_aliases", bool, default=False),
+    Param("include_deprecated", bool, default=False),
+    aliases=("get_rpc_methods",),
+)
+def rpc_get_methods(
+    ctx: Any, current: bool = False, include_aliases: bool = False, include_deprecated: bool = False
+) -> list[str]:
+    """Names of all methods; aliases (SPDK's deprecated names) on request.
+    ``current`` is accepted for SPDK compatibility: every method is callable at run time."""
+    return _registry(ctx).names(include_aliases=include_aliases or include_deprecated)
+
+
+@rpc_method("save_config")
+def save_config(ctx: Any) -> dict[str, Any]:
+    """The live configuration as an SPDK JSON config."""
+    return build_config(ctx, default_sections())
+
+
+@rpc_method(
+    "load_config",
+    Param("subsystems", list),
+    Param("include_aliases", bool, default=False),
+)
+def load_config(ctx: Any, subsystems: list[Any], include_aliases: bool = False) -> bool:
+    """Apply an SPDK JSON config (the file's object is the params); the whole
+    config is validated before its first entry runs."""
+    reg = _registry(ctx)
+    try:
+        entries = validate_config({"subsystems": subsystems}, reg)
+    except ConfigError as e:
+        raise invalid_params(str(e)) from None
+    apply_config(ctx, entries, reg)
+    return True
+
+
+@rpc_method("log_set_level", Param("level", str))
+def log_set_level(ctx: Any, level: str) -> bool:
+    """Set the log level of the supervisor and every reactor."""
+    name = level.upper()
+    if name not in LOG_LEVELS:
+        raise invalid_params(
+            f"parameter 'level' must be one of {', '.join(LOG_LEVELS)}, got {level!r}"
+        )
+    logging.getLogger(LOG_ROOT).setLevel(LOG_LEVELS[name])
+    send = getattr(ctx, "send_event", None)
+    if send is not None:
+        send(None, "framework.log_level", {"level": name})
+    return True
+
+
+@rpc_method("log_get_level")
+def log_get_level(ctx: Any) -> str:
+    lvl = logging.getLogger(LOG_ROOT).getEffectiveLevel()
+    for name, value in LOG_LEVELS.items():
+        if value == lvl:
+            return name
+    return logging.getLevelName(lvl)
+
+
+@rpc_method("framework_get_subsystems")
+def framework_get_subsystems(ctx: Any) -> list[dict[str, Any]]:
+    return [{"subsystem": n, "depends_on": list(d)} for n, d in SUBSYSTEMS.items()]
+
+
+@rpc_method("framework_get_config", Param("name", str))
+def framework_get_config(ctx: Any, name: str) -> list[dict[str, Any]]:
+    sections = default_sections()
+    if name not in sections:
+        raise RpcError(INVALID_PARAMS, f"subsystem '{name}' not found")
+    return build_config(ctx, {name: sections[name]})["subsystems"][0]["config"]
+
+
+def _cpu_times(lcore: int) -> tuple[int, int]:
+    """(irq, sys) of one CPU in ticks of DEFAULT_TICK_RATE, 0 when unknown."""
+    try:
+        import psutil
+
+        t = psutil.cpu_times(percpu=True)[lcore]
+        return int(getattr(t, "irq", 0.0) * DEFAULT_TICK_RATE), int(t.system * DEFAULT_TICK_RATE)
+    except Exception:
+        return 0, 0
+
+
+@rpc_method("framework_get_reactors")
+def framework_get_reactors(ctx: Any) -> dict[str, Any]:
+    """One entry per reactor process, shaped like SPDK's reactors."""
+    answers = ctx.gather("framework.reactor_info", {})
+    tick_rate = DEFAULT_TICK_RATE
+    reactors = []
+    for i, a in enumerate(answers):
+        if not isinstance(a, dict):
+            continue
+        tick_rate = int(a.get("tick_rate", tick_rate))
+        lcore = int(a.get("lcore", i))
+        busy = int(a.get("busy", 0))
+        idle = int(a.get("idle", 0))
+        irq, sys_t = _cpu_times(lcore)
+        reactors.append(
+            {
+                "lcore": lcore,
+                "busy": busy,
+                "idle": idle,
+                "irq": irq,
+                "sys": sys_t,
+                "in_interrupt": a.get("poll_mode") == "blocking",
+                "pid": a.get("pid"),
+                "poll_mode": a.get("poll_mode"),
+                "lw_threads": [
+                    {
+                        "name": f"reactor_{lcore}",
+                        "id": i + 1,
+                        "cpumask": format(1 << lcore, "x"),
+                        "elapsed": busy + idle,
+                    }
+                ],
+            }
+        )
+    return {"tick_rate": tick_rate, "reactors": reactors}

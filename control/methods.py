@@ -1,0 +1,23 @@
+"""Imports every module that declares RPC methods, so the registry is complete."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+log = logging.getLogger(__name__)
+
+MODULES = (
+    "blockfabric.bdevs.rpc",
+    "blockfabric.control.framework_methods",
+    "blockfabric.actors.supervisor",
+    "blockfabric.transports.nvmf.rpc",
+    "blockfabric.transports.iscsi.rpc",
+    "blockfabric.bdevs.nvme_rpc",
+)
+
+for _m in MODULES:
+    try:
+        importlib.import_module(_m)
+    except ImportError as e:
+        log.debug("RPC module %s not available: %s", _m, e)

@@ -1,0 +1,260 @@
+"""The supervisor's RPC listeners, driven by its EventLoop.
+
+* zmq ROUTER (``ipc://`` or ``tcp://``): one msgpack-encoded JSON-RPC message per
+  zmq frame; the frames before it (routing id, and the empty delimiter a REQ
+  client adds) are echoed back unchanged, so DEALER and REQ clients both work.
+* optional SPDK-compatible unix stream socket (e.g. /var/tmp/spdk.sock): JSON
+  text objects concatenated with no framing, exactly what SPDK's rpc.py sends;
+  answers are JSON text. Lets SPDK's own scripts drive blockfabric.
+
+Socket files are created mode 0600 (RPC = full control of the target) and
+removed by `close()`. Binding refuses a path where a live server answers, and
+removes a stale file left by a crashed one.
+
+Requests run synchronously in the loop thread through `jsonrpc.handle_raw`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from .addresses import ipc_path
+from .jsonrpc import MAX_REQUEST_BYTES, JsonStreamDecoder, StreamError, handle_raw
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[str, Any], Any]
+
+SOCKET_MODE = 0o600
+# most zmq messages handled per wake-up before other fds get a turn
+_MAX_BATCH = 64
+_RECV_CHUNK = 65536
+# stop reading from an SPDK client that does not read its answers
+_MAX_PENDING_OUT = 16 * 1024 * 1024
+
+
+def _prepare_unix_path(path: str) -> None:
+    """Fail if a live server owns ``path``; remove a stale socket file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left over by a process that died
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running server")
+
+
+class _SpdkConn:
+    __slots__ = ("sock", "fd", "decoder", "out", "closing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.decoder = JsonStreamDecoder(MAX_REQUEST_BYTES)
+        self.out = bytearray()
+        self.closing = False
+
+
+class RpcServer:
+    def __init__(
+        self,
+        loop: EventLoop,
+        dispatch: Dispatch,
+        zmq_addr: str,
+        spdk_path: str | None = None,
+        zmq_context: zmq.Context | None = None,
+    ) -> None:
+        self.loop = loop
+        self.dispatch = dispatch
+        self._own_ctx = zmq_context is None
+        self.ctx = zmq_context or zmq.Context()
+        self._files: list[str] = []
+        self._conns: dict[int, _SpdkConn] = {}
+        self._listener: socket.socket | None = None
+        self.spdk_path = spdk_path
+        self.closed = False
+
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        # a bit over the limit still reaches handle_raw and gets its -32600 answer;
+        # far bigger ones make zmq drop the peer before buffering them
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_REQUEST_BYTES)
+        try:
+            path = ipc_path(zmq_addr)
+            if path is not None:
+                _prepare_unix_path(path)
+            self.sock.bind(zmq_addr)
+            if path is not None:
+                os.chmod(path, SOCKET_MODE)
+                self._files.append(path)
+            # the address actually bound (tcp://127.0.0.1:0 -> real port)
+            self.addr = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._zfd = self.sock.getsockopt(zmq.FD)
+            loop.add_fd(self._zfd, EPOLLIN, self._on_zmq)
+            if spdk_path is not None:
+                self._open_spdk(spdk_path)
+        except Exception:
+            self.close()
+            raise
+        # messages may have queued before the fd was registered (edge-triggered)
+        loop.call_soon(lambda: self._on_zmq(EPOLLIN))
+
+    # --- zmq ROUTER -----------------------------------------------------------
+    def _on_zmq(self, _events: int) -> None:
+        if self.closed:
+            return
+        sock = self.sock
+        handled = 0
+        # zmq's fd is edge-triggered: drain until EVENTS says nothing is left
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if handled >= _MAX_BATCH:
+                self.loop.call_soon(lambda: self._on_zmq(EPOLLIN))
+                return
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            handled += 1
+            if len(frames) < 2:
+                continue  # no routing id: cannot answer
+            envelope, payload = frames[:-1], frames[-1]
+            resp = handle_raw(payload, "msgpack", self.dispatch)
+            if resp is None:
+                continue
+            try:
+                sock.send_multipart([*envelope, resp], zmq.NOBLOCK)
+            except zmq.ZMQError as e:  # peer gone or its queue full: drop the answer
+                log.debug("rpc answer dropped: %s", e)
+
+    # --- SPDK-compatible unix stream listener ---------------------------------
+    def _open_spdk(self, path: str) -> None:
+        _prepare_unix_path(path)
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # umask 0177 would race with other threads; bind then chmod before listen,
+            # so no client can connect while the file still has the default mode
+            ls.bind(path)
+            self._files.append(path)
+            os.chmod(path, SOCKET_MODE)
+            ls.listen(64)
+            ls.setblocking(False)
+        except Exception:
+            ls.close()
+            raise
+        self._listener = ls
+        self.loop.add_fd(ls.fileno(), EPOLLIN, self._on_accept)
+
+    def _on_accept(self, _events: int) -> None:
+        ls = self._listener
+        if ls is None:
+            return
+        while True:
+            try:
+                s, _ = ls.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE etc.: try again on the next wake-up
+                log.warning("rpc accept failed: %s", e)
+                return
+            s.setblocking(False)
+            c = _SpdkConn(s)
+            self._conns[c.fd] = c
+            self.loop.add_fd(c.fd, EPOLLIN, lambda ev, c=c: self._on_conn(c, ev))
+
+    def _on_conn(self, c: _SpdkConn, events: int) -> None:
+        if events & EPOLLOUT:
+            self._flush(c)
+        if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and not c.closing:
+            self._read(c)
+        if c.fd in self._conns:
+            want = EPOLLIN if not c.closing and len(c.out) < _MAX_PENDING_OUT else 0
+            if c.out:
+                want |= EPOLLOUT
+            if c.closing and not c.out:
+                self._drop(c)
+            else:
+                self.loop.modify_fd(c.fd, want or EPOLLOUT)
+
+    def _read(self, c: _SpdkConn) -> None:
+        while len(c.out) < _MAX_PENDING_OUT:
+            try:
+                data = c.sock.recv(_RECV_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drop(c)
+                return
+            if not data:
+                c.closing = True  # peer closed its side: answer what we have, then close
+                return
+            for item in c.decoder.feed(data):
+                if isinstance(item, StreamError):
+                    c.out += item.response() + b"\n"
+                    c.closing = True  # the stream cannot be resynchronised
+                    break
+                resp = handle_raw(item, "json", self.dispatch)
+                if resp is not None:
+                    c.out += resp + b"\n"
+            self._flush(c)
+            if c.closing:
+                return
+
+    def _flush(self, c: _SpdkConn) -> None:
+        while c.out:
+            try:
+                n = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                c.out.clear()
+                self._drop(c)
+                return
+            del c.out[:n]
+
+    def _drop(self, c: _SpdkConn) -> None:
+        if self._conns.pop(c.fd, None) is None:
+            return
+        self.loop.remove_fd(c.fd)
+        with contextlib.suppress(OSError):
+            c.sock.close()
+
+    # --- shutdown -------------------------------------------------------------
+    def close(self) -> None:
+        """Close every socket and remove the socket files (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        for c in list(self._conns.values()):
+            self._drop(c)
+        if self._listener is not None:
+            self.loop.remove_fd(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        if hasattr(self, "_zfd"):
+            self.loop.remove_fd(self._zfd)
+        self.sock.close(linger=0)
+        if self._own_ctx:
+            self.ctx.term()
+        for path in self._files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._files.clear()
