@@ -155,7 +155,8 @@ class Supervisor:
         self.rpc: Any = None
         self.zctx = zmq.Context()
         self.router: zmq.Socket[bytes] | None = None
-        self.state_dir = str(names.run_dir() / f"{self.instance}.state")
+        # persistent state (PR APTPL files) survives restarts and cleanup
+        self.state_dir = str(names.run_dir() / "state" / self.instance)
         self._stopping = False
         self._aio_timer: Any = None
 

@@ -63,7 +63,7 @@ def _pool_free_pages(page_size: int) -> int:
 
 def hugetlbfs_mounts() -> list[HugeMount]:
     """hugetlbfs mounts from /proc/mounts with the pages they can still give."""
-    out = []
+    out: list[HugeMount] = []
     try:
         lines = Path("/proc/mounts").read_text().splitlines()
     except OSError:

@@ -93,7 +93,7 @@ def list_objects() -> list[dict[str, Any]]:
     """Every blockfabric object on this host, with its instance's liveness."""
     manifests: dict[str, Manifest] = {}
     alive: dict[str, bool] = {}
-    out = []
+    out: list[dict[str, Any]] = []
     for inst, name, kind, path in _scan():
         if inst not in manifests:
             try:

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from blockfabric.shm.lock import InstanceLock, InstanceRunningError, lock_path
 
 CHILD_HOLD = """
@@ -35,7 +34,10 @@ def test_acquire_release(instance, run_dir):
         assert lock_path(instance).read_text().strip() == str(os.getpid())
         assert InstanceLock.holder_pid(instance) == os.getpid()
         # Another open file description conflicts even in this process.
-        with pytest.raises(InstanceRunningError, match=rf"instance '{instance}' is already running \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            InstanceRunningError,
+            match=rf"instance '{instance}' is already running \(pid {os.getpid()}\)",
+        ):
             InstanceLock(instance).acquire()
     assert not lock_path(instance).exists()
     assert not InstanceLock.is_held(instance)
@@ -43,15 +45,17 @@ def test_acquire_release(instance, run_dir):
 
 def test_second_process_refused(instance):
     with InstanceLock(instance):
-        r = subprocess.run([sys.executable, "-c", CHILD_TRY, instance], capture_output=True,
-                           text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD_TRY, instance], capture_output=True, text=True, timeout=30
+        )
     assert r.returncode == 3, r.stderr
     assert r.stdout.strip() == f"instance '{instance}' is already running (pid {os.getpid()})"
 
 
 def test_killed_holder_frees_lock(instance):
-    p = subprocess.Popen([sys.executable, "-c", CHILD_HOLD, instance], stdout=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD_HOLD, instance], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().strip() == "held"
         assert InstanceLock.is_held(instance)

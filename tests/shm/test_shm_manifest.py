@@ -5,7 +5,6 @@ import sys
 
 import psutil
 import pytest
-
 from blockfabric.shm import names
 from blockfabric.shm.manifest import Manifest
 
@@ -60,8 +59,7 @@ def test_corrupt_manifest(instance):
 
 def test_concurrent_adders_lose_nothing(instance):
     procs = [
-        subprocess.Popen([sys.executable, "-c", ADDER, instance, str(w), "25"])
-        for w in range(4)
+        subprocess.Popen([sys.executable, "-c", ADDER, instance, str(w), "25"]) for w in range(4)
     ]
     for p in procs:
         assert p.wait(60) == 0

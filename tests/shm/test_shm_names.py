@@ -2,10 +2,9 @@ import os
 import stat
 
 import pytest
+from blockfabric.shm import names
 from hypothesis import given
 from hypothesis import strategies as st
-
-from blockfabric.shm import names
 
 INSTANCE = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=32)
 TAG = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}", fullmatch=True).filter(
@@ -39,8 +38,17 @@ def test_parse_roundtrip(inst, tag):
         assert names.parse_object_name(form) == (inst, tag)
 
 
-@pytest.mark.parametrize("other", ["foo", "blockfabric", "blockfabric.x", "sem.other.a.b",
-                                   "blockfabricx.a.b", "blockfabric.a b.c"])
+@pytest.mark.parametrize(
+    "other",
+    [
+        "foo",
+        "blockfabric",
+        "blockfabric.x",
+        "sem.other.a.b",
+        "blockfabricx.a.b",
+        "blockfabric.a b.c",
+    ],
+)
 def test_parse_rejects_foreign(other):
     assert names.parse_object_name(other) is None
 

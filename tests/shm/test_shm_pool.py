@@ -4,20 +4,20 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 from blockfabric.actors.messages import BufRef
 from blockfabric.shm.manifest import Manifest
 from blockfabric.shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool, PoolError
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 
 @pytest.fixture
 def pool(instance):
     # 2 reactors; small: 10 buffers -> 3 each + 4 reserve; large: 4 -> 1 each + 2 reserve
-    p = BufferPool.create(instance, 2, small_count=10, large_count=4, hugepages="never",
-                          reactor_id=0)
+    p = BufferPool.create(
+        instance, 2, small_count=10, large_count=4, hugepages="never", reactor_id=0
+    )
     yield p
     p.destroy()
 
@@ -124,8 +124,12 @@ def test_cross_process_put_goes_to_reserve(pool, instance):
     b = pool.get(6)
     b.view[:] = b"parent"
     before = pool.stats()["small"]["reserve_free"]
-    r = subprocess.run([sys.executable, "-c", CHILD, instance, str(b.offset), "6"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, instance, str(b.offset), "6"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     data, off, ln, rputs = r.stdout.split()
     assert (data, rputs) == ("parent", "1")
@@ -145,8 +149,11 @@ def test_cross_process_put_goes_to_reserve(pool, instance):
 def test_restarted_reactor_does_not_reissue_inflight(pool, instance):
     b = pool.get(3)
     b.view[:] = b"abc"
-    p = subprocess.Popen([sys.executable, "-c", CHILD, instance, str(b.offset), "3", "hold"],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD, instance, str(b.offset), "3", "hold"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().split()[0] == "abc"
         assert p.stdout.readline().strip() == "holding"
@@ -169,15 +176,20 @@ class PoolMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self):
         self.inst = f"sm{os.getpid()}-{id(self) % 100000}"
-        self.p0 = BufferPool.create(self.inst, 2, small_count=7, large_count=5,
-                                    hugepages="never", reactor_id=0)
+        self.p0 = BufferPool.create(
+            self.inst, 2, small_count=7, large_count=5, hugepages="never", reactor_id=0
+        )
         self.p1 = BufferPool.attach(self.inst, 1)
         self.pools = [self.p0, self.p1]
         # model: own[r][cls] = set of indexes, reserve[cls] = set
-        self.own = [{"small": set(range(0, 2)), "large": set(range(0, 1))},
-                    {"small": set(range(2, 4)), "large": set(range(1, 2))}]
-        self.rng = [{"small": range(0, 2), "large": range(0, 1)},
-                    {"small": range(2, 4), "large": range(1, 2)}]
+        self.own = [
+            {"small": set(range(0, 2)), "large": set(range(0, 1))},
+            {"small": set(range(2, 4)), "large": set(range(1, 2))},
+        ]
+        self.rng = [
+            {"small": range(0, 2), "large": range(0, 1)},
+            {"small": range(2, 4), "large": range(1, 2)},
+        ]
         self.reserve = {"small": set(range(4, 7)), "large": set(range(2, 5))}
         self.held = []  # (Buffer, cls, idx)
 

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from blockfabric.shm import segment as segmod
 from blockfabric.shm.manifest import Manifest
 from blockfabric.shm.segment import HugePagesUnavailable, SharedSegment
@@ -23,8 +22,9 @@ seg.close()
 
 
 def _child(name):
-    r = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, name], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.split()
 
@@ -110,11 +110,17 @@ def _hugepages(npages):
     try:
         free = segmod._pool_free_pages(segmod.HUGE_2M)
         if free < npages:
-            meminfo = [ln for ln in Path("/proc/meminfo").read_text().splitlines()
-                       if ln.startswith("HugePages_")]
+            meminfo = [
+                ln
+                for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("HugePages_")
+            ]
             pytest.skip(f"kernel gave only {free} free 2 MiB pages: {'; '.join(meminfo)}")
-        r = subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700",
-                            "nodev", mnt], capture_output=True, text=True)
+        r = subprocess.run(
+            ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700", "nodev", mnt],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             pytest.skip(f"mount -t hugetlbfs failed: {r.stderr.strip()}")
         mounted = True
@@ -129,7 +135,10 @@ def _hugepages(npages):
 
 
 def test_hugetlbfs_backed_segment(instance):
-    with _hugepages(2) as mnt:
+    from blockfabric.shm.pool import BufferPool
+    from blockfabric.tools.shm_cmd import list_objects
+
+    with _hugepages(3) as mnt:
         seg = SharedSegment.create(instance, "huge", 3 * 1024 * 1024 - 5, hugepages="require")
         try:
             assert seg.hugepage
@@ -140,6 +149,22 @@ def test_hugetlbfs_backed_segment(instance):
             size, huge, head = _child(seg.name)  # found through the manifest
             assert (int(size), huge, head) == (seg.size, "True", bytes(range(16)).hex())
             assert bytes(seg.buf[100:105]) == b"child"
+            listed = [o for o in list_objects() if o["name"] == seg.name]
+            assert [(o["kind"], o["path"], o["alive"]) for o in listed] == [
+                ("hugetlbfs", seg.path, True)
+            ]
+            pool = BufferPool.create(
+                instance, 1, small_count=8, large_count=4, hugepages="require", reactor_id=0
+            )
+            try:
+                assert pool.stats()["hugepage"] and pool.segment.size == 2 * 1024 * 1024
+                b = pool.get(5000)
+                b.view[:3] = b"hug"
+                assert bytes(pool.view_of(b.ref)[:3]) == b"hug"
+                pool.put(b)
+            finally:
+                pool.destroy()
+            pool_hog = SharedSegment.create(instance, "hog", 4096, hugepages="require")
             # No pages left: auto falls back to /dev/shm, require refuses.
             other = SharedSegment.create(instance, "small", 4096, hugepages="auto")
             assert not other.hugepage and other.path.startswith("/dev/shm/")
@@ -147,6 +172,8 @@ def test_hugetlbfs_backed_segment(instance):
             other.unlink()
             with pytest.raises(HugePagesUnavailable, match="not enough free huge pages"):
                 SharedSegment.create(instance, "more", 4096, hugepages="require")
+            pool_hog.close()
+            pool_hog.unlink()
         finally:
             seg.close()
             seg.unlink()

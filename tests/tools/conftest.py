@@ -10,8 +10,11 @@ def _remove_instance_files(instance: str) -> None:
 
     dirs = [Path("/dev/shm")] + [Path(m.path) for m in hugetlbfs_mounts()]
     for d in dirs:
-        for pat in (f"blockfabric.{instance}.*", f"sem.blockfabric.{instance}.*",
-                    f".blockfabric.{instance}.*"):
+        for pat in (
+            f"blockfabric.{instance}.*",
+            f"sem.blockfabric.{instance}.*",
+            f".blockfabric.{instance}.*",
+        ):
             for p in d.glob(pat):
                 p.unlink(missing_ok=True)
 

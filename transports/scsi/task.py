@@ -30,6 +30,7 @@ class ScsiTask:
         "residual",
         "aborted",
         "transport_ctx",
+        "transfer_length",
     )
 
     def __init__(
@@ -58,6 +59,9 @@ class ScsiTask:
         self.residual = 0  # the transport computes it
         self.aborted = False
         self.transport_ctx: object = None  # free slot for the transport's own bookkeeping
+        # bytes of data-out the CDB asked for (writes), so the transport can
+        # compute the residual against EDTL; -1 when it does not apply
+        self.transfer_length = -1
 
     def data_in_length(self) -> int:
         return sum(len(m) for m in self.data_in)

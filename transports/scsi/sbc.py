@@ -1,0 +1,434 @@
+"""Block commands (SBC-3): read/write/verify, unmap, write same, compare and
+write, synchronize cache, pre-fetch, read capacity, get LBA status.
+
+Every handler takes (lun, task, fin); it either raises SenseError before any
+I/O is issued or arranges for `fin(task)` to be called exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from blockfabric.bdevs.base import IoStatus
+from . import cdb as C
+from .sense import (
+    ASC_MISCOMPARE_VERIFY,
+    ASC_WRITE_PROTECTED,
+    DATA_PROTECT,
+    MISCOMPARE,
+    SenseError,
+    build_sense,
+    invalid_cdb,
+    invalid_opcode,
+    invalid_param,
+    lba_out_of_range,
+    param_list_length,
+)
+
+if TYPE_CHECKING:
+    from .lun import ScsiLun
+    from .task import ScsiTask
+
+Fin = Callable[["ScsiTask"], None]
+WRITE_SAME_CHUNK = 1 << 20  # bytes per write when emulating WRITE SAME with data
+
+
+def check_range(lun: ScsiLun, lba: int, n: int) -> None:
+    nb = lun.bdev.num_blocks
+    if lba > nb or lba + n > nb:
+        raise lba_out_of_range()
+
+
+def _protect_field(cdb: bytes) -> None:
+    # RDPROTECT/WRPROTECT/VRPROTECT need protection information we do not format
+    if cdb[0] >> 5 and cdb[1] & 0xE0:
+        raise invalid_cdb(1, 7)
+
+
+def _check_writable(lun: ScsiLun) -> None:
+    if lun.mode.swp or lun.read_only:
+        raise SenseError(DATA_PROTECT, ASC_WRITE_PROTECTED)
+
+
+def first_diff(a: memoryview, b: memoryview) -> int:
+    """Offset of the first differing byte (a != b known or suspected)."""
+    step = 4096
+    for i in range(0, min(len(a), len(b)), step):
+        if a[i : i + step] != b[i : i + step]:
+            x, y = bytes(a[i : i + step]), bytes(b[i : i + step])
+            for j in range(len(x)):
+                if x[j] != y[j]:
+                    return i + j
+    return min(len(a), len(b))
+
+
+def miscompare(offset: int) -> bytes:
+    return build_sense(MISCOMPARE, *ASC_MISCOMPARE_VERIFY, info=offset)
+
+
+# ------------------------------------------------------------------ read
+def read(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    lba, n, _ = C.parse_rw(cdb)
+    _protect_field(cdb)
+    check_range(lun, lba, n)
+    if n == 0:
+        fin(task)
+        return
+    ch = lun.channel()
+
+    def _done(st: IoStatus, data: memoryview | None) -> None:
+        if st:
+            lun.io_error(task, st, read=True)
+        elif data is not None:
+            task.data_in = [data]
+        fin(task)
+
+    ch.read(lba, n, _done)
+
+
+# ------------------------------------------------------------------ write
+def write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    lba, n, flags = C.parse_rw(cdb)
+    _protect_field(cdb)
+    check_range(lun, lba, n)
+    _check_writable(lun)
+    bs = lun.bdev.block_size
+    task.transfer_length = n * bs
+    # iSCSI EDTL smaller than the CDB's length: write only the whole blocks sent
+    have = task.data_out_length() // bs
+    n = min(n, have)
+    if n == 0:
+        fin(task)
+        return
+    assert task.data_out is not None
+    data = task.data_out[: n * bs]
+    fua = bool(flags & 0x08) and cdb[0] >> 5 != 0
+    ch = lun.channel()
+
+    def _flushed(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
+
+    def _done(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        elif fua and lun.mode.wce:
+            ch.flush(_flushed)
+            return
+        fin(task)
+
+    ch.write(lba, data, _done)
+
+
+# ------------------------------------------------------------------ verify
+def verify(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    lba, n, flags = C.parse_rw(cdb)
+    _protect_field(cdb)
+    bytchk = (flags >> 1) & 0x3
+    if bytchk == 2:
+        raise invalid_cdb(1, 2)
+    check_range(lun, lba, n)
+    if n == 0:
+        fin(task)
+        return
+    bs = lun.bdev.block_size
+    if bytchk:
+        need = bs if bytchk == 3 else n * bs
+        if task.data_out_length() < need:
+            raise param_list_length()
+        assert task.data_out is not None
+        expect = task.data_out[:need]
+    ch = lun.channel()
+
+    def _done(st: IoStatus, data: memoryview | None) -> None:
+        if st:
+            lun.io_error(task, st, read=True)
+        elif bytchk and data is not None:
+            if bytchk == 1:
+                if data != expect:
+                    task.check_condition(miscompare(first_diff(expect, data)))
+            else:
+                for i in range(n):
+                    blk = data[i * bs : (i + 1) * bs]
+                    if blk != expect:
+                        task.check_condition(miscompare(i * bs + first_diff(expect, blk)))
+                        break
+        fin(task)
+
+    ch.read(lba, n, _done)
+
+
+def write_verify(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    if task.cdb[1] & 0x04 and task.cdb[1] & 0x02:
+        raise invalid_cdb(1, 2)
+    write(lun, task, fin)
+
+
+# ------------------------------------------------------- compare and write
+def compare_and_write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    _protect_field(cdb)
+    lba = C.be(cdb, 2, 8)
+    n = cdb[13]
+    if n > lun.max_caw_blocks:
+        raise invalid_cdb(13)
+    check_range(lun, lba, n)
+    _check_writable(lun)
+    if n == 0:
+        fin(task)
+        return
+    bs = lun.bdev.block_size
+    task.transfer_length = 2 * n * bs
+    if task.data_out_length() != 2 * n * bs:
+        raise invalid_cdb(13)
+    assert task.data_out is not None
+    expect = task.data_out[: n * bs]
+    new = task.data_out[n * bs : 2 * n * bs]
+    ch = lun.channel()
+
+    def _written(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
+
+    def _read(st: IoStatus, cur: memoryview | None) -> None:
+        if st or cur is None:
+            lun.io_error(task, st or IoStatus.FAILED, read=True)
+            fin(task)
+        elif cur != expect:
+            task.check_condition(miscompare(first_diff(expect, cur)))
+            fin(task)
+        else:
+            # no yield between the compare and the write submission
+            ch.write(lba, new, _written)
+
+    ch.read(lba, n, _read)
+
+
+# ------------------------------------------------------------------ unmap
+def unmap(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    if not lun.bdev.supports_unmap:
+        raise invalid_opcode()
+    if cdb[1] & 0x01:
+        raise invalid_cdb(1, 0)  # ANCHOR: anchored state not supported
+    _check_writable(lun)
+    plen = C.be(cdb, 7, 2)
+    if plen == 0:
+        fin(task)
+        return
+    if plen < 8:
+        raise param_list_length()
+    if task.data_out_length() < plen:
+        raise param_list_length()
+    assert task.data_out is not None
+    p = task.data_out[:plen]
+    data_len = C.be(p, 0, 2)
+    bd_len = C.be(p, 2, 2)
+    if data_len + 2 > plen or data_len < 6:
+        raise invalid_param(0)
+    if bd_len + 8 > plen:
+        raise invalid_param(2)
+    count = bd_len // 16
+    if count > lun.max_unmap_descriptors:
+        raise invalid_param(2)
+    ranges: list[tuple[int, int]] = []
+    total = 0
+    for i in range(count):
+        off = 8 + 16 * i
+        lba = C.be(p, off, 8)
+        n = C.be(p, off + 8, 4)
+        check_range(lun, lba, n)
+        if n > lun.max_unmap_lba_count:
+            raise invalid_param(off + 8)
+        total += n
+        if n:
+            ranges.append((lba, n))
+    if total > lun.max_unmap_lba_count:
+        raise invalid_param(8)
+    _run_ranges(lun, task, fin, ranges, unmap=True)
+
+
+def _run_ranges(
+    lun: ScsiLun, task: ScsiTask, fin: Fin, ranges: list[tuple[int, int]], unmap: bool
+) -> None:
+    if not ranges:
+        fin(task)
+        return
+    ch = lun.channel()
+    it = iter(ranges)
+
+    # one range at a time: bounded work per callback, first error stops the rest
+    def _next(st: IoStatus = IoStatus.SUCCESS) -> None:
+        while True:
+            if st:
+                lun.io_error(task, st, read=False)
+                fin(task)
+                return
+            nxt = next(it, None)
+            if nxt is None:
+                fin(task)
+                return
+            box: list[IoStatus] = []
+            sync = [True]
+
+            def cb(s: IoStatus, box: list[IoStatus] = box, sync: list[bool] = sync) -> None:
+                if sync[0]:
+                    box.append(s)
+                else:
+                    _next(s)
+
+            if unmap:
+                ch.unmap(nxt[0], nxt[1], cb)
+            else:
+                ch.write_zeroes(nxt[0], nxt[1], cb)
+            sync[0] = False
+            if not box:
+                return  # completes later through cb -> _next
+            st = box[0]
+
+    _next()
+
+
+# ------------------------------------------------------------- write same
+def write_same(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    sixteen = cdb[0] == C.WRITE_SAME_16
+    if cdb[1] & 0xE0:
+        raise invalid_cdb(1, 7)
+    if cdb[1] & 0x10:
+        raise invalid_cdb(1, 4)  # ANCHOR
+    if cdb[1] & 0x06:
+        raise invalid_cdb(1, 2)  # PBDATA/LBDATA (obsolete)
+    unmap_bit = bool(cdb[1] & 0x08)
+    ndob = sixteen and bool(cdb[1] & 0x01)
+    if sixteen:
+        lba, n = C.be(cdb, 2, 8), C.be(cdb, 10, 4)
+    else:
+        lba, n = C.be(cdb, 2, 4), C.be(cdb, 7, 2)
+    nb = lun.bdev.num_blocks
+    if lba > nb:
+        raise lba_out_of_range()
+    if n == 0:
+        n = nb - lba  # WSNZ=0: to the last LBA
+    check_range(lun, lba, n)
+    if lun.max_write_same_blocks and n > lun.max_write_same_blocks:
+        raise invalid_cdb(10 if sixteen else 7)
+    if unmap_bit and not lun.bdev.supports_unmap:
+        raise invalid_cdb(1, 3)
+    _check_writable(lun)
+    bs = lun.bdev.block_size
+    if ndob:
+        block: memoryview | None = None
+    else:
+        task.transfer_length = bs
+        if task.data_out_length() < bs:
+            raise param_list_length()
+        assert task.data_out is not None
+        block = task.data_out[:bs]
+    if n == 0:
+        fin(task)
+        return
+    zero = block is None or not any(block)
+    if zero:
+        _run_ranges(lun, task, fin, [(lba, n)], unmap=unmap_bit)
+        return
+    assert block is not None
+    per = max(1, WRITE_SAME_CHUNK // bs)
+    chunk = memoryview(bytes(block) * min(per, n))
+    ch = lun.channel()
+    state = [lba, n]
+
+    def _next(st: IoStatus = IoStatus.SUCCESS) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+            fin(task)
+            return
+        if state[1] == 0:
+            fin(task)
+            return
+        k = min(per, state[1])
+        start = state[0]
+        state[0] += k
+        state[1] -= k
+        ch.write(start, chunk[: k * bs], _next)
+
+    _next()
+
+
+# ------------------------------------------------------- cache & capacity
+def sync_cache(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    if cdb[0] == C.SYNCHRONIZE_CACHE_10:
+        lba, n = C.be(cdb, 2, 4), C.be(cdb, 7, 2)
+    else:
+        lba, n = C.be(cdb, 2, 8), C.be(cdb, 10, 4)
+    check_range(lun, lba, n)
+
+    def _done(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
+
+    lun.channel().flush(_done)
+
+
+def pre_fetch(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    if cdb[0] == C.PRE_FETCH_10:
+        lba, n = C.be(cdb, 2, 4), C.be(cdb, 7, 2)
+    else:
+        lba, n = C.be(cdb, 2, 8), C.be(cdb, 10, 4)
+    check_range(lun, lba, n)
+    fin(task)  # GOOD: nothing is cached ahead of time
+
+
+def read_capacity_10(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    if not cdb[8] & 0x01 and C.be(cdb, 2, 4):
+        raise invalid_cdb(2)
+    last = lun.bdev.num_blocks - 1
+    data = min(last, 0xFFFFFFFF).to_bytes(4, "big") + lun.bdev.block_size.to_bytes(4, "big")
+    task.set_data(data)
+    fin(task)
+
+
+def read_capacity_16(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    b = bytearray(32)
+    b[0:8] = (lun.bdev.num_blocks - 1).to_bytes(8, "big")
+    b[8:12] = lun.bdev.block_size.to_bytes(4, "big")
+    if lun.bdev.supports_unmap:
+        b[14] = 0x80 | 0x40  # LBPME, LBPRZ
+    task.set_data(b, C.be(task.cdb, 10, 4))
+    fin(task)
+
+
+def get_lba_status(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    cdb = task.cdb
+    lba = C.be(cdb, 2, 8)
+    alloc = C.be(cdb, 10, 4)
+    nb = lun.bdev.num_blocks
+    if lba >= nb:
+        raise lba_out_of_range()
+    b = bytearray(24)
+    b[0:4] = (20).to_bytes(4, "big")
+    b[8:16] = lba.to_bytes(8, "big")
+    b[16:20] = min(nb - lba, 0xFFFFFFFF).to_bytes(4, "big")
+    b[20] = 0  # mapped (the bdev interface cannot report holes)
+    task.set_data(b, alloc)
+    fin(task)
+
+
+def service_action_in(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    sa = task.cdb[1] & 0x1F
+    if sa == C.SAI_READ_CAPACITY_16:
+        read_capacity_16(lun, task, fin)
+    elif sa == C.SAI_GET_LBA_STATUS:
+        get_lba_status(lun, task, fin)
+    else:
+        raise invalid_cdb(1, 4)
