@@ -108,7 +108,7 @@ class RpcServer:
                 self._files.append(path)
             # the address actually bound (tcp://127.0.0.1:0 -> real port)
             self.addr = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._zfd = self.sock.getsockopt(zmq.FD)
+            self._zfd: int = int(self.sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
             loop.add_fd(self._zfd, EPOLLIN, self._on_zmq)
             if spdk_path is not None:
                 self._open_spdk(spdk_path)
@@ -125,7 +125,7 @@ class RpcServer:
         sock = self.sock
         handled = 0
         # zmq's fd is edge-triggered: drain until EVENTS says nothing is left
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # type: ignore[arg-type]
             if handled >= _MAX_BATCH:
                 self.loop.call_soon(lambda: self._on_zmq(EPOLLIN))
                 return
@@ -178,7 +178,10 @@ class RpcServer:
             s.setblocking(False)
             c = _SpdkConn(s)
             self._conns[c.fd] = c
-            self.loop.add_fd(c.fd, EPOLLIN, lambda ev, c=c: self._on_conn(c, ev))
+            self.loop.add_fd(c.fd, EPOLLIN, self._conn_handler(c))
+
+    def _conn_handler(self, c: _SpdkConn) -> Callable[[int], None]:
+        return lambda events: self._on_conn(c, events)
 
     def _on_conn(self, c: _SpdkConn, events: int) -> None:
         if events & EPOLLOUT:

@@ -28,6 +28,7 @@ the reactors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from typing import Any
@@ -469,8 +470,11 @@ class BufferPool:
         for c in (self._small, self._large):
             for b in c.bufs:
                 if b is not None:
-                    b.view.release()
-                    b._full.release()
+                    # A caller may still export a view (BufferError): then
+                    # the segment's unmap is deferred, see SharedSegment.close.
+                    with contextlib.suppress(BufferError):
+                        b.view.release()
+                        b._full.release()
             c.bufs = []
             c.stack.release()
             c.state.release()

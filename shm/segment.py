@@ -163,6 +163,10 @@ class SharedSegment:
             raise ValueError(f"segment size must be a positive integer, not {size!r}")
         if hugepages not in ("auto", "never", "require"):
             raise ValueError(f"hugepages must be 'auto', 'never' or 'require', not {hugepages!r}")
+        if names.SHM_DIR.joinpath(name).exists() or any(
+            os.path.exists(os.path.join(m.path, name)) for m in hugetlbfs_mounts()
+        ):
+            raise FileExistsError(f"shared memory segment {name} already exists")
         seg = None
         if hugepages != "never":
             mount = _pick_mount(size)
@@ -192,7 +196,10 @@ class SharedSegment:
     def _create_huge(cls, name: str, mount: HugeMount, size: int) -> SharedSegment | None:
         path = os.path.join(mount.path, name)
         rsize = _round_up(size, mount.page_size)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise FileExistsError(f"shared memory segment {path} already exists") from None
         try:
             os.ftruncate(fd, rsize)
             # Pages are reserved at mmap time: ENOMEM here means another

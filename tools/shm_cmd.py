@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,15 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _looks_like_lock(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            data = f.read(33)
+    except OSError:
+        return False
+    return len(data) <= 32 and data.strip().isdigit() or data == b""
+
+
 def _scan() -> list[tuple[str, str, str, Path]]:
     """(instance, name, kind, path) of every blockfabric file on this host."""
     found: list[tuple[str, str, str, Path]] = []
@@ -76,6 +86,11 @@ def _scan() -> list[tuple[str, str, str, Path]]:
                 parsed = names.parse_object_name(p.name)
                 if parsed and p.name.startswith(names.PREFIX + "."):
                     found.append((parsed[0], p.name, "hugetlbfs", p))
+    # RUN_DIR may be shared with other software (BLOCKFABRIC_RUN_DIR=/tmp):
+    # only lock files in our format, sockets, and files of instances known by
+    # a lock file or manifest count as ours.
+    known = {inst for inst, _, kind, _ in found if kind == "manifest"}
+    run_files: list[tuple[str, str, Path]] = []
     with contextlib.suppress(OSError):
         for p in names.run_dir().iterdir():
             inst, dot, rest = p.name.partition(".")
@@ -85,7 +100,15 @@ def _scan() -> list[tuple[str, str, str, Path]]:
                 names.validate_instance(inst)
             except ValueError:
                 continue
-            found.append((inst, p.name, "lock" if rest == "lock" else "ipc", p))
+            if rest == "lock" and _looks_like_lock(p):
+                known.add(inst)
+                found.append((inst, p.name, "lock", p))
+            elif rest != "lock":
+                run_files.append((inst, rest, p))
+    for inst, _rest, p in run_files:
+        with contextlib.suppress(OSError):
+            if inst in known or stat.S_ISSOCK(p.lstat().st_mode):
+                found.append((inst, p.name, "ipc", p))
     return found
 
 

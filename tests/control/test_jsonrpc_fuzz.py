@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import msgpack
+from blockfabric.control.errors import RpcError
+from blockfabric.control.jsonrpc import JsonStreamDecoder, StreamError, handle_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockfabric.control.errors import RpcError
-from blockfabric.control.jsonrpc import JsonStreamDecoder, StreamError, handle_raw
-
+INTS = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
 CODES = {-32700, -32600, -32601, -32602, -32603, -17}
 
 
@@ -38,13 +38,17 @@ def check_response(r):
 def check_out(out, encoding):
     if out is None:
         return
-    r = json.loads(out) if encoding == "json" else msgpack.unpackb(out, raw=False, strict_map_key=False)
+    r = (
+        json.loads(out)
+        if encoding == "json"
+        else msgpack.unpackb(out, raw=False, strict_map_key=False)
+    )
     for x in r if isinstance(r, list) else [r]:
         check_response(x)
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | INTS | st.floats(allow_nan=False) | st.text(),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
     max_leaves=12,
 )
@@ -54,7 +58,7 @@ requestish = st.fixed_dictionaries(
         "jsonrpc": st.sampled_from(["2.0", "1.0", 2]) | json_values,
         "method": st.sampled_from(["echo", "fail", "boom", "x"]) | json_values,
         "params": json_values,
-        "id": st.integers() | st.text() | st.none() | json_values,
+        "id": INTS | st.text() | st.none() | json_values,
     },
 )
 
@@ -66,7 +70,10 @@ def test_random_bytes(data, encoding):
 
 
 @settings(max_examples=300)
-@given(requestish | st.lists(requestish, max_size=4) | json_values, st.sampled_from(["json", "msgpack"]))
+@given(
+    requestish | st.lists(requestish, max_size=4) | json_values,
+    st.sampled_from(["json", "msgpack"]),
+)
 def test_wrong_types(obj, encoding):
     data = json.dumps(obj).encode() if encoding == "json" else msgpack.packb(obj)
     check_out(handle_raw(data, encoding, dispatch), encoding)

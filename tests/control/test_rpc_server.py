@@ -13,7 +13,6 @@ import time
 import msgpack
 import pytest
 import zmq
-
 from blockfabric.actors.loop import EPOLLIN, EventLoop, make_eventfd
 from blockfabric.control.client import RpcClient, RpcClientError, RpcConnectionError
 from blockfabric.control.errors import RpcError
@@ -37,7 +36,9 @@ class Running:
     def __init__(self, zmq_addr, spdk_path=None):
         self.loop = EventLoop(poll_mode="blocking")
         self.zctx = zmq.Context()
-        self.server = RpcServer(self.loop, dispatch, zmq_addr, spdk_path=spdk_path, zmq_context=self.zctx)
+        self.server = RpcServer(
+            self.loop, dispatch, zmq_addr, spdk_path=spdk_path, zmq_context=self.zctx
+        )
         self.wake = make_eventfd()
         self.loop.add_fd(self.wake, EPOLLIN, lambda ev: os.eventfd_read(self.wake))
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
@@ -170,7 +171,9 @@ def test_many_clients_concurrently(ipc_server):
 def test_client_timeout_message(ipc_server):
     r, path, _ = ipc_server
     with RpcClient(f"ipc://{path}", timeout=0.3) as c:
-        with pytest.raises(TimeoutError, match=r"no answer from ipc://.* in 0.3s: is the target running\?"):
+        with pytest.raises(
+            TimeoutError, match=r"no answer from ipc://.* in 0.3s: is the target running\?"
+        ):
             c.call("sleep", {"s": 0.8})
         time.sleep(0.7)
         # the late answer to the timed-out call must not be taken for this one
@@ -255,7 +258,7 @@ def test_spdk_socket_many_clients(ipc_server):
     _, _, spdk = ipc_server
     socks = []
     try:
-        for i in range(5):
+        for _ in range(5):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.connect(str(spdk))
             socks.append(s)

@@ -142,3 +142,23 @@ def test_cli_list_and_cleanup(killed_instance, run_dir, capsys):
     assert shm_cmd.main(["shm", "cleanup", "--name", a]) == 0
     assert capsys.readouterr().out.count("removed") == 6
     assert _files_of(a, run_dir) == []
+
+
+def test_foreign_run_dir_files_left_alone(instance, run_dir):
+    from blockfabric.shm import names
+
+    d = names.run_dir()
+    foreign = [d / "notes.txt", d / "other.lock", d / f"{instance}x.cfg"]
+    foreign[0].write_text("x")
+    foreign[1].write_text("not a pid file\n")
+    foreign[2].write_text("cfg")
+    stale = d / f"{instance}.lock"
+    stale.write_text("12345\n")  # our format, nobody holds it
+    sock_cfg = d / f"{instance}.cfg"
+    sock_cfg.write_text("belongs to a known (locked-before) instance")
+    # Scoped by name: a bare cleanup() would also judge other tests' objects.
+    removed = shm_cmd.cleanup(instance)
+    assert {o["path"] for o in removed} == {str(stale), str(sock_cfg)}
+    for other in ("notes", "other", f"{instance}x"):
+        assert shm_cmd.cleanup(other) == []
+    assert all(p.exists() for p in foreign)

@@ -143,7 +143,9 @@ class LunPr:
     def to_json(self) -> dict[str, object]:
         return {
             "generation": self.generation,
-            "registrations": [{"initiator": i, "target": t, "key": k} for (i, t), k in self.regs.items()],
+            "registrations": [
+                {"initiator": i, "target": t, "key": k} for (i, t), k in self.regs.items()
+            ],
             "holder": list(self.holder) if self.holder else None,
             "type": self.rtype,
             "aptpl": self.aptpl,
@@ -388,9 +390,7 @@ class PrStore:
         elif st.rtype and st.holder == n:
             # the holder went away: its reservation goes too (SPC-4 5.13.11.2.3)
             if st.rtype in RO_TYPES:
-                notices = tuple(
-                    UaNotice(lun, o, ASC_RESERVATIONS_RELEASED) for o in st.regs
-                )
+                notices = tuple(UaNotice(lun, o, ASC_RESERVATIONS_RELEASED) for o in st.regs)
             st.rtype, st.holder = 0, None
         return notices
 
@@ -430,7 +430,12 @@ class PrStore:
             # all-registrants reservation preempted by key 0: everyone else goes
             victims = [o for o in st.regs if o != n]
             st.rtype, st.holder = rtype, n
-        elif st.rtype and st.rtype not in AR_TYPES and st.holder is not None and st.regs.get(st.holder) == sa_key:
+        elif (
+            st.rtype
+            and st.rtype not in AR_TYPES
+            and st.holder is not None
+            and st.regs.get(st.holder) == sa_key
+        ):
             victims = [o for o, k in st.regs.items() if k == sa_key and o != n]
             st.rtype, st.holder = rtype, n
         else:

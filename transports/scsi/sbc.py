@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from blockfabric.bdevs.base import IoStatus
+
 from . import cdb as C
 from .sense import (
     ASC_MISCOMPARE_VERIFY,

@@ -1,0 +1,139 @@
+"""iSCSI sessions: the CmdSN window and command ordering shared by the
+connections of a session (RFC 7143 sections 3.2.2 and 4.2.2), and the
+reactor-local session table (a target's sessions all live on its home reactor,
+so reinstatement and MC/S need no cross-process state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .params import SessionParams
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .nodes import TargetView
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """Serial number arithmetic (RFC 1982, 32 bits): a < b."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
+
+
+def sn_le(a: int, b: int) -> bool:
+    return a == b or sn_lt(a, b)
+
+
+class Session:
+    def __init__(
+        self,
+        tsih: int,
+        isid: int,
+        initiator_name: str,
+        target: TargetView | None,
+        params: SessionParams,
+        cmdsn: int,
+        pg_tag: int,
+        queue_depth: int = 64,
+    ) -> None:
+        self.tsih = tsih
+        self.isid = isid
+        self.initiator_name = initiator_name
+        self.target = target
+        self.target_name = target.name if target else ""
+        self.discovery = target is None
+        self.params = params
+        self.max_connections = params.max_connections
+        self.pg_tag = pg_tag
+        self.queue_depth = max(1, queue_depth)
+        self.exp_cmdsn = cmdsn & 0xFFFFFFFF
+        self.connections: list[Connection] = []
+        # commands that arrived ahead of ExpCmdSN (MC/S): cmdsn -> deliver()
+        self._ahead: dict[int, Callable[[], None]] = {}
+        # ITT -> task object of any connection (task management looks here)
+        self.tasks: dict[int, Any] = {}
+        self.initiator_port = f"{initiator_name},i,0x{isid:012x}"
+        self.target_port = f"{self.target_name},t,0x{pg_tag:04x}"
+        self.closed = False
+
+    @property
+    def max_cmdsn(self) -> int:
+        return (self.exp_cmdsn + self.queue_depth - 1) & 0xFFFFFFFF
+
+    def connection_count(self) -> int:
+        return len(self.connections)
+
+    def in_window(self, cmdsn: int) -> bool:
+        return sn_le(self.exp_cmdsn, cmdsn) and sn_le(cmdsn, self.max_cmdsn)
+
+    def order(self, cmdsn: int, immediate: bool, deliver: Callable[[], None], keep: Callable[[], Callable[[], None]]) -> bool:
+        """Deliver a command in CmdSN order. Immediate commands go at once.
+        ``keep()`` returns a deliver function that owns copies of the PDU's
+        buffers (called only when the command must wait). Returns False when
+        the command is outside the window and was dropped (RFC 7143 3.2.2.1)."""
+        if immediate:
+            deliver()
+            return True
+        if not self.in_window(cmdsn):
+            return False
+        if cmdsn != self.exp_cmdsn:
+            if cmdsn not in self._ahead:
+                self._ahead[cmdsn] = keep()
+            return True
+        self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
+        deliver()
+        while self._ahead:
+            nxt = self._ahead.pop(self.exp_cmdsn, None)
+            if nxt is None:
+                break
+            self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
+            nxt()
+        return True
+
+    def close(self) -> None:
+        """Close every connection (logout of the session, reinstatement)."""
+        if self.closed:
+            return
+        self.closed = True
+        for c in list(self.connections):
+            c.close("session closed")
+        self.connections.clear()
+
+
+class SessionRegistry:
+    """The sessions of one reactor (implements login.SessionTable)."""
+
+    def __init__(self, reactor_id: int = 0, num_reactors: int = 1) -> None:
+        self.sessions: dict[int, Session] = {}
+        self._next = 0
+        self._rid = reactor_id
+        self._n = max(1, num_reactors)
+
+    def by_tsih(self, tsih: int) -> Session | None:
+        return self.sessions.get(tsih)
+
+    def find(self, initiator_name: str, isid: int, target_name: str) -> Session | None:
+        iname, tname = initiator_name.lower(), target_name.lower()
+        for s in self.sessions.values():
+            if s.isid == isid and s.initiator_name.lower() == iname and s.target_name.lower() == tname:
+                return s
+        return None
+
+    def alloc_tsih(self) -> int:
+        # reactor id in the low bits keeps TSIHs distinct across reactors
+        for _ in range(0x10000):
+            self._next = (self._next + 1) % (0x10000 // self._n)
+            tsih = self._next * self._n + self._rid
+            if tsih and tsih <= 0xFFFF and tsih not in self.sessions:
+                return tsih
+        raise RuntimeError("no free TSIH")
+
+    def count(self) -> int:
+        return len(self.sessions)
+
+    def add(self, s: Session) -> None:
+        self.sessions[s.tsih] = s
+
+    def remove(self, s: Session) -> None:
+        if self.sessions.get(s.tsih) is s:
+            del self.sessions[s.tsih]
