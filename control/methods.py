@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 MODULES = (
     "blockfabric.bdevs.rpc",
     "blockfabric.control.framework_methods",
+    "blockfabric.control.compat_methods",
     "blockfabric.actors.supervisor",
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",

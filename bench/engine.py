@@ -1,0 +1,69 @@
+"""Engine micro-benchmark: supervisor <-> reactor message round trips.
+
+``python -m bench.engine [-n N]`` starts a private blockfabric instance with one
+reactor pinned to CPU 0 and measures, for each reactor polling mode
+(adaptive, busy, blocking), the round-trip time of a typed msgpack message
+supervisor -> reactor -> supervisor over ZeroMQ (framework_ping). Prints a
+table and writes bench/results/engine.json. The buffer-pool rates are
+measured by bench/buffers.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
+
+
+def run(n: int) -> dict[str, Any]:
+    from blockfabric.control.client import RpcClient
+
+    run_dir = tempfile.mkdtemp(prefix="bf-bench-")
+    name = f"bench{os.getpid()}"
+    addr = f"ipc://{run_dir}/rpc.sock"
+    env = {**os.environ, "BLOCKFABRIC_RUN_DIR": run_dir}
+    cli = [sys.executable, "-m", "blockfabric.tools.cli"]
+    subprocess.run([*cli, "start", "--name", name, "-m", "0x1", "-r", addr, "--empty", "--daemon"],
+                   env=env, check=True)
+    out: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count(), "n": n, "modes": {}}
+    try:
+        with RpcClient(addr, timeout=120) as c:
+            for mode in ("busy", "adaptive", "blocking"):
+                c.call("framework_set_poll_mode", {"mode": mode})
+                time.sleep(0.2)
+                c.call("framework_ping", {"count": 200})  # warm-up
+                r = c.call("framework_ping", {"count": n})
+                info = c.call("framework_get_reactors") if mode == "busy" else None
+                out["modes"][mode] = {"median_us": r["median_ns"] / 1000, "p99_us": r["p99_ns"] / 1000}
+                if info:
+                    out["reactors"] = info
+    finally:
+        subprocess.run([*cli, "stop", "--name", name], env=env)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.engine")
+    ap.add_argument("-n", type=int, default=5000, help="round trips per mode")
+    a = ap.parse_args(argv)
+    res = run(a.n)
+    print(f"{'reactor poll mode':<18} {'RTT median us':>14} {'RTT p99 us':>11}")
+    for mode, r in res["modes"].items():
+        print(f"{mode:<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
