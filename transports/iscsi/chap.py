@@ -88,7 +88,11 @@ class ChapTarget:
             self.ident = self.rand(1)[0]
             self.challenge = self.rand(CHALLENGE_LEN)
             self.state = "wait_r"
-            return [("CHAP_A", CHAP_MD5), ("CHAP_I", str(self.ident)), ("CHAP_C", encode_hex(self.challenge))]
+            return [
+                ("CHAP_A", CHAP_MD5),
+                ("CHAP_I", str(self.ident)),
+                ("CHAP_C", encode_hex(self.challenge)),
+            ]
         if self.state == "wait_r":
             name = keys.get("CHAP_N")
             resp = keys.get("CHAP_R")

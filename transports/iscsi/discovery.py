@@ -13,7 +13,9 @@ def _fmt_host(host: str) -> str:
     return f"[{h}]" if ":" in h else h
 
 
-def _portal_addresses(view: ConfigView, t: TargetView, initiator: str, peer: str, local: str) -> list[str]:
+def _portal_addresses(
+    view: ConfigView, t: TargetView, initiator: str, peer: str, local: str
+) -> list[str]:
     out: list[str] = []
     for pg_tag, ig_tag in t.pg_ig_maps:
         ig = view.initiator_groups.get(ig_tag)

@@ -151,7 +151,11 @@ class Login:
         except (NegotiationError, text.TextError) as e:
             self.failed = True
             self.error = str(e)
-            st = (e.status_class, e.detail) if isinstance(e, NegotiationError) else ST_INITIATOR_ERROR
+            st = (
+                (e.status_class, e.detail)
+                if isinstance(e, NegotiationError)
+                else ST_INITIATOR_ERROR
+            )
             return self._response(pdu, 0, b"", st)
 
     def _on_pdu(self, pdu: P.Pdu) -> list[P.Buffer]:
@@ -163,13 +167,19 @@ class Login:
             self.isid, self.tsih, self.cid, self.itt = pdu.isid, pdu.tsih, pdu.cid, pdu.itt
             self.cmdsn = pdu.cmdsn
             self.statsn = pdu.exp_statsn
-        elif (pdu.isid, pdu.tsih, pdu.cid) != (self.isid, self.tsih, self.cid) or pdu.itt != self.itt:
+        elif (pdu.isid, pdu.tsih, pdu.cid) != (
+            self.isid,
+            self.tsih,
+            self.cid,
+        ) or pdu.itt != self.itt:
             raise LoginFailed(ST_INITIATOR_ERROR, "ISID/TSIH/CID/ITT changed during login")
         csg, nsg = pdu.csg, pdu.nsg
         if csg == 2 or csg == STAGE_FULL_FEATURE:
             raise LoginFailed(ST_INITIATOR_ERROR, f"invalid CSG {csg}")
         if csg != self.stage and not (self.first and csg == STAGE_OPERATIONAL):
-            raise LoginFailed(ST_INVALID_DURING_LOGIN, f"CSG {csg} but the login is in stage {self.stage}")
+            raise LoginFailed(
+                ST_INVALID_DURING_LOGIN, f"CSG {csg} but the login is in stage {self.stage}"
+            )
         if pdu.transit and pdu.cont:
             raise LoginFailed(ST_INITIATOR_ERROR, "T and C bits both set")
         if pdu.transit and (nsg == 2 or nsg <= csg):
@@ -196,7 +206,9 @@ class Login:
                 raise LoginFailed(ST_AUTH_FAILED, "CHAP is required")
             self.authenticated = True
         assert self.negotiator is not None
-        op_pairs = [(k, v) for k, v in pairs if not (csg == STAGE_SECURITY and k.startswith("CHAP_"))]
+        op_pairs = [
+            (k, v) for k, v in pairs if not (csg == STAGE_SECURITY and k.startswith("CHAP_"))
+        ]
         out += self.negotiator.respond(op_pairs, STAGE_SECURITY if csg == 0 else STAGE_OPERATIONAL)
         transit = pdu.transit and self.authenticated
         if transit and nsg == STAGE_FULL_FEATURE:
@@ -231,7 +243,9 @@ class Login:
             if t is None:
                 raise LoginFailed(ST_NOT_FOUND, f"target {tname} not found")
             if not self.view.may_access(t, self.pg_tag, iname, self.peer_addr):
-                raise LoginFailed(ST_AUTHORIZATION_FAILED, f"{iname} at {self.peer_addr} may not access {tname}")
+                raise LoginFailed(
+                    ST_AUTHORIZATION_FAILED, f"{iname} at {self.peer_addr} may not access {tname}"
+                )
             self.target = t
             self.policy = t.auth
             ours = self._target_values(t)
@@ -313,7 +327,9 @@ class Login:
     def _lookup_secret(self, user: str) -> ChapSecret | None:
         for s in self.view.chap_secrets(self.policy.chap_group):
             if s.get("user") == user:
-                return ChapSecret(s["user"], s["secret"], s.get("muser", "") or "", s.get("msecret", "") or "")
+                return ChapSecret(
+                    s["user"], s["secret"], s.get("muser", "") or "", s.get("msecret", "") or ""
+                )
         return None
 
     def _finish(self) -> list[tuple[str, str]]:
@@ -350,7 +366,9 @@ class Login:
         )
         return out
 
-    def _response(self, pdu: P.Pdu, f1: int, data: bytes, status: tuple[int, int]) -> list[P.Buffer]:
+    def _response(
+        self, pdu: P.Pdu, f1: int, data: bytes, status: tuple[int, int]
+    ) -> list[P.Buffer]:
         statsn = self.statsn
         self.statsn = (self.statsn + 1) & 0xFFFFFFFF
         tsih = self.tsih
@@ -360,5 +378,13 @@ class Login:
         exp = self.join.exp_cmdsn if self.join is not None else self.cmdsn
         qd = self.target.queue_depth if self.target else 1
         lun = (self.isid << 16) | tsih
-        w = (0, statsn, exp, (exp + max(qd, 1) - 1) & 0xFFFFFFFF, (status[0] << 24) | (status[1] << 16), 0, 0)
+        w = (
+            0,
+            statsn,
+            exp,
+            (exp + max(qd, 1) - 1) & 0xFFFFFFFF,
+            (status[0] << 24) | (status[1] << 16),
+            0,
+            0,
+        )
         return P.encode(P.OP_LOGIN_RESP, f1, 0, 0, lun, self.itt, w, data)

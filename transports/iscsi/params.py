@@ -197,7 +197,9 @@ class Negotiator:
             if stage == STAGE_FULL_FEATURE and not kd.ffp:
                 out.append((key, "Reject"))
                 continue
-            if (self.discovery and kd.discovery_irrelevant) or (kd.leading_only and not self.leading):
+            if (self.discovery and kd.discovery_irrelevant) or (
+                kd.leading_only and not self.leading
+            ):
                 out.append((key, "Irrelevant"))
                 continue
             ans = self._one(key, kd, val)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Union
 
 import crc32c
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 BHS_LEN = 48
 _HDR = struct.Struct(">4BIQ8I")  # opcode f1 b2 b3 ahs|dlen lun itt w20..w44
@@ -47,7 +46,16 @@ OP_ASYNC = 0x32
 OP_REJECT = 0x3F
 
 INITIATOR_OPS = frozenset(
-    {OP_NOP_OUT, OP_SCSI_CMD, OP_TMF_REQ, OP_LOGIN_REQ, OP_TEXT_REQ, OP_DATA_OUT, OP_LOGOUT_REQ, OP_SNACK}
+    {
+        OP_NOP_OUT,
+        OP_SCSI_CMD,
+        OP_TMF_REQ,
+        OP_LOGIN_REQ,
+        OP_TEXT_REQ,
+        OP_DATA_OUT,
+        OP_LOGOUT_REQ,
+        OP_SNACK,
+    }
 )
 
 RSVD_TAG = 0xFFFFFFFF
@@ -304,7 +312,9 @@ def encode_request(
     """Initiator-side helper (tests, tools): one PDU as bytes."""
     return b"".join(
         bytes(x)
-        for x in encode(opcode, f1, b2, b3, lun, itt, w, data, header_digest, data_digest, immediate)
+        for x in encode(
+            opcode, f1, b2, b3, lun, itt, w, data, header_digest, data_digest, immediate
+        )
     )
 
 
@@ -332,6 +342,7 @@ class PduReader:
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self.broken = False
 
     def _max_pdu(self) -> int:
         return BHS_LEN + MAX_AHS_LEN + 4 + self.max_recv_dlen + 3 + 4
@@ -365,29 +376,40 @@ class PduReader:
             self._start, self._end = 0, n
         return self._view[self._end :]
 
-    def feed(self, n: int) -> list[Pdu]:
+    def feed(self, n: int) -> list[Pdu | PduError]:
+        """Account ``n`` received bytes; return the complete PDUs. A malformed
+        PDU appears in the list as a `PduError`; after a fatal one nothing
+        more is framed."""
         self._end += n
-        out: list[Pdu] = []
-        while True:
-            pdu = self._next()
+        out: list[Pdu | PduError] = []
+        while not self.broken:
+            try:
+                pdu = self._next()
+            except PduError as e:
+                out.append(e)
+                if e.fatal:
+                    self.broken = True
+                continue
             if pdu is None:
-                return out
+                break
             out.append(pdu)
+        return out
 
-    def feed_bytes(self, data: Buffer) -> list[Pdu]:
+    def feed_bytes(self, data: Buffer) -> list[Pdu | PduError]:
         """Copy ``data`` in and frame it (tests, pre-read handoff bytes)."""
-        out: list[Pdu] = []
+        out: list[Pdu | PduError] = []
         mv = memoryview(data)
-        while len(mv):
+        while len(mv) and not self.broken:
             buf = self.recv_buffer()
             k = min(len(buf), len(mv))
             buf[:k] = mv[:k]
             mv = mv[k:]
             # PDUs must be consumed before more bytes are copied in: copy their views
             for p in self.feed(k):
-                p.bhs = bytes(p.bhs)
-                p.ahs = bytes(p.ahs)
-                p.data = bytes(p.data)
+                if isinstance(p, Pdu):
+                    p.bhs = bytes(p.bhs)
+                    p.ahs = bytes(p.ahs)
+                    p.data = bytes(p.data)
                 out.append(p)
         return out
 
@@ -402,8 +424,6 @@ class PduReader:
         lens = int.from_bytes(bhs[4:8], "big")
         ahs_len = (lens >> 24) * 4
         dlen = lens & 0xFFFFFF
-        if (b0 & 0x3F) not in INITIATOR_OPS or b0 & 0x80:
-            raise PduError(REJ_NOT_SUPPORTED, f"opcode 0x{b0 & 0x3F:02x} not valid from an initiator", bytes(bhs))
         if dlen > self.max_recv_dlen:
             raise PduError(
                 REJ_PROTOCOL,
@@ -416,6 +436,15 @@ class PduReader:
         total = BHS_LEN + ahs_len + hd + dpad + dd
         if avail < total:
             return None
+        if (b0 & 0x3F) not in INITIATOR_OPS or b0 & 0x80:
+            # framing is intact: skip the PDU, the caller answers with a Reject
+            self._start = s + total
+            raise PduError(
+                REJ_NOT_SUPPORTED,
+                f"opcode 0x{b0 & 0x3F:02x} not valid from an initiator",
+                bytes(bhs),
+                fatal=False,
+            )
         if hd:
             got = _U32.unpack_from(v, s + BHS_LEN + ahs_len)[0]
             if got != crc32c.crc32c(v[s : s + BHS_LEN + ahs_len]):

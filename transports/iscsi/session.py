@@ -66,7 +66,13 @@ class Session:
     def in_window(self, cmdsn: int) -> bool:
         return sn_le(self.exp_cmdsn, cmdsn) and sn_le(cmdsn, self.max_cmdsn)
 
-    def order(self, cmdsn: int, immediate: bool, deliver: Callable[[], None], keep: Callable[[], Callable[[], None]]) -> bool:
+    def order(
+        self,
+        cmdsn: int,
+        immediate: bool,
+        deliver: Callable[[], None],
+        keep: Callable[[], Callable[[], None]],
+    ) -> bool:
         """Deliver a command in CmdSN order. Immediate commands go at once.
         ``keep()`` returns a deliver function that owns copies of the PDU's
         buffers (called only when the command must wait). Returns False when
@@ -115,7 +121,11 @@ class SessionRegistry:
     def find(self, initiator_name: str, isid: int, target_name: str) -> Session | None:
         iname, tname = initiator_name.lower(), target_name.lower()
         for s in self.sessions.values():
-            if s.isid == isid and s.initiator_name.lower() == iname and s.target_name.lower() == tname:
+            if (
+                s.isid == isid
+                and s.initiator_name.lower() == iname
+                and s.target_name.lower() == tname
+            ):
                 return s
         return None
 

@@ -201,6 +201,7 @@ class PduReader:
         self.ddgst = False
         self.rx_pda = 0
         self.max_data = max_data if max_data is not None else {}
+        self.max_plen = 1 << 24  # bounds buffer growth whatever the type
         self._buf = bytearray(bufsize)
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
@@ -313,6 +314,8 @@ class PduReader:
         if ptype not in NO_DIGEST_TYPES and bool(flags & FLAG_HDGSTF) != bool(hd):
             raise self._fail(FES_INVALID_HEADER_FIELD, OFF_FLAGS, "HDGSTF does not match negotiation", ch)
         base = hlen + hd
+        if plen > self.max_plen:
+            raise self._fail(FES_DATA_LIMIT_EXCEEDED, OFF_PLEN, f"PLEN {plen} too large", ch)
         if ptype in (H2C_TERM_REQ, C2H_TERM_REQ):
             if plen < hlen or plen > hlen + TERM_REQ_MAX_DATA:
                 raise self._fail(FES_INVALID_HEADER_FIELD, OFF_PLEN, f"TermReq PLEN {plen}", ch)
@@ -355,8 +358,6 @@ class PduReader:
             data = buf[s + hlen : s + plen] if plen > hlen else None
             return Pdu(ptype, flags, hlen, pdo, plen, hdr, data)
         if plen == hlen + hd:
-            if ptype == ICREQ or ptype == ICRESP:
-                pass
             return Pdu(ptype, flags, hlen, pdo, plen, hdr, None)
         dd = 4 if self.ddgst else 0
         data = buf[s + pdo : s + plen - dd]

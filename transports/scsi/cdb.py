@@ -61,7 +61,7 @@ def cdb_length(opcode: int) -> int:
     return (6, 10, 10, 0, 16, 12, 0, 0)[group]
 
 
-def be(cdb: bytes, start: int, n: int) -> int:
+def be(cdb: bytes | memoryview, start: int, n: int) -> int:
     return int.from_bytes(cdb[start : start + n], "big")
 
 

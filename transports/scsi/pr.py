@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import cdb as C
 from .sense import (
@@ -152,14 +152,14 @@ class LunPr:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> LunPr:
+    def from_json(cls, d: dict[str, Any]) -> LunPr:
         p = cls()
-        p.generation = int(d.get("generation", 0))  # type: ignore[arg-type]
-        for r in d.get("registrations", []):  # type: ignore[union-attr]
+        p.generation = int(d.get("generation", 0))
+        for r in d.get("registrations", []):
             p.regs[(str(r["initiator"]), str(r["target"]))] = int(r["key"])
         h = d.get("holder")
-        p.holder = (str(h[0]), str(h[1])) if h else None  # type: ignore[index]
-        p.rtype = int(d.get("type", 0))  # type: ignore[arg-type]
+        p.holder = (str(h[0]), str(h[1])) if h else None
+        p.rtype = int(d.get("type", 0))
         p.aptpl = bool(d.get("aptpl", False))
         return p
 
@@ -275,7 +275,8 @@ class PrStore:
             data = gen + len(keys).to_bytes(4, "big") + keys
         elif sa == SA_READ_RESERVATION:
             if st.rtype:
-                key = 0 if st.rtype in AR_TYPES else st.regs.get(st.holder, 0)  # type: ignore[arg-type]
+                holder_key = st.regs.get(st.holder, 0) if st.holder else 0
+                key = 0 if st.rtype in AR_TYPES else holder_key
                 desc = key.to_bytes(8, "big") + bytes(5) + bytes((st.rtype & 0xF,)) + bytes(2)
             else:
                 desc = b""

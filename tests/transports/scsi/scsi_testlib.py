@@ -46,22 +46,38 @@ class MemChannel(IoChannel):
 
 class Env:
     def __init__(self, tmp_path, deferred: bool = False) -> None:
-        self.bdev = Bdev(name="Malloc0", block_size=BS, num_blocks=NB,
-                         uuid="12345678-1234-5678-9abc-def012345678", product_name="Malloc disk")
+        self.bdev = Bdev(
+            name="Malloc0",
+            block_size=BS,
+            num_blocks=NB,
+            uuid="12345678-1234-5678-9abc-def012345678",
+            product_name="Malloc disk",
+        )
         self.ch = MemChannel(self.bdev, deferred)
         self.pr = PrStore(str(tmp_path / "pr.json"))
         self.dev = ScsiDevice("iqn.2024-01.test:tgt", self.pr, power_on_ua=False)
         self.lun = ScsiLun(0, self.bdev, lambda: self.ch, self.dev)
         self.dev.add_lun(self.lun)
 
-    def run(self, cdb: bytes | list[int], data: bytes | None = None, nexus=I1, lun: int = 0,
-            tag: int = 1) -> ScsiTask:
+    def run(
+        self,
+        cdb: bytes | list[int],
+        data: bytes | None = None,
+        nexus=I1,
+        lun: int = 0,
+        tag: int = 1,
+    ) -> ScsiTask:
         cdb = bytes(cdb)
-        t = ScsiTask(lun=lun, cdb=cdb.ljust(16, b"\0") if len(cdb) < 6 else cdb,
-                     initiator_port=nexus[0], target_port=nexus[1], tag=tag,
-                     data_out=memoryview(data) if data is not None else None,
-                     expected_transfer_length=len(data) if data else 4096,
-                     direction="write" if data is not None else "read")
+        t = ScsiTask(
+            lun=lun,
+            cdb=cdb.ljust(16, b"\0") if len(cdb) < 6 else cdb,
+            initiator_port=nexus[0],
+            target_port=nexus[1],
+            tag=tag,
+            data_out=memoryview(data) if data is not None else None,
+            expected_transfer_length=len(data) if data else 4096,
+            direction="write" if data is not None else "read",
+        )
         out: list[ScsiTask] = []
         self.dev.execute(t, out.append)
         if not out:
@@ -77,4 +93,3 @@ class Env:
 def key(t: ScsiTask) -> tuple[int, int, int]:
     assert t.status == 2, t
     return (t.sense[2] & 0xF, t.sense[12], t.sense[13])
-

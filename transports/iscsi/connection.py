@@ -1,0 +1,881 @@
+"""One iSCSI connection, sans-I/O: PDUs in (`receive`), encoded PDUs out
+through the ``send`` callback. Login is delegated to `login.Login`; after it
+this class runs the full feature phase (RFC 7143 sections 3-4, 11):
+
+* CmdSN ordering through the session; StatSN per connection.
+* SCSI commands: immediate data, unsolicited Data-Out within FirstBurstLength,
+  R2Ts (MaxOutstandingR2T, MaxBurstLength), Data-Out checks (TTT, DataSN,
+  BufferOffset, F bit), Data-In split at the initiator's
+  MaxRecvDataSegmentLength with status collapsed into the last Data-In when
+  there is no sense data, residual over/underflow against EDTL.
+* NOP-Out/NOP-In (and target pings via `idle_check`), Task Management, Text
+  (SendTargets, FFP negotiation), Logout, Reject for bad PDUs. ERL 0 only:
+  sequence errors fail the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import pdu as P
+from . import text
+from .discovery import send_targets
+from .login import Login, LoginOutcome
+from .nodes import ConfigView
+from .params import STAGE_FULL_FEATURE, ConnParams, NegotiationError, Negotiator
+from .session import Session, SessionRegistry, sn_lt
+
+log = logging.getLogger(__name__)
+
+MAX_EDTL = 64 * 1024 * 1024  # biggest write buffer one command may ask for
+
+# TMF functions and responses (RFC 7143 11.5, 11.6)
+TMF_ABORT_TASK = 1
+TMF_ABORT_TASK_SET = 2
+TMF_CLEAR_ACA = 3
+TMF_CLEAR_TASK_SET = 4
+TMF_LUN_RESET = 5
+TMF_TARGET_WARM_RESET = 6
+TMF_TARGET_COLD_RESET = 7
+TMF_TASK_REASSIGN = 8
+TMF_RSP_COMPLETE = 0
+TMF_RSP_NO_TASK = 1
+TMF_RSP_NO_LUN = 2
+TMF_RSP_NOT_SUPPORTED = 5
+
+# SCSI status / sense for errors we raise ourselves
+CHECK_CONDITION = 0x02
+_SENSE_INVALID_FIELD_CDB = bytes(
+    [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0]
+)
+
+
+class DeviceLike(Protocol):
+    def execute(self, task: Any, done: Callable[[Any], None]) -> None: ...
+
+
+class ConnEnv(Protocol):
+    """What a connection needs from the reactor glue (the driver)."""
+
+    view: ConfigView
+    sessions: SessionRegistry
+
+    def device(self, target_name: str) -> DeviceLike | None: ...
+
+    def make_task(self, **kw: Any) -> Any: ...
+
+
+class R2T:
+    __slots__ = ("ttt", "offset", "length", "received", "datasn", "r2tsn")
+
+    def __init__(self, ttt: int, offset: int, length: int, r2tsn: int) -> None:
+        self.ttt = ttt
+        self.offset = offset
+        self.length = length
+        self.received = 0
+        self.datasn = 0
+        self.r2tsn = r2tsn
+
+
+class Task:
+    __slots__ = (
+        "itt",
+        "lun",
+        "lun_field",
+        "cdb",
+        "edtl",
+        "direction",
+        "buf",
+        "received",
+        "next_r2t_offset",
+        "r2ts",
+        "r2tsn",
+        "unsol_open",
+        "unsol_datasn",
+        "unsol_limit",
+        "scsi",
+        "dead",
+        "exp_datasn",
+        "conn",
+    )
+
+    def __init__(self, itt: int, lun_field: int, cdb: bytes, edtl: int, direction: str) -> None:
+        self.itt = itt
+        self.lun_field = lun_field
+        self.lun = P.lun_to_int(lun_field)
+        self.cdb = cdb
+        self.edtl = edtl
+        self.direction = direction
+        self.buf: bytearray | None = None
+        self.received = 0
+        self.next_r2t_offset = 0
+        self.r2ts: dict[int, R2T] = {}
+        self.r2tsn = 0
+        self.unsol_open = False
+        self.unsol_datasn = 0
+        self.unsol_limit = 0
+        self.scsi: Any = None
+        self.dead = False
+        self.exp_datasn = 0
+        self.conn: Connection | None = None
+
+
+class Connection:
+    def __init__(
+        self,
+        env: ConnEnv,
+        listener: str,
+        peer_addr: str,
+        local_addr: str,
+        send: Callable[[list[P.Buffer]], None],
+        on_close: Callable[[str], None],
+    ) -> None:
+        self.env = env
+        self.listener = listener
+        self.peer_addr = peer_addr
+        self.local_addr = local_addr
+        self._send = send
+        self._on_close = on_close
+        self.reader = P.PduReader(8192)
+        self.login: Login | None = Login(env.view, env.sessions, listener, peer_addr)
+        self.state = "login"
+        self.session: Session | None = None
+        self.cid = 0
+        self.statsn = 0
+        self.cp = ConnParams()
+        self.outcome: LoginOutcome | None = None
+        self._ttt = 0
+        self._ttt_map: dict[int, Task] = {}
+        self.tasks: dict[int, Task] = {}
+        self._text_pending: bytearray = bytearray()
+        self._text_rest: bytes = b""
+        self._text_ttt = P.RSVD_TAG
+        self._ping_ttt = P.RSVD_TAG
+        self.ping_sent_at: float | None = None
+        self.last_rx = 0.0
+        self.close_reason = ""
+        self.stats = {"pdus_in": 0, "pdus_out": 0, "rejects": 0}
+
+    # ------------------------------------------------------------------ io
+    def send(self, bufs: list[P.Buffer]) -> None:
+        if self.state != "closed":
+            self.stats["pdus_out"] += 1
+            self._send(bufs)
+
+    def close(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self.close_reason = reason
+        for t in list(self.tasks.values()):
+            self._drop_task(t, abort=True)
+        s = self.session
+        if s is not None:
+            if self in s.connections:
+                s.connections.remove(self)
+            if not s.connections:
+                s.closed = True
+                self.env.sessions.remove(s)
+                self._nexus_lost(s)
+        self._on_close(reason)
+
+    def _nexus_lost(self, s: Session) -> None:
+        dev = self.env.device(s.target_name) if s.target else None
+        pr = getattr(dev, "pr_store", None) or getattr(dev, "pr", None)
+        fn = getattr(pr, "nexus_lost", None) if pr is not None else None
+        if fn is not None:
+            try:
+                fn((s.initiator_port, s.target_port))
+            except Exception:  # best effort: the reservation state stays as it is
+                log.debug("nexus_lost failed", exc_info=True)
+
+    def feed(self, data: P.Buffer) -> None:
+        """Convenience for tests and handoff: frame bytes and process them."""
+        self.receive(self.reader.feed_bytes(data))
+
+    def pdu_error(self, e: P.PduError) -> None:
+        log.info("iscsi %s: %s", self.peer_addr, e)
+        if self.state == "ffp":
+            self._reject(e.bhs or bytes(P.BHS_LEN), e.reason)
+        if e.fatal or self.state != "ffp":
+            self.close(str(e))
+
+    def receive(self, pdus: list[P.Pdu | P.PduError]) -> None:
+        for pdu in pdus:
+            if self.state == "closed":
+                return
+            if isinstance(pdu, P.PduError):
+                self.pdu_error(pdu)
+                continue
+            self.stats["pdus_in"] += 1
+            if self.state == "login":
+                self._login_pdu(pdu)
+            elif self.state == "ffp":
+                self._ffp_pdu(pdu)
+            # "logout": a logout response went out; the rest is ignored
+
+    # --------------------------------------------------------------- login
+    def _login_pdu(self, pdu: P.Pdu) -> None:
+        assert self.login is not None
+        out = self.login.on_pdu(pdu)
+        if self.login.failed:
+            self.send(out)
+            self.close("login failed: " + getattr(self.login, "error", ""))
+            return
+        oc = self.login.outcome
+        if oc is None:
+            self.send(out)
+            return
+        self.outcome = oc
+        self.cid = oc.cid
+        self.statsn = oc.statsn
+        self.cp = oc.negotiator.conn_params()
+        if oc.reinstate is not None:
+            oc.reinstate.close()
+            self.env.sessions.remove(oc.reinstate)  # type: ignore[arg-type]
+        if oc.join is not None:
+            sess = oc.join
+            assert isinstance(sess, Session)
+            for c in list(sess.connections):
+                if c.cid == oc.cid:  # connection reinstatement at ERL 0: drop the old one
+                    c.close("connection reinstated")
+        else:
+            qd = oc.target.queue_depth if oc.target else 1
+            sess = Session(
+                oc.tsih,
+                oc.isid,
+                oc.initiator_name,
+                oc.target,
+                oc.negotiator.session_params(),
+                oc.cmdsn,
+                oc.pg_tag or 0,
+                qd,
+            )
+            self.env.sessions.add(sess)
+        sess.connections.append(self)
+        self.session = sess
+        self.login = None
+        self.state = "ffp"
+        self.send(out)
+        # digests and the receive limit apply from the first FFP PDU
+        self.reader.set_limits(self.cp.max_recv_dlen, self.cp.header_digest, self.cp.data_digest)
+
+    # ----------------------------------------------------------------- ffp
+    def _seq(self) -> tuple[int, int]:
+        s = self.session
+        assert s is not None
+        return s.exp_cmdsn, s.max_cmdsn
+
+    def _status_words(self, advance: bool = True) -> tuple[int, int, int]:
+        sn = self.statsn
+        if advance:
+            self.statsn = (sn + 1) & 0xFFFFFFFF
+        exp, mx = self._seq()
+        return sn, exp, mx
+
+    def _encode(
+        self,
+        opcode: int,
+        f1: int,
+        b2: int,
+        b3: int,
+        lun: int,
+        itt: int,
+        w: tuple[int, ...],
+        data: Any = (),
+    ) -> list[P.Buffer]:
+        cp = self.cp
+        return P.encode(opcode, f1, b2, b3, lun, itt, w, data, cp.header_digest, cp.data_digest)
+
+    def _reject(self, bhs: P.Buffer, reason: int) -> None:
+        self.stats["rejects"] += 1
+        sn, exp, mx = self._status_words()
+        self.send(
+            self._encode(
+                P.OP_REJECT,
+                0x80,
+                reason,
+                0,
+                0,
+                P.RSVD_TAG,
+                (P.RSVD_TAG, sn, exp, mx, 0, 0, 0),
+                bytes(bhs[:48]),
+            )
+        )
+
+    def _ffp_pdu(self, pdu: P.Pdu) -> None:
+        op = pdu.opcode
+        s = self.session
+        assert s is not None
+        if op == P.OP_DATA_OUT:
+            self._data_out(pdu)
+            return
+        if op == P.OP_SNACK:
+            # ERL 0: no recovery by SNACK
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        if op == P.OP_LOGIN_REQ:
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        if s.discovery and op in (P.OP_SCSI_CMD, P.OP_TMF_REQ):
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        handler = self._handlers.get(op)
+        if handler is None:
+            self._reject(pdu.bhs, P.REJ_NOT_SUPPORTED)
+            return
+        if op == P.OP_NOP_OUT and pdu.itt == P.RSVD_TAG:
+            # a NOP-Out answering our ping (or a no-reply ping): no CmdSN use
+            handler(self, pdu)
+            return
+
+        def keep() -> Callable[[], None]:
+            copy = P.Pdu(bytes(pdu.bhs), bytes(pdu.ahs), bytes(pdu.data))
+            return lambda: handler(self, copy) if self.state == "ffp" else None
+
+        if not s.order(pdu.cmdsn, pdu.immediate, lambda: handler(self, pdu), keep):
+            log.info(
+                "iscsi: CmdSN %d outside [%d, %d], dropped", pdu.cmdsn, s.exp_cmdsn, s.max_cmdsn
+            )
+
+    # ----------------------------------------------------------------- NOP
+    def _nop_out(self, pdu: P.Pdu) -> None:
+        if pdu.itt == P.RSVD_TAG:
+            if pdu.ttt != P.RSVD_TAG and pdu.ttt == self._ping_ttt:
+                self.ping_sent_at = None
+                self._ping_ttt = P.RSVD_TAG
+            return
+        if pdu.ttt != P.RSVD_TAG:
+            self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
+            return
+        sn, exp, mx = self._status_words()
+        data = bytes(pdu.data[: self.cp.max_xmit_dlen])
+        self.send(
+            self._encode(
+                P.OP_NOP_IN, 0x80, 0, 0, pdu.lun, pdu.itt, (P.RSVD_TAG, sn, exp, mx, 0, 0, 0), data
+            )
+        )
+
+    def idle_check(self, now: float, interval: float, timeout: float) -> bool:
+        """Target-initiated NOP-In keepalive. Returns False (and closes) when a
+        ping stayed unanswered for ``timeout`` seconds."""
+        if self.state != "ffp":
+            return True
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at >= timeout and self.last_rx <= self.ping_sent_at:
+                self.close("NOP-In ping timed out")
+                return False
+            if self.last_rx > self.ping_sent_at:
+                self.ping_sent_at = None
+            return True
+        if now - self.last_rx >= interval:
+            self._ping_ttt = self._new_ttt()
+            self.ping_sent_at = now
+            sn, exp, mx = self._status_words(advance=False)
+            self.send(
+                self._encode(
+                    P.OP_NOP_IN, 0x80, 0, 0, 0, P.RSVD_TAG, (self._ping_ttt, sn, exp, mx, 0, 0, 0)
+                )
+            )
+        return True
+
+    def _new_ttt(self) -> int:
+        self._ttt = (self._ttt + 1) & 0x7FFFFFFF or 1
+        return self._ttt
+
+    # ---------------------------------------------------------- SCSI command
+    def _scsi_cmd(self, pdu: P.Pdu) -> None:
+        s = self.session
+        assert s is not None
+        itt = pdu.itt
+        if itt in s.tasks:
+            self._reject(pdu.bhs, P.REJ_TASK_IN_PROGRESS)
+            return
+        rd = bool(pdu.f1 & P.F_READ)
+        wr = bool(pdu.f1 & P.F_WRITE)
+        edtl = pdu.edtl
+        direction = "write" if wr else ("read" if rd else "none")
+        t = Task(itt, pdu.lun, pdu.cdb, edtl, direction)
+        t.conn = self
+        imm = pdu.data
+        sp = s.params
+        if len(imm) and (
+            not wr or not sp.immediate_data or len(imm) > min(edtl, sp.first_burst_length)
+        ):
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        if not pdu.final and (not wr or sp.initial_r2t):
+            # unsolicited Data-Out announced where none is allowed
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        if rd and wr:
+            self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
+            return
+        s.tasks[itt] = t
+        self.tasks[itt] = t
+        if not wr or edtl == 0:
+            self._execute(t)
+            return
+        if edtl > MAX_EDTL:
+            self._drop_task(t)
+            self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
+            return
+        t.buf = bytearray(edtl)
+        if len(imm):
+            t.buf[: len(imm)] = imm
+        t.received = len(imm)
+        t.next_r2t_offset = t.received
+        if not pdu.final:
+            t.unsol_open = True
+            t.unsol_limit = min(edtl, sp.first_burst_length)
+        self._advance_write(t)
+
+    def _advance_write(self, t: Task) -> None:
+        """Issue R2Ts for the data still missing, or execute when complete."""
+        if t.dead:
+            return
+        if t.received >= t.edtl and not t.r2ts and not t.unsol_open:
+            self._execute(t)
+            return
+        if t.unsol_open:
+            return
+        s = self.session
+        assert s is not None
+        sp = s.params
+        while len(t.r2ts) < sp.max_outstanding_r2t and t.next_r2t_offset < t.edtl:
+            off = t.next_r2t_offset
+            n = min(sp.max_burst_length, t.edtl - off)
+            ttt = self._new_ttt()
+            r = R2T(ttt, off, n, t.r2tsn)
+            t.r2tsn += 1
+            t.r2ts[ttt] = r
+            self._ttt_map[ttt] = t
+            t.next_r2t_offset = off + n
+            sn, exp, mx = self._status_words(advance=False)
+            self.send(
+                self._encode(
+                    P.OP_R2T, 0x80, 0, 0, t.lun_field, t.itt, (ttt, sn, exp, mx, r.r2tsn, off, n)
+                )
+            )
+
+    def _data_out(self, pdu: P.Pdu) -> None:
+        ttt = pdu.ttt
+        s = self.session
+        assert s is not None
+        if ttt == P.RSVD_TAG:
+            t = self.tasks.get(pdu.itt)
+            if t is None or not t.unsol_open:
+                self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
+                return
+            if (
+                pdu.datasn != t.unsol_datasn
+                or pdu.buffer_offset != t.received
+                or t.received + pdu.dlen > t.unsol_limit
+            ):
+                self._seq_error(pdu, "unsolicited Data-Out out of sequence")
+                return
+            assert t.buf is not None
+            t.buf[t.received : t.received + pdu.dlen] = pdu.data
+            t.received += pdu.dlen
+            t.unsol_datasn += 1
+            if pdu.final:
+                t.unsol_open = False
+                t.next_r2t_offset = t.received
+                self._advance_write(t)
+            return
+        t = self._ttt_map.get(ttt)
+        if t is None or t.itt != pdu.itt:
+            self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
+            return
+        r = t.r2ts[ttt]
+        if (
+            pdu.datasn != r.datasn
+            or pdu.buffer_offset != r.offset + r.received
+            or r.received + pdu.dlen > r.length
+        ):
+            self._seq_error(
+                pdu, f"Data-Out DataSN {pdu.datasn}/offset {pdu.buffer_offset} unexpected"
+            )
+            return
+        if pdu.final and r.received + pdu.dlen != r.length:
+            self._seq_error(pdu, "Data-Out F bit before the end of the burst")
+            return
+        assert t.buf is not None
+        off = pdu.buffer_offset
+        t.buf[off : off + pdu.dlen] = pdu.data
+        r.received += pdu.dlen
+        r.datasn += 1
+        t.received += pdu.dlen
+        if r.received == r.length:
+            del t.r2ts[ttt]
+            del self._ttt_map[ttt]
+            self._advance_write(t)
+
+    def _seq_error(self, pdu: P.Pdu, why: str) -> None:
+        # ERL 0 cannot recover a broken data sequence: reject, fail the connection
+        self._reject(pdu.bhs, P.REJ_PROTOCOL)
+        self.close(why)
+
+    def _execute(self, t: Task) -> None:
+        s = self.session
+        assert s is not None
+        dev = self.env.device(s.target_name)
+        st = self.env.make_task(
+            lun=t.lun,
+            cdb=t.cdb,
+            initiator_port=s.initiator_port,
+            target_port=s.target_port,
+            tag=t.itt,
+            data_out=memoryview(t.buf) if t.buf is not None else None,
+            expected_transfer_length=t.edtl,
+            direction=t.direction,
+        )
+        t.scsi = st
+        if dev is None:
+            # the target went away: the LUN is gone
+            st.status = CHECK_CONDITION
+            st.sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0])
+            self._complete(t, st)
+            return
+        dev.execute(st, lambda task, _t=t: self._complete(_t, task))
+
+    def _complete(self, t: Task, st: Any) -> None:
+        if t.dead or self.state == "closed":
+            return
+        self._drop_task(t)
+        if getattr(st, "aborted", False):
+            return  # aborted tasks get no response (the TMF response covers them)
+        edtl = t.edtl
+        sense = bytes(st.sense or b"")
+        status = int(st.status)
+        data_in = st.data_in or []
+        avail = 0
+        for m in data_in:
+            avail += len(m)
+        flags = 0
+        residual = 0
+        if t.direction == "write" or (avail == 0 and t.direction != "read"):
+            tl = getattr(st, "transfer_length", -1)
+            if tl is None or tl < 0:
+                tl = edtl if t.direction == "write" else 0
+            if tl < edtl:
+                flags, residual = P.F_UNDERFLOW, edtl - tl
+            elif tl > edtl:
+                flags, residual = P.F_OVERFLOW, tl - edtl
+        else:
+            if avail < edtl:
+                flags, residual = P.F_UNDERFLOW, edtl - avail
+            elif avail > edtl:
+                flags, residual = P.F_OVERFLOW, avail - edtl
+        send_len = min(avail, edtl) if t.direction != "write" else 0
+        datasn = 0
+        if send_len:
+            datasn = self._send_data_in(
+                t, data_in, send_len, status, flags, residual, collapse=not sense
+            )
+            if not sense:
+                return
+        sn, exp, mx = self._status_words()
+        data = (len(sense).to_bytes(2, "big") + sense) if sense else b""
+        self.send(
+            self._encode(
+                P.OP_SCSI_RESP,
+                0x80 | flags,
+                0,
+                status,
+                0,
+                t.itt,
+                (0, sn, exp, mx, datasn or t.r2tsn, 0, residual),
+                data,
+            )
+        )
+
+    def _send_data_in(
+        self,
+        t: Task,
+        data_in: list[memoryview],
+        total: int,
+        status: int,
+        flags: int,
+        residual: int,
+        collapse: bool,
+    ) -> int:
+        s = self.session
+        assert s is not None
+        maxlen = max(512, self.cp.max_xmit_dlen)
+        burst = s.params.max_burst_length
+        off = 0
+        datasn = 0
+        pieces = iter(data_in)
+        cur: memoryview = memoryview(b"")
+        while off < total:
+            n = min(maxlen, total - off, burst - (off % burst))
+            chunk: list[memoryview] = []
+            need = n
+            while need:
+                if not len(cur):
+                    cur = memoryview(next(pieces)).cast("B")
+                    continue
+                take = cur[:need]
+                chunk.append(take)
+                cur = cur[len(take) :]
+                need -= len(take)
+            last = off + n >= total
+            f1 = 0
+            if last or (off + n) % burst == 0:
+                f1 |= P.F_FINAL
+            if last and collapse:
+                f1 |= P.F_STATUS | flags
+                sn, exp, mx = self._status_words()
+                w = (P.RSVD_TAG, sn, exp, mx, datasn, off, residual)
+                b3 = status
+            else:
+                exp, mx = self._seq()
+                w = (P.RSVD_TAG, 0, exp, mx, datasn, off, 0)
+                b3 = 0
+            self.send(self._encode(P.OP_DATA_IN, f1, 0, b3, t.lun_field, t.itt, w, chunk))
+            datasn += 1
+            off += n
+        return datasn
+
+    def _respond_error(self, t: Task, sense: bytes) -> None:
+        sn, exp, mx = self._status_words()
+        flags, residual = (P.F_UNDERFLOW, t.edtl) if t.edtl else (0, 0)
+        data = len(sense).to_bytes(2, "big") + sense
+        self.send(
+            self._encode(
+                P.OP_SCSI_RESP,
+                0x80 | flags,
+                0,
+                CHECK_CONDITION,
+                0,
+                t.itt,
+                (0, sn, exp, mx, 0, 0, residual),
+                data,
+            )
+        )
+
+    def _drop_task(self, t: Task, abort: bool = False) -> None:
+        t.dead = abort or t.dead
+        self.tasks.pop(t.itt, None)
+        s = self.session
+        if s is not None and s.tasks.get(t.itt) is t:
+            del s.tasks[t.itt]
+        for ttt in t.r2ts:
+            self._ttt_map.pop(ttt, None)
+        t.r2ts.clear()
+        if abort:
+            t.dead = True
+
+    # ------------------------------------------------------ task management
+    def _tmf(self, pdu: P.Pdu) -> None:
+        s = self.session
+        assert s is not None
+        fn = pdu.function
+        lun_id = P.lun_to_int(pdu.lun)
+        dev = self.env.device(s.target_name)
+        resp = TMF_RSP_COMPLETE
+        if fn == TMF_ABORT_TASK:
+            t = s.tasks.get(pdu.ref_task_tag)
+            if t is not None:
+                self._abort(dev, t)
+            else:
+                refcmdsn = pdu.w32
+                if not (sn_lt(refcmdsn, pdu.cmdsn) and sn_lt(refcmdsn, s.exp_cmdsn)):
+                    resp = TMF_RSP_NO_TASK
+        elif fn in (TMF_ABORT_TASK_SET, TMF_LUN_RESET):
+            lun = _get_lun(dev, lun_id)
+            if lun is None:
+                resp = TMF_RSP_NO_LUN
+            else:
+                for t in [x for x in s.tasks.values() if x.lun == lun_id]:
+                    self._abort(dev, t)
+                if fn == TMF_LUN_RESET:
+                    # other initiators' tasks on the LUN go as well
+                    _call(lun, "reset")
+                else:
+                    _call(lun, "abort_task_set", s.initiator_port)
+        elif fn == TMF_TARGET_WARM_RESET:
+            for t in list(s.tasks.values()):
+                self._abort(dev, t)
+            for lun in _all_luns(dev):
+                _call(lun, "reset")
+        else:
+            resp = TMF_RSP_NOT_SUPPORTED
+        sn, exp, mx = self._status_words()
+        self.send(self._encode(P.OP_TMF_RESP, 0x80, resp, 0, 0, pdu.itt, (0, sn, exp, mx, 0, 0, 0)))
+
+    def _abort(self, dev: Any, t: Task) -> None:
+        owner = t.conn or self
+        owner._drop_task(t, abort=True)
+        if t.scsi is not None:
+            lun = _get_lun(dev, t.lun)
+            if lun is not None and self.session is not None:
+                _call(lun, "abort_task", t.itt, self.session.initiator_port)
+
+    # ------------------------------------------------------------------ text
+    def _text(self, pdu: P.Pdu) -> None:
+        s = self.session
+        assert s is not None
+        if pdu.ttt != P.RSVD_TAG:
+            if pdu.ttt != self._text_ttt:
+                self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
+                return
+            if not self._text_rest:
+                self._text_pending += pdu.data
+            else:
+                self._send_text(pdu.itt, self._text_rest)
+                return
+        else:
+            self._text_pending = bytearray(pdu.data)
+            self._text_rest = b""
+        if pdu.cont:
+            if len(self._text_pending) > 64 * 1024:
+                self._reject(pdu.bhs, P.REJ_PROTOCOL)
+                self._text_pending = bytearray()
+                return
+            self._text_ttt = self._new_ttt()
+            sn, exp, mx = self._status_words()
+            self.send(
+                self._encode(
+                    P.OP_TEXT_RESP, 0, 0, 0, 0, pdu.itt, (self._text_ttt, sn, exp, mx, 0, 0, 0)
+                )
+            )
+            return
+        try:
+            pairs = text.parse(self._text_pending)
+        except text.TextError:
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        self._text_pending = bytearray()
+        out: list[tuple[str, str]] = []
+        oc = self.outcome
+        assert oc is not None
+        neg = Negotiator(oc.negotiator.ours, discovery=s.discovery, leading=False)
+        for k, v in pairs:
+            if k == "SendTargets":
+                out += send_targets(
+                    self.env.view,
+                    v,
+                    s.initiator_name,
+                    self.peer_addr,
+                    self.local_addr,
+                    None if s.discovery else s.target_name,
+                )
+        try:
+            out += neg.respond([(k, v) for k, v in pairs if k != "SendTargets"], STAGE_FULL_FEATURE)
+        except NegotiationError:
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            return
+        if "MaxRecvDataSegmentLength" in neg.declared:
+            self.cp.max_xmit_dlen = int(neg.declared["MaxRecvDataSegmentLength"])
+        self._send_text(pdu.itt, text.encode(out))
+
+    def _send_text(self, itt: int, data: bytes) -> None:
+        n = max(512, self.cp.max_xmit_dlen)
+        chunk, rest = data[:n], data[n:]
+        self._text_rest = rest
+        if rest:
+            self._text_ttt = self._new_ttt()
+            f1, ttt = P.F_CONT, self._text_ttt
+        else:
+            self._text_ttt = P.RSVD_TAG
+            f1, ttt = P.F_FINAL, P.RSVD_TAG
+        sn, exp, mx = self._status_words()
+        self.send(
+            self._encode(P.OP_TEXT_RESP, f1, 0, 0, 0, itt, (ttt, sn, exp, mx, 0, 0, 0), chunk)
+        )
+
+    # ---------------------------------------------------------------- logout
+    def _logout(self, pdu: P.Pdu) -> None:
+        s = self.session
+        assert s is not None
+        reason = pdu.function
+        resp = 0
+        close_self = False
+        close_session = False
+        if reason == 0:
+            close_session = True
+        elif reason == 1:
+            if pdu.cid == self.cid:
+                close_self = True
+            else:
+                other = next((c for c in s.connections if c.cid == pdu.cid), None)
+                if other is None:
+                    resp = 1  # CID not found
+                else:
+                    other.close("logged out by another connection")
+        elif reason == 2:
+            resp = 2  # connection recovery is not supported at ERL 0
+        else:
+            self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
+            return
+        sn, exp, mx = self._status_words()
+        t2w = s.params.default_time2wait if resp == 0 else 0
+        t2r = s.params.default_time2retain if resp == 0 else 0
+        self.send(
+            self._encode(
+                P.OP_LOGOUT_RESP,
+                0x80,
+                resp,
+                0,
+                0,
+                pdu.itt,
+                (0, sn, exp, mx, 0, (t2w << 16) | t2r, 0),
+            )
+        )
+        if close_session:
+            self.state = "logout"
+            for c in list(s.connections):
+                if c is not self:
+                    c.close("session logged out")
+            self.close("logout")
+        elif close_self:
+            self.state = "logout"
+            self.close("logout")
+
+    _handlers: dict[int, Callable[[Connection, P.Pdu], None]] = {
+        P.OP_NOP_OUT: _nop_out,
+        P.OP_SCSI_CMD: _scsi_cmd,
+        P.OP_TMF_REQ: _tmf,
+        P.OP_TEXT_REQ: _text,
+        P.OP_LOGOUT_REQ: _logout,
+    }
+
+    # ------------------------------------------------------------- queries
+    def info(self) -> dict[str, Any]:
+        """iscsi_get_connections entry (SPDK's field names)."""
+        s = self.session
+        return {
+            "id": id(self) & 0xFFFF,
+            "cid": self.cid,
+            "tsih": s.tsih if s else 0,
+            "lcore_id": 0,
+            "initiator_addr": self.peer_addr,
+            "target_addr": self.local_addr,
+            "target_node_name": s.target_name if s else "",
+            "initiator_name": s.initiator_name if s else "",
+            "state": self.state,
+        }
+
+
+def _get_lun(dev: Any, lun_id: int) -> Any:
+    if dev is None:
+        return None
+    get = getattr(dev, "get_lun", None)
+    if get is not None:
+        return get(lun_id)
+    luns = getattr(dev, "luns", None)
+    return luns.get(lun_id) if isinstance(luns, dict) else None
+
+
+def _all_luns(dev: Any) -> list[Any]:
+    luns = getattr(dev, "luns", None) if dev is not None else None
+    return list(luns.values()) if isinstance(luns, dict) else []
+
+
+def _call(obj: Any, name: str, *args: Any) -> Any:
+    fn = getattr(obj, name, None)
+    return fn(*args) if fn is not None else None
