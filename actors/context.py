@@ -40,6 +40,13 @@ class ReactorContext(Protocol):
         loop when the reply arrives, or ``cb(False, "timeout")``."""
         ...
 
+    num_reactors: int
+    state_dir: str
+
+    def handoff(self, sock: Any, reactor_id: int, proto: str, listener: str, preread: bytes) -> None:
+        """Move a connection to another reactor; the socket is ours no more."""
+        ...
+
     def notify(self, op: str, args: dict[str, Any]) -> None:
         """Tell the supervisor something; no reply."""
         ...

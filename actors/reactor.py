@@ -59,8 +59,10 @@ class Reactor:
     """The ReactorContext implementation (see context.py)."""
 
     def __init__(self, instance: str, reactor_id: int, core: int, sup_addr: str, fd_sock: socket.socket,
-                 poll_mode: str, spin_us: int) -> None:
+                 poll_mode: str, spin_us: int, num_reactors: int = 1, state_dir: str = "") -> None:
         self.instance = instance
+        self.num_reactors = num_reactors
+        self.state_dir = state_dir
         self.reactor_id = reactor_id
         self.core = core
         self.loop = EventLoop(poll_mode, spin_us)
@@ -223,8 +225,11 @@ class Reactor:
     # ------------------------------------------------------- configuration
     def _apply_config(self, msg: m.ConfigUpdate) -> None:
         for name, desc in msg.bdevs.items():
-            if name not in self._bdevs:
+            b = self._bdevs.get(name)
+            if b is None:
                 self._bdevs[name] = bdev_from_description(desc)
+            elif hasattr(b, "update_description"):
+                b.update_description(desc)  # e.g. a remote controller reconnected
         self.generation = msg.generation
         self.nvmf_config = msg.nvmf
         self.iscsi_config = msg.iscsi
@@ -310,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-mode", default="adaptive")
     ap.add_argument("--spin-us", type=int, default=200)
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--nreactors", type=int, default=1)
+    ap.add_argument("--state-dir", default="")
     a = ap.parse_args(argv)
     die_with_parent()
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
@@ -326,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     load_drivers()
     fd_sock = socket.socket(fileno=a.fd)
-    r = Reactor(a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us)
+    r = Reactor(a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors, a.state_dir)
     signal.signal(signal.SIGTERM, lambda *_: r.stop())
     r.run()
     return 0

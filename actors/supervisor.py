@@ -171,9 +171,9 @@ class Supervisor:
 
             entries += load_config_file(self.opts.json_config, REGISTRY)
         if self.opts.ini_config:
-            from ..transports.iscsi.ini_config import parse_ini_file
+            from ..transports.iscsi.ini_config import load_ini_config
 
-            for i, (method, params) in enumerate(parse_ini_file(self.opts.ini_config)):
+            for i, (method, params) in enumerate(load_ini_config(self.opts.ini_config)):
                 REGISTRY.lookup(method).bind(params)
                 entries.append((f"{self.opts.ini_config} entry {i}", method, params))
         if not entries and self.opts.default_config:
@@ -253,6 +253,7 @@ class Supervisor:
                 "--sup", self.internal_addr, "--fd", str(b.fileno()),
                 "--poll-mode", self.opts.poll_mode, "--spin-us", str(self.opts.spin_us),
                 "--log-level", self.opts.log_level,
+                "--nreactors", str(self.num_reactors), "--state-dir", self.state_dir,
             ]  # fmt: skip
             proc = subprocess.Popen(args, pass_fds=(b.fileno(),), env=env)
             b.close()

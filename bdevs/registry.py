@@ -8,8 +8,9 @@ from .aio import AioBdev
 from .base import Bdev
 from .malloc import MallocBdev
 from .null import NullBdev
+from .nvme import NvmeBdev
 
-MODULES: dict[str, Any] = {"malloc": MallocBdev, "null": NullBdev, "aio": AioBdev}
+MODULES: dict[str, Any] = {"malloc": MallocBdev, "null": NullBdev, "aio": AioBdev, "nvme": NvmeBdev}
 
 
 def bdev_from_description(d: dict[str, Any]) -> Bdev:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import Param, rpc_method
+from .registry import REGISTRY, Param, rpc_method
 
 
 def _noop(ctx: Any, **_: Any) -> bool:
@@ -38,4 +38,6 @@ _COMPAT: dict[str, tuple[tuple[str, type], ...]] = {
 }
 
 for _name, _params in _COMPAT.items():
+    if _name in REGISTRY.methods or _name in REGISTRY.alias_of:
+        continue
     rpc_method(_name, *(Param(n, t, required=False) for n, t in _params))(_noop)

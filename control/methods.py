@@ -10,11 +10,11 @@ log = logging.getLogger(__name__)
 MODULES = (
     "blockfabric.bdevs.rpc",
     "blockfabric.control.framework_methods",
-    "blockfabric.control.compat_methods",
     "blockfabric.actors.supervisor",
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",
     "blockfabric.bdevs.nvme_rpc",
+    "blockfabric.control.compat_methods",  # last: only names nobody else serves
 )
 
 for _m in MODULES:

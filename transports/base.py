@@ -22,7 +22,11 @@ from ..actors.context import ReactorContext
 class TransportDriver(Protocol):
     proto: str
 
-    def accept(self, ctx: ReactorContext, sock: socket.socket, listener: str) -> None: ...
+    def accept(self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b"") -> None:
+        """Take over an accepted connection. ``preread`` holds bytes another
+        reactor already read from it before handing it on (iSCSI login
+        routing to the target node's home reactor)."""
+        ...
 
     def on_config(self, ctx: ReactorContext) -> None: ...
 

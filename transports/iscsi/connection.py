@@ -183,13 +183,12 @@ class Connection:
 
     def _nexus_lost(self, s: Session) -> None:
         dev = self.env.device(s.target_name) if s.target else None
-        pr = getattr(dev, "pr_store", None) or getattr(dev, "pr", None)
-        fn = getattr(pr, "nexus_lost", None) if pr is not None else None
+        fn = getattr(dev, "nexus_lost", None)
         if fn is not None:
             try:
-                fn((s.initiator_port, s.target_port))
-            except Exception:  # best effort: the reservation state stays as it is
-                log.debug("nexus_lost failed", exc_info=True)
+                fn(s.initiator_port, s.target_port)
+            except Exception:  # best effort: the device keeps its state
+                log.exception("nexus_lost failed")
 
     def feed(self, data: P.Buffer) -> None:
         """Convenience for tests and handoff: frame bytes and process them."""
@@ -233,8 +232,10 @@ class Connection:
         self.statsn = oc.statsn
         self.cp = oc.negotiator.conn_params()
         if oc.reinstate is not None:
-            oc.reinstate.close()
-            self.env.sessions.remove(oc.reinstate)  # type: ignore[arg-type]
+            old = oc.reinstate
+            assert isinstance(old, Session)
+            old.close()
+            self.env.sessions.remove(old)
         if oc.join is not None:
             sess = oc.join
             assert isinstance(sess, Session)
@@ -539,7 +540,11 @@ class Connection:
             st.sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0])
             self._complete(t, st)
             return
-        dev.execute(st, lambda task, _t=t: self._complete(_t, task))
+
+        def done(task: Any, _t: Task = t) -> None:
+            self._complete(_t, task)
+
+        dev.execute(st, done)
 
     def _complete(self, t: Task, st: Any) -> None:
         if t.dead or self.state == "closed":
@@ -700,8 +705,11 @@ class Connection:
         elif fn == TMF_TARGET_WARM_RESET:
             for t in list(s.tasks.values()):
                 self._abort(dev, t)
-            for lun in _all_luns(dev):
-                _call(lun, "reset")
+            if dev is not None and hasattr(dev, "target_reset"):
+                dev.target_reset()
+            else:
+                for lun in _all_luns(dev):
+                    _call(lun, "reset")
         else:
             resp = TMF_RSP_NOT_SUPPORTED
         sn, exp, mx = self._status_words()

@@ -267,7 +267,11 @@ class Login:
             self.join = sess
         else:
             old = self.sessions.find(iname, self.isid, tname_key)
-            if old is not None and not self.discovery:
+            if (
+                old is not None
+                and not self.discovery
+                and not self.opts.get("allow_duplicated_isid", False)
+            ):
                 self.reinstate = old
             maxs = int(self.opts.get("max_sessions", 128))
             if old is None and self.sessions.count() >= maxs:
@@ -298,6 +302,8 @@ class Login:
         if "AuthMethod" in keys and self.auth_method is None:
             offered = [x.strip() for x in keys["AuthMethod"].split(",")]
             mine = self.policy.methods()
+            if mine == ["CHAP", "None"] and not self.view.chap_secrets(self.policy.chap_group):
+                mine = ["None"]  # CHAP is optional and no secret exists: it could only fail
             pick = next((m for m in offered if m in mine), None)
             if pick is None:
                 raise LoginFailed(ST_AUTH_FAILED, f"AuthMethod {keys['AuthMethod']} not acceptable")

@@ -217,9 +217,7 @@ class Negotiator:
                 if v in mine:
                     self.values[key] = v
                     return v
-            if all(v in ("CRC32C", "None") for v in offered):
-                # a valid list we cannot accept (e.g. None when a digest is required)
-                return "Reject"
+            # nothing acceptable (e.g. only None while a digest is required)
             return "Reject"
         if kd.kind in BOOL_KINDS:
             if val not in ("Yes", "No"):
@@ -243,10 +241,10 @@ class Negotiator:
                 return None
             self._declared_mrdsl = True
             return ours
-        mine = int(ours)
-        res = min(n, mine) if kd.kind == "min" else max(n, mine)
-        self.values[key] = str(res)
-        return str(res)
+        mine_n = int(ours)
+        agreed = str(min(n, mine_n) if kd.kind == "min" else max(n, mine_n))
+        self.values[key] = agreed
+        return agreed
 
     def _finish(self, out: list[tuple[str, str]]) -> None:
         # FirstBurstLength must not exceed MaxBurstLength

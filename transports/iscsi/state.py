@@ -137,7 +137,9 @@ class IscsiState:
         self.num_reactors = max(1, num_reactors)
         self.options: dict[str, Any] = dict(DEFAULT_OPTIONS)
         self.options_set = False
-        self.portal_groups: dict[int, dict[str, Any]] = {}  # tag -> {"portals": [Portal], "private": bool}
+        self.portal_groups: dict[
+            int, dict[str, Any]
+        ] = {}  # tag -> {"portals": [Portal], "private": bool}
         self.initiator_groups: dict[int, dict[str, list[str]]] = {}
         self.auth_groups: dict[int, list[dict[str, str]]] = {}
         self.target_nodes: dict[str, TargetNode] = {}
@@ -156,7 +158,12 @@ class IscsiState:
                     raise invalid_params("error_recovery_level: only 0 is supported")
                 raise invalid_params(f"{k} must be in [{rng[0]}, {rng[1]}], got {v}")
         merged = {**self.options, **{k: v for k, v in opts.items() if v is not None}}
-        check_chap(merged["disable_chap"], merged["require_chap"], merged["mutual_chap"], merged["chap_group"])
+        check_chap(
+            merged["disable_chap"],
+            merged["require_chap"],
+            merged["mutual_chap"],
+            merged["chap_group"],
+        )
         if merged["nop_in_interval"] > merged["nop_timeout"] and merged["nop_timeout"]:
             pass  # SPDK allows it; pings are just rarer than the timeout
         self.options = merged
@@ -165,10 +172,15 @@ class IscsiState:
     def get_options(self) -> dict[str, Any]:
         return dict(self.options)
 
-    def set_discovery_auth(self, disable_chap: bool, require_chap: bool, mutual_chap: bool, chap_group: int) -> None:
+    def set_discovery_auth(
+        self, disable_chap: bool, require_chap: bool, mutual_chap: bool, chap_group: int
+    ) -> None:
         check_chap(disable_chap, require_chap, mutual_chap, chap_group)
         self.options.update(
-            disable_chap=disable_chap, require_chap=require_chap, mutual_chap=mutual_chap, chap_group=chap_group
+            disable_chap=disable_chap,
+            require_chap=require_chap,
+            mutual_chap=mutual_chap,
+            chap_group=chap_group,
         )
 
     # ----------------------------------------------------------- portal groups
@@ -186,7 +198,9 @@ class IscsiState:
     def delete_portal_group(self, tag: int) -> list[Portal]:
         if tag not in self.portal_groups:
             raise err(ENODEV, f"portal group {tag} not found")
-        users = [t.name for t in self.target_nodes.values() if any(p == tag for p, _ in t.pg_ig_maps)]
+        users = [
+            t.name for t in self.target_nodes.values() if any(p == tag for p, _ in t.pg_ig_maps)
+        ]
         if users:
             raise err(EBUSY, f"portal group {tag} is used by target node {users[0]}")
         return self.portal_groups.pop(tag)["portals"]
@@ -241,7 +255,9 @@ class IscsiState:
 
     def delete_initiator_group(self, tag: int) -> None:
         self._ig(tag)
-        users = [t.name for t in self.target_nodes.values() if any(i == tag for _, i in t.pg_ig_maps)]
+        users = [
+            t.name for t in self.target_nodes.values() if any(i == tag for _, i in t.pg_ig_maps)
+        ]
         if users:
             raise err(EBUSY, f"initiator group {tag} is used by target node {users[0]}")
         del self.initiator_groups[tag]
@@ -266,7 +282,9 @@ class IscsiState:
                 unknown = set(s) - {"user", "secret", "muser", "msecret"}
                 if unknown:
                     raise invalid_params(f"unknown secret field '{sorted(unknown)[0]}'")
-                self.add_secret(tag, s.get("user"), s.get("secret"), s.get("muser"), s.get("msecret"))
+                self.add_secret(
+                    tag, s.get("user"), s.get("secret"), s.get("muser"), s.get("msecret")
+                )
         except RpcError:
             del self.auth_groups[tag]
             raise
@@ -277,14 +295,18 @@ class IscsiState:
             raise err(ENODEV, f"auth group {tag} not found")
         return ag
 
-    def add_secret(self, tag: int, user: Any, secret: Any, muser: Any = None, msecret: Any = None) -> None:
+    def add_secret(
+        self, tag: int, user: Any, secret: Any, muser: Any = None, msecret: Any = None
+    ) -> None:
         ag = self._ag(tag)
         for n, v in (("user", user), ("secret", secret)):
             if not isinstance(v, str) or not v:
                 raise invalid_params(f"secret '{n}' is required")
             if len(v) > 255:
                 raise invalid_params(f"secret '{n}' is longer than 255 characters")
-        if (muser is None) != (msecret is None) or (muser is not None and (not muser or not msecret)):
+        if (muser is None) != (msecret is None) or (
+            muser is not None and (not muser or not msecret)
+        ):
             raise invalid_params("muser and msecret must be given together")
         if any(s["user"] == user for s in ag):
             raise err(EEXIST, f"user {user} already in auth group {tag}")
@@ -306,7 +328,10 @@ class IscsiState:
         del self.auth_groups[tag]
 
     def get_auth_groups(self) -> list[dict[str, Any]]:
-        return [{"tag": t, "secrets": [dict(s) for s in ag]} for t, ag in sorted(self.auth_groups.items())]
+        return [
+            {"tag": t, "secrets": [dict(s) for s in ag]}
+            for t, ag in sorted(self.auth_groups.items())
+        ]
 
     # ------------------------------------------------------------ target nodes
     def full_name(self, name: str) -> str:
@@ -401,12 +426,19 @@ class IscsiState:
                 raise err(ENODEV, f"map {m[0]}:{m[1]} not found in {t.name}")
         t.pg_ig_maps = [m for m in t.pg_ig_maps if m not in maps]
 
-    def set_target_auth(self, name: str, disable_chap: bool, require_chap: bool, mutual_chap: bool, chap_group: int) -> None:
+    def set_target_auth(
+        self, name: str, disable_chap: bool, require_chap: bool, mutual_chap: bool, chap_group: int
+    ) -> None:
         t = self.node(name)
         check_chap(disable_chap, require_chap, mutual_chap, chap_group)
         if chap_group and chap_group not in self.auth_groups:
             raise err(ENODEV, f"auth group {chap_group} not found")
-        t.disable_chap, t.require_chap, t.mutual_chap, t.chap_group = disable_chap, require_chap, mutual_chap, chap_group
+        t.disable_chap, t.require_chap, t.mutual_chap, t.chap_group = (
+            disable_chap,
+            require_chap,
+            mutual_chap,
+            chap_group,
+        )
 
     def get_target_nodes(self) -> list[dict[str, Any]]:
         return [t.to_json() for t in self.target_nodes.values()]
@@ -434,7 +466,10 @@ class IscsiState:
                 {
                     "tag": tag,
                     "private": pg["private"],
-                    "portals": [{"host": p.host, "port": p.port, "listener": p.listener} for p in pg["portals"]],
+                    "portals": [
+                        {"host": p.host, "port": p.port, "listener": p.listener}
+                        for p in pg["portals"]
+                    ],
                 }
                 for tag, pg in sorted(self.portal_groups.items())
             ],

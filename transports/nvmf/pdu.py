@@ -302,17 +302,24 @@ class PduReader:
         self, ptype: int, flags: int, hlen: int, pdo: int, plen: int, ch: memoryview
     ) -> None:
         if ptype not in self.accepts:
-            raise self._fail(FES_INVALID_HEADER_FIELD, OFF_TYPE, f"unexpected PDU type {ptype:#x}", ch)
+            raise self._fail(
+                FES_INVALID_HEADER_FIELD, OFF_TYPE, f"unexpected PDU type {ptype:#x}", ch
+            )
         if (ptype == self.ic_type) == self.ic_done:
             what = "a second IC PDU" if self.ic_done else f"{TYPE_NAMES[ptype]} before IC exchange"
             raise self._fail(FES_PDU_SEQUENCE_ERROR, OFF_TYPE, what, ch)
         if hlen != HLEN[ptype]:
             raise self._fail(
-                FES_INVALID_HEADER_FIELD, OFF_HLEN, f"{TYPE_NAMES[ptype]} HLEN {hlen} != {HLEN[ptype]}", ch
+                FES_INVALID_HEADER_FIELD,
+                OFF_HLEN,
+                f"{TYPE_NAMES[ptype]} HLEN {hlen} != {HLEN[ptype]}",
+                ch,
             )
         hd = 4 if (self.hdgst and ptype not in NO_DIGEST_TYPES) else 0
         if ptype not in NO_DIGEST_TYPES and bool(flags & FLAG_HDGSTF) != bool(hd):
-            raise self._fail(FES_INVALID_HEADER_FIELD, OFF_FLAGS, "HDGSTF does not match negotiation", ch)
+            raise self._fail(
+                FES_INVALID_HEADER_FIELD, OFF_FLAGS, "HDGSTF does not match negotiation", ch
+            )
         base = hlen + hd
         if plen > self.max_plen:
             raise self._fail(FES_DATA_LIMIT_EXCEEDED, OFF_PLEN, f"PLEN {plen} too large", ch)
@@ -323,26 +330,38 @@ class PduReader:
         if ptype not in DATA_TYPES or plen == base:
             if plen != base:
                 raise self._fail(
-                    FES_INVALID_HEADER_FIELD, OFF_PLEN, f"{TYPE_NAMES[ptype]} PLEN {plen} != {base}", ch
+                    FES_INVALID_HEADER_FIELD,
+                    OFF_PLEN,
+                    f"{TYPE_NAMES[ptype]} PLEN {plen} != {base}",
+                    ch,
                 )
             if ptype in (H2C_DATA, C2H_DATA):
                 raise self._fail(FES_INVALID_HEADER_FIELD, OFF_PLEN, "data PDU without data", ch)
             if flags & FLAG_DDGSTF:
-                raise self._fail(FES_INVALID_HEADER_FIELD, OFF_FLAGS, "DDGSTF on a PDU without data", ch)
+                raise self._fail(
+                    FES_INVALID_HEADER_FIELD, OFF_FLAGS, "DDGSTF on a PDU without data", ch
+                )
             return
         # a PDU with data
         if plen < base:
             raise self._fail(FES_INVALID_HEADER_FIELD, OFF_PLEN, f"PLEN {plen} < header {base}", ch)
         dd = 4 if self.ddgst else 0
         if bool(flags & FLAG_DDGSTF) != bool(dd):
-            raise self._fail(FES_INVALID_HEADER_FIELD, OFF_FLAGS, "DDGSTF does not match negotiation", ch)
+            raise self._fail(
+                FES_INVALID_HEADER_FIELD, OFF_FLAGS, "DDGSTF does not match negotiation", ch
+            )
         if pdo < base or pdo != _align(pdo, self.rx_pda) or pdo + dd >= plen:
-            raise self._fail(FES_INVALID_HEADER_FIELD, OFF_PDO, f"PDO {pdo} invalid (PLEN {plen})", ch)
+            raise self._fail(
+                FES_INVALID_HEADER_FIELD, OFF_PDO, f"PDO {pdo} invalid (PLEN {plen})", ch
+            )
         dlen = plen - pdo - dd
         limit = self.max_data.get(ptype)
         if limit is not None and dlen > limit:
             raise self._fail(
-                FES_DATA_LIMIT_EXCEEDED, OFF_PLEN, f"{dlen} bytes of data exceed the limit {limit}", ch
+                FES_DATA_LIMIT_EXCEEDED,
+                OFF_PLEN,
+                f"{dlen} bytes of data exceed the limit {limit}",
+                ch,
             )
 
     def _build(
@@ -377,7 +396,9 @@ class PduReader:
 Buffers = list[bytes | bytearray | memoryview]
 
 
-def encode_icreq(hpda: int = 0, hdgst: bool = False, ddgst: bool = False, maxr2t: int = 0, pfv: int = 0) -> bytes:
+def encode_icreq(
+    hpda: int = 0, hdgst: bool = False, ddgst: bool = False, maxr2t: int = 0, pfv: int = 0
+) -> bytes:
     dg = int(hdgst) | (int(ddgst) << 1)
     return IC.pack(ICREQ, 0, 128, 0, 128, pfv, hpda, dg, maxr2t)
 
@@ -446,7 +467,9 @@ def encode_capsule_resp(
     cid: int, status: int = 0, result: int = 0, sqhd: int = 0, sqid: int = 0, hdgst: bool = False
 ) -> Buffers:
     if hdgst:
-        header = RESP_HDR.pack(CAPSULE_RESP, FLAG_HDGSTF, 24, 0, 28, result, sqhd, sqid, cid, status)
+        header = RESP_HDR.pack(
+            CAPSULE_RESP, FLAG_HDGSTF, 24, 0, 28, result, sqhd, sqid, cid, status
+        )
         return [header, digest(header)]
     return [RESP_HDR.pack(CAPSULE_RESP, 0, 24, 0, 24, result, sqhd, sqid, cid, status)]
 

@@ -180,7 +180,10 @@ class NvmfState:
     def save_config(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [
             {"method": "nvmf_set_config", "params": copy.deepcopy(self.config)},
-            {"method": "nvmf_set_max_subsystems", "params": {"max_subsystems": self.max_subsystems}},
+            {
+                "method": "nvmf_set_max_subsystems",
+                "params": {"max_subsystems": self.max_subsystems},
+            },
         ]
         for t in self.transports.values():
             out.append({"method": "nvmf_create_transport", "params": dict(t)})
@@ -207,7 +210,9 @@ class NvmfState:
                         "method": "nvmf_subsystem_add_listener",
                         "params": {
                             "nqn": nqn,
-                            "listen_address": {k: li[k] for k in ("trtype", "adrfam", "traddr", "trsvcid")},
+                            "listen_address": {
+                                k: li[k] for k in ("trtype", "adrfam", "traddr", "trsvcid")
+                            },
                             "secure_channel": False,
                         },
                     }
@@ -219,7 +224,9 @@ class NvmfState:
                 for k in ("nguid", "eui64", "uuid"):
                     if ns.get(k):
                         nsp[k] = ns[k]
-                out.append({"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": nsp}})
+                out.append(
+                    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": nsp}}
+                )
         return out
 
     def on_bdev_removed(self, name: str) -> list[tuple[str, int]]:
@@ -248,13 +255,19 @@ class NvmfState:
 
     def ctrlrs_of(self, nqn: str, hostnqn: str | None = None) -> list[CtrlrEntry]:
         return [
-            e for (n, _), e in self.ctrlrs.items() if n == nqn and (hostnqn is None or e.hostnqn == hostnqn)
+            e
+            for (n, _), e in self.ctrlrs.items()
+            if n == nqn and (hostnqn is None or e.hostnqn == hostnqn)
         ]
 
-    def drop_ctrlr(self, ctx: RpcContext | None, nqn: str, cntlid: int, notify: bool = True) -> bool:
+    def drop_ctrlr(
+        self, ctx: RpcContext | None, nqn: str, cntlid: int, notify: bool = True
+    ) -> bool:
         e = self.ctrlrs.pop((nqn, cntlid), None)
         if e is not None and notify and ctx is not None:
-            ctx.send_event(None, "nvmf.destroy_ctrlr", {"nqn": nqn, "cntlid": cntlid, "io_only": False})
+            ctx.send_event(
+                None, "nvmf.destroy_ctrlr", {"nqn": nqn, "cntlid": cntlid, "io_only": False}
+            )
         return e is not None
 
 
@@ -280,7 +293,12 @@ def op_create_ctrlr(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> d
     if cntlid is None:
         return {"error": "busy"}
     st.ctrlrs[(nqn, cntlid)] = CtrlrEntry(
-        nqn, cntlid, args["hostnqn"], args.get("hostid", ""), reactor_id, int(args.get("kato_ms", 0))
+        nqn,
+        cntlid,
+        args["hostnqn"],
+        args.get("hostid", ""),
+        reactor_id,
+        int(args.get("kato_ms", 0)),
     )
     return {"cntlid": cntlid}
 
@@ -346,9 +364,7 @@ def op_ctrlr_reset(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> bo
         return False
     e.qpairs.clear()
     e.enabled = False
-    ctx.send_event(
-        None, "nvmf.destroy_ctrlr", {"nqn": e.nqn, "cntlid": e.cntlid, "io_only": True}
-    )
+    ctx.send_event(None, "nvmf.destroy_ctrlr", {"nqn": e.nqn, "cntlid": e.cntlid, "io_only": True})
     return True
 
 

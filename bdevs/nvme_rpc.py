@@ -1,0 +1,399 @@
+"""bdev_nvme RPC methods (SPDK names and parameters) and the supervisor-side
+remote controller: admin queue, keep-alive, loss detection and reconnect."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
+from ..control.registry import Param, rpc_method
+from .nvme import NvmeBdev
+
+log = logging.getLogger(__name__)
+
+KATO_MS = 10000
+HEALTH_PERIOD = 1.0  # keep-alive / health check interval on the supervisor
+CTRLRS: dict[str, NvmeCtrlr] = {}  # name -> controller (supervisor process only)
+
+
+class NvmeCtrlr:
+    def __init__(self, ctx: Any, name: str, p: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.p = p
+        self.ctrl: Any = None
+        self.state = "connecting"
+        self.bdev_names: list[str] = []
+        self.gen = 0
+        self.lost_at = 0.0
+        self._timer: Any = None
+        self._fd = -1
+        self.last_error = ""
+
+    # ------------------------------------------------------------ connect
+    def connect(self) -> None:
+        from ..transports.nvmf_host.controller import Controller
+
+        p = self.p
+        c = Controller(
+            p["traddr"],
+            p["trsvcid"],
+            p["subnqn"],
+            hostnqn=p.get("hostnqn"),
+            hostid=bytes.fromhex(p["hostid"]) if p.get("hostid") else None,
+            kato_ms=KATO_MS,
+            hdgst=p["hdgst"],
+            ddgst=p["ddgst"],
+            nr_io_queues=0,
+            timeout=5.0,
+            keepalive_thread=False,
+        )
+        c.connect()
+        p["hostid"] = c.hostid.hex()
+        p["hostnqn"] = c.hostnqn
+        self.ctrl = c
+        self.state = "enabled"
+        self.gen += 1
+        loop = getattr(self.ctx, "loop", None)
+        if loop is not None and c.admin is not None:
+            from ..actors.loop import EPOLLIN
+
+            self._fd = c.admin.sock.fileno()
+            loop.add_fd(self._fd, EPOLLIN, lambda _e: self._on_readable())
+
+    def namespaces(self) -> list[tuple[int, Any]]:
+        return [
+            (nsid, self.ctrl.identify_namespace(nsid)) for nsid in self.ctrl.active_namespaces()
+        ]
+
+    def ctrlr_desc(self, ns_index: int) -> dict[str, Any]:
+        c = self.ctrl
+        p = self.p
+        cores = [r.core for r in getattr(self.ctx, "reactors", [])] or list(
+            range(self.ctx.num_reactors)
+        )
+        return {
+            "traddr": p["traddr"],
+            "trsvcid": str(p["trsvcid"]),
+            "adrfam": p.get("adrfam") or "IPv4",
+            "subnqn": p["subnqn"],
+            "hostnqn": p["hostnqn"],
+            "hostid": p["hostid"],
+            "cntlid": c.cntlid if c else 0,
+            "hdgst": p["hdgst"],
+            "ddgst": p["ddgst"],
+            "icd_max": c.icd_max if c else 0,
+            "qsize": min(128, c.mqes) if c else 128,
+            "state": self.state,
+            "gen": self.gen,
+            "cores": cores,
+            "ns_index": ns_index,
+            "reconnect_delay_sec": p.get("reconnect_delay_sec") or 1,
+        }
+
+    def publish(self) -> None:
+        """Push the connection state into every namespace bdev's description."""
+        for i, n in enumerate(self.bdev_names):
+            b = self.ctx.bdevs.get(n)
+            if b is not None:
+                b.ctrlr.update(self.ctrlr_desc(i))
+        self.ctx.config_changed()
+
+    # ------------------------------------------------------------ health
+    def start_health(self) -> None:
+        loop = getattr(self.ctx, "loop", None)
+        if loop is not None:
+            self._timer = loop.call_later(HEALTH_PERIOD, self._health)
+
+    def _on_readable(self) -> None:
+        """The admin socket is readable while no command is running: the
+        controller closed the connection (or sent something unasked)."""
+        if self.ctrl is None or self.ctrl.admin is None:
+            return
+        try:
+            data = self.ctrl.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._lost(f"admin connection error: {e}")
+            return
+        if not data:
+            self._lost("admin connection closed by the controller")
+        else:
+            try:  # an unsolicited PDU (e.g. a TermReq): let the queue parse it
+                self.ctrl.keep_alive()
+            except Exception as e:  # noqa: BLE001
+                self._lost(f"admin queue failed: {e}")
+
+    def _health(self) -> None:
+        self._timer = None
+        if self.state == "deleting":
+            return
+        if self.state == "enabled":
+            try:
+                self.ctrl.keep_alive()
+            except Exception as e:  # noqa: BLE001 - any failure means the link is gone
+                self._lost(f"keep-alive failed: {e}")
+        elif self.state == "failed":
+            self._try_reconnect()
+        if self.state in ("enabled", "failed"):
+            loop = self.ctx.loop
+            delay = (
+                HEALTH_PERIOD
+                if self.state == "enabled"
+                else max(0.1, float(self.p.get("reconnect_delay_sec") or 1))
+            )
+            self._timer = loop.call_later(delay, self._health)
+
+    def _drop_ctrl(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                self.ctx.loop.remove_fd(self._fd)
+            self._fd = -1
+        if self.ctrl is not None:
+            with contextlib.suppress(Exception):
+                self.ctrl.close(shutdown=False)
+            self.ctrl = None
+
+    def _lost(self, why: str) -> None:
+        if self.state != "enabled":
+            return
+        log.warning("nvme controller %s lost: %s", self.name, why)
+        self.last_error = why
+        self.state = "failed"
+        self.lost_at = time.monotonic()
+        cntlid = self.ctrl.cntlid if self.ctrl else 0
+        self._drop_ctrl()
+        self.gen += 1
+        for i, n in enumerate(self.bdev_names):
+            b = self.ctx.bdevs.get(n)
+            if b is not None:
+                b.ctrlr.update(self.ctrlr_desc(i))
+                b.ctrlr["cntlid"] = cntlid
+        self.ctx.config_changed()
+        if self._timer is None:
+            self._timer = self.ctx.loop.call_later(
+                max(0.1, float(self.p.get("reconnect_delay_sec") or 1)), self._health
+            )
+
+    def _try_reconnect(self) -> None:
+        loss = self.p.get("ctrlr_loss_timeout_sec")
+        loss = 0 if loss is None else loss
+        if loss != -1 and time.monotonic() - self.lost_at >= loss:
+            log.warning(
+                "nvme controller %s: ctrlr_loss_timeout_sec %s reached, removing its bdevs",
+                self.name,
+                loss,
+            )
+            self.state = "deleting"
+            self.destroy()
+            CTRLRS.pop(self.name, None)
+            return
+        try:
+            self.connect()
+        except Exception as e:  # noqa: BLE001
+            self.last_error = str(e)
+            log.info("nvme controller %s: reconnect failed: %s", self.name, e)
+            self.state = "failed"
+            return
+        log.info("nvme controller %s reconnected (cntlid %d)", self.name, self.ctrl.cntlid)
+        self.publish()
+
+    def destroy(self) -> None:
+        self.state = "deleting"
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for n in self.bdev_names:
+            if n in self.ctx.bdevs:
+                with contextlib.suppress(RpcError):
+                    self.ctx.remove_bdev(n)
+        self.bdev_names = []
+        self._drop_ctrl()
+
+    def get_entry(self) -> dict[str, Any]:
+        p = self.p
+        return {
+            "name": self.name,
+            "ctrlrs": [
+                {
+                    "state": self.state,
+                    "cntlid": self.ctrl.cntlid if self.ctrl else 0,
+                    "trid": {
+                        "trtype": "TCP",
+                        "adrfam": p.get("adrfam") or "IPv4",
+                        "traddr": p["traddr"],
+                        "trsvcid": str(p["trsvcid"]),
+                        "subnqn": p["subnqn"],
+                    },
+                    "host": {
+                        "nqn": p.get("hostnqn", ""),
+                        "addr": p.get("hostaddr") or "",
+                        "svcid": p.get("hostsvcid") or "",
+                    },
+                }
+            ],
+        }
+
+
+@rpc_method(
+    "bdev_nvme_attach_controller",
+    Param("name", str),
+    Param("trtype", str),
+    Param("traddr", str),
+    Param("adrfam", str, required=False),
+    Param("trsvcid", str, required=False),
+    Param("subnqn", str, required=False),
+    Param("hostnqn", str, required=False),
+    Param("hostaddr", str, required=False),
+    Param("hostsvcid", str, required=False),
+    Param("priority", str, required=False),
+    Param("prchk_reftag", bool, required=False),
+    Param("prchk_guard", bool, required=False),
+    Param("hdgst", bool, required=False),
+    Param("ddgst", bool, required=False),
+    Param("ctrlr_loss_timeout_sec", int, required=False, min=-1),
+    Param("reconnect_delay_sec", int, required=False, min=0),
+    Param("fast_io_fail_timeout_sec", int, required=False, min=0),
+    Param("multipath", str, required=False),
+    Param("num_io_queues", int, required=False, min=1),
+    aliases=("construct_nvme_bdev",),
+)
+def bdev_nvme_attach_controller(
+    ctx: Any,
+    name: str,
+    trtype: str,
+    traddr: str,
+    adrfam: str | None = None,
+    trsvcid: str | None = None,
+    subnqn: str | None = None,
+    hostnqn: str | None = None,
+    hdgst: bool | None = None,
+    ddgst: bool | None = None,
+    ctrlr_loss_timeout_sec: int | None = None,
+    reconnect_delay_sec: int | None = None,
+    fast_io_fail_timeout_sec: int | None = None,
+    hostaddr: str | None = None,
+    hostsvcid: str | None = None,
+    **_: Any,
+) -> list[str]:
+    from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
+
+    if trtype.upper() != "TCP":
+        raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (only TCP)")
+    if adrfam is not None and adrfam.lower() not in ("ipv4", "ipv6"):
+        raise invalid_params(f"parameter 'adrfam' must be IPv4 or IPv6, got {adrfam!r}")
+    port = trsvcid or "4420"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise invalid_params(f"parameter 'trsvcid' {port!r} is not a TCP port")
+    if not name or any(c.isspace() for c in name):
+        raise invalid_params(f"parameter 'name' {name!r} is not a valid controller name")
+    if name in CTRLRS:
+        raise RpcError(EEXIST, f"nvme controller {name} already exists")
+    loss = ctrlr_loss_timeout_sec if ctrlr_loss_timeout_sec is not None else 0
+    delay = reconnect_delay_sec if reconnect_delay_sec is not None else 0
+    if loss and not delay:
+        raise invalid_params(
+            "parameter 'reconnect_delay_sec' must be non-zero when ctrlr_loss_timeout_sec is set"
+        )
+    if loss > 0 and delay > loss:
+        raise invalid_params(
+            "parameter 'reconnect_delay_sec' must not exceed ctrlr_loss_timeout_sec"
+        )
+    p = {
+        "trtype": "TCP",
+        "traddr": traddr,
+        "adrfam": adrfam or "IPv4",
+        "trsvcid": port,
+        "subnqn": subnqn or "nqn.2014-08.org.nvmexpress.discovery",
+        "hostnqn": hostnqn,
+        "hdgst": bool(hdgst),
+        "ddgst": bool(ddgst),
+        "ctrlr_loss_timeout_sec": loss,
+        "reconnect_delay_sec": delay,
+        "fast_io_fail_timeout_sec": fast_io_fail_timeout_sec,
+        "hostaddr": hostaddr,
+        "hostsvcid": hostsvcid,
+    }
+    nc = NvmeCtrlr(ctx, name, p)
+    try:
+        nc.connect()
+        nss = nc.namespaces()
+    except (OSError, TransportError, TimeoutError) as e:
+        nc._drop_ctrl()
+        raise RpcError(-5, f"cannot connect to {traddr}:{port} {p['subnqn']}: {e}") from None
+    except NvmeStatusError as e:
+        nc._drop_ctrl()
+        raise RpcError(-5, f"controller {traddr}:{port} {p['subnqn']} refused: {e}") from None
+    names = [f"{name}n{nsid}" for nsid, _ in nss]
+    for n in names:
+        if n in ctx.bdevs:
+            nc._drop_ctrl()
+            raise RpcError(EEXIST, f"bdev {n} already exists")
+    CTRLRS[name] = nc
+    for i, (nsid, ns) in enumerate(nss):
+        kw: dict[str, Any] = {}
+        if any(ns.nguid):
+            import uuid as uuid_mod
+
+            kw["uuid"] = str(uuid_mod.UUID(bytes=ns.nguid))
+        b = NvmeBdev(
+            name=names[i],
+            block_size=ns.block_size,
+            num_blocks=ns.nsze,
+            ctrlr=nc.ctrlr_desc(i),
+            nsid=nsid,
+            **kw,
+        )
+        b.create_method = ""  # saved once per controller (below), not per namespace
+        nc.bdev_names.append(b.name)
+        ctx.add_bdev(b)
+    nc.start_health()
+    return names
+
+
+@rpc_method(
+    "bdev_nvme_detach_controller",
+    Param("name", str),
+    Param("trtype", str, required=False),
+    Param("traddr", str, required=False),
+    Param("adrfam", str, required=False),
+    Param("trsvcid", str, required=False),
+    Param("subnqn", str, required=False),
+    Param("hostaddr", str, required=False),
+    Param("hostsvcid", str, required=False),
+    aliases=("delete_nvme_controller",),
+)
+def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:
+    nc = CTRLRS.pop(name, None)
+    if nc is None:
+        raise RpcError(ENODEV, f"nvme controller {name} not found")
+    nc.destroy()
+    return True
+
+
+@rpc_method(
+    "bdev_nvme_get_controllers",
+    Param("name", str, required=False),
+    aliases=("get_nvme_controllers",),
+)
+def bdev_nvme_get_controllers(ctx: Any, name: str | None = None) -> list[dict[str, Any]]:
+    if name is not None:
+        nc = CTRLRS.get(name)
+        if nc is None:
+            raise RpcError(ENODEV, f"nvme controller {name} not found")
+        return [nc.get_entry()]
+    return [nc.get_entry() for nc in CTRLRS.values()]
+
+
+def save_config() -> list[dict[str, Any]]:
+    """attach_controller calls recreating every controller (for the lead's save_config)."""
+    out = []
+    for name, nc in CTRLRS.items():
+        p = {k: v for k, v in nc.p.items() if v is not None and k != "hostid"}
+        out.append({"method": "bdev_nvme_attach_controller", "params": {"name": name, **p}})
+    return out

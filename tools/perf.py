@@ -1,0 +1,687 @@
+"""`blockfabric perf`: an NVMe/TCP load generator modelled on spdk_nvme_perf.
+
+The parent connects the admin queue (Identify, keep-alive), then starts
+worker processes (``-P N``, or one per core of ``-c MASK``, pinned); each
+worker opens its own I/O queue pair and runs a lean loop: one non-blocking
+socket, preallocated buffers, ``recv_into``, all capsules of a loop turn in
+one ``sendmsg``, busy-polling while I/O is outstanding. Results come back
+over pipes; the parent prints per-worker and total IOPS, MiB/s, latency
+percentiles and each process's CPU use (so a saturated load generator is
+not mistaken for a slow target).
+
+``--verify`` writes a pattern that encodes LBA and a generation into every
+block, reads it back and checks every byte; miscompares are counted, the
+first offsets reported, and the exit status is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import select
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+TRID_KEYS = (
+    "trtype",
+    "adrfam",
+    "traddr",
+    "trsvcid",
+    "subnqn",
+    "hostnqn",
+    "hostaddr",
+    "hostsvcid",
+    "priority",
+    "ns",
+    "alt_traddr",
+)
+PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
+
+
+class TridError(ValueError):
+    pass
+
+
+def parse_trid(s: str) -> dict[str, str]:
+    """SPDK transport ID string: 'trtype:TCP adrfam:IPv4 traddr:... trsvcid:4420 subnqn:...'.
+    Keys are case-insensitive, ``key:value`` or ``key=value``, separated by spaces."""
+    out: dict[str, str] = {}
+    for tok in s.split():
+        sep = min((i for i in (tok.find(":"), tok.find("=")) if i > 0), default=-1)
+        if sep <= 0:
+            raise TridError(f"transport ID element {tok!r} is not key:value")
+        k, v = tok[:sep].lower(), tok[sep + 1 :]
+        if k not in TRID_KEYS:
+            raise TridError(f"unknown transport ID key {k!r} (known: {', '.join(TRID_KEYS)})")
+        if not v:
+            raise TridError(f"transport ID key {k!r} has an empty value")
+        if k in out:
+            raise TridError(f"transport ID key {k!r} given twice")
+        out[k] = v
+    if "trtype" not in out:
+        raise TridError("transport ID needs trtype (only TCP is supported)")
+    if out["trtype"].upper() != "TCP":
+        raise TridError(f"trtype {out['trtype']!r} is not supported (only TCP)")
+    out["trtype"] = "TCP"
+    fam = out.setdefault("adrfam", "IPv4")
+    if fam.lower() not in ("ipv4", "ipv6"):
+        raise TridError(f"adrfam {fam!r} must be IPv4 or IPv6")
+    if "traddr" not in out:
+        raise TridError("transport ID needs traddr")
+    port = out.setdefault("trsvcid", "4420")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise TridError(f"trsvcid {port!r} is not a TCP port")
+    if "ns" in out and (not out["ns"].isdigit() or int(out["ns"]) == 0):
+        raise TridError(f"ns {out['ns']!r} must be a namespace id >= 1")
+    out.setdefault("subnqn", "nqn.2014-08.org.nvmexpress.discovery")
+    return out
+
+
+def parse_mask(mask: str) -> list[int]:
+    try:
+        v = int(mask, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"core mask {mask!r} is not hex") from None
+    cores = [i for i in range(v.bit_length()) if v >> i & 1]
+    if not cores:
+        raise argparse.ArgumentTypeError("core mask selects no core")
+    return cores
+
+
+# ------------------------------------------------------------------ worker
+def _pattern(lba: int, gen: int, nblocks: int, bs: int) -> bytes:
+    return b"".join(struct.pack("<QQ", lba + i, gen) * (bs // 16) for i in range(nblocks))
+
+
+def _first_diff(a: memoryview, b: bytes) -> int:
+    for i in range(len(b)):
+        if a[i] != b[i]:
+            return i
+    return -1
+
+
+def worker_main(conn: Any, cfg: dict[str, Any], progress: Any) -> None:
+    try:
+        conn.send(_run_worker(cfg, progress))
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+    conn.close()
+
+
+def _connect_queue(cfg: dict[str, Any]) -> tuple[socket.socket, Any]:
+    from ..transports.nvmf_host.controller import BlockingQueue
+
+    bq = BlockingQueue(
+        cfg["traddr"], cfg["trsvcid"], cfg["qid"], cfg["qd"] + 1, cfg["hdgst"], cfg["ddgst"], 10.0
+    )
+    bq.execute(
+        lambda cb: bq.q.connect(
+            cfg["subnqn"], cfg["hostnqn"], bytes.fromhex(cfg["hostid"]), cfg["cntlid"], 0, cb
+        ),
+        f"Connect I/O queue {cfg['qid']}",
+    )
+    bq.q.icd_max = cfg["icd_max"]
+    bq.sock.setblocking(False)
+    return bq.sock, bq.q
+
+
+def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
+    from ..transports.nvmf_host.queue import IOV_MAX_SEND, advance, status_str
+
+    if cfg.get("core") is not None:
+        os.sched_setaffinity(0, {cfg["core"]})
+    sock, q = _connect_queue(cfg)
+    qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]
+    nlb = cfg["io_size"] // bs
+    first, units = cfg["first_unit"], cfg["units"]
+    rand = cfg["pattern"].startswith("rand")
+    mix = cfg["read_pct"]
+    verify = cfg["verify"]
+    busy = cfg["busy_poll"]
+    rng = random.Random(cfg["seed"])
+    bufs = [memoryview(bytearray(cfg["io_size"])) for _ in range(qd)]
+    wdata = memoryview(bytes([0xA5]) * cfg["io_size"])
+    lat: list[int] = []
+    lat_append = lat.append
+    errors = 0
+    err_names: Counter[str] = Counter()
+    miscompares = 0
+    first_bad: list[dict[str, Any]] = []
+    gens = [0] * units if verify else []
+    busy_units: set[int] = set()
+    seq = [0]
+    stop = [False]
+    counts = [0, 0, 0]  # reads, writes, completed
+    perf_ns = time.perf_counter_ns
+
+    def pick() -> int:
+        if rand:
+            u = rng.randrange(units)
+            if verify:
+                while u in busy_units:
+                    u = rng.randrange(units)
+        else:
+            u = seq[0]
+            seq[0] = (u + 1) % units
+            if verify:
+                while u in busy_units:
+                    u = seq[0]
+                    seq[0] = (u + 1) % units
+        return u
+
+    def submit(slot: int) -> None:
+        u = pick()
+        lba = (first + u) * nlb
+        if verify:
+            busy_units.add(u)
+            gens[u] += 1
+            data = memoryview(_pattern(lba, gens[u], nlb, bs))
+            q.write(nsid, lba, nlb, data, on_write, (slot, u, data))
+            counts[1] += 1
+            return
+        if mix >= 100 or (mix > 0 and rng.randrange(100) < mix):
+            q.read(nsid, lba, nlb, bufs[slot], on_done, slot)
+            counts[0] += 1
+        else:
+            q.write(nsid, lba, nlb, wdata, on_done, slot)
+            counts[1] += 1
+
+    def on_done(r: Any, status: int, _res: int) -> None:
+        nonlocal errors
+        lat_append(perf_ns() - r.t0)
+        counts[2] += 1
+        if status:
+            errors += 1
+            err_names[status_str(status)] += 1
+        if not stop[0]:
+            submit(r.ctx)
+
+    def on_write(r: Any, status: int, _res: int) -> None:
+        nonlocal errors
+        lat_append(perf_ns() - r.t0)
+        counts[2] += 1
+        slot, u, data = r.ctx
+        if status:
+            errors += 1
+            err_names[status_str(status)] += 1
+            busy_units.discard(u)
+            if not stop[0]:
+                submit(slot)
+            return
+        lba = (first + u) * nlb
+        q.read(nsid, lba, nlb, bufs[slot], on_verify, (slot, u, data))
+        counts[0] += 1
+
+    def on_verify(r: Any, status: int, _res: int) -> None:
+        nonlocal errors, miscompares
+        lat_append(perf_ns() - r.t0)
+        counts[2] += 1
+        slot, u, data = r.ctx
+        busy_units.discard(u)
+        if status:
+            errors += 1
+            err_names[status_str(status)] += 1
+        elif bufs[slot] != data:
+            miscompares += 1
+            if len(first_bad) < 10:
+                off = _first_diff(bufs[slot], data)
+                lba = (first + u) * nlb
+                first_bad.append(
+                    {"lba": lba + off // bs, "byte_offset": lba * bs + off, "expected_gen": gens[u]}
+                )
+        if not stop[0]:
+            submit(slot)
+
+    t_start = time.perf_counter()
+    rus0 = os.times()
+    end_ns = perf_ns() + int(cfg["time"] * 1e9)
+    for slot in range(qd):
+        submit(slot)
+    pending: list[Any] = []
+    last_prog = perf_ns()
+    idle_since = 0
+    fd = sock.fileno()
+    while True:
+        if pending or q.tx:
+            bufs_out = pending + q.take_tx() if pending else q.take_tx()
+            while bufs_out:
+                try:
+                    n = sock.sendmsg(bufs_out[:IOV_MAX_SEND])
+                except BlockingIOError:
+                    break
+                bufs_out = advance(bufs_out, n)
+            pending = bufs_out
+        try:
+            buf = q.recv_buffer()
+            n = sock.recv_into(buf)
+            del buf
+            if n == 0:
+                raise ConnectionError("connection closed by the target")
+            q.received(n)
+            idle_since = 0
+        except BlockingIOError:
+            del buf
+            if not busy:
+                now = perf_ns()
+                if not idle_since:
+                    idle_since = now
+                elif now - idle_since > 50_000:
+                    select.select([fd], [fd] if pending else [], [], 0.01)
+        now = perf_ns()
+        if now - last_prog > 100_000_000:
+            last_prog = now
+            progress.value = counts[2]
+            if now >= end_ns:
+                stop[0] = True
+        if stop[0] and q.outstanding == 0 and not pending:
+            break
+    elapsed = time.perf_counter() - t_start
+    rus1 = os.times()
+    cpu = (rus1.user - rus0.user) + (rus1.system - rus0.system)
+    progress.value = counts[2]
+    sock.close()
+    lat.sort()
+    return {
+        "worker": cfg["index"],
+        "core": cfg.get("core"),
+        "qid": cfg["qid"],
+        "pid": os.getpid(),
+        "ios": counts[2],
+        "reads": counts[0],
+        "writes": counts[1],
+        "elapsed_s": elapsed,
+        "cpu_s": cpu,
+        "errors": errors,
+        "error_names": dict(err_names),
+        "miscompares": miscompares,
+        "first_miscompares": first_bad,
+        "lat": _lat_summary(lat),
+        "hist": dict(Counter(x >> 10 for x in lat)),
+    }
+
+
+def _pct(sorted_ns: list[int], p: float) -> float:
+    if not sorted_ns:
+        return 0.0
+    i = min(len(sorted_ns) - 1, int(len(sorted_ns) * p))
+    return sorted_ns[i] / 1000
+
+
+def _lat_summary(sorted_ns: list[int]) -> dict[str, float]:
+    if not sorted_ns:
+        return {
+            "avg_us": 0.0,
+            "p50_us": 0.0,
+            "p99_us": 0.0,
+            "p999_us": 0.0,
+            "max_us": 0.0,
+            "min_us": 0.0,
+        }
+    return {
+        "avg_us": sum(sorted_ns) / len(sorted_ns) / 1000,
+        "min_us": sorted_ns[0] / 1000,
+        "p50_us": _pct(sorted_ns, 0.5),
+        "p99_us": _pct(sorted_ns, 0.99),
+        "p999_us": _pct(sorted_ns, 0.999),
+        "max_us": sorted_ns[-1] / 1000,
+    }
+
+
+def _hist_summary(
+    hist: Counter[int], maxes: list[float], avg_num: float, n: int
+) -> dict[str, float]:
+    if not n:
+        return _lat_summary([])
+    keys = sorted(hist)
+    out = {"avg_us": avg_num / n, "min_us": keys[0] * 1.024, "max_us": max(maxes)}
+    for name, p in (("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)):
+        want = n * p
+        acc = 0
+        for k in keys:
+            acc += hist[k]
+            if acc > want:
+                out[name] = k * 1.024
+                break
+        else:
+            out[name] = keys[-1] * 1.024
+    return out
+
+
+# ------------------------------------------------------------------ parent
+def run(a: argparse.Namespace) -> int:
+    from ..transports.nvmf_host.controller import Controller
+    from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
+
+    try:
+        trid = parse_trid(a.transport)
+    except TridError as e:
+        print(f"perf: -r: {e}", file=sys.stderr)
+        return 2
+    pattern = a.io_pattern
+    if pattern not in PATTERNS:
+        print(f"perf: -w must be one of {', '.join(PATTERNS)}", file=sys.stderr)
+        return 2
+    if pattern in ("rw", "randrw"):
+        if a.rwmixread is None:
+            print("perf: -M (read percentage) is required with rw/randrw", file=sys.stderr)
+            return 2
+        read_pct = a.rwmixread
+    else:
+        read_pct = 100 if "read" in pattern else 0
+    if not 0 <= read_pct <= 100:
+        print("perf: -M must be 0..100", file=sys.stderr)
+        return 2
+    if a.io_depth < 1 or a.io_size < 512 or a.time <= 0:
+        print("perf: -q >= 1, -o >= 512 and -t > 0 required", file=sys.stderr)
+        return 2
+    cores = parse_mask(a.core_mask) if a.core_mask else None
+    nworkers = a.processes or (len(cores) if cores else 1)
+    try:
+        ctrl = Controller(
+            trid["traddr"],
+            trid["trsvcid"],
+            trid["subnqn"],
+            hostnqn=trid.get("hostnqn"),
+            kato_ms=10000,
+            hdgst=a.hdgst,
+            ddgst=a.ddgst,
+            nr_io_queues=0,
+        ).connect()
+    except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+        print(
+            f"perf: cannot connect to {trid['traddr']}:{trid['trsvcid']} {trid['subnqn']}: {e}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        nsid = int(trid.get("ns", "1"))
+        ns = ctrl.identify_namespace(nsid)
+        bs = ns.block_size
+        if not bs or ns.nsze == 0:
+            print(f"perf: namespace {nsid} is not active", file=sys.stderr)
+            return 1
+        if a.io_size % bs:
+            print(f"perf: -o {a.io_size} is not a multiple of the block size {bs}", file=sys.stderr)
+            return 2
+        # ask for enough I/O queues for every worker
+        got = ctrl.set_features(0x07, ((nworkers - 1) << 16) | (nworkers - 1))
+        maxq = min((got & 0xFFFF) + 1, ((got >> 16) & 0xFFFF) + 1)
+        if nworkers > maxq:
+            print(
+                f"perf: the controller grants {maxq} I/O queue(s), {nworkers} workers asked",
+                file=sys.stderr,
+            )
+            return 1
+        qd = min(a.io_depth, ctrl.mqes - 1)
+        total_units = ns.nsze // (a.io_size // bs)
+        per = total_units // nworkers
+        if per < (2 * qd if a.verify else 1):
+            print(
+                "perf: namespace too small for this I/O size, depth and worker count",
+                file=sys.stderr,
+            )
+            return 2
+        ctx = mp.get_context("spawn")
+        procs = []
+        prog = []
+        for i in range(nworkers):
+            cfg = {
+                "index": i,
+                "qid": i + 1,
+                "core": cores[i % len(cores)] if cores else None,
+                "traddr": trid["traddr"],
+                "trsvcid": trid["trsvcid"],
+                "subnqn": trid["subnqn"],
+                "hostnqn": ctrl.hostnqn,
+                "hostid": ctrl.hostid.hex(),
+                "cntlid": ctrl.cntlid,
+                "hdgst": a.hdgst,
+                "ddgst": a.ddgst,
+                "icd_max": ctrl.icd_max,
+                "qd": qd,
+                "bs": bs,
+                "nsid": nsid,
+                "io_size": a.io_size,
+                "pattern": pattern,
+                "read_pct": read_pct,
+                "time": a.time,
+                "verify": a.verify,
+                "first_unit": i * per if a.verify else 0,
+                "units": per if a.verify else total_units,
+                "seed": a.seed + i,
+                "busy_poll": a.busy_poll,
+            }
+            r, w = ctx.Pipe(duplex=False)
+            v = ctx.RawValue("q", 0)
+            p = ctx.Process(target=worker_main, args=(w, cfg, v), name=f"perf-worker-{i}")
+            p.start()
+            w.close()
+            procs.append((p, r))
+            prog.append(v)
+        results = _monitor(procs, prog, a, a.io_size, [int(x) for x in a.target_pid or []])
+    finally:
+        if ctrl.last_error:
+            print(f"perf: {ctrl.last_error}", file=sys.stderr)
+        ctrl.close()
+    return _report(results, a, trid, pattern, read_pct)
+
+
+def _monitor(
+    procs: list[Any], prog: list[Any], a: argparse.Namespace, io_size: int, target_pids: list[int]
+) -> dict[str, Any]:
+    import psutil
+
+    tprocs = []
+    for pid in target_pids:
+        try:
+            tp = psutil.Process(pid)
+            tp.cpu_percent(None)
+            tprocs.append(tp)
+        except psutil.Error:
+            print(f"perf: --target-pid {pid}: no such process", file=sys.stderr)
+    t0 = time.monotonic()
+    last = 0
+    last_t = t0
+    workers: list[dict[str, Any] | None] = [None] * len(procs)
+    target_cpu: dict[int, float] = {}
+    waiting = set(range(len(procs)))
+    tick = t0 + 1.0
+    while waiting:
+        for i in list(waiting):
+            p, r = procs[i]
+            if r.poll(0.02):
+                try:
+                    workers[i] = r.recv()
+                except EOFError:
+                    workers[i] = {"error": f"worker {i} died (exit code {p.exitcode})"}
+                waiting.discard(i)
+            elif not p.is_alive() and not r.poll(0):
+                workers[i] = {"error": f"worker {i} died (exit code {p.exitcode})"}
+                waiting.discard(i)
+        now = time.monotonic()
+        if now >= tick:
+            tick += 1.0
+            done = sum(v.value for v in prog)
+            iops = (done - last) / (now - last_t)
+            last, last_t = done, now
+            if tprocs and now - t0 <= a.time:
+                for tp in tprocs:
+                    try:
+                        target_cpu[tp.pid] = tp.cpu_percent(None)
+                    except psutil.Error:
+                        pass
+            if not a.quiet:
+                print(
+                    f"[{now - t0:5.1f} s] {iops:10.0f} IOPS {iops * io_size / 1048576:9.2f} MiB/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    for p, _r in procs:
+        p.join(5)
+    return {"workers": workers, "target_cpu": target_cpu}
+
+
+def _report(
+    res: dict[str, Any], a: argparse.Namespace, trid: dict[str, str], pattern: str, read_pct: int
+) -> int:
+    workers = res["workers"]
+    rc = 0
+    rows = []
+    hist: Counter[int] = Counter()
+    tot_ios = tot_err = tot_mis = 0
+    lat_sum = 0.0
+    maxes = []
+    elapsed = 0.0
+    print(
+        f"{'Worker':<12}{'IOPS':>12}{'MiB/s':>10}{'avg us':>10}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>10}"
+        f"{'CPU %':>8}"
+    )
+    for w in workers:
+        if w is None or "error" in w:
+            print(f"perf: {w and w['error']}", file=sys.stderr)
+            rc = 1
+            continue
+        el = w["elapsed_s"] or 1e-9
+        iops = w["ios"] / el
+        mibs = iops * a.io_size / 1048576
+        lat = w["lat"]
+        cpu = 100 * w["cpu_s"] / el
+        name = f"w{w['worker']}" + (f"/core{w['core']}" if w["core"] is not None else "")
+        print(
+            f"{name:<12}{iops:12.0f}{mibs:10.2f}{lat['avg_us']:10.1f}{lat['p50_us']:9.1f}{lat['p99_us']:9.1f}"
+            f"{lat['p999_us']:9.1f}{lat['max_us']:10.1f}{cpu:8.1f}"
+        )
+        rows.append(
+            {
+                **{k: v for k, v in w.items() if k != "hist"},
+                "iops": iops,
+                "mib_s": mibs,
+                "cpu_pct": cpu,
+            }
+        )
+        hist.update({int(k): v for k, v in w["hist"].items()})
+        tot_ios += w["ios"]
+        tot_err += w["errors"]
+        tot_mis += w["miscompares"]
+        lat_sum += lat["avg_us"] * w["ios"]
+        maxes.append(lat["max_us"])
+        elapsed = max(elapsed, el)
+    tl = _hist_summary(hist, maxes or [0.0], lat_sum, tot_ios)
+    tiops = sum(r["iops"] for r in rows)
+    tmib = tiops * a.io_size / 1048576
+    print(
+        f"{'Total':<12}{tiops:12.0f}{tmib:10.2f}{tl['avg_us']:10.1f}{tl['p50_us']:9.1f}{tl['p99_us']:9.1f}"
+        f"{tl['p999_us']:9.1f}{tl['max_us']:10.1f}"
+    )
+    for pid, c in sorted(res["target_cpu"].items()):
+        print(f"target pid {pid}: CPU {c:.1f} %")
+    for r in rows:
+        for name, n in r["error_names"].items():
+            print(f"worker {r['worker']}: {n} I/O error(s): {name}", file=sys.stderr)
+    if tot_err:
+        rc = 1
+    if a.verify:
+        print(f"verify: {tot_mis} miscompare(s) in {tot_ios} I/Os")
+        for r in rows:
+            for m in r["first_miscompares"]:
+                print(
+                    f"  worker {r['worker']}: miscompare at LBA {m['lba']} (byte offset {m['byte_offset']}), "
+                    f"expected generation {m['expected_gen']}"
+                )
+        if tot_mis:
+            rc = 1
+    if a.json:
+        doc = {
+            "transport": trid,
+            "pattern": pattern,
+            "read_pct": read_pct,
+            "io_size": a.io_size,
+            "queue_depth": a.io_depth,
+            "time_s": a.time,
+            "hdgst": a.hdgst,
+            "ddgst": a.ddgst,
+            "verify": a.verify,
+            "workers": rows,
+            "total": {
+                "iops": tiops,
+                "mib_s": tmib,
+                "ios": tot_ios,
+                "errors": tot_err,
+                "miscompares": tot_mis,
+                "lat": tl,
+            },
+            "target_cpu_pct": {str(k): v for k, v in res["target_cpu"].items()},
+        }
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=2)
+    return rc
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-r",
+        "--transport",
+        required=True,
+        help="'trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:NQN [hostnqn:NQN] [ns:N]'",
+    )
+    p.add_argument("-q", "--io-depth", type=int, default=32, help="queue depth per worker")
+    p.add_argument("-o", "--io-size", type=int, default=4096, help="I/O size in bytes")
+    p.add_argument("-w", "--io-pattern", default="randread", help="|".join(PATTERNS))
+    p.add_argument(
+        "-M", "--rwmixread", type=int, default=None, help="read percentage for rw/randrw"
+    )
+    p.add_argument("-t", "--time", type=float, default=10.0, help="seconds")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-c", "--core-mask", default=None, help="hex mask: one pinned worker per core")
+    g.add_argument("-P", "--processes", type=int, default=None, help="number of worker processes")
+    p.add_argument(
+        "-H",
+        "--hdgst",
+        "--enable-tcp-hdgst",
+        dest="hdgst",
+        action="store_true",
+        help="NVMe/TCP header digest",
+    )
+    p.add_argument(
+        "-I",
+        "--ddgst",
+        "--enable-tcp-ddgst",
+        dest="ddgst",
+        action="store_true",
+        help="NVMe/TCP data digest",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="data integrity mode (write, read back, compare)"
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
+    p.add_argument(
+        "--busy-poll", action="store_true", help="never block: spin while I/O is outstanding"
+    )
+    p.add_argument(
+        "--target-pid", action="append", default=None, help="report this process's CPU use"
+    )
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("perf", help="NVMe/TCP load generator (like spdk_nvme_perf)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="blockfabric perf")
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

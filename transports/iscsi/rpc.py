@@ -1,0 +1,421 @@
+"""iSCSI JSON-RPC methods with SPDK's names, parameters and result shapes
+(python/spdk/rpc/iscsi.py, lib/iscsi/iscsi_rpc.c); SPDK's pre-20.x names are
+aliases. Handlers validate, mutate ``ctx.iscsi`` (an `IscsiState`), then call
+``ctx.config_changed()`` so every reactor has the change when the RPC returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...control.errors import ENODEV, RpcError, invalid_params
+from ...control.registry import Param, rpc_method
+from .state import IscsiState, Portal
+
+
+def _state(ctx: Any) -> IscsiState:
+    st = getattr(ctx, "iscsi", None)
+    if st is None:
+        raise RpcError(ENODEV, "iSCSI target is not initialized")
+    return st
+
+
+def _split_host(host: str) -> tuple[str, str]:
+    if host.startswith("["):
+        return host[1:].split("]")[0], "ipv6"
+    return host, ("ipv6" if ":" in host else "ipv4")
+
+
+def _portals(raw: list[Any]) -> list[Portal]:
+    out: list[Portal] = []
+    for i, p in enumerate(raw):
+        if not isinstance(p, dict) or "host" not in p:
+            raise invalid_params(
+                f"parameter 'portals[{i}]' must be an object with 'host' and 'port'"
+            )
+        unknown = set(p) - {"host", "port"}
+        if unknown:
+            raise invalid_params(f"unknown parameter 'portals[{i}].{sorted(unknown)[0]}'")
+        host, port = p["host"], p.get("port", "3260")
+        if not isinstance(host, str) or not host:
+            raise invalid_params(f"parameter 'portals[{i}].host' must be a non-empty string")
+        if isinstance(port, bool) or not isinstance(port, str | int) or not str(port).isdigit():
+            raise invalid_params(f"parameter 'portals[{i}].port' must be a port number")
+        if not 0 < int(port) < 65536:
+            raise invalid_params(f"parameter 'portals[{i}].port' out of range: {port}")
+        out.append(Portal(host, str(port)))
+    return out
+
+
+def _maps(raw: list[Any], pname: str = "pg_ig_maps") -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or set(m) != {"pg_tag", "ig_tag"}:
+            raise invalid_params(
+                f"parameter '{pname}[{i}]' must be {{'pg_tag': int, 'ig_tag': int}}"
+            )
+        p, g = m["pg_tag"], m["ig_tag"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in (p, g)):
+            raise invalid_params(f"parameter '{pname}[{i}]' tags must be integers >= 1")
+        out.append((p, g))
+    return out
+
+
+def _luns(raw: list[Any]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for i, lun in enumerate(raw):
+        if not isinstance(lun, dict) or "bdev_name" not in lun or "lun_id" not in lun:
+            raise invalid_params(
+                f"parameter 'luns[{i}]' must be {{'bdev_name': str, 'lun_id': int}}"
+            )
+        b, lid = lun["bdev_name"], lun["lun_id"]
+        if not isinstance(b, str) or not isinstance(lid, int) or isinstance(lid, bool):
+            raise invalid_params(f"parameter 'luns[{i}]' has the wrong types")
+        if lid in out:
+            raise invalid_params(f"lun_id {lid} given twice")
+        out[lid] = b
+    return out
+
+
+def _check_bdev(ctx: Any, name: str) -> None:
+    bdevs = getattr(ctx, "bdevs", None)
+    if bdevs is not None and name not in bdevs:
+        raise RpcError(ENODEV, f"bdev {name} not found")
+
+
+# ------------------------------------------------------------------ options
+@rpc_method(
+    "iscsi_set_options",
+    Param("auth_file", str, required=False),
+    Param("node_base", str, required=False),
+    Param("nop_timeout", int, required=False),
+    Param("nop_in_interval", int, required=False),
+    Param("disable_chap", bool, required=False),
+    Param("require_chap", bool, required=False),
+    Param("mutual_chap", bool, required=False),
+    Param("chap_group", int, required=False),
+    Param("max_sessions", int, required=False),
+    Param("max_queue_depth", int, required=False),
+    Param("max_connections_per_session", int, required=False),
+    Param("default_time2wait", int, required=False),
+    Param("default_time2retain", int, required=False),
+    Param("first_burst_length", int, required=False),
+    Param("immediate_data", bool, required=False),
+    Param("error_recovery_level", int, required=False),
+    Param("allow_duplicated_isid", bool, required=False),
+    Param("max_large_datain_per_connection", int, required=False),
+    Param("max_r2t_per_connection", int, required=False),
+    Param("pdu_pool_size", int, required=False),
+    Param("immediate_data_pool_size", int, required=False),
+    Param("data_out_pool_size", int, required=False),
+    aliases=("set_iscsi_options",),
+)
+def iscsi_set_options(ctx: Any, **opts: Any) -> bool:
+    _state(ctx).set_options(**opts)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_get_options", aliases=("get_iscsi_global_params",))
+def iscsi_get_options(ctx: Any) -> dict[str, Any]:
+    return _state(ctx).get_options()
+
+
+@rpc_method(
+    "iscsi_set_discovery_auth",
+    Param("disable_chap", bool, default=False),
+    Param("require_chap", bool, default=False),
+    Param("mutual_chap", bool, default=False),
+    Param("chap_group", int, default=0, min=0),
+    aliases=("set_iscsi_discovery_auth",),
+)
+def iscsi_set_discovery_auth(
+    ctx: Any, disable_chap: bool, require_chap: bool, mutual_chap: bool, chap_group: int
+) -> bool:
+    st = _state(ctx)
+    if chap_group and chap_group not in st.auth_groups:
+        raise RpcError(ENODEV, f"auth group {chap_group} not found")
+    st.set_discovery_auth(disable_chap, require_chap, mutual_chap, chap_group)
+    ctx.config_changed()
+    return True
+
+
+# ------------------------------------------------------------ portal groups
+@rpc_method(
+    "iscsi_create_portal_group",
+    Param("tag", int, min=1),
+    Param("portals", list, item=dict),
+    Param("private", bool, default=False),
+    Param("wait", bool, default=False),
+    aliases=("add_portal_group",),
+)
+def iscsi_create_portal_group(
+    ctx: Any, tag: int, portals: list[Any], private: bool, wait: bool
+) -> bool:
+    st = _state(ctx)
+    ps = _portals(portals)
+    if tag in st.portal_groups:
+        raise RpcError(-17, f"portal group {tag} already exists")
+    opened: list[Portal] = []
+    try:
+        for p in ps:
+            host, fam = _split_host(p.host)
+            p.listener = ctx.add_listener("iscsi", host, int(p.port), fam)
+            opened.append(p)
+        st.add_portal_group(tag, ps, private)
+    except Exception:
+        for p in opened:
+            ctx.remove_listener("iscsi", _split_host(p.host)[0], int(p.port))
+        raise
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_delete_portal_group", Param("tag", int, min=1), aliases=("delete_portal_group",))
+def iscsi_delete_portal_group(ctx: Any, tag: int) -> bool:
+    portals = _state(ctx).delete_portal_group(tag)
+    ctx.config_changed()
+    for p in portals:
+        ctx.remove_listener("iscsi", _split_host(p.host)[0], int(p.port))
+    return True
+
+
+@rpc_method("iscsi_get_portal_groups", aliases=("get_portal_groups",))
+def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
+    return _state(ctx).get_portal_groups()
+
+
+# --------------------------------------------------------- initiator groups
+@rpc_method(
+    "iscsi_create_initiator_group",
+    Param("tag", int, min=1),
+    Param("initiators", list, item=str),
+    Param("netmasks", list, item=str),
+    aliases=("add_initiator_group",),
+)
+def iscsi_create_initiator_group(
+    ctx: Any, tag: int, initiators: list[str], netmasks: list[str]
+) -> bool:
+    _state(ctx).add_initiator_group(tag, initiators, netmasks)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_initiator_group_add_initiators",
+    Param("tag", int, min=1),
+    Param("initiators", list, item=str, required=False),
+    Param("netmasks", list, item=str, required=False),
+    aliases=("add_initiators_to_initiator_group",),
+)
+def iscsi_initiator_group_add_initiators(
+    ctx: Any, tag: int, initiators: Any = None, netmasks: Any = None
+) -> bool:
+    _state(ctx).ig_add(tag, initiators, netmasks)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_initiator_group_remove_initiators",
+    Param("tag", int, min=1),
+    Param("initiators", list, item=str, required=False),
+    Param("netmasks", list, item=str, required=False),
+    aliases=("delete_initiators_from_initiator_group",),
+)
+def iscsi_initiator_group_remove_initiators(
+    ctx: Any, tag: int, initiators: Any = None, netmasks: Any = None
+) -> bool:
+    _state(ctx).ig_remove(tag, initiators, netmasks)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_delete_initiator_group", Param("tag", int, min=1), aliases=("delete_initiator_group",)
+)
+def iscsi_delete_initiator_group(ctx: Any, tag: int) -> bool:
+    _state(ctx).delete_initiator_group(tag)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_get_initiator_groups", aliases=("get_initiator_groups",))
+def iscsi_get_initiator_groups(ctx: Any) -> list[dict[str, Any]]:
+    return _state(ctx).get_initiator_groups()
+
+
+# -------------------------------------------------------------- auth groups
+@rpc_method(
+    "iscsi_create_auth_group",
+    Param("tag", int, min=1),
+    Param("secrets", list, item=dict, required=False),
+    aliases=("add_iscsi_auth_group",),
+)
+def iscsi_create_auth_group(ctx: Any, tag: int, secrets: Any = None) -> bool:
+    _state(ctx).add_auth_group(tag, secrets)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_delete_auth_group", Param("tag", int, min=1), aliases=("delete_iscsi_auth_group",)
+)
+def iscsi_delete_auth_group(ctx: Any, tag: int) -> bool:
+    _state(ctx).delete_auth_group(tag)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_auth_group_add_secret",
+    Param("tag", int, min=1),
+    Param("user", str),
+    Param("secret", str),
+    Param("muser", str, required=False),
+    Param("msecret", str, required=False),
+    aliases=("add_secret_to_iscsi_auth_group",),
+)
+def iscsi_auth_group_add_secret(
+    ctx: Any, tag: int, user: str, secret: str, muser: Any = None, msecret: Any = None
+) -> bool:
+    _state(ctx).add_secret(tag, user, secret, muser, msecret)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_auth_group_remove_secret",
+    Param("tag", int, min=1),
+    Param("user", str),
+    aliases=("delete_secret_from_iscsi_auth_group",),
+)
+def iscsi_auth_group_remove_secret(ctx: Any, tag: int, user: str) -> bool:
+    _state(ctx).remove_secret(tag, user)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_get_auth_groups", aliases=("get_iscsi_auth_groups",))
+def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
+    return _state(ctx).get_auth_groups()
+
+
+# ------------------------------------------------------------- target nodes
+@rpc_method(
+    "iscsi_create_target_node",
+    Param("name", str),
+    Param("alias_name", str),
+    Param("luns", list, item=dict),
+    Param("pg_ig_maps", list, item=dict),
+    Param("queue_depth", int, min=1),
+    Param("chap_group", int, default=0, min=0),
+    Param("disable_chap", bool, default=False),
+    Param("require_chap", bool, default=False),
+    Param("mutual_chap", bool, default=False),
+    Param("header_digest", bool, default=False),
+    Param("data_digest", bool, default=False),
+    aliases=("construct_target_node",),
+)
+def iscsi_create_target_node(
+    ctx: Any,
+    name: str,
+    alias_name: str,
+    luns: list[Any],
+    pg_ig_maps: list[Any],
+    queue_depth: int,
+    chap_group: int,
+    disable_chap: bool,
+    require_chap: bool,
+    mutual_chap: bool,
+    header_digest: bool,
+    data_digest: bool,
+) -> bool:
+    st = _state(ctx)
+    lmap = _luns(luns)
+    for b in lmap.values():
+        _check_bdev(ctx, b)
+    n = getattr(ctx, "num_reactors", None)
+    if isinstance(n, int) and n > 0:
+        st.num_reactors = n
+    st.create_target_node(
+        name, alias_name, lmap, _maps(pg_ig_maps), queue_depth,
+        disable_chap, require_chap, mutual_chap, chap_group, header_digest, data_digest,
+    )  # fmt: skip
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_delete_target_node", Param("name", str), aliases=("delete_target_node",))
+def iscsi_delete_target_node(ctx: Any, name: str) -> bool:
+    _state(ctx).delete_target_node(name)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_target_node_add_lun",
+    Param("name", str),
+    Param("bdev_name", str),
+    Param("lun_id", int, required=False),
+    aliases=("target_node_add_lun",),
+)
+def iscsi_target_node_add_lun(ctx: Any, name: str, bdev_name: str, lun_id: Any = None) -> bool:
+    _check_bdev(ctx, bdev_name)
+    _state(ctx).add_lun(name, bdev_name, lun_id)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_target_node_add_pg_ig_maps",
+    Param("name", str),
+    Param("pg_ig_maps", list, item=dict),
+    aliases=("add_pg_ig_maps",),
+)
+def iscsi_target_node_add_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any]) -> bool:
+    _state(ctx).add_pg_ig_maps(name, _maps(pg_ig_maps))
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_target_node_remove_pg_ig_maps",
+    Param("name", str),
+    Param("pg_ig_maps", list, item=dict),
+    aliases=("delete_pg_ig_maps",),
+)
+def iscsi_target_node_remove_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any]) -> bool:
+    _state(ctx).remove_pg_ig_maps(name, _maps(pg_ig_maps))
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "iscsi_target_node_set_auth",
+    Param("name", str),
+    Param("chap_group", int, default=0, min=0),
+    Param("disable_chap", bool, default=False),
+    Param("require_chap", bool, default=False),
+    Param("mutual_chap", bool, default=False),
+    aliases=("set_iscsi_target_node_auth",),
+)
+def iscsi_target_node_set_auth(
+    ctx: Any, name: str, chap_group: int, disable_chap: bool, require_chap: bool, mutual_chap: bool
+) -> bool:
+    _state(ctx).set_target_auth(name, disable_chap, require_chap, mutual_chap, chap_group)
+    ctx.config_changed()
+    return True
+
+
+@rpc_method("iscsi_get_target_nodes", aliases=("get_target_nodes",))
+def iscsi_get_target_nodes(ctx: Any) -> list[dict[str, Any]]:
+    return _state(ctx).get_target_nodes()
+
+
+@rpc_method("iscsi_get_connections", aliases=("get_iscsi_connections",))
+def iscsi_get_connections(ctx: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for part in ctx.gather("iscsi.connections", {}):
+        if isinstance(part, list):
+            out.extend(part)
+    return out

@@ -1,0 +1,506 @@
+"""Reactor-side NVMe-oF target objects built from the configuration snapshot.
+
+Owns: `TransportOpts`, `Namespace`, `Subsystem` (rebuilt from
+``ctx.nvmf_config`` on every ConfigUpdate), `Controller` (the admin-queue
+side of an association: properties CC/CSTS, features, keep-alive timer, AER
+slots, changed-namespace list, error log ring, counters), `QueuePair` (the
+NVMe-level bookkeeping every transport queue pair shares) and `NvmfTarget`,
+one per reactor, which holds them and routes commands to fabrics/admin/io.
+
+A controller lives on the reactor that accepted its admin queue; its I/O
+queues may live on any reactor and only know (subsystem, cntlid). Anything
+that spans reactors goes through the supervisor's controller directory
+(state.py) with ``ctx.call``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import struct
+import time
+import uuid as uuid_mod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ...actors.context import ReactorContext
+from . import spec
+from .nqn import DISCOVERY_NQN
+from .state import TCP_DEFAULTS
+
+if TYPE_CHECKING:
+    from .tcp import Request
+
+log = logging.getLogger(__name__)
+
+FIRMWARE_REV = "0.1.0"
+VENDOR_ID = 0  # no PCI vendor id, like a software target without one
+IEEE_OUI = b"\x00\x00\x00"
+MAX_ASYNC_EVENTS = 4  # AERL = 3
+ERROR_LOG_ENTRIES = 128  # ELPE = 127
+DISC_KATO_MS = 120_000  # discovery controller connected with KATO 0
+
+
+class TransportOpts:
+    """The TCP transport options a reactor needs, from the snapshot."""
+
+    def __init__(self, d: dict[str, Any] | None) -> None:
+        o = dict(TCP_DEFAULTS)
+        if d:
+            o.update(d)
+        self.raw = o
+        self.max_queue_depth = int(o["max_queue_depth"])
+        self.max_io_qpairs_per_ctrlr = int(o["max_io_qpairs_per_ctrlr"])
+        self.in_capsule_data_size = int(o["in_capsule_data_size"])
+        self.max_io_size = int(o["max_io_size"])
+        self.io_unit_size = int(o["io_unit_size"])
+        self.max_aq_depth = int(o["max_aq_depth"])
+        self.c2h_success = bool(o["c2h_success"])
+        self.kas = int(o["kas"])
+        self.sock_priority = int(o["sock_priority"])
+        # the admin queue accepts 8 KiB in capsule (Linux sends Connect data inline)
+        self.admin_icd = max(8192, self.in_capsule_data_size)
+
+    @property
+    def mdts(self) -> int:
+        n, size = 0, 4096
+        while size * 2 <= self.max_io_size:
+            size *= 2
+            n += 1
+        return n
+
+
+class Namespace:
+    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64")
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.nsid = int(d["nsid"])
+        self.bdev_name = str(d["bdev_name"])
+        self.uuid = uuid_mod.UUID(d["uuid"]).bytes if d.get("uuid") else b"\0" * 16
+        self.nguid = bytes.fromhex(d["nguid"]) if d.get("nguid") else b"\0" * 16
+        self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
+
+    def ident(self) -> tuple[str, bytes, bytes, bytes]:
+        return (self.bdev_name, self.uuid, self.nguid, self.eui64)
+
+
+class Subsystem:
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.nqn: str = d["nqn"]
+        self.subtype: str = d.get("subtype", "NVMe")
+        self.is_discovery = self.subtype == "Discovery" or self.nqn == DISCOVERY_NQN
+        self.serial: str = d.get("serial_number", "")
+        self.model: str = d.get("model_number", "")
+        self.max_namespaces = int(d.get("max_namespaces", 0))
+        self.allow_any_host = bool(d.get("allow_any_host", False))
+        self.hosts = set(d.get("hosts", ()))
+        self.listeners: list[dict[str, Any]] = list(d.get("listeners", ()))
+        self.listener_keys = {
+            li.get("key", f"{li['traddr']}:{li['trsvcid']}") for li in self.listeners
+        }
+        self.namespaces: dict[int, Namespace] = {}
+        for nd in d.get("namespaces", ()):
+            ns = Namespace(nd)
+            self.namespaces[ns.nsid] = ns
+
+    def host_allowed(self, hostnqn: str) -> bool:
+        return self.is_discovery or self.allow_any_host or hostnqn in self.hosts
+
+    def listener_allowed(self, key: str) -> bool:
+        # like SPDK (deprecated) and Linux nvmet, discovery answers on every port
+        return self.is_discovery or key in self.listener_keys
+
+    @property
+    def nn(self) -> int:
+        top = max(self.namespaces, default=0)
+        return max(self.max_namespaces, top) if self.max_namespaces else max(top, 1024)
+
+
+class Counters:
+    """Per-controller I/O counters (SMART data units / host commands)."""
+
+    __slots__ = ("read_bytes", "write_bytes", "read_cmds", "write_cmds")
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+        self.write_bytes = 0
+        self.read_cmds = 0
+        self.write_cmds = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class QueuePair:
+    """NVMe queue bookkeeping shared by every transport queue pair."""
+
+    def __init__(self, target: NvmfTarget, listener: str, peer: str) -> None:
+        self.target = target
+        self.listener = listener
+        self.peer = peer
+        self.qid: int = -1  # unknown until Connect
+        self.sqsize = 0  # 0-based, from Connect
+        self.sqhd = 0
+        self.sq_flow_disabled = False
+        self.ctrl: Controller | None = None
+        self.subsys: Subsystem | None = None
+        self.cntlid = 0
+        self.hostnqn = ""
+        self.counters = Counters()
+        self.closed = False
+        self.connect_pending = False
+
+    # implemented by the transport
+    def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
+        raise NotImplementedError
+
+    def complete_with_data(
+        self, req: Request, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
+    ) -> None:
+        raise NotImplementedError
+
+    def close(self, reason: str = "") -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        host, _, port = self.peer.rpartition(":")
+        lhost, _, lport = self.listener.rpartition(":")
+        fam = "IPv6" if ":" in host else "IPv4"
+        return {
+            "cntlid": self.cntlid,
+            "qid": self.qid,
+            "state": "active" if not self.closed else "deleting",
+            "thread": f"nvmf_tgt_poll_group_{self.target.ctx.reactor_id}",
+            "hostnqn": self.hostnqn,
+            "listen_address": {"trtype": "TCP", "adrfam": fam, "traddr": lhost, "trsvcid": lport},
+            "peer_address": {"trtype": "TCP", "adrfam": fam, "traddr": host, "trsvcid": port},
+        }
+
+
+class Controller:
+    def __init__(
+        self,
+        target: NvmfTarget,
+        subsys: Subsystem,
+        cntlid: int,
+        hostnqn: str,
+        hostid: bytes,
+        kato_ms: int,
+        admin_qp: QueuePair,
+    ) -> None:
+        self.target = target
+        self.subsys = subsys
+        self.cntlid = cntlid
+        self.hostnqn = hostnqn
+        self.hostid = hostid
+        self.admin_qp = admin_qp
+        self.kato_ms = kato_ms
+        self.cc = 0
+        self.csts = 0
+        self.features: dict[int, int] = {
+            spec.FID_ARBITRATION: 0,
+            spec.FID_POWER_MGMT: 0,
+            spec.FID_ERROR_RECOVERY: 0,
+            spec.FID_VOLATILE_WC: 1,
+            spec.FID_WRITE_ATOMICITY: 0,
+            spec.FID_ASYNC_EVENT_CONFIG: 0,
+        }
+        self.temp_thresholds: dict[tuple[int, int], int] = {}
+        self.num_queues_set = False
+        self.aers: list[Request] = []
+        self.pending_events: collections.deque[tuple[str, int]] = collections.deque()
+        self.masked: set[str] = set()  # event kinds waiting for their log page read
+        self.changed_ns: list[int] = []
+        self.changed_ns_overflow = False
+        self.errors: collections.deque[bytes] = collections.deque(maxlen=ERROR_LOG_ENTRIES)
+        self.error_count = 0
+        self.counters = Counters()
+        self.io_qpairs: set[QueuePair] = set()  # this reactor's I/O queues
+        self.last_ka = time.monotonic()
+        self._timer: Any = None
+        self.destroyed = False
+        self.disc_genctr = target.genctr
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.subsys.nqn, self.cntlid)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.csts & spec.CSTS_RDY)
+
+    # -- keep alive -----------------------------------------------------------
+    def start_keep_alive(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.kato_ms > 0 and not self.destroyed:
+            self.last_ka = time.monotonic()
+            self._timer = self.target.ctx.loop.call_later(self.kato_ms / 1000.0, self._check_kato)
+
+    def keep_alive(self) -> None:
+        self.last_ka = time.monotonic()
+
+    def _check_kato(self) -> None:
+        self._timer = None
+        if self.destroyed or self.kato_ms <= 0:
+            return
+        deadline = self.last_ka + self.kato_ms / 1000.0
+        now = time.monotonic()
+        if now >= deadline:
+            log.warning(
+                "nvmf: keep-alive timeout (%d ms) for %s cntlid %d: tearing down",
+                self.kato_ms,
+                self.subsys.nqn,
+                self.cntlid,
+            )
+            self.target.destroy_controller(self, "keep-alive timeout")
+        else:
+            self._timer = self.target.ctx.loop.call_later(deadline - now, self._check_kato)
+
+    # -- async events -----------------------------------------------------------
+    def post_event(self, kind: str, dw0: int) -> None:
+        """Queue an async event unless one of the same kind is still masked
+        (sent and its log page not read yet)."""
+        if kind in self.masked or self.destroyed:
+            return
+        self.masked.add(kind)
+        self.pending_events.append((kind, dw0))
+        self.deliver_events()
+
+    def deliver_events(self) -> None:
+        while self.aers and self.pending_events:
+            req = self.aers.pop(0)
+            _, dw0 = self.pending_events.popleft()
+            req.qp.complete(req, 0, dw0)
+
+    def unmask(self, kind: str) -> None:
+        self.masked.discard(kind)
+
+    def ns_changed(self, nsids: list[int]) -> None:
+        for nsid in nsids:
+            if nsid not in self.changed_ns:
+                if len(self.changed_ns) >= 1024:
+                    self.changed_ns_overflow = True
+                else:
+                    self.changed_ns.append(nsid)
+        if self.features[spec.FID_ASYNC_EVENT_CONFIG] & spec.AEC_NS_ATTR:
+            self.post_event(
+                "ns",
+                spec.aen_dw0(spec.AER_TYPE_NOTICE, spec.AER_NOTICE_NS_CHANGED, spec.LID_CHANGED_NS),
+            )
+
+    def disc_changed(self) -> None:
+        if self.features[spec.FID_ASYNC_EVENT_CONFIG] & spec.AEC_DISC_LOG_CHANGE:
+            self.post_event(
+                "disc",
+                spec.aen_dw0(
+                    spec.AER_TYPE_NOTICE, spec.AER_NOTICE_DISC_CHANGED, spec.LID_DISCOVERY
+                ),
+            )
+
+    # -- error log ----------------------------------------------------------------
+    def record_error(
+        self, qid: int, cid: int, status: int, nsid: int = 0, loc: int = 0xFFFF
+    ) -> None:
+        self.error_count += 1
+        entry = bytearray(64)
+        struct.pack_into("<QHHHHQI", entry, 0, self.error_count, qid, cid, status, loc, 0, nsid)
+        entry[29] = spec.TRTYPE_TCP
+        self.errors.appendleft(bytes(entry))
+
+    # -- teardown -------------------------------------------------------------------
+    def stop(self) -> None:
+        self.destroyed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.aers.clear()
+        self.pending_events.clear()
+
+
+class NvmfTarget:
+    """Everything NVMe-oF on one reactor."""
+
+    def __init__(self, ctx: ReactorContext) -> None:
+        self.ctx = ctx
+        self.subsystems: dict[str, Subsystem] = {}
+        self.opts = TransportOpts(None)
+        self.genctr = 0
+        self.controllers: dict[tuple[str, int], Controller] = {}
+        self.qpairs: set[QueuePair] = set()
+        self.stats = {"admin_qpairs": 0, "io_qpairs": 0, "completed_nvme_io": 0}
+        self.apply_config(getattr(ctx, "nvmf_config", None) or {})
+
+    # -- configuration ---------------------------------------------------------
+    def apply_config(self, snap: dict[str, Any]) -> None:
+        """Install a new snapshot; emit namespace / discovery change events
+        and drop associations the new configuration no longer allows."""
+        old = self.subsystems
+        self.opts = TransportOpts(snap.get("transport"))
+        new = {nqn: Subsystem(d) for nqn, d in (snap.get("subsystems") or {}).items()}
+        if DISCOVERY_NQN not in new:
+            new[DISCOVERY_NQN] = Subsystem({"nqn": DISCOVERY_NQN, "subtype": "Discovery"})
+        disc_changed = int(snap.get("genctr", 0)) != self.genctr
+        self.genctr = int(snap.get("genctr", 0))
+        self.subsystems = new
+        for ctrl in list(self.controllers.values()):
+            ss = new.get(ctrl.subsys.nqn)
+            if ss is None or not ss.host_allowed(ctrl.hostnqn):
+                self.destroy_controller(ctrl, "subsystem deleted or host removed")
+                continue
+            prev = old.get(ss.nqn, ctrl.subsys)
+            ctrl.subsys = ss
+            if ss.is_discovery:
+                if disc_changed:
+                    ctrl.disc_changed()
+                continue
+            changed = [
+                nsid
+                for nsid in sorted(set(prev.namespaces) | set(ss.namespaces))
+                if (prev.namespaces.get(nsid) and prev.namespaces[nsid].ident())
+                != (ss.namespaces.get(nsid) and ss.namespaces[nsid].ident())
+            ]
+            if changed:
+                ctrl.ns_changed(changed)
+        for qp in list(self.qpairs):
+            ss = new.get(qp.subsys.nqn) if qp.subsys is not None else None
+            if qp.subsys is None:
+                continue
+            if (
+                ss is None
+                or not ss.host_allowed(qp.hostnqn)
+                or not ss.listener_allowed(qp.listener)
+            ):
+                qp.close("no longer allowed by the configuration")
+            else:
+                qp.subsys = ss
+
+    def subsystem(self, nqn: str) -> Subsystem | None:
+        return self.subsystems.get(nqn)
+
+    # -- controllers ----------------------------------------------------------------
+    def add_controller(self, ctrl: Controller) -> None:
+        self.controllers[ctrl.key] = ctrl
+
+    def destroy_controller(self, ctrl: Controller, reason: str, notify: bool = True) -> None:
+        """Tear down a controller owned here: its admin queue, its local I/O
+        queues; the supervisor frees the cntlid and tells other reactors."""
+        if ctrl.destroyed:
+            return
+        ctrl.stop()
+        self.controllers.pop(ctrl.key, None)
+        for qp in list(ctrl.io_qpairs):
+            qp.close(reason)
+        if not ctrl.admin_qp.closed:
+            ctrl.admin_qp.close(reason)
+        if notify:
+            self.ctx.call(
+                "nvmf.ctrlr_gone", {"nqn": ctrl.subsys.nqn, "cntlid": ctrl.cntlid}, _ignore_reply
+            )
+
+    def close_ctrlr_queues(self, nqn: str, cntlid: int, io_only: bool) -> int:
+        """Event from the supervisor: close what this reactor holds of a controller."""
+        n = 0
+        for qp in list(self.qpairs):
+            if qp.subsys is not None and qp.subsys.nqn == nqn and qp.cntlid == cntlid:
+                if qp.qid > 0 or (qp.qid == 0 and not io_only):
+                    qp.close("controller destroyed" if not io_only else "controller reset")
+                    n += 1
+        ctrl = self.controllers.get((nqn, cntlid))
+        if ctrl is not None and not io_only:
+            self.destroy_controller(ctrl, "controller destroyed", notify=False)
+        return n
+
+    def find_local_ctrlr(self, nqn: str, cntlid: int) -> Controller | None:
+        return self.controllers.get((nqn, cntlid))
+
+    def qpair_closed(self, qp: QueuePair) -> None:
+        self.qpairs.discard(qp)
+        if qp.qid == 0 and qp.ctrl is not None:
+            self.destroy_controller(qp.ctrl, "admin queue closed")
+        elif qp.qid > 0 and qp.subsys is not None:
+            ctrl = self.controllers.get((qp.subsys.nqn, qp.cntlid))
+            if ctrl is not None:
+                ctrl.io_qpairs.discard(qp)
+            self.ctx.call(
+                "nvmf.qpair_gone",
+                {"nqn": qp.subsys.nqn, "cntlid": qp.cntlid, "qid": qp.qid},
+                _ignore_reply,
+            )
+
+    # -- queries (driver.on_event) ------------------------------------------------------
+    def counters_for(self, nqn: str, cntlid: int) -> dict[str, int]:
+        c = Counters()
+        for qp in self.qpairs:
+            if qp.subsys is not None and qp.subsys.nqn == nqn and qp.cntlid == cntlid:
+                for k in Counters.__slots__:
+                    setattr(c, k, getattr(c, k) + getattr(qp.counters, k))
+        return c.as_dict()
+
+    def get_qpairs(self, nqn: str | None) -> list[dict[str, Any]]:
+        return [
+            qp.describe()
+            for qp in self.qpairs
+            if qp.subsys is not None and (nqn is None or qp.subsys.nqn == nqn) and qp.qid >= 0
+        ]
+
+    def get_controllers(self, nqn: str | None) -> list[dict[str, Any]]:
+        out = []
+        for ctrl in self.controllers.values():
+            if nqn is None or ctrl.subsys.nqn == nqn:
+                out.append(
+                    {
+                        "cntlid": ctrl.cntlid,
+                        "hostnqn": ctrl.hostnqn,
+                        "hostid": str(uuid_mod.UUID(bytes=ctrl.hostid)),
+                        "num_io_qpairs": len(ctrl.io_qpairs),
+                        "subnqn": ctrl.subsys.nqn,
+                        "reactor": self.ctx.reactor_id,
+                    }
+                )
+        return out
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "name": f"nvmf_tgt_poll_group_{self.ctx.reactor_id}",
+            "admin_qpairs": self.stats["admin_qpairs"],
+            "io_qpairs": self.stats["io_qpairs"],
+            "current_admin_qpairs": sum(1 for q in self.qpairs if q.qid == 0),
+            "current_io_qpairs": sum(1 for q in self.qpairs if q.qid > 0),
+            "pending_bdev_io": 0,
+            "completed_nvme_io": self.stats["completed_nvme_io"],
+            "transports": [{"trtype": "TCP"}],
+        }
+
+    def shutdown(self) -> None:
+        for ctrl in list(self.controllers.values()):
+            self.destroy_controller(ctrl, "shutdown", notify=False)
+        for qp in list(self.qpairs):
+            qp.close("shutdown")
+
+
+def _ignore_reply(ok: bool, result: Any) -> None:
+    if not ok:
+        log.debug("nvmf: supervisor call failed: %s", result)
+
+
+def dispatch(req: Request) -> None:
+    """Route a command whose data (if any) has arrived."""
+    from . import admin, fabrics, io
+
+    qp = req.qp
+    if req.opcode == spec.FABRICS_OPCODE:
+        fabrics.execute(req)
+    elif qp.ctrl is None and qp.qid != 0 and qp.subsys is not None:
+        io.execute(req)
+    elif qp.qid == 0 and qp.ctrl is not None:
+        admin.execute(req)
+    elif qp.qid > 0:
+        io.execute(req)
+    else:
+        # no Connect yet: only fabrics Connect is allowed
+        qp.complete(req, spec.ST_CMD_SEQ_ERROR)
+
+
+ReplyCb = Callable[[bool, Any], None]

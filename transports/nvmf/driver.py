@@ -1,0 +1,262 @@
+"""Reactor glue for NVMe/TCP: sockets <-> the sans-I/O queue pairs.
+
+Owns the `TransportDriver` registered as "nvmf-tcp" at import: ``accept``
+(non-blocking socket, TCP_NODELAY, SO_PRIORITY, epoll registration),
+batched ``recv_into`` straight into the PDU reader's buffer, ``sendmsg`` of
+buffer lists with partial-send handling (EPOLLOUT only while output is
+pending), clean close; ``on_config`` hands new snapshots to the reactor's
+`NvmfTarget` (which emits namespace/discovery AENs) and ``on_event`` answers
+the supervisor's broadcasts and queries:
+
+* "nvmf.destroy_ctrlr" {nqn, cntlid, io_only}  -> number of queues closed
+* "nvmf.disconnect_host" {nqn, hostnqn}        -> number of controllers closed
+* "nvmf.get_qpairs" {nqn?}                      -> [qpair description]
+* "nvmf.get_controllers" {nqn?}                 -> [controller description]
+* "nvmf.stats" {}                               -> poll group statistics
+* "nvmf.counters" {nqn, cntlid}                 -> {read_bytes, write_bytes, read_cmds, write_cmds}
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+from ...actors.context import ReactorContext
+from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from ..base import register_driver
+from .core import NvmfTarget
+from .tcp import TcpQpair
+
+log = logging.getLogger(__name__)
+
+IOV_MAX = 1024
+RECV_BATCH = 16  # recv calls per wake-up before yielding to other sockets
+
+
+class TcpConnection:
+    __slots__ = (
+        "ctx",
+        "sock",
+        "fd",
+        "qp",
+        "pending",
+        "mask",
+        "closed",
+        "flush_scheduled",
+        "driver",
+    )
+
+    def __init__(
+        self,
+        driver: NvmfTcpDriver,
+        ctx: ReactorContext,
+        sock: socket.socket,
+        listener: str,
+        target: NvmfTarget,
+    ) -> None:
+        self.driver = driver
+        self.ctx = ctx
+        self.sock = sock
+        self.fd = sock.fileno()
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            peer = "?"
+        self.pending: list[Any] = []  # buffers not yet accepted by the kernel
+        self.closed = False
+        self.flush_scheduled = False
+        self.qp = TcpQpair(target, listener, peer, wake=self._wake, on_close=self._qp_closed)
+        self.mask = EPOLLIN
+        ctx.loop.add_fd(self.fd, EPOLLIN, self._on_events)
+
+    # -- events ------------------------------------------------------------------
+    def _on_events(self, ev: int) -> None:
+        if ev & EPOLLIN:
+            self._read()
+        if self.closed:
+            return
+        if ev & EPOLLOUT:
+            self._flush()
+        elif ev & (EPOLLERR | EPOLLHUP) and not ev & EPOLLIN:
+            self.close()
+
+    def _read(self) -> None:
+        qp = self.qp
+        recv_into = self.sock.recv_into
+        for _ in range(RECV_BATCH):
+            buf = qp.get_buffer()
+            want = len(buf)
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as e:
+                log.debug("nvmf-tcp %s: recv failed: %s", qp.peer, e)
+                self.close()
+                return
+            finally:
+                del buf
+            if n == 0:
+                self.close()
+                return
+            qp.received(n)
+            if qp.want_close or n < want:
+                break
+        self._flush()
+
+    def _wake(self) -> None:
+        # output produced outside _read (async completion): flush on the next turn
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.ctx.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.closed:
+            return
+        qp = self.qp
+        if qp.out:
+            self.pending.extend(qp.take_output())
+        pending = self.pending
+        sendmsg = self.sock.sendmsg
+        while pending:
+            batch = pending[:IOV_MAX]
+            try:
+                sent = sendmsg(batch)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    log.debug("nvmf-tcp %s: send failed: %s", qp.peer, e)
+                    self.close()
+                    return
+                break
+            # drop what went out, keep the unsent tail of a partial buffer
+            i = 0
+            nb = len(batch)
+            while i < nb:
+                ln = len(batch[i]) if not isinstance(batch[i], memoryview) else batch[i].nbytes
+                if sent >= ln:
+                    sent -= ln
+                    i += 1
+                else:
+                    mv = batch[i] if isinstance(batch[i], memoryview) else memoryview(batch[i])
+                    batch[i] = mv[sent:]
+                    break
+            del pending[:i]
+            if i < nb:
+                pending[0] = batch[i]
+                break
+        if pending:
+            self._set_mask(EPOLLIN | EPOLLOUT)
+        else:
+            self._set_mask(EPOLLIN)
+            if qp.want_close:
+                self.close()
+
+    def _set_mask(self, mask: int) -> None:
+        if mask != self.mask:
+            self.mask = mask
+            self.ctx.loop.modify_fd(self.fd, mask)
+
+    # -- teardown ----------------------------------------------------------------
+    def _qp_closed(self, qp: TcpQpair) -> None:
+        # the target closed the queue (controller destroyed, KATO, ...): push
+        # out what is queued (e.g. a TermReq) and close the socket
+        if not self.closed:
+            if qp.out:
+                self.pending.extend(qp.take_output())
+            self.ctx.loop.call_soon(self._final_close)
+
+    def _final_close(self) -> None:
+        if self.closed:
+            return
+        if self.pending:
+            try:
+                self.sock.setblocking(False)
+                self.sock.sendmsg(self.pending[:IOV_MAX])
+            except OSError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pending.clear()
+        self.ctx.loop.remove_fd(self.fd)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.driver.conns.discard(self)
+        if not self.qp.closed:
+            self.qp.close("connection closed")
+
+
+class NvmfTcpDriver:
+    proto = "nvmf-tcp"
+
+    def __init__(self) -> None:
+        self.targets: dict[int, NvmfTarget] = {}
+        self.conns: set[TcpConnection] = set()
+
+    def target(self, ctx: ReactorContext) -> NvmfTarget:
+        t = self.targets.get(id(ctx))
+        if t is None or t.ctx is not ctx:
+            t = NvmfTarget(ctx)
+            self.targets[id(ctx)] = t
+        return t
+
+    def accept(self, ctx: ReactorContext, sock: socket.socket, listener: str) -> None:
+        target = self.target(ctx)
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if target.opts.sock_priority:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, target.opts.sock_priority)
+        except OSError:
+            pass
+        self.conns.add(TcpConnection(self, ctx, sock, listener, target))
+
+    def on_config(self, ctx: ReactorContext) -> None:
+        self.target(ctx).apply_config(ctx.nvmf_config or {})
+
+    def on_event(self, ctx: ReactorContext, op: str, args: dict[str, Any]) -> Any:
+        t = self.target(ctx)
+        nqn = args.get("nqn")
+        if op == "nvmf.destroy_ctrlr":
+            return t.close_ctrlr_queues(str(nqn), int(args["cntlid"]), bool(args.get("io_only")))
+        if op == "nvmf.disconnect_host":
+            n = 0
+            for ctrl in list(t.controllers.values()):
+                if ctrl.subsys.nqn == nqn and ctrl.hostnqn == args.get("hostnqn"):
+                    t.destroy_controller(ctrl, "host removed")
+                    n += 1
+            return n
+        if op == "nvmf.get_qpairs":
+            return t.get_qpairs(nqn)
+        if op == "nvmf.get_controllers":
+            return t.get_controllers(nqn)
+        if op == "nvmf.stats":
+            return t.get_stats()
+        if op == "nvmf.counters":
+            return t.counters_for(str(nqn), int(args["cntlid"]))
+        log.debug("nvmf: unknown event %s", op)
+        return None
+
+    def shutdown(self, ctx: ReactorContext) -> None:
+        t = self.targets.pop(id(ctx), None)
+        for c in [c for c in self.conns if c.ctx is ctx]:
+            c.close()
+        if t is not None:
+            t.shutdown()
+
+
+DRIVER = NvmfTcpDriver()
+register_driver(DRIVER)

@@ -1,0 +1,268 @@
+"""NVM command set on I/O queues, executed through the reactor's bdev channels.
+
+Owns: Read, Write, Flush, Write Zeroes, Dataset Management (deallocate ->
+``channel.unmap`` per range), Compare and fused Compare-and-Write, with the
+status the specification gives each failure: Invalid Namespace or Format,
+LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
+bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
+Command Opcode. Read data is handed to the transport as the channel's
+memoryview (zero copy).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ...bdevs.base import IoChannel, IoStatus
+from . import spec
+
+if TYPE_CHECKING:
+    from .tcp import Request
+
+NSID_ALL = 0xFFFFFFFF
+DSM_AD = 1 << 2  # attribute: deallocate
+_RANGE = struct.Struct("<IIQ")
+
+
+def status_of(st: IoStatus, is_read: bool = False) -> int:
+    if st == IoStatus.SUCCESS:
+        return 0
+    if st == IoStatus.OUT_OF_RANGE:
+        return spec.ST_LBA_OUT_OF_RANGE
+    if st == IoStatus.REMOVED:
+        return spec.ST_NS_NOT_READY
+    if st == IoStatus.MISCOMPARE:
+        return spec.ST_COMPARE_FAILURE
+    if st == IoStatus.UNSUPPORTED:
+        return spec.ST_INVALID_OPCODE
+    if st == IoStatus.NOMEM:
+        return spec.ST_INTERNAL  # no DNR: the host retries
+    return spec.ST_READ_ERROR if is_read else spec.ST_WRITE_FAULT
+
+
+def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
+    """(channel, block_size, num_blocks) or (None, status, 0)."""
+    qp = req.qp
+    ss = qp.subsys
+    ns = ss.namespaces.get(req.nsid) if ss is not None else None
+    if ns is None:
+        return None, spec.ST_INVALID_NS, 0
+    ctx = qp.target.ctx
+    bdev = ctx.bdev(ns.bdev_name)
+    ch = ctx.channel(ns.bdev_name) if bdev is not None else None
+    if ch is None or bdev is None or bdev.removed or ch.removed:
+        return None, spec.ST_NS_NOT_READY, 0
+    return ch, int(bdev.block_size), int(bdev.num_blocks)
+
+
+def _lba(req: Request, nblocks: int) -> tuple[int, int, int]:
+    """(slba, nlb, status) with the LBA range checked."""
+    sqe = req.sqe
+    slba = sqe.cdw10 | (sqe.cdw11 << 32)
+    nlb = (sqe.cdw12 & 0xFFFF) + 1
+    if slba + nlb > nblocks:
+        return slba, nlb, spec.ST_LBA_OUT_OF_RANGE
+    return slba, nlb, 0
+
+
+def execute(req: Request) -> None:
+    op = req.opcode
+    h = HANDLERS.get(op)
+    if h is None:
+        return req.complete(spec.ST_INVALID_OPCODE)
+    req.qp.target.stats["completed_nvme_io"] += 1
+    h(req)
+
+
+def read(req: Request) -> None:
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    slba, nlb, st = _lba(req, nblocks)
+    if st:
+        return req.complete(st)
+    n = nlb * bs
+    if n > req.sgl_len:
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
+    c = req.qp.counters
+    c.read_cmds += 1
+    c.read_bytes += n
+
+    def done(status: IoStatus, data: memoryview | None) -> None:
+        if status:
+            return req.complete(status_of(status, True))
+        if data is None or len(data) < n:
+            return req.complete(spec.ST_DATA_TRANSFER_ERROR)
+        req.complete_with_data(data)
+
+    ch.read(slba, nlb, done)
+
+
+def write(req: Request) -> None:
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    slba, nlb, st = _lba(req, nblocks)
+    if st:
+        return req.complete(st)
+    n = nlb * bs
+    data = req.data
+    if data is None or len(data) < n:
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
+    if len(data) > n:
+        data = data[:n]
+    c = req.qp.counters
+    c.write_cmds += 1
+    c.write_bytes += n
+    ch.write(slba, data, lambda s: req.complete(status_of(s)))
+
+
+def flush(req: Request) -> None:
+    qp = req.qp
+    if req.nsid == NSID_ALL and qp.subsys is not None:
+        chans = []
+        for ns in qp.subsys.namespaces.values():
+            c = qp.target.ctx.channel(ns.bdev_name)
+            if c is not None:
+                chans.append(c)
+        _fan_out(req, [(lambda cb, c=c: c.flush(cb)) for c in chans])
+        return
+    ch, bs, _ = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    ch.flush(lambda s: req.complete(status_of(s)))
+
+
+def write_zeroes(req: Request) -> None:
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    slba, nlb, st = _lba(req, nblocks)
+    if st:
+        return req.complete(st)
+    ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
+
+
+def dataset_management(req: Request) -> None:
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    nr = (req.sqe.cdw10 & 0xFF) + 1
+    data = req.data
+    if data is None or len(data) < nr * 16:
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
+    if not req.sqe.cdw11 & DSM_AD:
+        return req.complete(0)  # only hints (IDR/IDW): nothing to do
+    ranges = []
+    for i in range(nr):
+        _cattr, nlb, slba = _RANGE.unpack_from(data, i * 16)
+        if slba + nlb > nblocks:
+            return req.complete(spec.ST_LBA_OUT_OF_RANGE)
+        if nlb:
+            ranges.append((slba, nlb))
+    if not getattr(ch.bdev, "supports_unmap", True):
+        return req.complete(0)  # deallocate is advisory
+    _fan_out(req, [(lambda cb, s=s, n=n: ch.unmap(s, n, cb)) for s, n in ranges])
+
+
+def _fan_out(req: Request, ops: list) -> None:  # type: ignore[type-arg]
+    """Run several channel operations, complete with the first failure."""
+    left = [len(ops)]
+    first = [0]
+    if not ops:
+        return req.complete(0)
+
+    def one(s: IoStatus) -> None:
+        if s and not first[0]:
+            first[0] = status_of(s)
+        left[0] -= 1
+        if left[0] == 0:
+            req.complete(first[0])
+
+    for op in ops:
+        op(one)
+
+
+def compare(req: Request) -> None:
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        return req.complete(bs)
+    slba, nlb, st = _lba(req, nblocks)
+    if st:
+        return req.complete(st)
+    n = nlb * bs
+    data = req.data
+    if data is None or len(data) < n:
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
+    ch.compare(slba, data[:n], lambda s: req.complete(status_of(s)))
+
+
+# ------------------------------------------------------------------ fused
+def fused_gate(req: Request) -> None:
+    """Pair a fused first command (Compare) with the fused second (Write)
+    that must follow it in submission order on the same queue."""
+    qp = req.qp
+    first = qp.fused_first
+    if first is not None:
+        qp.fused_first = None
+        if req.sqe.fuse != spec.FUSE_SECOND:
+            first.complete(spec.ST_FUSED_MISSING)
+            if req.sqe.fuse == spec.FUSE_FIRST:
+                return fused_gate(req)
+            from .core import dispatch
+
+            return dispatch(req)
+        return compare_and_write(first, req)
+    if req.sqe.fuse == spec.FUSE_FIRST:
+        if qp.qid == 0 or req.opcode != spec.IO_COMPARE:
+            return req.complete(spec.ST_INVALID_FIELD)
+        qp.fused_first = req
+        return
+    # a second half without a first
+    req.complete(spec.ST_FUSED_MISSING)
+
+
+def compare_and_write(cmp: Request, wr: Request) -> None:
+    if wr.opcode != spec.IO_WRITE or wr.nsid != cmp.nsid:
+        cmp.complete(spec.ST_FUSED_FAIL)
+        return wr.complete(spec.ST_INVALID_FIELD)
+    ch, bs, nblocks = _channel(cmp)
+    if ch is None:
+        cmp.complete(bs)
+        return wr.complete(spec.ST_FUSED_FAIL)
+    slba, nlb, st = _lba(cmp, nblocks)
+    wslba, wnlb, wst = _lba(wr, nblocks)
+    if st or wst or (slba, nlb) != (wslba, wnlb):
+        cmp.complete(st or spec.ST_INVALID_FIELD)
+        return wr.complete(wst or spec.ST_FUSED_FAIL)
+    n = nlb * bs
+    if cmp.data is None or len(cmp.data) < n or wr.data is None or len(wr.data) < n:
+        cmp.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
+        return wr.complete(spec.ST_FUSED_FAIL)
+    c = wr.qp.counters
+    c.write_cmds += 1
+    c.write_bytes += n
+
+    def done(s: IoStatus) -> None:
+        if s == IoStatus.MISCOMPARE:
+            cmp.complete(spec.ST_COMPARE_FAILURE)
+            wr.complete(spec.ST_FUSED_FAIL)
+        elif s:
+            cmp.complete(status_of(s))
+            wr.complete(spec.ST_FUSED_FAIL)
+        else:
+            cmp.complete(0)
+            wr.complete(0)
+
+    ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
+
+
+HANDLERS = {
+    spec.IO_READ: read,
+    spec.IO_WRITE: write,
+    spec.IO_FLUSH: flush,
+    spec.IO_WRITE_ZEROES: write_zeroes,
+    spec.IO_DSM: dataset_management,
+    spec.IO_COMPARE: compare,
+}
