@@ -425,8 +425,13 @@ class Supervisor:
         self.config_changed()
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
-        return [{"method": b.create_method, "params": dict(b.create_params)} for b in self.bdevs.values()
-                if b.create_method]
+        out = [{"method": b.create_method, "params": dict(b.create_params)} for b in self.bdevs.values()
+               if b.create_method]
+        try:
+            from ..bdevs.nvme_rpc import save_config as nvme_save_config
+        except ImportError:
+            return out
+        return out + nvme_save_config()
 
     def _watch_aio(self) -> None:
         """An aio file that vanished is hot-removed like a deleted bdev."""

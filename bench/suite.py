@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
     ap.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="report to write")
     ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: re-render the tables, BENCHMARKS.md and the plot from OUT/suite.json",
+    )
+    ap.add_argument(
         "--fresh",
         action="store_true",
         help="do not keep sections of an earlier run that this run does not repeat",
@@ -181,6 +186,10 @@ def versions() -> dict[str, str]:
 # ------------------------------------------------------------------ rows
 
 
+def _err(e: Exception) -> BenchError:
+    return e if isinstance(e, BenchError) else BenchError(f"{type(e).__name__}: {e}")
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -217,7 +226,8 @@ def measure(
             break
         try:
             rep = once()
-        except BenchError as e:
+        except Exception as e:  # BenchError or a surprise: record it, go on
+            e = _err(e)
             rep = {"ok": False, "error": str(e)}
         row["reps"].append(rep)
         if rep.get("ok"):
@@ -277,7 +287,8 @@ def section_iscsi(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
         _log(f"[iscsi] starting {name}")
         try:
             url, pids, alive = start()
-        except BenchError as e:
+        except Exception as e:  # BenchError or a surprise: record it, go on
+            e = _err(e)
             _log(f"[iscsi] {name} failed to start: {e}")
             rows.extend(failed_row(name, "iscsi", wl, f"start/config: {e}") for wl in WORKLOADS)
             return
@@ -338,7 +349,8 @@ def section_nvmf(
             bf.start()
             bf.setup_malloc()
             trid = bf.setup_nvmf()
-        except BenchError as e:
+        except Exception as e:  # BenchError or a surprise: record it, go on
+            e = _err(e)
             _log(f"[nvmf] blockfabric failed to start/configure: {e}")
             rows = [failed_row("blockfabric", "nvmf", wl, f"start/config: {e}") for wl in WORKLOADS]
             if profile:
@@ -363,7 +375,7 @@ def section_nvmf(
                         wl,
                         a.reps,
                         lambda wl=wl: run_bf_perf(
-                            trid, wl, a.duration, 1, a.load_cpus, bf.pids, rec
+                            trid, wl, a.duration, 1, a.load_cpus, bf.pids, rec, busy_poll=True
                         ),
                         bf.alive,
                     )
@@ -373,8 +385,8 @@ def section_nvmf(
     finally:
         bf.stop()
     notes = [
-        "Load: `blockfabric perf` (spdk_nvme_perf-like NVMe/TCP host in Python, 1 worker) "
-        "pinned to the load CPU. % of loopback ceiling is given for the bandwidth case."
+        "Load: `blockfabric perf --busy-poll` (spdk_nvme_perf-like NVMe/TCP host in Python, "
+        "1 worker) pinned to the load CPU. % of loopback ceiling is given for the bandwidth case."
     ]
     return ({"rows": rows, "notes": notes} if run_rows else None), prof
 
@@ -398,8 +410,10 @@ def run_profile(
             bf.pids,
             rec,
             during=start_pyspy(bf.reactor_pids[0], a.duration, str(raw_path), a.load_cpus, rec),
+            busy_poll=True,
         )
-    except BenchError as e:
+    except Exception as e:  # BenchError or a surprise: record it, go on
+        e = _err(e)
         return {"status": "failed", "error": str(e)}
     if not raw_path.exists() or not raw_path.read_text().strip():
         return {"status": "failed", "error": "py-spy wrote no samples", "run": rep}
@@ -423,7 +437,16 @@ def run_profile(
 def section_scaling(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
     wl = WL["rr4k_qd32"]
     rows: list[dict[str, Any]] = []
-    notes = []
+    # the load busy-polls only where each worker has a CPU of its own, for every row alike
+    busy = len(a.load_cpus) >= a.scaling_workers and len(a.target_cpus) >= max(a.scaling_counts)
+    notes = [
+        f"Load: `blockfabric perf -P {a.scaling_workers}` on CPUs {cpulist(a.load_cpus)}, "
+        + (
+            "busy-polling (--busy-poll)."
+            if busy
+            else "blocking in poll (no --busy-poll: workers or reactors share CPUs)."
+        )
+    ]
     for n in a.scaling_counts:
         cores = list(a.target_cpus[:n])
         for c in a.load_cpus:  # not enough target CPUs: borrow load CPUs, and say so
@@ -457,7 +480,8 @@ def section_scaling(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
                 bf.start()
                 bf.setup_malloc()
                 trid = bf.setup_nvmf()
-            except BenchError as e:
+            except Exception as e:  # BenchError or a surprise: record it, go on
+                e = _err(e)
                 rows.append(failed_row("blockfabric", "nvmf", wl, f"start/config: {e}", **extra))
                 continue
             rows.append(
@@ -467,7 +491,14 @@ def section_scaling(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
                     wl,
                     a.reps,
                     lambda trid=trid, bf=bf: run_bf_perf(
-                        trid, wl, a.duration, a.scaling_workers, a.load_cpus, bf.pids, rec
+                        trid,
+                        wl,
+                        a.duration,
+                        a.scaling_workers,
+                        a.load_cpus,
+                        bf.pids,
+                        rec,
+                        busy_poll=busy,
                     ),
                     bf.alive,
                     **extra,
@@ -563,8 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"bench: CPUs {bad} are not available here (have {sorted(avail)})", file=sys.stderr)
         return 2
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
     t0 = time.monotonic()
+    if a.render_only:
+        try:
+            results = json.loads((a.out / "suite.json").read_text())
+        except (OSError, ValueError) as e:
+            print(f"bench: --render-only: {e}", file=sys.stderr)
+            return 2
+        return _write_outputs(a, results, list(results.get("sections", {})), t0)
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         results = run(a, argv)
     except KeyboardInterrupt:
@@ -579,6 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old)
     if not a.fresh:
         results = merge_previous(results, a.out)
+    return _write_outputs(a, results, a.sections, t0)
+
+
+def _write_outputs(
+    a: argparse.Namespace, results: dict[str, Any], shown: list[str], t0: float
+) -> int:
+    a.out.mkdir(parents=True, exist_ok=True)
+    results.pop("plot", None)
     png = a.out / "iops_vs_qd.png"
     try:
         if report.plot(results, png):
@@ -587,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: matplotlib missing: no plot (pip install -e '.[bench]')", file=sys.stderr)
     (a.out / "suite.json").write_text(json.dumps(results, indent=2))
     a.markdown.write_text(report.markdown_report(results))
-    print(report.text_report(results, a.sections))
+    print(report.text_report(results, shown))
     print(
         f"\nwrote {a.out}/*.json, {png if 'plot' in results else 'no plot'}, {a.markdown} "
         f"({time.monotonic() - t0:.0f} s)"

@@ -305,7 +305,8 @@ class PduReader:
             raise self._fail(
                 FES_INVALID_HEADER_FIELD, OFF_TYPE, f"unexpected PDU type {ptype:#x}", ch
             )
-        if (ptype == self.ic_type) == self.ic_done:
+        # a TermReq may come at any time, even in answer to a bad IC PDU
+        if (ptype == self.ic_type) == self.ic_done and ptype not in (H2C_TERM_REQ, C2H_TERM_REQ):
             what = "a second IC PDU" if self.ic_done else f"{TYPE_NAMES[ptype]} before IC exchange"
             raise self._fail(FES_PDU_SEQUENCE_ERROR, OFF_TYPE, what, ch)
         if hlen != HLEN[ptype]:

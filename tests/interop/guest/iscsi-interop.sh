@@ -8,7 +8,8 @@
 # Variables: PORT (3260), TARGET_ADDR (10.0.2.2), IQN_OPEN (required),
 #   IQN_CHAP / IQN_MUTUAL (optional; skipped when empty), CHAP_USER/CHAP_PASS
 #   (initiator's secret), MCHAP_USER/MCHAP_PASS (target's secret, mutual CHAP),
-#   IO_MB (64), BLOCK_SIZES ("4k 1M"), DIGEST_IO_MB (64), DIGEST_BLOCK_SIZES ("1M 4k"),
+#   IO_MB (64), BLOCK_SIZES ("4k 1M"), DIGEST_IO_MB (64), DIGEST_BLOCK_SIZES ("1M"),
+#   DIGEST_4K_MB (16; 4 KiB pattern under digests, 0 = none: CRC32C is slow under TCG),
 #   SMALL_IO_MB (4; the CHAP sessions' I/O)
 . /guest/interop-lib.sh
 TARGET_ADDR=${TARGET_ADDR:-10.0.2.2}
@@ -17,7 +18,8 @@ PORTAL=$TARGET_ADDR:$PORT
 IO_MB=${IO_MB:-64}
 BLOCK_SIZES=${BLOCK_SIZES:-4k 1M}
 DIGEST_IO_MB=${DIGEST_IO_MB:-64}
-DIGEST_BLOCK_SIZES=${DIGEST_BLOCK_SIZES:-1M 4k}
+DIGEST_BLOCK_SIZES=${DIGEST_BLOCK_SIZES:-1M}
+DIGEST_4K_MB=${DIGEST_4K_MB:-16}
 SMALL_IO_MB=${SMALL_IO_MB:-4}
 [ -n "${IQN_OPEN:-}" ] || { ki_fail setup "IQN_OPEN not set"; ki_exit; }
 
@@ -75,6 +77,8 @@ session_io() {
   ki_fact "${_n}_vendor" "$(cat /sys/block/${_dev#/dev/}/device/vendor 2>/dev/null | tr -s ' ')"
   ki_fact "${_n}_model" "$(cat /sys/block/${_dev#/dev/}/device/model 2>/dev/null | tr -s ' ')"
   for _bs in $_bss; do ki_check "${_n}_pattern_$_bs" ki_pattern "$_dev" "$_mb" "$_bs"; done
+  [ "$_n" = digest ] && [ "${DIGEST_4K_MB:-0}" -gt 0 ] && \
+    ki_check "${_n}_pattern_4k" ki_pattern "$_dev" "$DIGEST_4K_MB" 4k
   if kh_run iscsiadm -m node -T "$_iqn" -p "$PORTAL" --logout && kh_wait 10 no_session; then
     ki_pass "${_n}_logout"
   else

@@ -4,7 +4,7 @@
 #   discover, connect, nvme list, id-ctrl / id-ns facts, O_DIRECT pattern at
 #   each of BLOCK_SIZES, namespace add/remove while connected (AEN), disconnect.
 # Variables: PORT, NQN (required), TARGET_ADDR (10.0.2.2), IO_MB (64),
-#   BLOCK_SIZES ("4k 128k"), NVME_CONNECT_OPTS, DO_AEN (1),
+#   BLOCK_SIZES ("4k 128k"; an entry BS:MB overrides IO_MB), NVME_CONNECT_OPTS, DO_AEN (1),
 #   PEER ("" = the target is on the host and the host test performs the
 #   KH-MARK actions; "nvmet" = serve the kernel nvmet target inside this guest
 #   on 127.0.0.1:$PORT and perform the actions here - validates the script).
@@ -107,8 +107,10 @@ for f in nsze ncap nuse nlbaf flbas nsfeat lbaf0; do
 done
 
 # ---- data path
-for bs in $BLOCK_SIZES; do
-  ki_check "pattern_$bs" ki_pattern "$DEV" "$IO_MB" "$bs"
+for spec in $BLOCK_SIZES; do   # "BS" or "BS:MB"
+  bs=${spec%%:*}; mb=$IO_MB
+  case $spec in *:*) mb=${spec#*:} ;; esac
+  ki_check "pattern_$bs" ki_pattern "$DEV" "$mb" "$bs"
 done
 
 # ---- namespace attach / detach while connected (async event notices)
