@@ -463,7 +463,9 @@ class Supervisor:
             s.close()
             raise RpcError(-98 if e.errno == 98 else -22, f"cannot listen on {addr}:{port}: {e.strerror}") from None
         s.setblocking(False)
-        self.listeners[key] = Listener(proto, addr, int(port), s)
+        port = s.getsockname()[1]  # the real port when 0 was asked for
+        key = (proto, addr, port)
+        self.listeners[key] = Listener(proto, addr, port, s)
         self.loop.add_fd(s.fileno(), EPOLLIN, lambda _e, k=key: self._on_accept(k))
         log.info("listening for %s on %s:%s", proto, addr, port)
         return f"{addr}:{port}"

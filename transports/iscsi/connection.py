@@ -16,6 +16,7 @@ this class runs the full feature phase (RFC 7143 sections 3-4, 11):
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from .discovery import send_targets
 from .login import Login, LoginOutcome
 from .nodes import ConfigView
 from .params import STAGE_FULL_FEATURE, ConnParams, NegotiationError, Negotiator
-from .session import Session, SessionRegistry, sn_lt
+from .session import Session, SessionRegistry, sn_le, sn_lt
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class Connection:
         self.outcome: LoginOutcome | None = None
         self._ttt = 0
         self._ttt_map: dict[int, Task] = {}
+        # TTTs of tasks terminated mid-burst: their late Data-Out is dropped quietly
+        self._dead_ttts: deque[int] = deque(maxlen=64)
         self.tasks: dict[int, Task] = {}
         self._text_pending: bytearray = bytearray()
         self._text_rest: bytes = b""
@@ -488,12 +491,20 @@ class Connection:
             return
         t = self._ttt_map.get(ttt)
         if t is None or t.itt != pdu.itt:
+            if ttt in self._dead_ttts:
+                return  # the rest of a burst whose task was terminated: discard
             self._reject(pdu.bhs, P.REJ_INVALID_FIELD)
             return
         r = t.r2ts[ttt]
+        if pdu.datasn != r.datasn:
+            # ERL 0 has no recovery for lost Data-Out: reject it and terminate
+            # the task (the initiator fails the command); the connection lives on
+            self._reject(pdu.bhs, P.REJ_PROTOCOL)
+            self._dead_ttts.extend(t.r2ts)
+            self._drop_task(t, abort=True)
+            return
         if (
-            pdu.datasn != r.datasn
-            or pdu.buffer_offset != r.offset + r.received
+            pdu.buffer_offset != r.offset + r.received
             or r.received + pdu.dlen > r.length
         ):
             self._seq_error(
@@ -687,9 +698,7 @@ class Connection:
             if t is not None:
                 self._abort(dev, t)
             else:
-                refcmdsn = pdu.w32
-                if not (sn_lt(refcmdsn, pdu.cmdsn) and sn_lt(refcmdsn, s.exp_cmdsn)):
-                    resp = TMF_RSP_NO_TASK
+                resp = _abort_missing(s, pdu.w32, pdu.cmdsn)
         elif fn in (TMF_ABORT_TASK_SET, TMF_LUN_RESET):
             lun = _get_lun(dev, lun_id)
             if lun is None:
@@ -867,6 +876,16 @@ class Connection:
             "initiator_name": s.initiator_name if s else "",
             "state": self.state,
         }
+
+
+def _abort_missing(s: Session, refcmdsn: int, cmdsn: int) -> int:
+    """ABORT TASK for a tag we do not know (RFC 7143 11.5.1): a command not yet
+    received (RefCmdSN still in the window, before the TMF) counts as received
+    and aborted; one already done (RefCmdSN below ExpCmdSN) does not exist."""
+    if sn_le(s.exp_cmdsn, refcmdsn) and sn_lt(refcmdsn, cmdsn):
+        s.discard_pending(refcmdsn)
+        return TMF_RSP_COMPLETE
+    return TMF_RSP_NO_TASK
 
 
 def _get_lun(dev: Any, lun_id: int) -> Any:

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from .nodes import TargetView
 
 
+def _noop() -> None:
+    pass
+
+
 def sn_lt(a: int, b: int) -> bool:
     """Serial number arithmetic (RFC 1982, 32 bits): a < b."""
     return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
@@ -50,6 +54,8 @@ class Session:
         self.connections: list[Connection] = []
         # commands that arrived ahead of ExpCmdSN (MC/S): cmdsn -> deliver()
         self._ahead: dict[int, Callable[[], None]] = {}
+        # CmdSNs aborted (ABORT TASK) before they arrived: skipped on arrival
+        self._aborted_sns: set[int] = set()
         # ITT -> task object of any connection (task management looks here)
         self.tasks: dict[int, Any] = {}
         self.initiator_port = f"{initiator_name},i,0x{isid:012x}"
@@ -87,7 +93,8 @@ class Session:
                 self._ahead[cmdsn] = keep()
             return True
         self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
-        deliver()
+        if not self._aborted_sns or not self._skip(cmdsn):
+            deliver()
         while self._ahead:
             nxt = self._ahead.pop(self.exp_cmdsn, None)
             if nxt is None:
@@ -95,6 +102,22 @@ class Session:
             self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
             nxt()
         return True
+
+    def _skip(self, cmdsn: int) -> bool:
+        if cmdsn in self._aborted_sns:
+            self._aborted_sns.discard(cmdsn)
+            return True
+        # forget marks the window has left behind
+        self._aborted_sns = {x for x in self._aborted_sns if self.in_window(x)}
+        return False
+
+    def discard_pending(self, cmdsn: int) -> None:
+        """An aborted command that is still waiting for a CmdSN gap: it keeps
+        its place in the order but does nothing when its turn comes."""
+        if cmdsn in self._ahead:
+            self._ahead[cmdsn] = _noop
+        elif len(self._aborted_sns) < 1024:
+            self._aborted_sns.add(cmdsn)
 
     def close(self) -> None:
         """Close every connection (logout of the session, reinstatement)."""

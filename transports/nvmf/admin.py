@@ -215,13 +215,11 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
         if lid == spec.LID_SUPPORTED_LOGS:
             return _send_log(req, _supported_logs((0x00, 0x70)), length, offset)
         return req.complete(spec.ST_INVALID_LOG_PAGE)
-    if not rae and lid in (spec.LID_CHANGED_NS,):
-        pass
     if lid == spec.LID_SUPPORTED_LOGS:
         return _send_log(req, _supported_logs((0, 1, 2, 3, 4, 5)), length, offset)
     if lid == spec.LID_ERROR:
-        page = b"".join(ctrl.errors) + bytes(64 * (ERROR_LOG_ENTRIES - len(ctrl.errors)))
-        return _send_log(req, page, length, offset)
+        err = b"".join(ctrl.errors) + bytes(64 * (ERROR_LOG_ENTRIES - len(ctrl.errors)))
+        return _send_log(req, err, length, offset)
     if lid == spec.LID_SMART:
         return _smart(req, ctrl, length, offset)
     if lid == spec.LID_FW_SLOT:

@@ -71,7 +71,7 @@ class TransportOpts:
 
 
 class Namespace:
-    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64")
+    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64", "bdev", "chan")
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.nsid = int(d["nsid"])
@@ -79,6 +79,10 @@ class Namespace:
         self.uuid = uuid_mod.UUID(d["uuid"]).bytes if d.get("uuid") else b"\0" * 16
         self.nguid = bytes.fromhex(d["nguid"]) if d.get("nguid") else b"\0" * 16
         self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
+        # this reactor's bdev and channel, looked up on first I/O (a new
+        # snapshot builds new Namespace objects, so the cache never goes stale)
+        self.bdev: Any = None
+        self.chan: Any = None
 
     def ident(self) -> tuple[str, bytes, bytes, bytes]:
         return (self.bdev_name, self.uuid, self.nguid, self.eui64)
@@ -330,6 +334,7 @@ class NvmfTarget:
         self.controllers: dict[tuple[str, int], Controller] = {}
         self.qpairs: set[QueuePair] = set()
         self.stats = {"admin_qpairs": 0, "io_qpairs": 0, "completed_nvme_io": 0}
+        self.stopping = False  # reactor shutdown: no messages to the supervisor
         self.apply_config(getattr(ctx, "nvmf_config", None) or {})
 
     # -- configuration ---------------------------------------------------------
@@ -394,7 +399,7 @@ class NvmfTarget:
             qp.close(reason)
         if not ctrl.admin_qp.closed:
             ctrl.admin_qp.close(reason)
-        if notify:
+        if notify and not self.stopping:
             self.ctx.call(
                 "nvmf.ctrlr_gone", {"nqn": ctrl.subsys.nqn, "cntlid": ctrl.cntlid}, _ignore_reply
             )
@@ -423,6 +428,8 @@ class NvmfTarget:
             ctrl = self.controllers.get((qp.subsys.nqn, qp.cntlid))
             if ctrl is not None:
                 ctrl.io_qpairs.discard(qp)
+            if self.stopping:
+                return
             self.ctx.call(
                 "nvmf.qpair_gone",
                 {"nqn": qp.subsys.nqn, "cntlid": qp.cntlid, "qid": qp.qid},
@@ -474,6 +481,7 @@ class NvmfTarget:
         }
 
     def shutdown(self) -> None:
+        self.stopping = True
         for ctrl in list(self.controllers.values()):
             self.destroy_controller(ctrl, "shutdown", notify=False)
         for qp in list(self.qpairs):
@@ -483,24 +491,6 @@ class NvmfTarget:
 def _ignore_reply(ok: bool, result: Any) -> None:
     if not ok:
         log.debug("nvmf: supervisor call failed: %s", result)
-
-
-def dispatch(req: Request) -> None:
-    """Route a command whose data (if any) has arrived."""
-    from . import admin, fabrics, io
-
-    qp = req.qp
-    if req.opcode == spec.FABRICS_OPCODE:
-        fabrics.execute(req)
-    elif qp.ctrl is None and qp.qid != 0 and qp.subsys is not None:
-        io.execute(req)
-    elif qp.qid == 0 and qp.ctrl is not None:
-        admin.execute(req)
-    elif qp.qid > 0:
-        io.execute(req)
-    else:
-        # no Connect yet: only fabrics Connect is allowed
-        qp.complete(req, spec.ST_CMD_SEQ_ERROR)
 
 
 ReplyCb = Callable[[bool, Any], None]

@@ -213,7 +213,9 @@ class NvmfTcpDriver:
             self.targets[id(ctx)] = t
         return t
 
-    def accept(self, ctx: ReactorContext, sock: socket.socket, listener: str) -> None:
+    def accept(
+        self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b""
+    ) -> None:
         target = self.target(ctx)
         sock.setblocking(False)
         try:
@@ -222,7 +224,12 @@ class NvmfTcpDriver:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, target.opts.sock_priority)
         except OSError:
             pass
-        self.conns.add(TcpConnection(self, ctx, sock, listener, target))
+        conn = TcpConnection(self, ctx, sock, listener, target)
+        self.conns.add(conn)
+        if preread:
+            # bytes another reactor read before handing the socket over
+            conn.qp.feed_input(preread)
+            conn._flush()
 
     def on_config(self, ctx: ReactorContext) -> None:
         self.target(ctx).apply_config(ctx.nvmf_config or {})
@@ -252,6 +259,8 @@ class NvmfTcpDriver:
 
     def shutdown(self, ctx: ReactorContext) -> None:
         t = self.targets.pop(id(ctx), None)
+        if t is not None:
+            t.stopping = True
         for c in [c for c in self.conns if c.ctx is ctx]:
             c.close()
         if t is not None:

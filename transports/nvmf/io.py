@@ -43,17 +43,20 @@ def status_of(st: IoStatus, is_read: bool = False) -> int:
 
 def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
     """(channel, block_size, num_blocks) or (None, status, 0)."""
-    qp = req.qp
-    ss = qp.subsys
+    ss = req.qp.subsys
     ns = ss.namespaces.get(req.nsid) if ss is not None else None
     if ns is None:
         return None, spec.ST_INVALID_NS, 0
-    ctx = qp.target.ctx
-    bdev = ctx.bdev(ns.bdev_name)
-    ch = ctx.channel(ns.bdev_name) if bdev is not None else None
+    ch = ns.chan
+    bdev = ns.bdev
+    if ch is None:
+        ctx = req.qp.target.ctx
+        bdev = ns.bdev = ctx.bdev(ns.bdev_name)
+        ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
     if ch is None or bdev is None or bdev.removed or ch.removed:
+        ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
-    return ch, int(bdev.block_size), int(bdev.num_blocks)
+    return ch, bdev.block_size, bdev.num_blocks
 
 
 def _lba(req: Request, nblocks: int) -> tuple[int, int, int]:
@@ -210,7 +213,7 @@ def fused_gate(req: Request) -> None:
             first.complete(spec.ST_FUSED_MISSING)
             if req.sqe.fuse == spec.FUSE_FIRST:
                 return fused_gate(req)
-            from .core import dispatch
+            from .tcp import dispatch
 
             return dispatch(req)
         return compare_and_write(first, req)

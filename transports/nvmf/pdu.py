@@ -147,7 +147,7 @@ class Pdu:
         return f"<Pdu {TYPE_NAMES.get(self.type, self.type)} flags={self.flags:#x} plen={self.plen} data={dl}>"
 
 
-def digest(data: bytes | memoryview) -> bytes:
+def digest(data: bytes | bytearray | memoryview) -> bytes:
     return DIGEST.pack(crc32c(data))
 
 

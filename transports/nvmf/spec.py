@@ -431,7 +431,7 @@ def u64(buf: bytes | memoryview, off: int) -> int:
     return _U64.unpack_from(buf, off)[0]
 
 
-def cstr(buf: bytes | memoryview, off: int, size: int) -> bytes:
+def cstr(buf: bytes | bytearray | memoryview, off: int, size: int) -> bytes:
     """A NUL-terminated string field (bytes, compared byte for byte)."""
     raw = bytes(buf[off : off + size])
     n = raw.find(b"\0")

@@ -21,9 +21,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from . import admin, fabrics, io, spec
 from . import pdu as P
-from . import spec
-from .core import NvmfTarget, QueuePair, dispatch
+from .core import NvmfTarget, QueuePair
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class TcpQpair(QueuePair):
         self.reader.commit(n)
         self.process()
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """Test helper: feed bytes, return the output produced."""
+    def feed_input(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` in and process it (output stays in ``out``)."""
         mv = memoryview(data)
         while mv and not self.want_close:
             buf = self.get_buffer()
@@ -133,6 +133,10 @@ class TcpQpair(QueuePair):
             del buf
             mv = mv[n:]
             self.received(n)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Feed bytes, return the output produced (sans-I/O tests)."""
+        self.feed_input(data)
         return self.take_output()
 
     def take_output(self) -> list[Any]:
@@ -264,8 +268,6 @@ class TcpQpair(QueuePair):
 
     def _execute(self, req: Request) -> None:
         if self.fused_first is not None or req.sqe.fuse:
-            from . import io
-
             io.fused_gate(req)
             return
         dispatch(req)
@@ -374,26 +376,41 @@ class TcpQpair(QueuePair):
             and self.opts.c2h_success
             and n > 0
         )
-        out = self.out
         unit = self.c2h_unit
-        off = 0
-        while off < n:
-            chunk = mv[off : off + unit] if (off or n > unit) else mv
-            last = off + len(chunk) >= n
-            P.encode_data(
-                P.C2H_DATA,
-                req.cid,
-                0,
-                off,
-                chunk,
-                last=last,
-                success=success and last,
-                hdgst=self.hdgst,
-                ddgst=self.ddgst,
-                pda=self.hpda,
-                out=out,
-            )
-            off += len(chunk)
+        if n <= unit:  # the common case: one C2HData PDU
+            if n:
+                P.encode_data(
+                    P.C2H_DATA,
+                    req.cid,
+                    0,
+                    0,
+                    mv,
+                    True,
+                    success,
+                    self.hdgst,
+                    self.ddgst,
+                    self.hpda,
+                    self.out,
+                )
+        else:
+            off = 0
+            while off < n:
+                chunk = mv[off : off + unit]
+                last = off + len(chunk) >= n
+                P.encode_data(
+                    P.C2H_DATA,
+                    req.cid,
+                    0,
+                    off,
+                    chunk,
+                    last,
+                    success and last,
+                    self.hdgst,
+                    self.ddgst,
+                    self.hpda,
+                    self.out,
+                )
+                off += len(chunk)
         if not self._finish(req, status):
             return
         if not success:
@@ -419,3 +436,17 @@ class TcpQpair(QueuePair):
 
     def __repr__(self) -> str:
         return f"<TcpQpair {self.peer} qid={self.qid} cntlid={self.cntlid}>"
+
+
+def dispatch(req: Request) -> None:
+    """Route a command whose data (if any) has arrived."""
+    qp = req.qp
+    if req.opcode == spec.FABRICS_OPCODE:
+        fabrics.execute(req)
+    elif qp.qid > 0:
+        io.execute(req)
+    elif qp.qid == 0 and qp.ctrl is not None:
+        admin.execute(req)
+    else:
+        # no Connect yet: only the fabrics Connect command is allowed
+        qp.complete(req, spec.ST_CMD_SEQ_ERROR)

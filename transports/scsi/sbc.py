@@ -181,6 +181,10 @@ def compare_and_write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     check_range(lun, lba, n)
     _check_writable(lun)
     if n == 0:
+        if task.data_out_length():
+            # data for a zero-length compare: the CDB's count does not match
+            # the transfer (e.g. 256 wrapped to 0), not a no-op
+            raise invalid_cdb(13)
         fin(task)
         return
     bs = lun.bdev.block_size
@@ -335,8 +339,9 @@ def write_same(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     if n == 0:
         fin(task)
         return
-    zero = block is None or not any(block)
-    if zero:
+    # UNMAP=1 deallocates whatever the data block holds (as LIO and tgt do):
+    # with LBPRZ=1 the blocks then read back as zeros
+    if unmap_bit or block is None or not any(block):
         _run_ranges(lun, task, fin, [(lba, n)], unmap=unmap_bit)
         return
     assert block is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
+
 from blockfabric.transports.iscsi import pdu as P
 
 
@@ -123,14 +125,40 @@ def test_unsolicited_data_out_allowed(kit: Any) -> None:
     assert h.env.dev.blocks[:2048] == b"a" * 512 + b"b" * 512 + b"c" * 1024
 
 
-def test_data_out_bad_datasn_fails_connection(kit: Any) -> None:
+def test_data_out_bad_datasn_terminates_task(kit: Any) -> None:
+    # libiscsi iSCSIdatasn: a wrong DataSN fails the command (Reject), the
+    # rest of the burst is discarded quietly, and the connection stays usable
     h = kit.Harness()
     h.login(extra=[("ImmediateData", "No")])
     r = h.cmd(kit.write10(0, 2), 1024, write=True, itt=7)
     ttt = r[0].ttt
     out = h.data_out(7, ttt, 1, 0, b"x" * 512, False)
-    assert out[0].opcode == P.OP_REJECT and out[0].b2 == P.REJ_PROTOCOL
-    assert h.closed and h.conn.state == "closed"
+    assert [p.opcode for p in out] == [P.OP_REJECT] and out[0].b2 == P.REJ_PROTOCOL
+    assert not h.closed and h.conn.state == "ffp"
+    assert 7 not in h.conn.tasks and 7 not in h.conn.session.tasks
+    assert h.data_out(7, ttt, 0, 512, b"y" * 512, True) == []
+    assert not h.env.dev.executed and h.env.dev.blocks[:1024] == bytes(1024)
+    # same ITT again, now with DataSN 0, 1: the write completes GOOD
+    r = h.cmd(kit.write10(0, 2), 1024, write=True, itt=7)
+    assert r[0].opcode == P.OP_R2T
+    assert h.data_out(7, r[0].ttt, 0, 0, b"a" * 512, False) == []
+    out = h.data_out(7, r[0].ttt, 1, 512, b"b" * 512, True)
+    assert out[0].opcode == P.OP_SCSI_RESP and out[0].b3 == 0
+    assert h.env.dev.blocks[:1024] == b"a" * 512 + b"b" * 512
+
+
+@pytest.mark.parametrize("datasn", [0, 27, 0xFFFFFFFF])
+def test_data_out_datasn_variants_rejected(kit: Any, datasn: int) -> None:
+    h = kit.Harness()
+    h.login(extra=[("ImmediateData", "No")])
+    r = h.cmd(kit.write10(0, 2), 1024, write=True, itt=9)
+    first = 0 if datasn == 0 else datasn
+    out = h.data_out(9, r[0].ttt, first, 0, b"x" * 512, False)
+    if datasn == 0:  # 0 is right for the first PDU; repeat it for the second
+        assert out == []
+        out = h.data_out(9, r[0].ttt, 0, 512, b"x" * 512, True)
+    assert out[0].opcode == P.OP_REJECT and h.conn.state == "ffp"
+    assert not h.env.dev.executed
 
 
 def test_data_out_unknown_ttt_rejected(kit: Any) -> None:
@@ -223,6 +251,12 @@ def test_task_management(kit: Any) -> None:
     assert len(h.out) == n
     # unknown task with RefCmdSN outside the window -> task does not exist
     assert _tmf(h, 1, ref=0x4242, refcmdsn=h.cmdsn + 1000).b2 == 1
+    # a command that already completed (RefCmdSN < ExpCmdSN) -> task does not exist
+    # (libiscsi AbortTaskSimpleAsync: WRITE GOOD must pair with this answer)
+    done_sn = h.cmdsn
+    h.env.dev.defer = False
+    h.cmd(kit.write10(0, 1), 512, write=True, data=b"z" * 512, itt=0x77)
+    assert _tmf(h, 1, ref=0x77, refcmdsn=done_sn).b2 == 1
     assert _tmf(h, 5).b2 == 0 and h.env.dev.luns[0].resets == 1
     assert _tmf(h, 5, lun=3).b2 == 2
     assert _tmf(h, 2).b2 == 0
@@ -319,3 +353,23 @@ def test_mcs_second_connection(kit: Any) -> None:
     keys = [("InitiatorName", kit.INIT), ("TargetName", kit.TARGET), ("AuthMethod", "None")]
     r = h3.feed(kit.login_req(keys, csg=0, nsg=1, tsih=tsih, cid=2))
     assert r[0].w36 >> 16 == 0x0206
+
+
+def test_abort_task_not_yet_received(kit: Any) -> None:
+    # RefCmdSN in the window and before the TMF: counted as received and
+    # aborted; when the gap fills it must not execute
+    h = kit.Harness()
+    h.login()
+    gap = h.cmdsn
+    h.cmd(kit.read10(0, 1), 512, read=True, itt=0x61, cmdsn=gap + 1)
+    assert not h.env.dev.executed
+    r = h.feed(
+        P.encode_request(
+            P.OP_TMF_REQ, 0x81, 0, 0x99, (0x60, gap + 2, 0, gap, 0, 0, 0), immediate=True
+        )
+    )[0]
+    assert r.opcode == P.OP_TMF_RESP and r.b2 == 0
+    out = h.cmd(kit.read10(0, 1), 512, read=True, itt=0x60, cmdsn=gap)
+    # the aborted 0x60 does nothing; 0x61 (waiting behind it) now runs
+    assert [t.tag for t in h.env.dev.executed] == [0x61]
+    assert [p.itt for p in out] == [0x61]

@@ -78,7 +78,13 @@ class MemChannel(IoChannel):
 
 
 class MemBdev(Bdev):
-    def __init__(self, name: str, num_blocks: int = 2048, block_size: int = 512, async_loop: EventLoop | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        num_blocks: int = 2048,
+        block_size: int = 512,
+        async_loop: EventLoop | None = None,
+    ) -> None:
         super().__init__(name=name, block_size=block_size, num_blocks=num_blocks)
         self.storage = bytearray(num_blocks * block_size)
         self.loop = async_loop
@@ -263,16 +269,23 @@ class FakeRpc:
             self.loop.run_once(0)
 
 
-def setup_target(rpc: FakeRpc, port_listener: bool = True, bdev_blocks: int = 2048, **topts: Any) -> str:
+def setup_target(
+    rpc: FakeRpc, port_listener: bool = True, bdev_blocks: int = 2048, **topts: Any
+) -> str:
     rpc.bdevs["Malloc0"] = MemBdev("Malloc0", bdev_blocks)
     rpc.rpc("nvmf_create_transport", {"trtype": "tcp", **topts})
-    rpc.rpc("nvmf_create_subsystem", {"nqn": SUBNQN, "allow_any_host": True, "serial_number": "SPDK001"})
+    rpc.rpc(
+        "nvmf_create_subsystem", {"nqn": SUBNQN, "allow_any_host": True, "serial_number": "SPDK001"}
+    )
     rpc.rpc("nvmf_subsystem_add_ns", {"nqn": SUBNQN, "namespace": {"bdev_name": "Malloc0"}})
     key = ""
     if port_listener:
         rpc.rpc(
             "nvmf_subsystem_add_listener",
-            {"nqn": SUBNQN, "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "0"}},
+            {
+                "nqn": SUBNQN,
+                "listen_address": {"trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": "0"},
+            },
         )
         key = rpc.nvmf.subsystems[SUBNQN]["listeners"][0]["key"]
     return key
@@ -287,7 +300,9 @@ class TermReq(Exception):
 
 
 class Client:
-    def __init__(self, addr: tuple[str, int], hdgst: bool = False, ddgst: bool = False, timeout: float = 5.0) -> None:
+    def __init__(
+        self, addr: tuple[str, int], hdgst: bool = False, ddgst: bool = False, timeout: float = 5.0
+    ) -> None:
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.reader = P.PduReader(P.HOST)
         self.hdgst = hdgst
@@ -312,8 +327,16 @@ class Client:
             for p in self.reader.feed(data):
                 # keep copies: the reader may reuse its buffer
                 self.pending.append(
-                    P.Pdu(p.type, p.flags, p.hlen, p.pdo, p.plen, memoryview(bytes(p.hdr)),
-                          None if p.data is None else memoryview(bytes(p.data)), p.ddgst_ok)
+                    P.Pdu(
+                        p.type,
+                        p.flags,
+                        p.hlen,
+                        p.pdo,
+                        p.plen,
+                        memoryview(bytes(p.hdr)),
+                        None if p.data is None else memoryview(bytes(p.data)),
+                        p.ddgst_ok,
+                    )
                 )
         pdu = self.pending.pop(0)
         if pdu.type == P.C2H_TERM_REQ:
@@ -384,8 +407,16 @@ class Client:
                     n = min(self.maxh2cdata, off + ln - pos)
                     last = pos + n == off + ln
                     self.send(
-                        P.encode_data(P.H2C_DATA, cid, ttag, pos, data[pos : pos + n], last=last,
-                                      hdgst=self.hdgst, ddgst=self.ddgst)
+                        P.encode_data(
+                            P.H2C_DATA,
+                            cid,
+                            ttag,
+                            pos,
+                            data[pos : pos + n],
+                            last=last,
+                            hdgst=self.hdgst,
+                            ddgst=self.ddgst,
+                        )
                     )
                     pos += n
             elif pdu.type == P.C2H_DATA:
@@ -411,9 +442,18 @@ class Client:
         return self.wait(cid, data)
 
     # --- fabrics --------------------------------------------------------
-    def connect(self, subnqn: str = SUBNQN, hostnqn: str = HOSTNQN, qid: int = 0, sqsize: int = 31,
-                kato: int = 0, cntlid: int = 0xFFFF, hostid: bytes = HOSTID, cattr: int = 0,
-                incapsule: bool = True) -> spec.Cqe:
+    def connect(
+        self,
+        subnqn: str = SUBNQN,
+        hostnqn: str = HOSTNQN,
+        qid: int = 0,
+        sqsize: int = 31,
+        kato: int = 0,
+        cntlid: int = 0xFFFF,
+        hostid: bytes = HOSTID,
+        cattr: int = 0,
+        incapsule: bool = True,
+    ) -> spec.Cqe:
         data = bytearray(1024)
         data[0:16] = hostid
         struct.pack_into("<H", data, 16, cntlid)
@@ -423,16 +463,26 @@ class Client:
         data[512 : 512 + len(h)] = h
         cdw10 = qid << 16
         cdw11 = sqsize | (cattr << 16)
-        cqe, _ = self.cmd(spec.FABRICS_OPCODE, nsid=spec.FCTYPE_CONNECT, cdws=(cdw10, cdw11, kato),
-                          data=bytes(data), incapsule=incapsule)
+        cqe, _ = self.cmd(
+            spec.FABRICS_OPCODE,
+            nsid=spec.FCTYPE_CONNECT,
+            cdws=(cdw10, cdw11, kato),
+            data=bytes(data),
+            incapsule=incapsule,
+        )
         return cqe
 
     def prop_set(self, offset: int, value: int) -> spec.Cqe:
-        return self.cmd(spec.FABRICS_OPCODE, nsid=spec.FCTYPE_PROPERTY_SET,
-                        cdws=(0, offset, value & 0xFFFFFFFF, value >> 32))[0]
+        return self.cmd(
+            spec.FABRICS_OPCODE,
+            nsid=spec.FCTYPE_PROPERTY_SET,
+            cdws=(0, offset, value & 0xFFFFFFFF, value >> 32),
+        )[0]
 
     def prop_get(self, offset: int, size8: bool = False) -> spec.Cqe:
-        return self.cmd(spec.FABRICS_OPCODE, nsid=spec.FCTYPE_PROPERTY_GET, cdws=(int(size8), offset))[0]
+        return self.cmd(
+            spec.FABRICS_OPCODE, nsid=spec.FCTYPE_PROPERTY_GET, cdws=(int(size8), offset)
+        )[0]
 
     def enable(self) -> None:
         cqe = self.prop_set(spec.PROP_CC, 1 | (6 << 16) | (4 << 20))
@@ -449,20 +499,34 @@ class Client:
     def identify(self, cns: int, nsid: int = 0, csi: int = 0) -> tuple[spec.Cqe, bytes]:
         return self.cmd(spec.ADMIN_IDENTIFY, nsid=nsid, cdws=(cns, csi << 24), read_len=4096)
 
-    def get_log(self, lid: int, length: int, offset: int = 0, nsid: int = 0xFFFFFFFF, rae: bool = False) -> tuple[spec.Cqe, bytes]:
+    def get_log(
+        self, lid: int, length: int, offset: int = 0, nsid: int = 0xFFFFFFFF, rae: bool = False
+    ) -> tuple[spec.Cqe, bytes]:
         numd = length // 4 - 1
         cdw10 = lid | (int(rae) << 15) | ((numd & 0xFFFF) << 16)
-        return self.cmd(spec.ADMIN_GET_LOG_PAGE, nsid=nsid,
-                        cdws=(cdw10, numd >> 16, offset & 0xFFFFFFFF, offset >> 32), read_len=length)
+        return self.cmd(
+            spec.ADMIN_GET_LOG_PAGE,
+            nsid=nsid,
+            cdws=(cdw10, numd >> 16, offset & 0xFFFFFFFF, offset >> 32),
+            read_len=length,
+        )
 
     def write(self, nsid: int, slba: int, data: bytes, incapsule: bool | None = None) -> spec.Cqe:
         nlb = len(data) // 512 - 1
         inc = len(data) <= 4096 if incapsule is None else incapsule
-        return self.cmd(spec.IO_WRITE, nsid=nsid, cdws=(slba & 0xFFFFFFFF, slba >> 32, nlb), data=data, incapsule=inc)[0]
+        return self.cmd(
+            spec.IO_WRITE,
+            nsid=nsid,
+            cdws=(slba & 0xFFFFFFFF, slba >> 32, nlb),
+            data=data,
+            incapsule=inc,
+        )[0]
 
     def read(self, nsid: int, slba: int, nbytes: int) -> tuple[spec.Cqe, bytes]:
         nlb = nbytes // 512 - 1
-        return self.cmd(spec.IO_READ, nsid=nsid, cdws=(slba & 0xFFFFFFFF, slba >> 32, nlb), read_len=nbytes)
+        return self.cmd(
+            spec.IO_READ, nsid=nsid, cdws=(slba & 0xFFFFFFFF, slba >> 32, nlb), read_len=nbytes
+        )
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> bool:

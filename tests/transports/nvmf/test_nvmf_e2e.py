@@ -7,9 +7,8 @@ import struct
 
 import pytest
 
-from blockfabric.transports.nvmf import discovery
+from blockfabric.transports.nvmf import discovery, spec
 from blockfabric.transports.nvmf import pdu as P
-from blockfabric.transports.nvmf import spec
 
 
 def _io_client(h, addr, cntlid, hdgst=False, ddgst=False, qid=1, sqsize=127):  # type: ignore[no-untyped-def]
@@ -82,7 +81,14 @@ def test_full_session(h, target, digests) -> None:  # type: ignore[no-untyped-de
     assert int.from_bytes(smart[80:96], "little") >= 2  # host writes
     assert int.from_bytes(smart[48:64], "little") == 1  # ceil(69632/512/1000)
     ctrls = rpc.rpc("nvmf_subsystem_get_controllers", {"nqn": h.SUBNQN})
-    assert ctrls == [{"cntlid": cntlid, "hostnqn": h.HOSTNQN, "hostid": "11111111-2222-3333-4444-555555555555", "num_io_qpairs": 1}]
+    assert ctrls == [
+        {
+            "cntlid": cntlid,
+            "hostnqn": h.HOSTNQN,
+            "hostid": "11111111-2222-3333-4444-555555555555",
+            "num_io_qpairs": 1,
+        }
+    ]
     qps = rpc.rpc("nvmf_subsystem_get_qpairs", {"nqn": h.SUBNQN})
     assert [(q["cntlid"], q["qid"]) for q in qps] == [(cntlid, 0), (cntlid, 1)]
     # shutdown notification
@@ -143,7 +149,9 @@ def test_c2h_success_when_sq_flow_disabled(h, target) -> None:  # type: ignore[n
     io.write(1, 0, b"\x5a" * 4096)
     cid = io.submit(spec.IO_READ, nsid=1, cdws=(0, 0, 7), read_len=4096, incapsule=False)
     pdu = io.recv_pdu()
-    assert pdu.type == P.C2H_DATA and pdu.flags & P.FLAG_DATA_SUCCESS and pdu.flags & P.FLAG_DATA_LAST
+    assert (
+        pdu.type == P.C2H_DATA and pdu.flags & P.FLAG_DATA_SUCCESS and pdu.flags & P.FLAG_DATA_LAST
+    )
     assert bytes(pdu.data) == b"\x5a" * 4096  # type: ignore[arg-type]
     # no CapsuleResp follows: the next PDU answers the next command
     cqe, _ = io.cmd(spec.IO_FLUSH, nsid=1)
@@ -160,7 +168,9 @@ def test_connect_errors(h, target) -> None:  # type: ignore[no-untyped-def]
     assert spec.split_status(cqe.status)[:2] == (1, spec.SC_CONNECT_INVALID_PARAM)
     assert cqe.result == (1 << 16) | 256
     cqe = c.connect(sqsize=0)
-    assert spec.split_status(cqe.status)[:2] == (1, spec.SC_CONNECT_INVALID_PARAM) and cqe.result == 44
+    assert (
+        spec.split_status(cqe.status)[:2] == (1, spec.SC_CONNECT_INVALID_PARAM) and cqe.result == 44
+    )
     cqe = c.connect(sqsize=128)  # max_aq_depth 128 -> sqsize <= 127
     assert cqe.result == 44
     cqe = c.connect(cntlid=5)
@@ -235,7 +245,13 @@ def test_discovery_per_host(h) -> None:  # type: ignore[no-untyped-def]
         addr = (host, int(port))
         other = "nqn.2016-06.io.spdk:cnode2"
         rpc.rpc("nvmf_create_subsystem", {"nqn": other})
-        rpc.rpc("nvmf_subsystem_add_listener", {"nqn": other, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port}})
+        rpc.rpc(
+            "nvmf_subsystem_add_listener",
+            {
+                "nqn": other,
+                "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port},
+            },
+        )
         c = h.Client(addr)
         c.icreq()
         cqe = c.connect(subnqn=spec.NVME_DISC_SUBSYS_NAME, kato=0)
@@ -254,8 +270,13 @@ def test_discovery_per_host(h) -> None:  # type: ignore[no-untyped-def]
         cqe, page = c.get_log(spec.LID_DISCOVERY, 1024 * (1 + numrec))
         log = discovery.parse_log_page(page)
         subs = [(e["subtype"], e["subnqn"], e["traddr"], e["trsvcid"]) for e in log["entries"]]
-        assert subs == [(3, spec.NVME_DISC_SUBSYS_NAME, "127.0.0.1", port), (2, h.SUBNQN, "127.0.0.1", port)]
-        assert all(e["trtype"] == 3 and e["cntlid"] == 0xFFFF and e["adrfam"] == 1 for e in log["entries"])
+        assert subs == [
+            (3, spec.NVME_DISC_SUBSYS_NAME, "127.0.0.1", port),
+            (2, h.SUBNQN, "127.0.0.1", port),
+        ]
+        assert all(
+            e["trtype"] == 3 and e["cntlid"] == 0xFFFF and e["adrfam"] == 1 for e in log["entries"]
+        )
         # offset read of the second entry only
         cqe, ent = c.get_log(spec.LID_DISCOVERY, 1024, offset=2048)
         assert ent == page[2048:3072]
@@ -267,7 +288,7 @@ def test_discovery_per_host(h) -> None:  # type: ignore[no-untyped-def]
         cqe, _ = c.wait(aer)
         assert cqe.status == 0 and cqe.result == (0x70 << 16) | (0xF0 << 8) | 2
         cqe, hdr = c.get_log(spec.LID_DISCOVERY, 1024)
-        assert struct.unpack_from("<QQ", hdr, 0) [1] == 3
+        assert struct.unpack_from("<QQ", hdr, 0)[1] == 3
         assert struct.unpack_from("<Q", hdr, 0)[0] > genctr
         c.close()
     finally:
@@ -284,7 +305,13 @@ def test_aen_on_namespace_add(h, target) -> None:  # type: ignore[no-untyped-def
     cqe, _ = a.cmd(spec.ADMIN_ASYNC_EVENT)
     assert spec.split_status(cqe.status)[:2] == (1, spec.SC_ASYNC_LIMIT)
     rpc.bdevs["Malloc1"] = h.MemBdev("Malloc1", 1024)
-    assert rpc.rpc("nvmf_subsystem_add_ns", {"nqn": h.SUBNQN, "namespace": {"bdev_name": "Malloc1", "nsid": 5}}) == 5
+    assert (
+        rpc.rpc(
+            "nvmf_subsystem_add_ns",
+            {"nqn": h.SUBNQN, "namespace": {"bdev_name": "Malloc1", "nsid": 5}},
+        )
+        == 5
+    )
     cqe, _ = a.wait(aers[0])
     assert cqe.result == (0x04 << 16) | 2
     cqe, page = a.get_log(spec.LID_CHANGED_NS, 4096)
@@ -320,3 +347,53 @@ def test_queue_depth_overflow(h, target) -> None:  # type: ignore[no-untyped-def
     assert io2.write(1, 0, bytes(512)).status == 0
     io2.close()
     a.close()
+
+
+_KA = spec.pack_sqe(spec.ADMIN_KEEP_ALIVE, 1)
+
+
+@pytest.mark.parametrize(
+    ("after_ic", "raw", "fes", "fei", "hd"),
+    [
+        (False, b"".join(P.encode_capsule_cmd(_KA)), P.FES_PDU_SEQUENCE_ERROR, 0, False),
+        (True, P.CH.pack(0x0B, 0, 24, 0, 24) + bytes(16), P.FES_INVALID_HEADER_FIELD, 0, False),
+        (True, P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 64) + _KA, P.FES_INVALID_HEADER_FIELD, 4, False),
+        (True, P.encode_icreq(), P.FES_PDU_SEQUENCE_ERROR, 0, False),
+        (
+            True,
+            P.CH.pack(P.CAPSULE_CMD, P.FLAG_HDGSTF, 72, 0, 76) + _KA + b"\0\0\0\0",
+            P.FES_HDGST_ERROR,
+            72,
+            True,
+        ),
+        (
+            True,
+            P.DATA_HDR.pack(P.H2C_DATA, 0, 24, 24, 28, 1, 5, 0, 4) + b"abcd",
+            P.FES_INVALID_HEADER_FIELD,
+            10,
+            False,
+        ),
+        (
+            True,
+            P.CH.pack(P.CAPSULE_CMD, 0, 72, 72, 72 + 9000) + _KA + bytes(9000),
+            P.FES_DATA_LIMIT_EXCEEDED,
+            4,
+            False,
+        ),
+    ],
+)
+def test_malformed_pdu_gets_termreq_and_close(h, target, after_ic, raw, fes, fei, hd) -> None:  # type: ignore[no-untyped-def]
+    rpc, addr = target
+    c = h.Client(addr, hdgst=hd)
+    if after_ic:
+        c.icreq()
+    c.send(raw)
+    with pytest.raises(h.TermReq) as ei:
+        c.recv_pdu()
+    assert (ei.value.fes, ei.value.fei) == (fes, fei)
+    assert c.is_closed()
+    c.close()
+    # the target keeps serving
+    d = h.Client(addr)
+    d.admin_setup()
+    d.close()

@@ -68,7 +68,9 @@ def test_invalid(nqn: str, why: str) -> None:
 def test_byte_for_byte_comparison() -> None:
     a = "nqn.2014-08.org.nvmexpress:uuid:11111111-aaaa-bbdd-ffee-123456789abc"
     assert nqn_equal(a, a.encode())
-    assert not nqn_equal(a, a.upper().replace("NQN.", "nqn.").replace("ORG.NVMEXPRESS:UUID", "org.nvmexpress:uuid"))
+    assert not nqn_equal(
+        a, a.upper().replace("NQN.", "nqn.").replace("ORG.NVMEXPRESS:UUID", "org.nvmexpress:uuid")
+    )
 
 
 def test_invalid_utf8_bytes() -> None:

@@ -64,7 +64,13 @@ def test_capsule_resp_and_r2t_and_term() -> None:
     hr.ic_done, hr.hdgst = True, True
     [p] = hr.feed(raw)
     cqe = spec.unpack_cqe(p.hdr, 8)
-    assert (cqe.cid, cqe.status, cqe.result, cqe.sqhd, cqe.sqid) == (5, spec.ST_INVALID_FIELD, 0x1234, 3, 1)
+    assert (cqe.cid, cqe.status, cqe.result, cqe.sqhd, cqe.sqid) == (
+        5,
+        spec.ST_INVALID_FIELD,
+        0x1234,
+        3,
+        1,
+    )
     raw = _join(P.encode_r2t(5, 77, 0, 65536))
     hr = P.PduReader(P.HOST)
     hr.ic_done = True
@@ -113,16 +119,44 @@ SQE = spec.pack_sqe(spec.ADMIN_KEEP_ALIVE, 1)
     ("raw", "fes", "fei"),
     [
         (P.CH.pack(0x0B, 0, 24, 0, 24) + bytes(16), P.FES_INVALID_HEADER_FIELD, 0),  # unknown type
-        (P.CH.pack(P.CAPSULE_RESP, 0, 24, 0, 24) + bytes(16), P.FES_INVALID_HEADER_FIELD, 0),  # wrong direction
+        (
+            P.CH.pack(P.CAPSULE_RESP, 0, 24, 0, 24) + bytes(16),
+            P.FES_INVALID_HEADER_FIELD,
+            0,
+        ),  # wrong direction
         (P.encode_icreq(), P.FES_PDU_SEQUENCE_ERROR, 0),  # second ICReq
         (P.CH.pack(P.CAPSULE_CMD, 0, 70, 0, 72) + SQE, P.FES_INVALID_HEADER_FIELD, 2),  # HLEN
-        (P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 60) + SQE, P.FES_INVALID_HEADER_FIELD, 4),  # PLEN < HLEN
-        (P.CH.pack(P.CAPSULE_CMD, 0, 72, 8, 80) + SQE + bytes(8), P.FES_INVALID_HEADER_FIELD, 3),  # PDO
-        (P.CH.pack(P.CAPSULE_CMD, 0, 72, 74, 80) + SQE + bytes(8), P.FES_INVALID_HEADER_FIELD, 3),  # PDO align
-        (P.CH.pack(P.CAPSULE_CMD, P.FLAG_HDGSTF, 72, 0, 76) + SQE + bytes(4), P.FES_INVALID_HEADER_FIELD, 1),
-        (P.CH.pack(P.CAPSULE_CMD, 0, 72, 72, 72 + 9000) + SQE + bytes(9000), P.FES_DATA_LIMIT_EXCEEDED, 4),
+        (
+            P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 60) + SQE,
+            P.FES_INVALID_HEADER_FIELD,
+            4,
+        ),  # PLEN < HLEN
+        (
+            P.CH.pack(P.CAPSULE_CMD, 0, 72, 8, 80) + SQE + bytes(8),
+            P.FES_INVALID_HEADER_FIELD,
+            3,
+        ),  # PDO
+        (
+            P.CH.pack(P.CAPSULE_CMD, 0, 72, 74, 80) + SQE + bytes(8),
+            P.FES_INVALID_HEADER_FIELD,
+            3,
+        ),  # PDO align
+        (
+            P.CH.pack(P.CAPSULE_CMD, P.FLAG_HDGSTF, 72, 0, 76) + SQE + bytes(4),
+            P.FES_INVALID_HEADER_FIELD,
+            1,
+        ),
+        (
+            P.CH.pack(P.CAPSULE_CMD, 0, 72, 72, 72 + 9000) + SQE + bytes(9000),
+            P.FES_DATA_LIMIT_EXCEEDED,
+            4,
+        ),
         (P.CH.pack(P.H2C_DATA, 0, 24, 0, 24) + bytes(16), P.FES_INVALID_HEADER_FIELD, 4),  # no data
-        (P.DATA_HDR.pack(P.H2C_DATA, 0, 24, 24, 24 + 8, 1, 1, 0, 9) + bytes(8), P.FES_INVALID_HEADER_FIELD, 16),
+        (
+            P.DATA_HDR.pack(P.H2C_DATA, 0, 24, 24, 24 + 8, 1, 1, 0, 9) + bytes(8),
+            P.FES_INVALID_HEADER_FIELD,
+            16,
+        ),
         (P.CH.pack(P.H2C_TERM_REQ, 0, 24, 0, 24 + 200) + bytes(216), P.FES_INVALID_HEADER_FIELD, 4),
         (P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 1 << 30) + SQE, P.FES_DATA_LIMIT_EXCEEDED, 4),
     ],
@@ -177,14 +211,19 @@ _sqe = st.binary(min_size=64, max_size=64)
     pda=st.integers(0, 31),
     chunk=st.integers(1, 600),
 )
-def test_roundtrip_capsule(sqe: bytes, data: bytes | None, hd: bool, dd: bool, pda: int, chunk: int) -> None:
+def test_roundtrip_capsule(
+    sqe: bytes, data: bytes | None, hd: bool, dd: bool, pda: int, chunk: int
+) -> None:
     raw = _join(P.encode_capsule_cmd(sqe, data, hd, dd, pda))
     r = _ctrl_reader(hd, dd)
     r.max_data[P.CAPSULE_CMD] = 4096
     r.rx_pda = pda
     out = []
     for i in range(0, len(raw), chunk):
-        out += [(bytes(p.hdr[8:]), None if p.data is None else bytes(p.data), p.ddgst_ok) for p in r.feed(raw[i : i + chunk])]
+        out += [
+            (bytes(p.hdr[8:]), None if p.data is None else bytes(p.data), p.ddgst_ok)
+            for p in r.feed(raw[i : i + chunk])
+        ]
     assert out == [(sqe, data, True)]
 
 
@@ -199,14 +238,18 @@ def test_roundtrip_capsule(sqe: bytes, data: bytes | None, hd: bool, dd: bool, p
     last=st.booleans(),
     success=st.booleans(),
 )
-def test_roundtrip_c2h(cid: int, ttag: int, off: int, data: bytes, hd: bool, dd: bool, last: bool, success: bool) -> None:
+def test_roundtrip_c2h(
+    cid: int, ttag: int, off: int, data: bytes, hd: bool, dd: bool, last: bool, success: bool
+) -> None:
     raw = _join(P.encode_data(P.C2H_DATA, cid, ttag, off, data, last, success, hd, dd))
     r = P.PduReader(P.HOST)
     r.ic_done, r.hdgst, r.ddgst = True, hd, dd
     [p] = r.feed(raw)
     assert P.parse_data_hdr(p.hdr) == (cid, ttag, off, len(data))
     assert bytes(p.data) == data and p.ddgst_ok  # type: ignore[arg-type]
-    assert bool(p.flags & P.FLAG_DATA_LAST) == last and bool(p.flags & P.FLAG_DATA_SUCCESS) == success
+    assert (
+        bool(p.flags & P.FLAG_DATA_LAST) == last and bool(p.flags & P.FLAG_DATA_SUCCESS) == success
+    )
 
 
 @settings(max_examples=500, deadline=None)
@@ -218,8 +261,12 @@ def test_roundtrip_c2h(cid: int, ttag: int, off: int, data: bytes, hd: bool, dd:
     role=st.sampled_from([P.CONTROLLER, P.HOST]),
     chunk=st.integers(1, 300),
 )
-def test_fuzz_reader_only_raises_pdu_error(blob: bytes, ic_done: bool, hd: bool, dd: bool, role: str, chunk: int) -> None:
-    r = P.PduReader(role, max_data={P.CAPSULE_CMD: 1024, P.H2C_DATA: 1024, P.C2H_DATA: 1024}, bufsize=512)
+def test_fuzz_reader_only_raises_pdu_error(
+    blob: bytes, ic_done: bool, hd: bool, dd: bool, role: str, chunk: int
+) -> None:
+    r = P.PduReader(
+        role, max_data={P.CAPSULE_CMD: 1024, P.H2C_DATA: 1024, P.C2H_DATA: 1024}, bufsize=512
+    )
     r.ic_done, r.hdgst, r.ddgst = ic_done, hd, dd
     try:
         for i in range(0, len(blob), chunk):

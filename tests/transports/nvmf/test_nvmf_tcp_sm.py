@@ -38,7 +38,9 @@ class Host:
         assert p.type == P.ICRESP
         self.reader.ic_done, self.reader.hdgst, self.reader.ddgst = True, self.hd, self.dd
 
-    def cmd(self, opcode, cid=1, nsid=0, cdws=(0,) * 6, data=None, incapsule=True, flags=0x40, dptr=None):  # type: ignore[no-untyped-def]
+    def cmd(
+        self, opcode, cid=1, nsid=0, cdws=(0,) * 6, data=None, incapsule=True, flags=0x40, dptr=None
+    ):  # type: ignore[no-untyped-def]
         cd = tuple(cdws) + (0,) * (6 - len(cdws))
         if dptr is None:
             if data is not None and incapsule:
@@ -46,7 +48,9 @@ class Host:
             else:
                 dptr = spec.pack_sgl(0, len(data) if data else 0, spec.SGL_TYPE_TRANSPORT)
         sqe = spec.pack_sqe(opcode, cid, nsid, cd, dptr, flags)
-        return self.send(_j(P.encode_capsule_cmd(sqe, data if incapsule else None, self.hd, self.dd)))
+        return self.send(
+            _j(P.encode_capsule_cmd(sqe, data if incapsule else None, self.hd, self.dd))
+        )
 
     def connect_data(self, subnqn=None, cntlid=0xFFFF) -> bytes:  # type: ignore[no-untyped-def]
         d = bytearray(1024)
@@ -58,19 +62,36 @@ class Host:
         return bytes(d)
 
     def connect(self, qid=0, cntlid=0xFFFF, sqsize=31, incapsule=True) -> spec.Cqe:  # type: ignore[no-untyped-def]
-        pdus = self.cmd(0x7F, cid=100, nsid=1, cdws=(qid << 16, sqsize, 0), data=self.connect_data(cntlid=cntlid), incapsule=incapsule)
+        pdus = self.cmd(
+            0x7F,
+            cid=100,
+            nsid=1,
+            cdws=(qid << 16, sqsize, 0),
+            data=self.connect_data(cntlid=cntlid),
+            incapsule=incapsule,
+        )
         if not incapsule:
             [r2t] = pdus
             assert r2t.type == P.R2T
             cccid, ttag, off, ln = P.parse_data_hdr(r2t.hdr)
             assert (cccid, off, ln) == (100, 0, 1024)
-            pdus = self.send(_j(P.encode_data(P.H2C_DATA, 100, ttag, 0, self.connect_data(cntlid=cntlid), hdgst=self.hd, ddgst=self.dd)))
+            pdus = self.send(
+                _j(
+                    P.encode_data(
+                        P.H2C_DATA,
+                        100,
+                        ttag,
+                        0,
+                        self.connect_data(cntlid=cntlid),
+                        hdgst=self.hd,
+                        ddgst=self.dd,
+                    )
+                )
+            )
         [p] = pdus
         return spec.unpack_cqe(p.hdr, 8)
 
     def term(self) -> tuple[int, int, bytes]:
-        for p in self.reader.feed(b""):
-            pass
         raw = _j(self.raw_out)
         i = 0
         while i < len(raw):
@@ -145,10 +166,26 @@ def _io_host(h, rpc, key, **kw):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("mutate", "fes", "fei"),
     [
-        (lambda cid, ttag, datao, datal: (cid, ttag + 1, datao, datal), P.FES_INVALID_HEADER_FIELD, 10),
-        (lambda cid, ttag, datao, datal: (cid + 1, ttag, datao, datal), P.FES_INVALID_HEADER_FIELD, 8),
-        (lambda cid, ttag, datao, datal: (cid, ttag, datao + 512, datal), P.FES_DATA_OUT_OF_RANGE, 12),
-        (lambda cid, ttag, datao, datal: (cid, ttag, datao, datal * 2), P.FES_DATA_OUT_OF_RANGE, 16),
+        (
+            lambda cid, ttag, datao, datal: (cid, ttag + 1, datao, datal),
+            P.FES_INVALID_HEADER_FIELD,
+            10,
+        ),
+        (
+            lambda cid, ttag, datao, datal: (cid + 1, ttag, datao, datal),
+            P.FES_INVALID_HEADER_FIELD,
+            8,
+        ),
+        (
+            lambda cid, ttag, datao, datal: (cid, ttag, datao + 512, datal),
+            P.FES_DATA_OUT_OF_RANGE,
+            12,
+        ),
+        (
+            lambda cid, ttag, datao, datal: (cid, ttag, datao, datal * 2),
+            P.FES_DATA_OUT_OF_RANGE,
+            16,
+        ),
     ],
 )
 def test_h2c_data_errors(h, tgt, mutate, fes, fei) -> None:  # type: ignore[no-untyped-def]
@@ -181,7 +218,9 @@ def test_h2c_split_in_two_pdus(h, tgt) -> None:  # type: ignore[no-untyped-def]
 def test_data_digest_error_fails_only_the_command(h, tgt) -> None:  # type: ignore[no-untyped-def]
     rpc, key = tgt
     a, io = _io_host(h, rpc, key, dd=True)
-    sqe = spec.pack_sqe(spec.IO_WRITE, 3, 1, (0, 0, 0, 0, 0, 0), spec.pack_sgl(0, 512, spec.SGL_TYPE_INCAPSULE))
+    sqe = spec.pack_sqe(
+        spec.IO_WRITE, 3, 1, (0, 0, 0, 0, 0, 0), spec.pack_sgl(0, 512, spec.SGL_TYPE_INCAPSULE)
+    )
     raw = bytearray(_j(P.encode_capsule_cmd(sqe, b"z" * 512, ddgst=True)))
     raw[-1] ^= 0x55
     [p] = io.send(bytes(raw))
@@ -198,14 +237,27 @@ def test_data_digest_error_fails_only_the_command(h, tgt) -> None:  # type: igno
         (spec.pack_sgl(0, 512, 0x01), 0x00, spec.SC_INVALID_FIELD),  # PRP
         (spec.pack_sgl(0, 1 << 20, 0x5A), 0x40, spec.SC_DATA_SGL_LENGTH_INVALID),  # > max_io_size
         (spec.pack_sgl(600, 512, 0x01), 0x40, spec.SC_SGL_INVALID_OFFSET),
-        (spec.pack_sgl(0, 1024, 0x01), 0x40, spec.SC_DATA_SGL_LENGTH_INVALID),  # longer than the capsule
+        (
+            spec.pack_sgl(0, 1024, 0x01),
+            0x40,
+            spec.SC_DATA_SGL_LENGTH_INVALID,
+        ),  # longer than the capsule
     ],
 )
 def test_sgl_errors(h, tgt, dptr, flags, sc) -> None:  # type: ignore[no-untyped-def]
     rpc, key = tgt
     a, io = _io_host(h, rpc, key)
     inc = dptr[15] != 0x5A
-    [p] = io.cmd(spec.IO_WRITE, cid=4, nsid=1, cdws=(0, 0, 0), data=bytes(512), dptr=dptr, flags=flags, incapsule=inc)
+    [p] = io.cmd(
+        spec.IO_WRITE,
+        cid=4,
+        nsid=1,
+        cdws=(0, 0, 0),
+        data=bytes(512),
+        dptr=dptr,
+        flags=flags,
+        incapsule=inc,
+    )
     cqe = spec.unpack_cqe(p.hdr, 8)
     assert spec.split_status(cqe.status)[:2] == (0, sc)
     assert cqe.cid == 4 and cqe.sqid == 1
@@ -215,7 +267,10 @@ def test_io_queue_icd_limit(h, tgt) -> None:  # type: ignore[no-untyped-def]
     rpc, key = tgt
     a, io = _io_host(h, rpc, key)
     [p] = io.cmd(spec.IO_WRITE, cid=4, nsid=1, cdws=(0, 0, 15), data=bytes(8192))
-    assert spec.split_status(spec.unpack_cqe(p.hdr, 8).status)[:2] == (0, spec.SC_DATA_SGL_LENGTH_INVALID)
+    assert spec.split_status(spec.unpack_cqe(p.hdr, 8).status)[:2] == (
+        0,
+        spec.SC_DATA_SGL_LENGTH_INVALID,
+    )
 
 
 def test_cid_conflict_and_sqhd(h, tgt) -> None:  # type: ignore[no-untyped-def]
@@ -236,14 +291,27 @@ def test_async_bdev_zero_copy_read(h) -> None:  # type: ignore[no-untyped-def]
         key = h.setup_target(rpc)
         bdev = h.MemBdev("Async0", 256, async_loop=rpc.loop)
         rpc.bdevs["Async0"] = bdev
-        rpc.rpc("nvmf_subsystem_add_ns", {"nqn": h.SUBNQN, "namespace": {"bdev_name": "Async0", "nsid": 2}})
+        rpc.rpc(
+            "nvmf_subsystem_add_ns",
+            {"nqn": h.SUBNQN, "namespace": {"bdev_name": "Async0", "nsid": 2}},
+        )
         a, io = _io_host(h, rpc, key)
         data = bytes(range(256)) * 2
-        [p] = io.cmd(spec.IO_WRITE, cid=8, nsid=2, cdws=(3, 0, 0), data=data)  # completes via call_soon
+        [p] = io.cmd(
+            spec.IO_WRITE, cid=8, nsid=2, cdws=(3, 0, 0), data=data
+        )  # completes via call_soon
         assert spec.unpack_cqe(p.hdr, 8).status == 0
         assert bytes(bdev.storage[1536:2048]) == data
         before = len(io.raw_out)
-        pdus = io.cmd(spec.IO_READ, cid=9, nsid=2, cdws=(3, 0, 0), data=None, incapsule=False, dptr=spec.pack_sgl(0, 512, 0x5A))
+        pdus = io.cmd(
+            spec.IO_READ,
+            cid=9,
+            nsid=2,
+            cdws=(3, 0, 0),
+            data=None,
+            incapsule=False,
+            dptr=spec.pack_sgl(0, 512, 0x5A),
+        )
         assert [p.type for p in pdus] == [P.C2H_DATA, P.CAPSULE_RESP]
         sent = io.raw_out[before:]
         assert any(isinstance(b, memoryview) and b.obj is bdev.storage for b in sent)  # zero copy
@@ -275,19 +343,35 @@ def test_admin_features_and_logs(h, tgt) -> None:  # type: ignore[no-untyped-def
 
     rd = spec.pack_sgl(0, 4096, 0x5A)
     # host identifier: 128-bit only
-    pd = a.cmd(spec.ADMIN_GET_FEATURES, cid=10, cdws=(spec.FID_HOST_ID, 1), dptr=spec.pack_sgl(0, 16, 0x5A))
+    pd = a.cmd(
+        spec.ADMIN_GET_FEATURES, cid=10, cdws=(spec.FID_HOST_ID, 1), dptr=spec.pack_sgl(0, 16, 0x5A)
+    )
     assert bytes(pd[0].data) == h.HOSTID  # type: ignore[arg-type]
-    assert spec.split_status(cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=11, cdws=(spec.FID_HOST_ID, 0))).status)[1] == spec.SC_INVALID_FIELD
+    assert (
+        spec.split_status(
+            cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=11, cdws=(spec.FID_HOST_ID, 0))).status
+        )[1]
+        == spec.SC_INVALID_FIELD
+    )
     assert cq(a.cmd(spec.ADMIN_SET_FEATURES, cid=12, cdws=(spec.FID_VOLATILE_WC, 0))).status == 0
     assert cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=13, cdws=(spec.FID_VOLATILE_WC,))).result == 0
-    assert cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=14, cdws=(spec.FID_TEMP_THRESHOLD,))).result == 0x157
-    st = cq(a.cmd(spec.ADMIN_SET_FEATURES, cid=15, cdws=(spec.FID_ARBITRATION | (1 << 31), 0))).status
+    assert (
+        cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=14, cdws=(spec.FID_TEMP_THRESHOLD,))).result == 0x157
+    )
+    st = cq(
+        a.cmd(spec.ADMIN_SET_FEATURES, cid=15, cdws=(spec.FID_ARBITRATION | (1 << 31), 0))
+    ).status
     assert spec.split_status(st)[:2] == (1, spec.SC_FEATURE_NOT_SAVEABLE)
-    assert spec.split_status(cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=16, cdws=(0x7E,))).status)[1] == spec.SC_INVALID_FIELD
+    assert (
+        spec.split_status(cq(a.cmd(spec.ADMIN_GET_FEATURES, cid=16, cdws=(0x7E,))).status)[1]
+        == spec.SC_INVALID_FIELD
+    )
     assert cq(a.cmd(spec.ADMIN_ABORT, cid=17, cdws=(1 << 16 | 1,))).result == 1  # not aborted
     assert spec.split_status(cq(a.cmd(0xC0, cid=18)).status)[1] == spec.SC_INVALID_OPCODE
     # supported logs, effects, unsupported log
-    pd = a.cmd(spec.ADMIN_GET_LOG_PAGE, cid=19, cdws=(0 | (255 << 16),), dptr=spec.pack_sgl(0, 1024, 0x5A))
+    pd = a.cmd(
+        spec.ADMIN_GET_LOG_PAGE, cid=19, cdws=(0 | (255 << 16),), dptr=spec.pack_sgl(0, 1024, 0x5A)
+    )
     sup = struct.unpack_from("<6I", bytes(pd[0].data), 0)  # type: ignore[arg-type]
     assert sup == (1, 1, 1, 1, 1, 1)
     pd = a.cmd(spec.ADMIN_GET_LOG_PAGE, cid=20, cdws=(5 | (1023 << 16),), dptr=rd)
@@ -296,18 +380,24 @@ def test_admin_features_and_logs(h, tgt) -> None:  # type: ignore[no-untyped-def
     st = cq(a.cmd(spec.ADMIN_GET_LOG_PAGE, cid=21, cdws=(0x0C | (1023 << 16),), dptr=rd)).status
     assert spec.split_status(st)[:2] == (1, spec.SC_INVALID_LOG_PAGE)
     # the error log recorded the failures, newest first
-    pd = a.cmd(spec.ADMIN_GET_LOG_PAGE, cid=22, cdws=(1 | (15 << 16),), dptr=spec.pack_sgl(0, 64, 0x5A))
+    pd = a.cmd(
+        spec.ADMIN_GET_LOG_PAGE, cid=22, cdws=(1 | (15 << 16),), dptr=spec.pack_sgl(0, 64, 0x5A)
+    )
     cnt, sqid, cid, status = struct.unpack_from("<QHHH", bytes(pd[0].data), 0)  # type: ignore[arg-type]
     assert cid == 21 and sqid == 0 and cnt >= 4 and status == st
     # fw slot
-    pd = a.cmd(spec.ADMIN_GET_LOG_PAGE, cid=23, cdws=(3 | (127 << 16),), dptr=spec.pack_sgl(0, 512, 0x5A))
+    pd = a.cmd(
+        spec.ADMIN_GET_LOG_PAGE, cid=23, cdws=(3 | (127 << 16),), dptr=spec.pack_sgl(0, 512, 0x5A)
+    )
     assert bytes(pd[0].data)[0] == 1  # type: ignore[index]
     # identify CNS 06 (NVM) and 08
     pd = a.cmd(spec.ADMIN_IDENTIFY, cid=24, cdws=(spec.CNS_CS_CTRL, 0), dptr=rd)
     assert cq(pd).status == 0 and bytes(pd[0].data) == bytes(4096)  # type: ignore[arg-type]
     pd = a.cmd(spec.ADMIN_IDENTIFY, cid=25, nsid=1, cdws=(spec.CNS_CS_INDEP_NS,), dptr=rd)
     assert bytes(pd[0].data)[14] == 1  # type: ignore[index]
-    st = cq(a.cmd(spec.ADMIN_IDENTIFY, cid=26, nsid=0xFFFFFFFF, cdws=(spec.CNS_NS,), dptr=rd)).status
+    st = cq(
+        a.cmd(spec.ADMIN_IDENTIFY, cid=26, nsid=0xFFFFFFFF, cdws=(spec.CNS_NS,), dptr=rd)
+    ).status
     assert spec.split_status(st)[1] == spec.SC_INVALID_NS
     pd = a.cmd(spec.ADMIN_IDENTIFY, cid=27, nsid=9, cdws=(spec.CNS_NS,), dptr=rd)
     assert cq(pd).status == 0 and bytes(pd[0].data) == bytes(4096)  # inactive: zeros  # type: ignore[arg-type]
@@ -335,3 +425,17 @@ def test_cc_reset_tears_down_io_queues(h, tgt) -> None:  # type: ignore[no-untyp
     io2 = Host(h, rpc, key)
     io2.icreq()
     assert io2.connect(qid=1, cntlid=cntlid).status != 0
+
+
+def test_zero_copy_h2c_releases_reader_buffer(h, tgt) -> None:  # type: ignore[no-untyped-def]
+    rpc, key = tgt
+    a, io = _io_host(h, rpc, key)
+    payload = b"\xa5" * 8192
+    [r2t] = io.cmd(spec.IO_WRITE, cid=9, nsid=1, cdws=(0, 0, 15), data=payload, incapsule=False)
+    _c, ttag, _o, _l = P.parse_data_hdr(r2t.hdr)
+    [p] = io.send(_j(P.encode_data(P.H2C_DATA, 9, ttag, 0, payload)))
+    assert spec.unpack_cqe(p.hdr, 8).status == 0
+    assert bytes(rpc.bdevs["Malloc0"].storage[:8192]) == payload
+    # a synchronous bdev is done with the PDU view: the reader may reuse its buffer
+    assert not io.qp.reader._exported()
+    assert io.qp.reqs == {} and io.qp.ttags == {}

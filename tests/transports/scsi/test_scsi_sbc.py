@@ -192,3 +192,32 @@ def test_abort_task(tmp_path) -> None:
     assert e.lun.abort_task(3, "i") and not e.lun.abort_task(4, "i")
     e.ch.run()
     assert out == [t] and t.status == 0x40 and not e.lun.inflight
+
+
+def test_compare_and_write_count_zero_with_data_is_invalid(env: Env) -> None:
+    # libiscsi CompareAndWrite.Simple: 256 blocks wraps the 1-byte count to 0
+    # while 2*256 blocks of data follow; that must not complete GOOD
+    assert env.lun.max_caw_blocks == 255
+    env.run(rw10(0x2A, 0, 4), data=b"A" * 4 * BS)
+    t = env.run(caw(0, 0), data=b"A" * 2 * BS)
+    assert key(t) == (5, 0x24, 0) and t.sense[15:18] == b"\xc0\x00\x0d"
+    assert env.ch.mem[: 4 * BS] == b"A" * 4 * BS
+    assert env.run(caw(0, 0), data=b"").status == 0  # no data: a real no-op
+    # above the B0h limit: INVALID FIELD IN CDB too
+    env.lun.max_caw_blocks = 2
+    assert key(env.run(caw(0, 3), data=bytes(6 * BS))) == (5, 0x24, 0)
+
+
+def test_write_same_unmap_ignores_data_pattern(env: Env) -> None:
+    # libiscsi WriteSame10.UnmapUntilEnd: UNMAP=1 with a 0xFF block and count 0
+    # (to the end); LBPRZ=1 is reported, so the blocks must read back as zero
+    rc16 = env.data(env.run(struct.pack(">BBQIBB", 0x9E, 0x10, 0, 32, 0, 0)))
+    assert rc16[14] & 0x40  # LBPRZ
+    env.ch.mem[(NB - 5) * BS :] = b"\xff" * 5 * BS
+    ws10 = struct.pack(">BBIBHB", 0x41, 0x08, NB - 5, 0, 0, 0)
+    assert env.run(ws10, data=b"\xff" * BS).status == 0
+    assert env.data(env.run(rw10(0x28, NB - 5, 5))) == bytes(5 * BS)
+    ws = ws16(NB - 3, 3, 0x08)
+    env.ch.mem[(NB - 3) * BS :] = b"\x11" * 3 * BS
+    assert env.run(ws, data=b"\x22" * BS).status == 0
+    assert env.ch.mem[(NB - 3) * BS :] == bytes(3 * BS)
