@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
 
@@ -33,14 +33,18 @@ class Message:
         return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
 
 
-def message(tag: str):  # type: ignore[no-untyped-def]
-    def deco(cls):  # type: ignore[no-untyped-def]
-        cls = dataclass(cls)
-        cls.TAG = tag
+_M = TypeVar("_M", bound=type)
+
+
+@dataclass_transform(field_specifiers=(field,))
+def message(tag: str) -> Any:
+    def deco(cls: _M) -> _M:
+        dc: Any = dataclass(cls)
+        dc.TAG = tag
         if tag in _KINDS:
             raise ValueError(f"duplicate message tag {tag}")
-        _KINDS[tag] = cls
-        return cls
+        _KINDS[tag] = dc
+        return dc  # type: ignore[no-any-return]
 
     return deco
 

@@ -74,14 +74,14 @@ class Reactor:
         self._channels: dict[str, IoChannel] = {}
         self._corr = itertools.count(1)
         self._pending: dict[int, tuple[Callable[[bool, Any], None], Any]] = {}
-        self.zctx = zmq.Context.instance()
+        self.zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.mbox = self.zctx.socket(zmq.DEALER)
         self.mbox.setsockopt(zmq.LINGER, 0)
         self.mbox.setsockopt(zmq.IDENTITY, b"r%d" % reactor_id)
         self.mbox.connect(sup_addr)
         self.fd_sock = fd_sock
         self.fd_sock.setblocking(False)
-        self.loop.add_fd(self.mbox.getsockopt(zmq.FD), EPOLLIN, self._on_mbox)
+        self.loop.add_fd(int(self.mbox.getsockopt(zmq.FD)), EPOLLIN, self._on_mbox)
         self.loop.add_fd(self.fd_sock.fileno(), EPOLLIN, self._on_fd_sock)
         # ZeroMQ's fd is edge-triggered and may not fire again after a send
         # drained its state, so the mailbox is also checked every iteration
@@ -131,7 +131,7 @@ class Reactor:
         self.mbox.send(m.encode(msg, corr), zmq.NOBLOCK)
 
     def _poll_mbox(self) -> int:
-        if self.mbox.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if int(self.mbox.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return self._drain()
         return 0
 

@@ -16,6 +16,7 @@ instance lock. Nothing of the instance stays in /dev/shm.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -205,7 +206,7 @@ class Supervisor:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.internal_addr = f"ipc://{names.run_dir()}/{self.instance}.internal.sock"
         self.router.bind(self.internal_addr)
-        self.loop.add_fd(self.router.getsockopt(zmq.FD), EPOLLIN, lambda _e: self._drain_router())
+        self.loop.add_fd(int(self.router.getsockopt(zmq.FD)), EPOLLIN, self._on_router)
         self.loop.add_poller(self._poll_router)
         self._install_signals()
         self._start_reactors()
@@ -261,8 +262,8 @@ class Supervisor:
             rp = ReactorProc(rid, core, proc, a)
             rp.pidfd = os.pidfd_open(proc.pid)
             self.reactors.append(rp)
-            self.loop.add_fd(rp.pidfd, EPOLLIN, lambda _e, rp=rp: self._on_reactor_exit(rp))
-            self.loop.add_fd(a.fileno(), EPOLLIN, lambda _e, rp=rp: self._on_reactor_fd(rp))
+            self.loop.add_fd(rp.pidfd, EPOLLIN, functools.partial(self._on_reactor_exit, rp))
+            self.loop.add_fd(a.fileno(), EPOLLIN, functools.partial(self._on_reactor_fd, rp))
         deadline = time.monotonic() + REACTOR_START_TIMEOUT
         while not all(r.ready for r in self.reactors):
             if time.monotonic() > deadline:
@@ -274,8 +275,11 @@ class Supervisor:
         self.config_changed()
 
     # ------------------------------------------------------------ messages
+    def _on_router(self, _ev: int) -> None:
+        self._drain_router()
+
     def _poll_router(self) -> int:
-        if self.router is not None and self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if self.router is not None and int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return self._drain_router()
         return 0
 
@@ -360,9 +364,9 @@ class Supervisor:
                 raise RpcError(INTERNAL_ERROR, f"reactor(s) {sorted(want.values())} did not answer {msg.TAG}")
             # spin briefly before blocking: a woken idle vCPU costs more than the reply
             spin_end = time.monotonic() + 0.0002
-            while not (self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN) and time.monotonic() < spin_end:
+            while not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and time.monotonic() < spin_end:
                 pass
-            if not (self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN) and not poller.poll(int(left * 1000) + 1):
+            if not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and not poller.poll(int(left * 1000) + 1):
                 continue
             while True:
                 try:
@@ -466,7 +470,7 @@ class Supervisor:
         port = s.getsockname()[1]  # the real port when 0 was asked for
         key = (proto, addr, port)
         self.listeners[key] = Listener(proto, addr, port, s)
-        self.loop.add_fd(s.fileno(), EPOLLIN, lambda _e, k=key: self._on_accept(k))
+        self.loop.add_fd(s.fileno(), EPOLLIN, functools.partial(self._on_accept, key))
         log.info("listening for %s on %s:%s", proto, addr, port)
         return f"{addr}:{port}"
 
@@ -485,7 +489,7 @@ class Supervisor:
         """The bound port (useful with port 0 in tests)."""
         return int(self.listeners[(proto, addr, int(port))].sock.getsockname()[1])
 
-    def _on_accept(self, key: tuple[str, str, int]) -> None:
+    def _on_accept(self, key: tuple[str, str, int], _ev: int = 0) -> None:
         lst = self.listeners.get(key)
         if lst is None:
             return
@@ -505,7 +509,7 @@ class Supervisor:
                 log.error("handing connection to reactor %d failed: %s", rp.rid, e)
             conn.close()
 
-    def _on_reactor_fd(self, rp: ReactorProc) -> None:
+    def _on_reactor_fd(self, rp: ReactorProc, _ev: int = 0) -> None:
         """A reactor hands a connection on to another reactor."""
         while True:
             try:
@@ -527,7 +531,7 @@ class Supervisor:
                 os.close(h.fd)
 
     # ----------------------------------------------------------- lifecycle
-    def _on_reactor_exit(self, rp: ReactorProc) -> None:
+    def _on_reactor_exit(self, rp: ReactorProc, _ev: int = 0) -> None:
         if self._stopping:
             return
         code = rp.proc.wait()

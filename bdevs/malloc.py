@@ -59,7 +59,7 @@ class MallocBdev(Bdev):
         num_blocks: int,
         block_size: int,
         uuid: str | None = None,
-        hugepages: str = "auto",
+        hugepages: Any = "auto",
     ) -> MallocBdev:
         seg = SharedSegment.create(instance, f"malloc.{name}", num_blocks * block_size, hugepages=hugepages)
         kw: dict[str, Any] = {"uuid": uuid} if uuid else {}

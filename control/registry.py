@@ -18,6 +18,7 @@ does; we accept all methods at run time.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ class Param:
     max: int | None = None
     choices: tuple[Any, ...] | None = None
     # element type for list params
-    item: type | None = None
+    item: builtins.type | None = None
     help: str = ""
 
     def __post_init__(self) -> None:
