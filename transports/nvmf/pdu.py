@@ -277,26 +277,34 @@ class PduReader:
         return e
 
     def pdus(self) -> Iterator[Pdu]:
+        while True:
+            pdu = self.next_pdu()
+            if pdu is None:
+                return
+            yield pdu
+
+    def next_pdu(self) -> Pdu | None:
+        """The next complete PDU (consumed), or None until more bytes arrive."""
         if self.failed is not None:
             raise self.failed
-        buf = memoryview(self._buf)
+        avail = self._end - self._start
+        if avail < 8:
+            self._need = 8
+            return None
+        s = self._start
+        buf = self._buf
+        ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, s)
+        mv = memoryview(buf)
         try:
-            while True:
-                avail = self._end - self._start
-                if avail < 8:
-                    self._need = 8
-                    return
-                s = self._start
-                ptype, flags, hlen, pdo, plen = CH.unpack_from(buf, s)
-                ch = buf[s : s + 8]
-                self._check_header(ptype, flags, hlen, pdo, plen, ch)
-                if avail < plen:
-                    self._need = plen
-                    return
-                yield self._build(buf, s, ptype, flags, hlen, pdo, plen)
-                self._start = s + plen
+            self._check_header(ptype, flags, hlen, pdo, plen, mv[s : s + 8])
+            if avail < plen:
+                self._need = plen
+                return None
+            pdu = self._build(mv, s, ptype, flags, hlen, pdo, plen)
         finally:
-            del buf
+            del mv
+        self._start = s + plen
+        return pdu
 
     def _check_header(
         self, ptype: int, flags: int, hlen: int, pdo: int, plen: int, ch: memoryview

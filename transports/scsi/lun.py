@@ -308,6 +308,7 @@ _HANDLERS: dict[int, Handler] = {
     C.WRITE_10: sbc.write,
     C.WRITE_12: sbc.write,
     C.WRITE_16: sbc.write,
+    C.ORWRITE_16: sbc.orwrite,
     C.WRITE_VERIFY_10: sbc.write_verify,
     C.WRITE_VERIFY_12: sbc.write_verify,
     C.WRITE_VERIFY_16: sbc.write_verify,

@@ -125,6 +125,51 @@ def write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     ch.write(lba, data, _done)
 
 
+# ------------------------------------------------------------------ orwrite
+def orwrite(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+    """ORWRITE(16) (SBC-3 5.8): medium := medium OR data-out, as one read and
+    one write with no yield in between (the reactor runs nothing else)."""
+    cdb = task.cdb
+    lba, n, flags = C.parse_rw(cdb)
+    _protect_field(cdb)
+    check_range(lun, lba, n)
+    _check_writable(lun)
+    bs = lun.bdev.block_size
+    task.transfer_length = n * bs
+    n = min(n, task.data_out_length() // bs)
+    if n == 0:
+        fin(task)
+        return
+    assert task.data_out is not None
+    data = task.data_out[: n * bs]
+    fua = bool(flags & 0x08)
+    ch = lun.channel()
+
+    def _flushed(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
+
+    def _written(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        elif fua and lun.mode.wce:
+            ch.flush(_flushed)
+            return
+        fin(task)
+
+    def _read(st: IoStatus, cur: memoryview | None) -> None:
+        if st or cur is None:
+            lun.io_error(task, st or IoStatus.FAILED, read=True)
+            fin(task)
+            return
+        size = n * bs
+        merged = int.from_bytes(cur, "little") | int.from_bytes(data, "little")
+        ch.write(lba, memoryview(merged.to_bytes(size, "little")), _written)
+
+    ch.read(lba, n, _read)
+
+
 # ------------------------------------------------------------------ verify
 def verify(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     cdb = task.cdb

@@ -42,6 +42,7 @@ SUPPORTED: tuple[tuple[int, int | None, int], ...] = (
     (C.READ_16, None, 16),
     (C.COMPARE_AND_WRITE, None, 16),
     (C.WRITE_16, None, 16),
+    (C.ORWRITE_16, None, 16),
     (C.WRITE_VERIFY_16, None, 16),
     (C.VERIFY_16, None, 16),
     (C.PRE_FETCH_16, None, 16),

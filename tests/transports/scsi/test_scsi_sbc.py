@@ -221,3 +221,20 @@ def test_write_same_unmap_ignores_data_pattern(env: Env) -> None:
     env.ch.mem[(NB - 3) * BS :] = b"\x11" * 3 * BS
     assert env.run(ws, data=b"\x22" * BS).status == 0
     assert env.ch.mem[(NB - 3) * BS :] == bytes(3 * BS)
+
+
+def test_orwrite(env: Env) -> None:
+    orw = struct.pack(">BBQIBB", 0x8B, 0, 3, 2, 0, 0)
+    env.run(rw10(0x2A, 3, 2), data=b"\x0f" * BS + b"\x10" * BS)
+    assert env.run(orw, data=b"\xf0" * BS + b"\x01" * BS).status == 0
+    assert env.ch.mem[3 * BS : 5 * BS] == b"\xff" * BS + b"\x11" * BS
+    # zero blocks: a no-op; beyond the end; ORPROTECT without protection info
+    assert env.run(struct.pack(">BBQIBB", 0x8B, 0, 0, 0, 0, 0), data=b"").status == 0
+    beyond = struct.pack(">BBQIBB", 0x8B, 0, NB - 1, 2, 0, 0)
+    assert key(env.run(beyond, data=bytes(2 * BS))) == (5, 0x21, 0)
+    prot = struct.pack(">BBQIBB", 0x8B, 0x20, 0, 1, 0, 0)
+    assert key(env.run(prot, data=bytes(BS))) == (5, 0x24, 0)
+    # listed in REPORT SUPPORTED OPERATION CODES (one command, option 1)
+    rsoc = struct.pack(">BBBBHIBB", 0xA3, 0x0C, 0x01, 0x8B, 0, 64, 0, 0)
+    d = env.data(env.run(rsoc))
+    assert d[1] & 0x07 == 0x03 and d[4] == 0x8B
