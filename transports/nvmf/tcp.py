@@ -18,9 +18,11 @@ Read data goes out as the memoryview the bdev channel returned: no copy.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from typing import Any
 
+from ...bdevs.base import IoStatus
 from . import admin, fabrics, io, spec
 from . import pdu as P
 from .core import NvmfTarget, QueuePair
@@ -52,12 +54,17 @@ class Request:
         "ctx",
     )
 
-    def __init__(self, qp: TcpQpair, sqe: spec.Sqe) -> None:
+    def __init__(
+        self, qp: TcpQpair, sqe: spec.Sqe, cid: int = 0, opcode: int = 0, nsid: int = 0
+    ) -> None:
+        # the Read/Write fast path passes _FAST_SQE and the decoded fields
         self.qp = qp
         self.sqe = sqe
-        self.cid = sqe.cid
-        self.opcode = sqe.opcode
-        self.nsid = sqe.nsid
+        if sqe is not _FAST_SQE:
+            cid, opcode, nsid = sqe.cid, sqe.opcode, sqe.nsid
+        self.cid = cid
+        self.opcode = opcode
+        self.nsid = nsid
         self.sgl_len = 0
         self.xfer = XFER_NONE
         self.data: memoryview | None = None  # host data, once complete
@@ -76,6 +83,31 @@ class Request:
         self, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
     ) -> None:
         self.qp.complete_with_data(self, data, status, result)
+
+    # bound-method callbacks of the fast path (no closure per command)
+    def read_done(self, status: IoStatus, data: memoryview | None) -> None:
+        if status:
+            return self.qp.complete(self, io.status_of(status, True))
+        if data is None or len(data) < self.sgl_len:
+            return self.qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
+        self.qp.complete_with_data(self, data)
+
+    def write_done(self, status: IoStatus) -> None:
+        self.qp.complete(self, io.status_of(status) if status else 0)
+
+
+_FAST_SQE = spec.Sqe(0, 0, 0, 0, 0, 0, 0, bytes(16), 0, 0, 0, 0, 0, 0)
+# CapsuleCmd common header without digests or data, as one integer
+_CH_NODATA = P.CH.unpack(P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 72))
+# the SQE fields a Read/Write needs: opcode flags cid nsid [cdw2 cdw3 mptr]
+# sgl(addr len type) cdw10 cdw11 cdw12
+_RW = struct.Struct("<BBHI16xQI3xBIII")
+_SGL_TRANSPORT = spec.SGL_TYPE_TRANSPORT
+_SGL_INCAPSULE = spec.SGL_TYPE_INCAPSULE
+_FLAGS_SGL = spec.PSDT_SGL << 6
+_IO_READ = spec.IO_READ
+_IO_WRITE = spec.IO_WRITE
+_C2H_SUCCESS_LAST = P.FLAG_DATA_LAST | P.FLAG_DATA_SUCCESS
 
 
 class TcpQpair(QueuePair):
@@ -113,6 +145,10 @@ class TcpQpair(QueuePair):
         self._pool: list[bytearray] = []
         self.fused_first: Request | None = None
         self.close_reason = ""
+        # fast path state: nsid -> (channel, block size, blocks, bdev)
+        self.fast_ok = False
+        self._ns_cache: dict[int, tuple[Any, int, int, Any]] = {}
+        self._ns_gen = -1
         target.qpairs.add(self)
 
     # ------------------------------------------------------------ input side
@@ -146,13 +182,115 @@ class TcpQpair(QueuePair):
     def process(self) -> None:
         if self.want_close or self.closed:
             return
+        reader = self.reader
         try:
-            for pdu in self.reader.pdus():
+            while True:
+                if self.fast_ok:
+                    self._fast_loop()
+                pdu = reader.next_pdu()
+                if pdu is None:
+                    return
                 self._handle(pdu)
                 if self.want_close:
                     return
         except P.PduError as e:
             self.fatal(e.fes, e.fei, e.msg, e.header)
+
+    def _fast_loop(self) -> None:
+        """Read/Write commands on an I/O queue, straight from the receive
+        buffer: no Pdu/Sqe objects, no dispatch chain. Anything unusual
+        (other opcodes, fused, bad SGL or LBA range, duplicate CID, queue
+        full, unknown namespace) stops here and takes the general path,
+        which produces the exact status."""
+        r = self.reader
+        buf = r._buf
+        end = r._end
+        s = r._start
+        reqs = self.reqs
+        limit = self.sqsize + 1
+        ch_unpack = P.CH.unpack_from
+        rw_unpack = _RW.unpack_from
+        ns_cache = self._ns_cache
+        out = self.out
+        n_io = 0
+        try:
+            while end - s >= 72:
+                t, fl, hl, pdo, plen = ch_unpack(buf, s)
+                if t != 4 or fl or hl != 72:
+                    return
+                op, flags, cid, nsid, _addr, sgl_len, ident, c10, c11, c12 = rw_unpack(buf, s + 8)
+                if flags != _FLAGS_SGL or cid in reqs or len(reqs) >= limit:
+                    return
+                ent = ns_cache.get(nsid)
+                if ent is None:
+                    return
+                ch, bs, nblocks, bdev = ent
+                if ch.removed or bdev.removed:
+                    ns_cache.clear()
+                    return
+                slba = c10 | (c11 << 32)
+                nlb = (c12 & 0xFFFF) + 1
+                n = nlb * bs
+                if slba + nlb > nblocks:
+                    return
+                if op == _IO_READ:
+                    if plen != 72 or pdo or ident != _SGL_TRANSPORT or n > sgl_len:
+                        return
+                    s += 72
+                    r._start = s
+                    self.sqhd = (self.sqhd + 1) % limit
+                    req = Request(self, _FAST_SQE, cid, op, nsid)
+                    req.sgl_len = n
+                    req.xfer = XFER_C2H
+                    reqs[cid] = req
+                    c = self.counters
+                    c.read_cmds += 1
+                    c.read_bytes += n
+                    n_io += 1
+                    ch.read(slba, nlb, req.read_done)
+                elif op == _IO_WRITE:
+                    if ident != _SGL_INCAPSULE or sgl_len != n or _addr:
+                        return  # R2T writes take the general path
+                    if pdo != 72 or plen != 72 + n or end - s < plen:
+                        return
+                    if n > self.opts.in_capsule_data_size:
+                        return
+                    data = memoryview(buf)[s + 72 : s + plen]
+                    s += plen
+                    r._start = s
+                    self.sqhd = (self.sqhd + 1) % limit
+                    req = Request(self, _FAST_SQE, cid, op, nsid)
+                    req.sgl_len = n
+                    req.xfer = XFER_H2C
+                    req.data = data
+                    del data
+                    reqs[cid] = req
+                    c = self.counters
+                    c.write_cmds += 1
+                    c.write_bytes += n
+                    n_io += 1
+                    ch.write(slba, req.data, req.write_done)
+                else:
+                    return
+                if self.want_close or out is not self.out:
+                    return
+        finally:
+            if n_io:
+                self.target.stats["completed_nvme_io"] += n_io
+
+    def _refresh_fast(self) -> None:
+        """(Re)build the namespace cache the fast path uses."""
+        self._ns_cache.clear()
+        ss = self.subsys
+        self.fast_ok = False
+        if ss is None or self.qid <= 0 or self.hdgst or self.ddgst or self.cpda:
+            return
+        for nsid in list(ss.namespaces):
+            req = Request(self, _FAST_SQE, 0, 0, nsid)
+            ch, bs, nblocks = io._channel(req)
+            if ch is not None:
+                self._ns_cache[nsid] = (ch, bs, nblocks, ch.bdev)
+        self.fast_ok = True
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:
         """Send a C2HTermReq and close after it is flushed."""
