@@ -16,6 +16,7 @@ this class runs the full feature phase (RFC 7143 sections 3-4, 11):
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -51,6 +52,14 @@ CHECK_CONDITION = 0x02
 _SENSE_INVALID_FIELD_CDB = bytes(
     [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0]
 )
+
+
+_SENSE_HW_ERROR = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
+# READ(10) / READ(16) CDB fields from byte 1: flags, LBA, transfer length
+_R10 = struct.Struct(">BIxH")
+_R16 = struct.Struct(">BQI")
+# a Data-In BHS (same layout as pdu._HDR), packed in one call on the hot path
+_DATA_IN_HDR = struct.Struct(">4BIQ8I")
 
 
 class DeviceLike(Protocol):
@@ -151,6 +160,9 @@ class Connection:
         self._ttt_map: dict[int, Task] = {}
         # TTTs of tasks terminated mid-burst: their late Data-Out is dropped quietly
         self._dead_ttts: deque[int] = deque(maxlen=64)
+        # fast READ path: ITT whose bdev completion is being awaited inline
+        self._fast_itt = -1
+        self._fast_box: list[Any] = []
         self.tasks: dict[int, Task] = {}
         self._text_pending: bytearray = bytearray()
         self._text_rest: bytes = b""
@@ -313,6 +325,15 @@ class Connection:
         op = pdu.opcode
         s = self.session
         assert s is not None
+        if op == P.OP_SCSI_CMD and not s.discovery and not pdu.immediate:
+            # hot path: the next command in CmdSN order with nothing queued
+            # ahead is what Session.order would deliver at once (no closures)
+            sn = pdu.w24
+            if sn == s.exp_cmdsn and not s._ahead:
+                s.exp_cmdsn = (sn + 1) & 0xFFFFFFFF
+                if not s._aborted_sns or not s._skip(sn):
+                    self._scsi_cmd(pdu)
+                return
         if op == P.OP_DATA_OUT:
             self._data_out(pdu)
             return
@@ -397,8 +418,13 @@ class Connection:
         if itt in s.tasks:
             self._reject(pdu.bhs, P.REJ_TASK_IN_PROGRESS)
             return
-        rd = bool(pdu.f1 & P.F_READ)
-        wr = bool(pdu.f1 & P.F_WRITE)
+        f1 = pdu.f1
+        if f1 & 0xE0 == 0xC0 and not pdu.dlen and not pdu.ahs_len:
+            op = pdu.bhs[32]
+            if (op == 0x28 or op == 0x88) and self._fast_read(pdu, op, s):
+                return
+        rd = bool(f1 & P.F_READ)
+        wr = bool(f1 & P.F_WRITE)
         edtl = pdu.edtl
         direction = "write" if wr else ("read" if rd else "none")
         t = Task(itt, pdu.lun, pdu.cdb, edtl, direction)
@@ -435,6 +461,125 @@ class Connection:
             t.unsol_open = True
             t.unsol_limit = min(edtl, sp.first_burst_length)
         self._advance_write(t)
+
+    def _fast_read(self, pdu: P.Pdu, op: int, s: Session) -> bool:
+        """READ(10)/READ(16) straight to the bdev channel, skipping the SCSI
+        core's generic dispatch, when `ScsiDevice.fast_lun` says no unit
+        attention, reservation or removal applies and the CDB is plain (no
+        RDPROTECT, in range, EDTL equal to the transfer). Anything unusual
+        returns False and takes the generic path, which produces the right
+        sense data."""
+        dev = self.env.device(s.target_name)
+        if dev is None:
+            return False
+        fast_lun = getattr(dev, "fast_lun", None)
+        lun_field = pdu.lun
+        top = lun_field >> 48
+        if fast_lun is None or top >> 8 or lun_field & 0xFFFFFFFFFFFF:
+            return False
+        lun = fast_lun(top, s.nexus)
+        if lun is None:
+            return False
+        if op == 0x28:
+            flags, lba, n = _R10.unpack_from(pdu.bhs, 33)
+        else:
+            flags, lba, n = _R16.unpack_from(pdu.bhs, 33)
+        bdev = lun.bdev
+        edtl = pdu.w20
+        if flags & 0xE0 or not n or lba + n > bdev.num_blocks or n * bdev.block_size != edtl:
+            return False
+        ch = lun.channel_getter()
+        if ch is None:
+            return False
+        itt = pdu.itt
+        box = self._fast_box
+        box.clear()
+        self._fast_itt = itt
+
+        def done(st: Any, data: Any, _itt: int = itt, _lun: int = lun_field) -> None:
+            if self._fast_itt == _itt:
+                box.append(st)
+                box.append(data)
+            else:
+                self._fast_read_async_done(_itt, _lun, st, data)
+
+        ch.read(lba, n, done)
+        self._fast_itt = -1
+        if box:
+            self._fast_read_done(itt, lun_field, edtl, box[0], box[1])
+            return True
+        # the bdev completes later: track the command like any other task
+        t = Task(itt, lun_field, b"", edtl, "read")
+        t.conn = self
+        s.tasks[itt] = t
+        self.tasks[itt] = t
+        return True
+
+    def _fast_read_async_done(self, itt: int, lun_field: int, st: Any, data: Any) -> None:
+        t = self.tasks.get(itt)
+        if t is None or t.dead or self.state == "closed":
+            return
+        self._drop_task(t)
+        self._fast_read_done(itt, lun_field, t.edtl, st, data)
+
+    def _fast_read_done(self, itt: int, lun_field: int, edtl: int, st: Any, data: Any) -> None:
+        if st or data is None or len(data) != edtl:
+            # an I/O error: let the SCSI core map it onto sense data
+            t = Task(itt, lun_field, b"", edtl, "read")
+            from ..scsi.lun import ScsiLun
+
+            sess = self.session
+            assert sess is not None
+            dev = self.env.device(sess.target_name)
+            lun = dev.fast_lun(t.lun, sess.nexus) if dev is not None else None
+            st_task = self.env.make_task(lun=t.lun, tag=itt, direction="read")
+            if isinstance(lun, ScsiLun):
+                lun.io_error(st_task, st or 1, read=True)
+            else:
+                st_task.check_condition(_SENSE_HW_ERROR)
+            self._complete(t, st_task)
+            return
+        cp = self.cp
+        sn = self.statsn
+        self.statsn = (sn + 1) & 0xFFFFFFFF
+        s = self.session
+        assert s is not None
+        exp = s.exp_cmdsn
+        mx = (exp + s.queue_depth - 1) & 0xFFFFFFFF
+        if (
+            edtl <= cp.max_xmit_dlen
+            and edtl <= s.params.max_burst_length
+            and not edtl & 3
+            and not cp.header_digest
+            and not cp.data_digest
+        ):
+            # the common case: one Data-In, status collapsed into it
+            self.stats["pdus_out"] += 1
+            if self.state != "closed":
+                self._send(
+                    [
+                        _DATA_IN_HDR.pack(
+                            P.OP_DATA_IN,
+                            P.F_FINAL | P.F_STATUS,
+                            0,
+                            0,
+                            edtl,
+                            lun_field,
+                            itt,
+                            P.RSVD_TAG,
+                            sn,
+                            exp,
+                            mx,
+                            0,
+                            0,
+                            0,
+                        ),
+                        data,
+                    ]
+                )
+            return
+        self.statsn = sn  # _send_data_in takes the StatSN itself
+        self._send_data_in(itt, lun_field, [data], edtl, 0, 0, 0, collapse=True)
 
     def _advance_write(self, t: Task) -> None:
         """Issue R2Ts for the data still missing, or execute when complete."""
@@ -589,7 +734,7 @@ class Connection:
         datasn = 0
         if send_len:
             datasn = self._send_data_in(
-                t, data_in, send_len, status, flags, residual, collapse=not sense
+                t.itt, t.lun_field, data_in, send_len, status, flags, residual, collapse=not sense
             )
             if not sense:
                 return
@@ -610,7 +755,8 @@ class Connection:
 
     def _send_data_in(
         self,
-        t: Task,
+        itt: int,
+        lun_field: int,
         data_in: list[memoryview],
         total: int,
         status: int,
@@ -651,7 +797,7 @@ class Connection:
                 exp, mx = self._seq()
                 w = (P.RSVD_TAG, 0, exp, mx, datasn, off, 0)
                 b3 = 0
-            self.send(self._encode(P.OP_DATA_IN, f1, 0, b3, t.lun_field, t.itt, w, chunk))
+            self.send(self._encode(P.OP_DATA_IN, f1, 0, b3, lun_field, itt, w, chunk))
             datasn += 1
             off += n
         return datasn

@@ -60,6 +60,7 @@ class Session:
         self.tasks: dict[int, Any] = {}
         self.initiator_port = f"{initiator_name},i,0x{isid:012x}"
         self.target_port = f"{self.target_name},t,0x{pg_tag:04x}"
+        self.nexus = (self.initiator_port, self.target_port)
         self.closed = False
 
     @property

@@ -45,6 +45,7 @@ class TcpConnection:
         "mask",
         "closed",
         "flush_scheduled",
+        "reading",
         "driver",
     )
 
@@ -67,6 +68,7 @@ class TcpConnection:
         self.pending: list[Any] = []  # buffers not yet accepted by the kernel
         self.closed = False
         self.flush_scheduled = False
+        self.reading = False
         self.qp = TcpQpair(target, listener, peer, wake=self._wake, on_close=self._qp_closed)
         self.mask = EPOLLIN
         ctx.loop.add_fd(self.fd, EPOLLIN, self._on_events)
@@ -103,14 +105,18 @@ class TcpConnection:
             if n == 0:
                 self.close()
                 return
-            qp.received(n)
+            self.reading = True  # completions during processing: _read flushes
+            try:
+                qp.received(n)
+            finally:
+                self.reading = False
             if qp.want_close or n < want:
                 break
         self._flush()
 
     def _wake(self) -> None:
         # output produced outside _read (async completion): flush on the next turn
-        if not self.flush_scheduled and not self.closed:
+        if not self.flush_scheduled and not self.closed and not self.reading:
             self.flush_scheduled = True
             self.ctx.loop.call_soon(self._flush)
 
@@ -124,7 +130,7 @@ class TcpConnection:
         pending = self.pending
         sendmsg = self.sock.sendmsg
         while pending:
-            batch = pending[:IOV_MAX]
+            batch = pending[:IOV_MAX] if len(pending) > IOV_MAX else pending
             try:
                 sent = sendmsg(batch)
             except (BlockingIOError, InterruptedError):
@@ -135,6 +141,11 @@ class TcpConnection:
                     self.close()
                     return
                 break
+            if sent == sum(map(len, batch)) and batch is pending:
+                pending.clear()  # the usual case: everything went out
+                break
+            if batch is pending:
+                batch = pending[:]
             # drop what went out, keep the unsent tail of a partial buffer
             i = 0
             nb = len(batch)

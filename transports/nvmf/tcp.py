@@ -108,6 +108,8 @@ _FLAGS_SGL = spec.PSDT_SGL << 6
 _IO_READ = spec.IO_READ
 _IO_WRITE = spec.IO_WRITE
 _C2H_SUCCESS_LAST = P.FLAG_DATA_LAST | P.FLAG_DATA_SUCCESS
+_RESP_PACK = P.RESP_HDR.pack
+_DATA_PACK = P.DATA_HDR.pack
 
 
 class TcpQpair(QueuePair):
@@ -145,10 +147,6 @@ class TcpQpair(QueuePair):
         self._pool: list[bytearray] = []
         self.fused_first: Request | None = None
         self.close_reason = ""
-        # fast path state: nsid -> (channel, block size, blocks, bdev)
-        self.fast_ok = False
-        self._ns_cache: dict[int, tuple[Any, int, int, Any]] = {}
-        self._ns_gen = -1
         target.qpairs.add(self)
 
     # ------------------------------------------------------------ input side
@@ -208,30 +206,31 @@ class TcpQpair(QueuePair):
         s = r._start
         reqs = self.reqs
         limit = self.sqsize + 1
+        namespaces = self.subsys.namespaces  # type: ignore[union-attr]
+        icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
         ch_unpack = P.CH.unpack_from
         rw_unpack = _RW.unpack_from
-        ns_cache = self._ns_cache
-        out = self.out
         n_io = 0
         try:
             while end - s >= 72:
                 t, fl, hl, pdo, plen = ch_unpack(buf, s)
                 if t != 4 or fl or hl != 72:
                     return
-                op, flags, cid, nsid, _addr, sgl_len, ident, c10, c11, c12 = rw_unpack(buf, s + 8)
+                op, flags, cid, nsid, addr, sgl_len, ident, c10, c11, c12 = rw_unpack(buf, s + 8)
                 if flags != _FLAGS_SGL or cid in reqs or len(reqs) >= limit:
                     return
-                ent = ns_cache.get(nsid)
-                if ent is None:
+                # what io._channel checks, for a namespace whose channel is open
+                ns = namespaces.get(nsid)
+                if ns is None:
                     return
-                ch, bs, nblocks, bdev = ent
-                if ch.removed or bdev.removed:
-                    ns_cache.clear()
+                ch = ns.chan
+                bdev = ns.bdev
+                if ch is None or bdev is None or ch.removed or bdev.removed:
                     return
                 slba = c10 | (c11 << 32)
                 nlb = (c12 & 0xFFFF) + 1
-                n = nlb * bs
-                if slba + nlb > nblocks:
+                n = nlb * bdev.block_size
+                if slba + nlb > bdev.num_blocks:
                     return
                 if op == _IO_READ:
                     if plen != 72 or pdo or ident != _SGL_TRANSPORT or n > sgl_len:
@@ -249,21 +248,18 @@ class TcpQpair(QueuePair):
                     n_io += 1
                     ch.read(slba, nlb, req.read_done)
                 elif op == _IO_WRITE:
-                    if ident != _SGL_INCAPSULE or sgl_len != n or _addr:
-                        return  # R2T writes take the general path
+                    # in-capsule data only; R2T writes take the general path
+                    if ident != _SGL_INCAPSULE or sgl_len != n or addr or n > icd:
+                        return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
                         return
-                    if n > self.opts.in_capsule_data_size:
-                        return
-                    data = memoryview(buf)[s + 72 : s + plen]
+                    req = Request(self, _FAST_SQE, cid, op, nsid)
+                    req.data = memoryview(buf)[s + 72 : s + plen]
                     s += plen
                     r._start = s
                     self.sqhd = (self.sqhd + 1) % limit
-                    req = Request(self, _FAST_SQE, cid, op, nsid)
                     req.sgl_len = n
                     req.xfer = XFER_H2C
-                    req.data = data
-                    del data
                     reqs[cid] = req
                     c = self.counters
                     c.write_cmds += 1
@@ -272,25 +268,24 @@ class TcpQpair(QueuePair):
                     ch.write(slba, req.data, req.write_done)
                 else:
                     return
-                if self.want_close or out is not self.out:
+                if self.want_close:
                     return
         finally:
             if n_io:
                 self.target.stats["completed_nvme_io"] += n_io
 
-    def _refresh_fast(self) -> None:
-        """(Re)build the namespace cache the fast path uses."""
-        self._ns_cache.clear()
-        ss = self.subsys
-        self.fast_ok = False
-        if ss is None or self.qid <= 0 or self.hdgst or self.ddgst or self.cpda:
-            return
-        for nsid in list(ss.namespaces):
-            req = Request(self, _FAST_SQE, 0, 0, nsid)
-            ch, bs, nblocks = io._channel(req)
-            if ch is not None:
-                self._ns_cache[nsid] = (ch, bs, nblocks, ch.bdev)
-        self.fast_ok = True
+    @property
+    def fast_ok(self) -> bool:
+        """The fast path applies: an I/O queue, no digests, no fused pair open."""
+        return (
+            self.qid > 0
+            and self.subsys is not None
+            and not self.hdgst
+            and not self.ddgst
+            and self.cpda == 0
+            and self.fused_first is None
+            and not self.closed
+        )
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:
         """Send a C2HTermReq and close after it is flushed."""
@@ -477,6 +472,13 @@ class TcpQpair(QueuePair):
 
     # ------------------------------------------------------------ output side
     def _send_resp(self, cid: int, status: int, result: int) -> None:
+        if not self.hdgst:
+            self.out.append(
+                _RESP_PACK(
+                    P.CAPSULE_RESP, 0, 24, 0, 24, result, self.sqhd, max(self.qid, 0), cid, status
+                )
+            )
+            return
         self.out.extend(
             P.encode_capsule_resp(cid, status, result, self.sqhd, max(self.qid, 0), self.hdgst)
         )
@@ -515,7 +517,13 @@ class TcpQpair(QueuePair):
             and n > 0
         )
         unit = self.c2h_unit
-        if n <= unit:  # the common case: one C2HData PDU
+        if 0 < n <= unit and not (self.hdgst or self.ddgst or self.hpda):
+            # the common case: one C2HData PDU, header packed here
+            flags = _C2H_SUCCESS_LAST if success else P.FLAG_DATA_LAST
+            out = self.out
+            out.append(_DATA_PACK(P.C2H_DATA, flags, 24, 24, 24 + n, req.cid, 0, 0, n))
+            out.append(mv)
+        elif n <= unit:
             if n:
                 P.encode_data(
                     P.C2H_DATA,

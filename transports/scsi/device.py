@@ -125,6 +125,21 @@ class ScsiDevice:
                 self.on_abort_nexus(n)
 
     # ------------------------------------------------------------- execute
+    def fast_lun(self, lun_id: int, nexus: Nexus) -> ScsiLun | None:
+        """The LUN when a plain READ/WRITE from `nexus` may skip the generic
+        dispatch: the nexus is known, no unit attention is pending anywhere on
+        this device, the LUN is present and holds no reservation of any kind.
+        None means: use `execute` (it applies all of those rules)."""
+        if self._ua or nexus not in self._nexuses:
+            return None
+        lun = self.luns.get(lun_id)
+        if lun is None or lun.removed:
+            return None
+        st = self.pr_store.luns.get(lun_id)
+        if st is not None and (st.rtype or st.legacy is not None):
+            return None
+        return lun
+
     def execute(self, task: ScsiTask, done: Done) -> None:
         self._see((task.initiator_port, task.target_port))
         lun = self.luns.get(task.lun)
