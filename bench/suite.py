@@ -603,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _write_outputs(a, results, list(results.get("sections", {})), t0)
     old = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C must reach the cleanup even when started with SIGINT ignored (a background job)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         results = run(a, argv)
     except KeyboardInterrupt:
@@ -615,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # keep stopping the others
                 print(f"bench: cleanup: {e}", file=sys.stderr)
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
     if not a.fresh:
         results = merge_previous(results, a.out)
     return _write_outputs(a, results, a.sections, t0)

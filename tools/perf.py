@@ -123,7 +123,13 @@ def _connect_queue(cfg: dict[str, Any]) -> tuple[socket.socket, Any]:
     )
     bq.execute(
         lambda cb: bq.q.connect(
-            cfg["subnqn"], cfg["hostnqn"], bytes.fromhex(cfg["hostid"]), cfg["cntlid"], 0, cb
+            cfg["subnqn"],
+            cfg["hostnqn"],
+            bytes.fromhex(cfg["hostid"]),
+            cfg["cntlid"],
+            0,
+            cb,
+            disable_sqflow=True,  # reads then finish with one C2HData PDU
         ),
         f"Connect I/O queue {cfg['qid']}",
     )
@@ -252,9 +258,13 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
         if pending or q.tx:
             bufs_out = pending + q.take_tx() if pending else q.take_tx()
             while bufs_out:
+                batch = bufs_out if len(bufs_out) <= IOV_MAX_SEND else bufs_out[:IOV_MAX_SEND]
                 try:
-                    n = sock.sendmsg(bufs_out[:IOV_MAX_SEND])
+                    n = sock.sendmsg(batch)
                 except BlockingIOError:
+                    break
+                if batch is bufs_out and n == sum(map(len, batch)):
+                    bufs_out = []  # the usual case: all of it went out
                     break
                 bufs_out = advance(bufs_out, n)
             pending = bufs_out

@@ -160,12 +160,14 @@ def parse_xml(path: Path) -> dict[str, bool]:
     return out
 
 
-def run_test_cu(url: str, target: str, timeout: float, log_path: Path | None = None) -> CunitRun:
-    """iscsi-test-cu -d (destructive tests allowed) -v against URL; killed after timeout."""
+def run_test_cu(
+    url: str, target: str, timeout: float, log_path: Path | None = None, tests: str | None = None
+) -> CunitRun:
+    """iscsi-test-cu -d (destructive tests allowed) -v [-t TESTS] against URL; killed after timeout."""
     t0 = time.monotonic()
     try:
         p = subprocess.run(
-            ["iscsi-test-cu", "-d", "-v", url],
+            ["iscsi-test-cu", "-d", "-v", *(["-t", tests] if tests else []), url],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -46,6 +46,7 @@ def _check_facts(run: khost.GuestRun, nqn: str, port: int) -> None:
     )
     assert f.get("idctrl_rc") == "0" and f.get("idns_rc") == "0", why
     assert f.get("idctrl_subnqn") == nqn, why
+    assert f.get("idctrl_sn", "").strip() == SERIAL, f"serial number\n{why}"
     assert f.get("idctrl_mn", "").strip(), f"empty model number\n{why}"
     assert f.get("idctrl_fr", "").strip(), f"empty firmware revision\n{why}"
     assert int(f.get("idctrl_nn", "0"), 0) >= 2, f"nn must allow a 2nd namespace\n{why}"
@@ -127,6 +128,8 @@ def test_kernel_nvme_tcp_blockfabric(daemon_factory: Any, tmp_path: Any) -> None
     assert not run.mark_errors, run.explain()
     run.require(*MAIN_CHECKS)
     _check_facts(run, NQN, port)
+    sub = next(s for s in d.rpc("nvmf_get_subsystems") if s["nqn"] == NQN)
+    assert run.facts.get("idctrl_mn", "").strip() == sub["model_number"], run.explain()
     assert run.facts.get("ns2_bytes") == str(NS2_MB << 20), run.explain()
     ctrls = seen.get("controllers")
     assert isinstance(ctrls, list) and len(ctrls) == 1, f"controllers while connected: {ctrls}"

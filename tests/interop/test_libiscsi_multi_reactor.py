@@ -79,7 +79,9 @@ def test_two_sessions_two_reactors(daemon_factory: Any, tmp_path: Path) -> None:
 
         def loop(i: int) -> None:
             for n in range(LOOPS):
-                r = cunit.run_test_cu(urls[i], f"disk{i + 1}", 120, tmp_path / f"cu{i}-{n}.txt")
+                r = cunit.run_test_cu(
+                    urls[i], f"disk{i + 1}", 60, tmp_path / f"cu{i}-{n}.txt", SUITES
+                )
                 runs[i].append(r)
 
         threads = [threading.Thread(target=loop, args=(i,)) for i in (0, 1)]

@@ -648,10 +648,7 @@ class Connection:
             self._dead_ttts.extend(t.r2ts)
             self._drop_task(t, abort=True)
             return
-        if (
-            pdu.buffer_offset != r.offset + r.received
-            or r.received + pdu.dlen > r.length
-        ):
+        if pdu.buffer_offset != r.offset + r.received or r.received + pdu.dlen > r.length:
             self._seq_error(
                 pdu, f"Data-Out DataSN {pdu.datasn}/offset {pdu.buffer_offset} unexpected"
             )

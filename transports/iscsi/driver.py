@@ -15,6 +15,7 @@ from typing import Any
 from ...actors.context import ReactorContext
 from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
+from ..scsi.task import ScsiTask
 from . import pdu as P
 from . import text
 from .connection import Connection
@@ -70,8 +71,6 @@ class ReactorIscsi:
         return self.devices.get(t.name) if t else None
 
     def make_task(self, **kw: Any) -> Any:
-        from ..scsi.task import ScsiTask
-
         return ScsiTask(**kw)
 
     # devices of the targets homed here
@@ -170,7 +169,8 @@ class SockConn:
         reader = self.conn.reader
         for _ in range(16):  # bounded: other connections get their turn
             try:
-                n = self.sock.recv_into(reader.recv_buffer())
+                buf = reader.recv_buffer()
+                n = self.sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -180,8 +180,11 @@ class SockConn:
                 self._drop("peer closed")
                 return
             self.conn.last_rx = time.monotonic()
+            full = n == len(buf)
             self.conn.receive(reader.feed(n))
-            if self.closed or self.conn.state == "closed":
+            if self.closed or self.conn.state == "closed" or not full:
+                # a short read drained the socket: skip the recv that would
+                # only raise EAGAIN (epoll reports anything that comes later)
                 break
         self.schedule_flush()
 

@@ -132,6 +132,17 @@ _SGL_INCAPSULE = S.SGL_TYPE_INCAPSULE
 _PSDT = S.PSDT_SGL << 6
 
 
+_CH = P.CH
+_DATA_FIELDS = struct.Struct("<HHII").unpack_from
+_CQE = S.CQE.unpack_from
+_C2H_DATA = P.C2H_DATA
+_CAPSULE_RESP = P.CAPSULE_RESP
+_LAST = P.FLAG_DATA_LAST
+_SUCCESS = P.FLAG_DATA_SUCCESS
+_C2H_FLAGS = _LAST | _SUCCESS
+_ST_XFER = S.ST_DATA_TRANSFER_ERROR
+
+
 def _align(n: int, pda: int) -> int:
     unit = (pda + 1) * 4
     return (n + unit - 1) // unit * unit
@@ -404,8 +415,13 @@ class HostQueue:
         cntlid: int = 0xFFFF,
         kato_ms: int = 0,
         cb: Completion | None = None,
+        disable_sqflow: bool = False,
     ) -> Request:
-        """Fabrics Connect for this queue (admin: cntlid 0xFFFF = dynamic)."""
+        """Fabrics Connect for this queue (admin: cntlid 0xFFFF = dynamic).
+
+        ``disable_sqflow`` asks the controller to stop SQ flow control (the
+        host never relies on SQHD); it may then end a read with a C2HData
+        PDU carrying the SUCCESS flag instead of a separate CapsuleResp."""
         if len(hostid) != 16:
             raise ValueError("hostid must be 16 bytes")
         data = bytearray(S.CONNECT_DATA_SIZE)
@@ -421,7 +437,8 @@ class HostQueue:
         sqe[0] = S.FABRICS_OPCODE
         sqe[4] = S.FCTYPE_CONNECT
         # recfmt 0, qid, sqsize (0's based), cattr, kato
-        struct.pack_into("<HHHBxI", sqe, 40, 0, self.qid, self.qsize - 1, 0, kato_ms)
+        cattr = S.CATTR_DISABLE_SQ_FLOW if disable_sqflow else 0
+        struct.pack_into("<HHHBxI", sqe, 40, 0, self.qid, self.qsize - 1, cattr, kato_ms)
         # Connect data always travels in the capsule (the controller must accept it)
         saved = self.icd_max
         self.icd_max = max(saved, S.CONNECT_DATA_SIZE)
@@ -484,8 +501,11 @@ class HostQueue:
         if self.failed is not None:
             raise self.failed
         done = 0
+        reader = self.reader
+        if self.ic_done and not (self.hdgst or self.ddgst or self.hpda) and reader.failed is None:
+            done = self._fast_rx()
         try:
-            for pdu in self.reader.pdus():
+            for pdu in reader.pdus():
                 t = pdu.type
                 if t == P.CAPSULE_RESP:
                     done += self._on_resp(pdu)
@@ -508,6 +528,66 @@ class HostQueue:
         except P.PduError as pe:
             raise self._fatal(pe.fes, pe.fei, pe.msg, pe.header) from None
         return done
+
+    def _fast_rx(self) -> int:
+        """CapsuleResp and C2HData PDUs straight from the receive buffer (no
+        Pdu objects). Stops at anything else or anything suspicious, which
+        the general path then handles (and reports) exactly as before."""
+        r = self.reader
+        buf = r._buf
+        s = r._start
+        end = r._end
+        slots = self.slots
+        nslots = len(slots)
+        ch_unpack = _CH.unpack_from
+        done = 0
+        mv = memoryview(buf)
+        try:
+            while end - s >= 24:
+                t, fl, hl, pdo, plen = ch_unpack(buf, s)
+                if t == _C2H_DATA:
+                    if hl != 24 or pdo != 24 or fl & ~_C2H_FLAGS or end - s < plen:
+                        return done
+                    cid, _ttag, datao, datal = _DATA_FIELDS(buf, s + 8)
+                    if datal != plen - 24 or not datal or cid >= nslots:
+                        return done
+                    req = slots[cid]
+                    dst = req.rbuf
+                    if not req.busy or dst is None or datao != req.xfer:
+                        return done
+                    if datao + datal > len(dst) or fl & _SUCCESS and not fl & _LAST:
+                        return done
+                    dst[datao : datao + datal] = mv[s + 24 : s + plen]
+                    req.xfer = datao + datal
+                    s += plen
+                    r._start = s
+                    if fl & _SUCCESS:
+                        self._complete(req, 0 if req.xfer == len(dst) else _ST_XFER, 0)
+                        done += 1
+                elif t == _CAPSULE_RESP:
+                    if fl or hl != 24 or pdo or plen != 24:
+                        return done
+                    result, _sqhd, _sqid, cid, status = _CQE(buf, s + 8)
+                    if cid >= nslots or not slots[cid].busy:
+                        return done
+                    req = slots[cid]
+                    s += 24
+                    r._start = s
+                    status &= 0xFFFE  # no phase tag on fabrics
+                    if status == 0:
+                        if req.bad:
+                            status = S.ST_TRANSIENT_TRANSPORT_ERROR
+                        elif req.rbuf is not None and req.xfer != len(req.rbuf):
+                            status = _ST_XFER  # success with data missing
+                    self._complete(req, status, result)
+                    done += 1
+                else:
+                    return done
+                if self.failed is not None:
+                    return done
+            return done
+        finally:
+            del mv
 
     def _fatal(self, fes: int, fei: int, msg: str, hdr: bytes = b"") -> TransportError:
         """Queue an H2CTermReq and mark the queue failed."""

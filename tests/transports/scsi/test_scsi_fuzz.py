@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scsi_testlib import I1, I2, Env
+
 from blockfabric.transports.scsi import PrStore, ScsiDevice
 from blockfabric.transports.scsi.cdb import parse_rw
 from blockfabric.transports.scsi.mode import ModePages
 from blockfabric.transports.scsi.sense import SenseError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from scsi_testlib import I1, I2, Env
 
 KNOWN = [
     0x00,

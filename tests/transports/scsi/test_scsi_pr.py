@@ -3,8 +3,9 @@ from __future__ import annotations
 import json
 import struct
 
-from blockfabric.transports.scsi import PrStore
 from scsi_testlib import BS, I1, I2, Env, key
+
+from blockfabric.transports.scsi import PrStore
 
 
 def prout(env: Env, sa: int, k: int, sak: int, rtype: int = 0, nexus=I1, flags: int = 0):

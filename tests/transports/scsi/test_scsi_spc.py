@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import struct
 
-from blockfabric.transports.scsi import PrStore, ScsiDevice
 from scsi_testlib import BS, I1, I2, NB, Env, key
+
+from blockfabric.transports.scsi import PrStore, ScsiDevice
 
 
 def test_tur_and_invalid_opcode(env: Env) -> None:
