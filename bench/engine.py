@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ def run(n: int) -> dict[str, Any]:
                     out["reactors"] = info
     finally:
         subprocess.run([*cli, "stop", "--name", name], env=env)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return out
 
 

@@ -355,6 +355,24 @@ def _meta_line(m: dict[str, Any]) -> str:
     )
 
 
+def _disturbed_warning(results: dict[str, Any]) -> list[str]:
+    vals = [
+        float(rep["other_cpu_pct"])
+        for sec in results.get("sections", {}).values()
+        for r in sec.get("rows", [])
+        for rep in r.get("reps", [])
+        if rep.get("ok") and rep.get("other_cpu_pct") is not None
+    ]
+    if not vals or statistics.median(vals) <= 10:
+        return []
+    return [
+        f"**Caveat: other processes used a median {statistics.median(vals):.0f}% of a core on the "
+        "benchmark CPUs during these runs (see the per-section notes), so absolute numbers are "
+        "low and noisy; rerun on an idle machine before drawing conclusions.**",
+        "",
+    ]
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     meta = results.get("meta", {})
     mach = meta.get("machine", {})
@@ -372,6 +390,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         f"Last suite invocation: `{meta.get('argv', 'python -m bench')}`, {_meta_line(meta)}.",
         "",
+        *_disturbed_warning(results),
         "## Machine",
         "",
         f"- CPU: {mach.get('cpu_model', '?')}, {mach.get('cpus', '?')} CPUs "
@@ -386,7 +405,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         "",
         "Columns: `t/l` = CPU use in % of one core of the target processes / the load "
         "generator during the run (psutil/rusage deltas; blockfabric reactors busy-poll, so "
-        "their CPU is ~100% whatever the load — the load CPU column shows whether the load "
+        "their CPU is ~100% of an otherwise idle core whatever the load — the load CPU column shows whether the load "
         "generator was the limit). Latency marked `*` is derived as QD/IOPS (Little's law; "
         "iscsi-perf prints no latency), otherwise it is the mean the load generator reported.",
         "",
