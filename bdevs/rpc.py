@@ -51,8 +51,13 @@ def get_bdev(ctx: Any, name: str) -> Bdev:
     return b  # type: ignore[no-any-return]
 
 
-_GEOMETRY_EXTRAS = ("optimal_io_boundary", "md_size", "md_interleave", "dif_type", "dif_is_head_of_md",
-                    "physical_block_size", "dif_pi_format")
+def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
+    b = get_bdev(ctx, name)
+    if not isinstance(b, cls):
+        raise RpcError(ENODEV, f"bdev {name} is a {b.product_name}, not a {cls.__name__}")
+    ctx.remove_bdev(b.name)
+    return True
+
 
 
 @rpc_method(
@@ -89,11 +94,7 @@ def bdev_malloc_create(ctx: Any, num_blocks: int, block_size: int, name: str | N
 
 @rpc_method("bdev_malloc_delete", Param("name", str), aliases=("delete_malloc_bdev",))
 def bdev_malloc_delete(ctx: Any, name: str) -> bool:
-    b = get_bdev(ctx, name)
-    if not isinstance(b, MallocBdev):
-        raise RpcError(ENODEV, f"bdev {name} is not a malloc bdev")
-    ctx.remove_bdev(b.name)
-    return True
+    return _delete(ctx, name, MallocBdev)
 
 
 @rpc_method(
@@ -119,11 +120,7 @@ def bdev_null_create(ctx: Any, name: str, num_blocks: int, block_size: int, uuid
 
 @rpc_method("bdev_null_delete", Param("name", str), aliases=("delete_null_bdev",))
 def bdev_null_delete(ctx: Any, name: str) -> bool:
-    b = get_bdev(ctx, name)
-    if not isinstance(b, NullBdev):
-        raise RpcError(ENODEV, f"bdev {name} is not a null bdev")
-    ctx.remove_bdev(b.name)
-    return True
+    return _delete(ctx, name, NullBdev)
 
 
 @rpc_method(
@@ -149,11 +146,7 @@ def bdev_aio_create(ctx: Any, filename: str, name: str, block_size: int | None =
 
 @rpc_method("bdev_aio_delete", Param("name", str), aliases=("delete_aio_bdev",))
 def bdev_aio_delete(ctx: Any, name: str) -> bool:
-    b = get_bdev(ctx, name)
-    if not isinstance(b, AioBdev):
-        raise RpcError(ENODEV, f"bdev {name} is not an aio bdev")
-    ctx.remove_bdev(b.name)
-    return True
+    return _delete(ctx, name, AioBdev)
 
 
 @rpc_method("bdev_get_bdevs", Param("name", str, required=False), Param("timeout", int, required=False, min=0),
