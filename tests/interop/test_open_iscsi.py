@@ -80,7 +80,7 @@ def test_open_iscsi_blockfabric(daemon_factory: Any, tmp_path: Any) -> None:
     bf_iscsi_targets(d, port, IO_MB, CHAP_USER, CHAP_PASS, MCHAP_USER, MCHAP_PASS)
     iqns = (f"{BF_BASE}:disk1", f"{BF_BASE}:disk2", f"{BF_BASE}:disk3")
     run = khost.run_guest(
-        "iscsi-interop.sh", _guest_env(port, iqns), timeout=480, log_path=tmp_path / "guest.log"
+        "iscsi-interop.sh", _guest_env(port, iqns), timeout=600, log_path=tmp_path / "guest.log"
     )
     conns_after = d.rpc("iscsi_get_connections")
     daemon_clean(d)
