@@ -43,6 +43,9 @@ TRID_KEYS = (
     "alt_traddr",
 )
 PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
+# without --busy-poll a worker spins this long on an idle socket before it
+# sleeps in select(): a sleep + wake-up costs more than a burst of I/O takes
+SPIN_NS = 500_000
 
 
 class TridError(ValueError):
@@ -166,13 +169,14 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
     stop = [False]
     counts = [0, 0, 0]  # reads, writes, completed
     perf_ns = time.perf_counter_ns
+    rnd = rng.random  # int(rnd() * n): a fraction of randrange's cost per I/O
 
     def pick() -> int:
         if rand:
-            u = rng.randrange(units)
+            u = int(rnd() * units)
             if verify:
                 while u in busy_units:
-                    u = rng.randrange(units)
+                    u = int(rnd() * units)
         else:
             u = seq[0]
             seq[0] = (u + 1) % units
@@ -192,7 +196,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
             q.write(nsid, lba, nlb, data, on_write, (slot, u, data))
             counts[1] += 1
             return
-        if mix >= 100 or (mix > 0 and rng.randrange(100) < mix):
+        if mix >= 100 or (mix > 0 and rnd() * 100 < mix):
             q.read(nsid, lba, nlb, bufs[slot], on_done, slot)
             counts[0] += 1
         else:
@@ -282,7 +286,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
                 now = perf_ns()
                 if not idle_since:
                     idle_since = now
-                elif now - idle_since > 50_000:
+                elif now - idle_since > SPIN_NS:
                     select.select([fd], [fd] if pending else [], [], 0.01)
         now = perf_ns()
         if now - last_prog > 100_000_000:

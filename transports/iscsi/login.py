@@ -212,7 +212,10 @@ class Login:
         out += self.negotiator.respond(op_pairs, STAGE_SECURITY if csg == 0 else STAGE_OPERATIONAL)
         transit = pdu.transit and self.authenticated
         if transit and nsg == STAGE_FULL_FEATURE:
-            out += self._finish()
+            # a key goes at most once per PDU: after a Reject of the initiator's
+            # MaxRecvDataSegmentLength ours is not declared (the default applies)
+            answered = {k for k, _ in out}
+            out += [kv for kv in self._finish() if kv[0] not in answered]
         f1 = csg << 2
         if transit:
             f1 |= P.F_TRANSIT | nsg
