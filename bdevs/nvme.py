@@ -38,6 +38,24 @@ def _io_status(status: int) -> IoStatus:
     return IoStatus.FAILED
 
 
+class _Join:
+    """Completes a split I/O once all its pieces are back (first error wins)."""
+
+    __slots__ = ("cb", "left", "status")
+
+    def __init__(self, cb: Callback, pieces: int) -> None:
+        self.cb = cb
+        self.left = pieces
+        self.status = IoStatus.SUCCESS
+
+    def done(self, st: IoStatus) -> None:
+        if st and not self.status:
+            self.status = st
+        self.left -= 1
+        if self.left == 0:
+            self.cb(self.status)
+
+
 class NvmeChannel(IoChannel):
     def __init__(self, bdev: NvmeBdev, loop: Any) -> None:
         super().__init__(bdev)
@@ -227,11 +245,40 @@ class NvmeChannel(IoChannel):
         if self.waiting:
             self._drain_waiting()
 
+    def _max_blocks(self) -> int:
+        mx = int(self.nbdev.ctrlr.get("max_xfer") or 0)
+        return mx // self.bdev.block_size if mx else 0
+
     def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
-        self._start(("read", cb, offset_blocks, num_blocks))
+        mb = self._max_blocks()
+        if not mb or num_blocks <= mb:
+            self._start(("read", cb, offset_blocks, num_blocks))
+            return
+        # larger than the remote's MDTS: split like SPDK's NVMe driver, one
+        # buffer for the whole transfer, completed when every piece is back
+        bs = self.bdev.block_size
+        whole = memoryview(bytearray(num_blocks * bs))
+        join = _Join(lambda st: cb(st, whole if not st else None), -(-num_blocks // mb))
+        for lba in range(offset_blocks, offset_blocks + num_blocks, mb):
+            n = min(mb, offset_blocks + num_blocks - lba)
+            dst = whole[(lba - offset_blocks) * bs : (lba - offset_blocks + n) * bs]
+
+            def piece(st: IoStatus, data: memoryview | None, dst: memoryview = dst) -> None:
+                if not st and data is not None:
+                    dst[:] = data
+                join.done(st)
+
+            self._start(("read", piece, lba, n))
 
     def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
-        self._start(("write", cb, offset_blocks, data))
+        mb = self._max_blocks()
+        bs = self.bdev.block_size
+        if not mb or len(data) <= mb * bs:
+            self._start(("write", cb, offset_blocks, data))
+            return
+        join = _Join(cb, -(-len(data) // (mb * bs)))
+        for i, off in enumerate(range(0, len(data), mb * bs)):
+            self._start(("write", join.done, offset_blocks + i * mb, data[off : off + mb * bs]))
 
     def _do_flush(self, cb: Callback) -> None:
         self._start(("flush", cb))

@@ -33,6 +33,7 @@ class NvmeCtrlr:
         self._timer: Any = None
         self._fd = -1
         self.last_error = ""
+        self.max_xfer = 0
 
     # ------------------------------------------------------------ connect
     def connect(self) -> None:
@@ -53,6 +54,10 @@ class NvmeCtrlr:
             keepalive_thread=False,
         )
         c.connect()
+        # MDTS is in units of the minimum memory page size (CAP.MPSMIN, 4 KiB
+        # on every fabrics target we know); 0 means no limit
+        mdts = c.identify_controller().mdts
+        self.max_xfer = (4096 << mdts) if mdts else 0
         p["hostid"] = c.hostid.hex()
         p["hostnqn"] = c.hostnqn
         self.ctrl = c
@@ -93,6 +98,7 @@ class NvmeCtrlr:
             "cores": cores,
             "ns_index": ns_index,
             "reconnect_delay_sec": p.get("reconnect_delay_sec") or 1,
+            "max_xfer": self.max_xfer,
         }
 
     def publish(self) -> None:
