@@ -53,10 +53,7 @@ def die_with_parent() -> None:
 def load_drivers() -> None:
     """Import the transport drivers so they register themselves."""
     for mod in ("blockfabric.transports.nvmf.driver", "blockfabric.transports.iscsi.driver"):
-        try:
-            __import__(mod)
-        except ImportError as e:  # a transport not built yet must not stop the engine
-            log.warning("transport %s unavailable: %s", mod, e)
+        __import__(mod)
 
 
 class Reactor:

@@ -57,11 +57,7 @@ class StartupError(RuntimeError):
 def _new_state(module: str, cls: str) -> Any:
     import importlib
 
-    try:
-        return getattr(importlib.import_module(module), cls)()
-    except ImportError as e:
-        log.warning("%s unavailable: %s", module, e)
-        return None
+    return getattr(importlib.import_module(module), cls)()
 
 
 def parse_core_mask(mask: str) -> list[int]:

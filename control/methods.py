@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
-
-log = logging.getLogger(__name__)
 
 MODULES = (
     "blockfabric.bdevs.rpc",
@@ -18,7 +15,4 @@ MODULES = (
 )
 
 for _m in MODULES:
-    try:
-        importlib.import_module(_m)
-    except ImportError as e:
-        log.debug("RPC module %s not available: %s", _m, e)
+    importlib.import_module(_m)
