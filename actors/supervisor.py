@@ -643,6 +643,11 @@ def run_supervisor(opts: Options, ready: Callable[[], None] | None = None) -> in
     except ImportError:
         pass
     sup = Supervisor(opts)
+    # keep the supervisor off the reactors' cores when the machine has others:
+    # a busy-polling reactor and the supervisor on one vCPU slow both down
+    spare = os.sched_getaffinity(0) - set(sup.cores)
+    if spare:
+        os.sched_setaffinity(0, spare)
     sup.start()
     if ready:
         ready()

@@ -25,6 +25,58 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results" / "engine.json"
 
 
+def raw_zmq_rtt(n: int) -> dict[str, float]:
+    """The same round trip with bare pyzmq (DEALER<->ROUTER over ipc, both sides
+    spinning, pinned to different CPUs): the floor our messages sit on."""
+    import zmq
+
+    d = tempfile.mkdtemp(prefix="bf-zrtt-")
+    addr = f"ipc://{d}/rtt.sock"
+    cpus = sorted(os.sched_getaffinity(0))
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            c = zmq.Context()
+            s = c.socket(zmq.DEALER)
+            s.connect(addr)
+            s.send(b"hello")
+            while True:
+                try:
+                    m = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                if m == b"x":
+                    break
+                s.send(m)
+        finally:
+            os._exit(0)
+    os.sched_setaffinity(0, {cpus[-1]})
+    c = zmq.Context()
+    r = c.socket(zmq.ROUTER)
+    r.bind(addr)
+    ident, _ = r.recv_multipart()
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        r.send_multipart([ident, b"p"])
+        while True:
+            try:
+                r.recv_multipart(zmq.NOBLOCK)
+                break
+            except zmq.Again:
+                pass
+        lat.append(time.perf_counter_ns() - t0)
+    r.send_multipart([ident, b"x"])
+    os.waitpid(pid, 0)
+    r.close(0)
+    c.term()
+    os.sched_setaffinity(0, set(cpus))
+    shutil.rmtree(d, ignore_errors=True)
+    lat.sort()
+    return {"median_us": lat[len(lat) // 2] / 1000, "p99_us": lat[int(len(lat) * 0.99)] / 1000}
+
+
 def run(n: int) -> dict[str, Any]:
     from blockfabric.control.client import RpcClient
 
@@ -58,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=5000, help="round trips per mode")
     a = ap.parse_args(argv)
     res = run(a.n)
-    print(f"{'reactor poll mode':<18} {'RTT median us':>14} {'RTT p99 us':>11}")
+    res["raw_pyzmq"] = raw_zmq_rtt(a.n)
+    base = res["raw_pyzmq"]["median_us"]
+    print(f"{'reactor poll mode':<18} {'RTT median us':>14} {'RTT p99 us':>11} {'vs raw pyzmq':>13}")
     for mode, r in res["modes"].items():
-        print(f"{mode:<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f}")
+        print(f"{mode:<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f} {r['median_us'] / base:>12.2f}x")
+    r = res["raw_pyzmq"]
+    print(f"{'raw pyzmq (peer)':<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f} {1.0:>12.2f}x")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
     print(f"wrote {RESULTS}")
