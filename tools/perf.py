@@ -44,8 +44,9 @@ TRID_KEYS = (
 )
 PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
 # without --busy-poll a worker spins this long on an idle socket before it
-# sleeps in select(): a sleep + wake-up costs more than a burst of I/O takes
-SPIN_NS = 500_000
+# sleeps in select() (longer spins measured slower for 128 KiB reads: the
+# spinning recv() competes with the target's sends for the socket)
+SPIN_NS = 50_000
 
 
 class TridError(ValueError):

@@ -89,7 +89,7 @@ def test_verify_detects_corruption(target: FakeTarget, tmp_path) -> None:
     p = run_perf("-r", f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}", "-q", "2", "-o",
                  "4096", "-w", "write", "-t", "1", "-P", "1", "--verify")
     assert p.returncode == 1
-    assert "miscompare at LBA" in p.stdout and "0 miscompare" not in p.stdout
+    assert "miscompare at LBA" in p.stdout and "verify: 0 miscompare" not in p.stdout
 
 
 def test_randrw_mix_and_lba_errors_reported(target: FakeTarget, tmp_path) -> None:
