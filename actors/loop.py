@@ -173,24 +173,37 @@ class EventLoop:
         pollers = self._pollers
         timers = self._timers
         monotonic = time.monotonic
-        n = 0
+        sched_yield = os.sched_yield
+        n = idle = 0
         while not self._stopping and self.poll_mode == "busy":
             if self._soon:
                 soon, self._soon = self._soon, []
                 for cb in soon:
                     self._safe(cb)
-            for fd, ev in poll(0):
+            events = poll(0)
+            for fd, ev in events:
                 h = handlers.get(fd)
                 if h is not None:
                     try:
                         h(ev)
                     except Exception:
                         log.exception("fd %d handler failed", fd)
+            work = len(events)
             for p in pollers:
                 try:
-                    p()
+                    work += p()
                 except Exception:
                     log.exception("poller failed")
+            if work:
+                idle = 0
+            else:
+                # Threads pinned to this core (ZeroMQ's I/O thread, aio
+                # workers) only run when the spinner steps aside. Yielding on
+                # every idle turn costs ~20% of 4 KiB IOPS; every 64th turn
+                # (~100 us) keeps their latency bounded at no measurable cost.
+                idle += 1
+                if not idle & 63:
+                    sched_yield()
             if timers and timers[0].when <= monotonic():
                 self._run_timers(monotonic())
             n += 1
