@@ -98,6 +98,7 @@ def test_kill9_then_cleanup_spares_live_instance(daemon_factory):
     assert live.rpc("bdev_get_bdevs")[0]["name"] == "M"
 
 
+@pytest.mark.timeout(900)
 def test_start_stop_cycles_leak_nothing(daemon_factory):
     cycles = int(os.environ.get("BLOCKFABRIC_CYCLES", "100"))
     d = daemon_factory(mask="0x1")
