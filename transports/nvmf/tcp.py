@@ -208,6 +208,7 @@ class TcpQpair(QueuePair):
         limit = self.sqsize + 1
         namespaces = self.subsys.namespaces  # type: ignore[union-attr]
         icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
+        max_io = self.opts.max_io_size
         ch_unpack = P.CH.unpack_from
         rw_unpack = _RW.unpack_from
         n_io = 0
@@ -233,7 +234,9 @@ class TcpQpair(QueuePair):
                 if slba + nlb > bdev.num_blocks:
                     return
                 if op == _IO_READ:
-                    if plen != 72 or pdo or ident != _SGL_TRANSPORT or n > sgl_len:
+                    # anything unusual (incl. a read above max_io_size, which
+                    # the general path refuses) leaves the fast path
+                    if plen != 72 or pdo or ident != _SGL_TRANSPORT or n > sgl_len or sgl_len > max_io:
                         return
                     s += 72
                     r._start = s

@@ -166,3 +166,19 @@ def test_fast_path_partial_pdus(h, monkeypatch, split) -> None:  # type: ignore[
     finally:
         io.close()
     assert out == _run(h, raw, False, monkeypatch)[0]
+
+
+
+def test_read_above_max_io_size_is_refused(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """MDTS is advertised from max_io_size; a host that ignores it gets Data
+    SGL Length Invalid from the fast path too, not the data."""
+    import copy
+
+    io = Io(h)
+    io.qp.opts = copy.copy(io.qp.opts)
+    io.qp.opts.max_io_size = 4096
+    out = io.burst(_capsule(spec.IO_READ, 5, 1, (0, 0, 15), None))  # 16 blocks = 8 KiB
+    cqe = spec.unpack_cqe(out[-16:], 0)
+    assert cqe.cid == 5 and cqe.status == spec.ST_DATA_SGL_LENGTH_INVALID
+    out = io.burst(_capsule(spec.IO_READ, 6, 1, (0, 0, 7), None))  # 4 KiB: fine
+    assert out[0] == P.C2H_DATA and len(out) >= 4096
