@@ -43,7 +43,9 @@ class ReactorContext(Protocol):
     num_reactors: int
     state_dir: str
 
-    def handoff(self, sock: Any, reactor_id: int, proto: str, listener: str, preread: bytes) -> None:
+    def handoff(
+        self, sock: Any, reactor_id: int, proto: str, listener: str, preread: bytes
+    ) -> None:
         """Move a connection to another reactor; the socket is ours no more."""
         ...
 

@@ -15,22 +15,47 @@ DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 ISCSI_IQN = "iqn.2016-06.io.blockfabric:disk1"
 
 
-def default_config(nvmf_port: int = 4420, iscsi_port: int = 3260) -> list[tuple[str, dict[str, Any]]]:
+def default_config(
+    nvmf_port: int = 4420, iscsi_port: int = 3260
+) -> list[tuple[str, dict[str, Any]]]:
     listen = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(nvmf_port)}
     return [
-        ("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 256 * 1024 * 1024 // 512, "block_size": 512}),
+        (
+            "bdev_malloc_create",
+            {"name": "Malloc0", "num_blocks": 256 * 1024 * 1024 // 512, "block_size": 512},
+        ),
         ("nvmf_create_transport", {"trtype": "TCP"}),
-        ("nvmf_create_subsystem", {"nqn": NVMF_NQN, "allow_any_host": True,
-                                   "serial_number": "BF00000000000001", "model_number": "blockfabric Controller"}),
+        (
+            "nvmf_create_subsystem",
+            {
+                "nqn": NVMF_NQN,
+                "allow_any_host": True,
+                "serial_number": "BF00000000000001",
+                "model_number": "blockfabric Controller",
+            },
+        ),
         ("nvmf_subsystem_add_ns", {"nqn": NVMF_NQN, "namespace": {"bdev_name": "Malloc0"}}),
         ("nvmf_subsystem_add_listener", {"nqn": NVMF_NQN, "listen_address": listen}),
         ("nvmf_subsystem_add_listener", {"nqn": DISCOVERY_NQN, "listen_address": listen}),
-        ("iscsi_create_portal_group", {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(iscsi_port)}]}),
-        ("iscsi_create_initiator_group", {"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]}),
-        ("iscsi_create_target_node", {"name": "disk1", "alias_name": "Disk1",
-                                      "luns": [{"bdev_name": "Malloc0", "lun_id": 0}],
-                                      "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
-                                      "queue_depth": 64, "disable_chap": True}),
+        (
+            "iscsi_create_portal_group",
+            {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(iscsi_port)}]},
+        ),
+        (
+            "iscsi_create_initiator_group",
+            {"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]},
+        ),
+        (
+            "iscsi_create_target_node",
+            {
+                "name": "disk1",
+                "alias_name": "Disk1",
+                "luns": [{"bdev_name": "Malloc0", "lun_id": 0}],
+                "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+                "queue_depth": 64,
+                "disable_chap": True,
+            },
+        ),
     ]
 
 

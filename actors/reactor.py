@@ -59,8 +59,18 @@ def load_drivers() -> None:
 class Reactor:
     """The ReactorContext implementation (see context.py)."""
 
-    def __init__(self, instance: str, reactor_id: int, core: int, sup_addr: str, fd_sock: socket.socket,
-                 poll_mode: str, spin_us: int, num_reactors: int = 1, state_dir: str = "") -> None:
+    def __init__(
+        self,
+        instance: str,
+        reactor_id: int,
+        core: int,
+        sup_addr: str,
+        fd_sock: socket.socket,
+        poll_mode: str,
+        spin_us: int,
+        num_reactors: int = 1,
+        state_dir: str = "",
+    ) -> None:
         self.instance = instance
         self.num_reactors = num_reactors
         self.state_dir = state_dir
@@ -107,7 +117,9 @@ class Reactor:
         self._channels[name] = ch
         return ch
 
-    def call(self, op: str, args: dict[str, Any], cb: Callable[[bool, Any], None], timeout: float = 5.0) -> None:
+    def call(
+        self, op: str, args: dict[str, Any], cb: Callable[[bool, Any], None], timeout: float = 5.0
+    ) -> None:
         corr = next(self._corr)
 
         def expire() -> None:
@@ -120,10 +132,13 @@ class Reactor:
     def notify(self, op: str, args: dict[str, Any]) -> None:
         self._send(m.Event(op, args), 0)
 
-    def handoff(self, sock: socket.socket, reactor_id: int, proto: str, listener: str, preread: bytes) -> None:
+    def handoff(
+        self, sock: socket.socket, reactor_id: int, proto: str, listener: str, preread: bytes
+    ) -> None:
         """Move a connection to another reactor (through the supervisor)."""
         try:
-            peer = "%s:%s" % sock.getpeername()[:2]
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
         except OSError:
             peer = "?"
         send_fd(self.fd_sock, Handoff(sock.fileno(), proto, listener, peer, preread, reactor_id))
@@ -141,7 +156,7 @@ class Reactor:
         if now - self._mbox_checked < MBOX_POLL_S:
             return 0
         self._mbox_checked = now
-        if self._mbox_get(_ZMQ_EVENTS) & _ZMQ_POLLIN:
+        if self._mbox_get(_ZMQ_EVENTS) & _ZMQ_POLLIN:  # type: ignore[operator]
             return self._drain()
         return 0
 
@@ -204,8 +219,11 @@ class Reactor:
             return self._framework_event(op, args)
         if prefix == "bdev":
             if op == "bdev.iostat":
-                return {n: ch.stats.as_dict() for n, ch in self._channels.items()
-                        if n in set(args.get("names", []))}
+                return {
+                    n: ch.stats.as_dict()
+                    for n, ch in self._channels.items()
+                    if n in set(args.get("names", []))
+                }
             return None
         for d in DRIVERS.values():
             if d.proto.split("-", 1)[0] == prefix:
@@ -329,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", default="")
     a = ap.parse_args(argv)
     die_with_parent()
-    logging.basicConfig(level=a.log_level, stream=sys.stderr,
-                        format=f"%(asctime)s reactor{a.id} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=a.log_level,
+        stream=sys.stderr,
+        format=f"%(asctime)s reactor{a.id} %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import setproctitle
 
@@ -343,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     load_drivers()
     fd_sock = socket.socket(fileno=a.fd)
-    r = Reactor(a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors, a.state_dir)
+    r = Reactor(
+        a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors, a.state_dir
+    )
     signal.signal(signal.SIGTERM, lambda *_: r.stop())
     r.run()
     return 0

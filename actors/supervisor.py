@@ -176,7 +176,9 @@ class Supervisor:
         if not entries and self.opts.default_config:
             from .default_config import default_config
 
-            entries = [(f"default config entry {i}", mth, p) for i, (mth, p) in enumerate(default_config())]
+            entries = [
+                (f"default config entry {i}", mth, p) for i, (mth, p) in enumerate(default_config())
+            ]
             entries = [e for e in entries if e[1] in REGISTRY.methods]
         return entries
 
@@ -195,7 +197,10 @@ class Supervisor:
         self.iscsi = _new_state("blockfabric.transports.iscsi.state", "IscsiState")
         if self.opts.mem_mb:
             self.pool = BufferPool.create(
-                self.instance, self.num_reactors, self.opts.mem_mb, hugepages=self.hugepages  # type: ignore[arg-type]
+                self.instance,
+                self.num_reactors,
+                self.opts.mem_mb,
+                hugepages=self.hugepages,  # type: ignore[arg-type]
             )
         self.router = self.zctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -215,11 +220,21 @@ class Supervisor:
                 REGISTRY.call(self, method, params)
             except RpcError as e:
                 raise StartupError(f"{label} ({method}): {e.message}") from None
-        self.rpc = RpcServer(self.loop, self.dispatch, self.rpc_addr, spdk_path=self.opts.spdk_rpc,
-                             zmq_context=self.zctx)
+        self.rpc = RpcServer(
+            self.loop,
+            self.dispatch,
+            self.rpc_addr,
+            spdk_path=self.opts.spdk_rpc,
+            zmq_context=self.zctx,
+        )
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
-        log.info("blockfabric[%s] up: %d reactor(s) on cores %s, RPC at %s", self.instance,
-                 self.num_reactors, self.cores, self.rpc_addr)
+        log.info(
+            "blockfabric[%s] up: %d reactor(s) on cores %s, RPC at %s",
+            self.instance,
+            self.num_reactors,
+            self.cores,
+            self.rpc_addr,
+        )
 
     def _install_signals(self) -> None:
         r, w = socket.socketpair()
@@ -266,7 +281,9 @@ class Supervisor:
                 raise StartupError("reactors did not start in time")
             for r in self.reactors:
                 if r.proc.poll() is not None:
-                    raise StartupError(f"reactor {r.rid} exited during start-up (status {r.proc.returncode})")
+                    raise StartupError(
+                        f"reactor {r.rid} exited during start-up (status {r.proc.returncode})"
+                    )
             self.loop.run_once(0.05)
         self.config_changed()
 
@@ -338,8 +355,9 @@ class Supervisor:
         except zmq.ZMQError as e:
             log.error("cannot reach reactor %d: %s", rid, e)
 
-    def request_all(self, msg: m.Message, timeout: float = REQUEST_TIMEOUT,
-                    only: list[int] | None = None) -> list[Any]:
+    def request_all(
+        self, msg: m.Message, timeout: float = REQUEST_TIMEOUT, only: list[int] | None = None
+    ) -> list[Any]:
         """Send ``msg`` to reactors and wait for every reply; other messages that
         arrive meanwhile are handled in order (reactor -> supervisor calls are
         never blocked by this wait)."""
@@ -357,12 +375,19 @@ class Supervisor:
         while want:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RpcError(INTERNAL_ERROR, f"reactor(s) {sorted(want.values())} did not answer {msg.TAG}")
+                raise RpcError(
+                    INTERNAL_ERROR, f"reactor(s) {sorted(want.values())} did not answer {msg.TAG}"
+                )
             # spin briefly before blocking: a woken idle vCPU costs more than the reply
             spin_end = time.monotonic() + 0.0002
-            while not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and time.monotonic() < spin_end:
+            while (
+                not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+                and time.monotonic() < spin_end
+            ):
                 pass
-            if not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and not poller.poll(int(left * 1000) + 1):
+            if not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and not poller.poll(
+                int(left * 1000) + 1
+            ):
                 continue
             while True:
                 try:
@@ -425,8 +450,11 @@ class Supervisor:
         self.config_changed()
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
-        out = [{"method": b.create_method, "params": dict(b.create_params)} for b in self.bdevs.values()
-               if b.create_method]
+        out = [
+            {"method": b.create_method, "params": dict(b.create_params)}
+            for b in self.bdevs.values()
+            if b.create_method
+        ]
         try:
             from ..bdevs.nvme_rpc import save_config as nvme_save_config
         except ImportError:
@@ -461,7 +489,9 @@ class Supervisor:
             s.listen(128)
         except OSError as e:
             s.close()
-            raise RpcError(-98 if e.errno == 98 else -22, f"cannot listen on {addr}:{port}: {e.strerror}") from None
+            raise RpcError(
+                -98 if e.errno == 98 else -22, f"cannot listen on {addr}:{port}: {e.strerror}"
+            ) from None
         s.setblocking(False)
         port = s.getsockname()[1]  # the real port when 0 was asked for
         key = (proto, addr, port)
@@ -499,8 +529,12 @@ class Supervisor:
                 return
             rp = self.reactors[next(self._rr) % len(self.reactors)]
             try:
-                send_fd(rp.chan, Handoff(conn.fileno(), lst.proto, f"{lst.addr}:{lst.port}",
-                                         f"{peer[0]}:{peer[1]}"))
+                send_fd(
+                    rp.chan,
+                    Handoff(
+                        conn.fileno(), lst.proto, f"{lst.addr}:{lst.port}", f"{peer[0]}:{peer[1]}"
+                    ),
+                )
             except OSError as e:
                 log.error("handing connection to reactor %d failed: %s", rp.rid, e)
             conn.close()
@@ -531,8 +565,18 @@ class Supervisor:
         if self._stopping:
             return
         code = rp.proc.wait()
-        why = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-        log.error("reactor %d (pid %d, core %d) %s: stopping the target", rp.rid, rp.proc.pid, rp.core, why)
+        why = (
+            f"killed by signal {signal.Signals(-code).name}"
+            if code < 0
+            else f"exited with status {code}"
+        )
+        log.error(
+            "reactor %d (pid %d, core %d) %s: stopping the target",
+            rp.rid,
+            rp.proc.pid,
+            rp.core,
+            why,
+        )
         self.exit_code = 1
         self._stopping = True
         self.loop.stop()
@@ -560,8 +604,11 @@ class Supervisor:
         alive = [r for r in self.reactors if r.proc.poll() is None]
         if alive and self.router is not None:
             with contextlib.suppress(Exception):
-                self.request_all(m.Shutdown("supervisor stopping"), timeout=REACTOR_STOP_GRACE,
-                                 only=[r.rid for r in alive])
+                self.request_all(
+                    m.Shutdown("supervisor stopping"),
+                    timeout=REACTOR_STOP_GRACE,
+                    only=[r.rid for r in alive],
+                )
         for r in self.reactors:
             try:
                 r.proc.wait(REACTOR_STOP_GRACE)
@@ -587,7 +634,7 @@ class Supervisor:
             self.router.close(0)
             self.router = None
             with contextlib.suppress(OSError):
-                os.unlink(self.internal_addr[len("ipc://"):])
+                os.unlink(self.internal_addr[len("ipc://") :])
         self.zctx.term()
         with contextlib.suppress(Exception):
             Manifest(self.instance).delete()
@@ -605,15 +652,22 @@ def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
         "pid": os.getpid(),
         "started": ctx.started,
         "rpc_addr": ctx.rpc_addr,
-        "reactors": [{"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started}
-                     for r in ctx.reactors],
-        "listeners": [{"proto": lst.proto, "addr": lst.addr, "port": lst.sock.getsockname()[1]}
-                      for lst in ctx.listeners.values()],
+        "reactors": [
+            {"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started}
+            for r in ctx.reactors
+        ],
+        "listeners": [
+            {"proto": lst.proto, "addr": lst.addr, "port": lst.sock.getsockname()[1]}
+            for lst in ctx.listeners.values()
+        ],
     }
 
 
-@rpc_method("framework_set_poll_mode", Param("mode", str, choices=("adaptive", "busy", "blocking")),
-            Param("spin_us", int, required=False, min=0, max=1_000_000))
+@rpc_method(
+    "framework_set_poll_mode",
+    Param("mode", str, choices=("adaptive", "busy", "blocking")),
+    Param("spin_us", int, required=False, min=0, max=1_000_000),
+)
 def framework_set_poll_mode(ctx: Supervisor, mode: str, spin_us: int | None = None) -> bool:
     """blockfabric extension: switch every reactor's polling mode at run time."""
     ctx.request_all(m.SetPollMode(mode, spin_us if spin_us is not None else ctx.opts.spin_us))
@@ -629,13 +683,20 @@ def framework_ping(ctx: Supervisor, count: int | None = None) -> dict[str, Any]:
         ctx.request_all(m.Ping(t0))
         samples.append(time.perf_counter_ns() - t0)
     samples.sort()
-    return {"count": len(samples), "median_ns": samples[len(samples) // 2],
-            "p99_ns": samples[min(len(samples) - 1, int(len(samples) * 0.99))], "samples_ns": samples[:1000]}
+    return {
+        "count": len(samples),
+        "median_ns": samples[len(samples) // 2],
+        "p99_ns": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+        "samples_ns": samples[:1000],
+    }
 
 
 def run_supervisor(opts: Options, ready: Callable[[], None] | None = None) -> int:
-    logging.basicConfig(level=opts.log_level, stream=sys.stderr,
-                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=opts.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s",
+    )
     try:
         import setproctitle
 

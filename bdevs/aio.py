@@ -139,7 +139,9 @@ class AioBdev(Bdev):
     filename: str = ""
 
     @classmethod
-    def create(cls, name: str, filename: str, block_size: int | None = None, uuid: str | None = None) -> AioBdev:
+    def create(
+        cls, name: str, filename: str, block_size: int | None = None, uuid: str | None = None
+    ) -> AioBdev:
         try:
             st = os.stat(filename)
         except OSError as e:
@@ -170,14 +172,25 @@ class AioBdev(Bdev):
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> AioBdev:
-        b = cls(name=d["name"], block_size=d["block_size"], num_blocks=d["num_blocks"], uuid=d["uuid"],
-                product_name="AIO disk")
+        b = cls(
+            name=d["name"],
+            block_size=d["block_size"],
+            num_blocks=d["num_blocks"],
+            uuid=d["uuid"],
+            product_name="AIO disk",
+        )
         b.filename = d["filename"]
         return b
 
     def describe(self) -> dict[str, Any]:
-        return {"module": "aio", "name": self.name, "block_size": self.block_size,
-                "num_blocks": self.num_blocks, "uuid": self.uuid, "filename": self.filename}
+        return {
+            "module": "aio",
+            "name": self.name,
+            "block_size": self.block_size,
+            "num_blocks": self.num_blocks,
+            "uuid": self.uuid,
+            "filename": self.filename,
+        }
 
     def open_channel(self, loop: Any = None) -> IoChannel:
         return AioChannel(self, loop)
@@ -194,5 +207,3 @@ class AioBdev(Bdev):
 
     def driver_specific(self) -> dict[str, Any]:
         return {"aio": {"filename": self.filename, "block_size_override": True, "readonly": False}}
-
-

@@ -61,13 +61,26 @@ class MallocBdev(Bdev):
         uuid: str | None = None,
         hugepages: Any = "auto",
     ) -> MallocBdev:
-        seg = SharedSegment.create(instance, f"malloc.{name}", num_blocks * block_size, hugepages=hugepages)
+        seg = SharedSegment.create(
+            instance, f"malloc.{name}", num_blocks * block_size, hugepages=hugepages
+        )
         kw: dict[str, Any] = {"uuid": uuid} if uuid else {}
-        b = cls(name=name, block_size=block_size, num_blocks=num_blocks, product_name="Malloc disk", **kw)
+        b = cls(
+            name=name,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            product_name="Malloc disk",
+            **kw,
+        )
         b.segment_name = seg.name
         b._segment = seg
         b.create_method = "bdev_malloc_create"
-        b.create_params = {"name": name, "num_blocks": num_blocks, "block_size": block_size, "uuid": b.uuid}
+        b.create_params = {
+            "name": name,
+            "num_blocks": num_blocks,
+            "block_size": block_size,
+            "uuid": b.uuid,
+        }
         return b
 
     @classmethod

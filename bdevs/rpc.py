@@ -18,14 +18,18 @@ NAME_MAX = 255
 
 def _check_new_name(ctx: Any, name: str) -> None:
     if not name or len(name) > NAME_MAX or any(c.isspace() for c in name) or ":" in name:
-        raise invalid_params(f"parameter 'name' {name!r} is not a valid bdev name (1-255 chars, no spaces or ':')")
+        raise invalid_params(
+            f"parameter 'name' {name!r} is not a valid bdev name (1-255 chars, no spaces or ':')"
+        )
     if name in ctx.bdevs or any(name in b.aliases for b in ctx.bdevs.values()):
         raise RpcError(EEXIST, f"bdev {name} already exists")
 
 
 def _check_geometry(num_blocks: int, block_size: int) -> None:
     if block_size not in BLOCK_SIZES:
-        raise invalid_params(f"parameter 'block_size' must be a power of two from 512 to 65536, got {block_size}")
+        raise invalid_params(
+            f"parameter 'block_size' must be a power of two from 512 to 65536, got {block_size}"
+        )
     if num_blocks * block_size > (1 << 40):
         raise invalid_params("bdev larger than 1 TiB is refused")
 
@@ -59,7 +63,6 @@ def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
     return True
 
 
-
 @rpc_method(
     "bdev_malloc_create",
     Param("num_blocks", int, min=1),
@@ -74,8 +77,14 @@ def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
     Param("physical_block_size", int, required=False),
     aliases=("construct_malloc_bdev",),
 )
-def bdev_malloc_create(ctx: Any, num_blocks: int, block_size: int, name: str | None = None,
-                       uuid: str | None = None, **_: Any) -> str:
+def bdev_malloc_create(
+    ctx: Any,
+    num_blocks: int,
+    block_size: int,
+    name: str | None = None,
+    uuid: str | None = None,
+    **_: Any,
+) -> str:
     """Create a RAM disk in shared memory."""
     _check_geometry(num_blocks, block_size)
     if name is None:
@@ -85,9 +94,13 @@ def bdev_malloc_create(ctx: Any, num_blocks: int, block_size: int, name: str | N
         name = f"Malloc{i}"
     _check_new_name(ctx, name)
     try:
-        b = MallocBdev.create(ctx.instance, name, num_blocks, block_size, _uuid(uuid), hugepages=ctx.hugepages)
+        b = MallocBdev.create(
+            ctx.instance, name, num_blocks, block_size, _uuid(uuid), hugepages=ctx.hugepages
+        )
     except OSError as e:
-        raise RpcError(-12, f"cannot allocate {num_blocks * block_size} bytes of shared memory: {e}") from None
+        raise RpcError(
+            -12, f"cannot allocate {num_blocks * block_size} bytes of shared memory: {e}"
+        ) from None
     ctx.add_bdev(b)
     return name
 
@@ -110,8 +123,9 @@ def bdev_malloc_delete(ctx: Any, name: str) -> bool:
     Param("dif_pi_format", int, required=False),
     aliases=("construct_null_bdev",),
 )
-def bdev_null_create(ctx: Any, name: str, num_blocks: int, block_size: int, uuid: str | None = None,
-                     **_: Any) -> str:
+def bdev_null_create(
+    ctx: Any, name: str, num_blocks: int, block_size: int, uuid: str | None = None, **_: Any
+) -> str:
     _check_geometry(num_blocks, block_size)
     _check_new_name(ctx, name)
     ctx.add_bdev(NullBdev.create(name, num_blocks, block_size, _uuid(uuid)))
@@ -133,8 +147,14 @@ def bdev_null_delete(ctx: Any, name: str) -> bool:
     Param("uuid", str, required=False),
     aliases=("construct_aio_bdev",),
 )
-def bdev_aio_create(ctx: Any, filename: str, name: str, block_size: int | None = None,
-                    uuid: str | None = None, **_: Any) -> str:
+def bdev_aio_create(
+    ctx: Any,
+    filename: str,
+    name: str,
+    block_size: int | None = None,
+    uuid: str | None = None,
+    **_: Any,
+) -> str:
     _check_new_name(ctx, name)
     try:
         b = AioBdev.create(name, filename, block_size or None, _uuid(uuid))
@@ -149,17 +169,29 @@ def bdev_aio_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, AioBdev)
 
 
-@rpc_method("bdev_get_bdevs", Param("name", str, required=False), Param("timeout", int, required=False, min=0),
-            aliases=("get_bdevs",))
-def bdev_get_bdevs(ctx: Any, name: str | None = None, timeout: int | None = None) -> list[dict[str, Any]]:
+@rpc_method(
+    "bdev_get_bdevs",
+    Param("name", str, required=False),
+    Param("timeout", int, required=False, min=0),
+    aliases=("get_bdevs",),
+)
+def bdev_get_bdevs(
+    ctx: Any, name: str | None = None, timeout: int | None = None
+) -> list[dict[str, Any]]:
     if name is not None:
         return [get_bdev(ctx, name).get_bdevs_entry()]
     return [b.get_bdevs_entry() for b in ctx.bdevs.values()]
 
 
-@rpc_method("bdev_get_iostat", Param("name", str, required=False), Param("per_channel", bool, required=False),
-            aliases=("get_bdevs_iostat",))
-def bdev_get_iostat(ctx: Any, name: str | None = None, per_channel: bool | None = None) -> dict[str, Any]:
+@rpc_method(
+    "bdev_get_iostat",
+    Param("name", str, required=False),
+    Param("per_channel", bool, required=False),
+    aliases=("get_bdevs_iostat",),
+)
+def bdev_get_iostat(
+    ctx: Any, name: str | None = None, per_channel: bool | None = None
+) -> dict[str, Any]:
     names = [get_bdev(ctx, name).name] if name else list(ctx.bdevs)
     per_reactor = ctx.gather("bdev.iostat", {"names": names})
     out = []

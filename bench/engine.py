@@ -85,8 +85,11 @@ def run(n: int) -> dict[str, Any]:
     addr = f"ipc://{run_dir}/rpc.sock"
     env = {**os.environ, "BLOCKFABRIC_RUN_DIR": run_dir}
     cli = [sys.executable, "-m", "blockfabric.tools.cli"]
-    subprocess.run([*cli, "start", "--name", name, "-m", "0x1", "-r", addr, "--empty", "--daemon"],
-                   env=env, check=True)
+    subprocess.run(
+        [*cli, "start", "--name", name, "-m", "0x1", "-r", addr, "--empty", "--daemon"],
+        env=env,
+        check=True,
+    )
     out: dict[str, Any] = {"machine": platform.node(), "cpus": os.cpu_count(), "n": n, "modes": {}}
     try:
         with RpcClient(addr, timeout=120) as c:
@@ -96,7 +99,10 @@ def run(n: int) -> dict[str, Any]:
                 c.call("framework_ping", {"count": 200})  # warm-up
                 r = c.call("framework_ping", {"count": n})
                 info = c.call("framework_get_reactors") if mode == "busy" else None
-                out["modes"][mode] = {"median_us": r["median_ns"] / 1000, "p99_us": r["p99_ns"] / 1000}
+                out["modes"][mode] = {
+                    "median_us": r["median_ns"] / 1000,
+                    "p99_us": r["p99_ns"] / 1000,
+                }
                 if info:
                     out["reactors"] = info
     finally:
@@ -112,9 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.n)
     res["raw_pyzmq"] = raw_zmq_rtt(a.n)
     base = res["raw_pyzmq"]["median_us"]
-    print(f"{'reactor poll mode':<18} {'RTT median us':>14} {'RTT p99 us':>11} {'vs raw pyzmq':>13}")
+    print(
+        f"{'reactor poll mode':<18} {'RTT median us':>14} {'RTT p99 us':>11} {'vs raw pyzmq':>13}"
+    )
     for mode, r in res["modes"].items():
-        print(f"{mode:<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f} {r['median_us'] / base:>12.2f}x")
+        print(
+            f"{mode:<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f} {r['median_us'] / base:>12.2f}x"
+        )
     r = res["raw_pyzmq"]
     print(f"{'raw pyzmq (peer)':<18} {r['median_us']:>14.1f} {r['p99_us']:>11.1f} {1.0:>12.2f}x")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,9 @@ class Method:
         if isinstance(params, list):
             # JSON-RPC by-position params: in declaration order
             if len(params) > len(self.params):
-                raise invalid_params(f"{self.name} takes at most {len(self.params)} positional params")
+                raise invalid_params(
+                    f"{self.name} takes at most {len(self.params)} positional params"
+                )
             params = {p.name: v for p, v in zip(self.params, params, strict=False)}
         if not isinstance(params, dict):
             raise invalid_params("params must be an object or an array")

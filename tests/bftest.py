@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
 
 BIN = [sys.executable, "-m", "blockfabric.tools.cli"]
 _seq = itertools.count()
@@ -23,24 +18,49 @@ def shm_objects(instance: str) -> list[str]:
 
 
 class Daemon:
-    def __init__(self, run_dir: Path, name: str, mask: str = "0x1", extra: list[str] | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, name: str, mask: str = "0x1", extra: list[str] | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.name = name
         self.mask = mask
         self.rpc_addr = f"ipc://{run_dir}/{name}.rpc.sock"
         self.extra = extra or []
-        self.env = {**os.environ, "BLOCKFABRIC_RUN_DIR": str(run_dir), "BLOCKFABRIC_LOG_LEVEL": "INFO"}
+        self.env = {
+            **os.environ,
+            "BLOCKFABRIC_RUN_DIR": str(run_dir),
+            "BLOCKFABRIC_LOG_LEVEL": "INFO",
+        }
         self.started = False
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*BIN, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(
+            [*BIN, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"blockfabric {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"blockfabric {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
     def start(self) -> Daemon:
-        args = ["start", "--name", self.name, "-m", self.mask, "-r", self.rpc_addr, "--daemon", *self.extra]
-        if not any(a in self.extra for a in ("--json", "-c", "--config")) and "--default" not in self.extra:
+        args = [
+            "start",
+            "--name",
+            self.name,
+            "-m",
+            self.mask,
+            "-r",
+            self.rpc_addr,
+            "--daemon",
+            *self.extra,
+        ]
+        if (
+            not any(a in self.extra for a in ("--json", "-c", "--config"))
+            and "--default" not in self.extra
+        ):
             args.append("--empty")
         args = [a for a in args if a != "--default"]
         self.cli(*args)
@@ -56,7 +76,9 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         import json
 
-        return json.loads(self.cli("status", "--name", self.name, "-r", self.rpc_addr, "--json").stdout)
+        return json.loads(
+            self.cli("status", "--name", self.name, "-r", self.rpc_addr, "--json").stdout
+        )
 
     def pids(self) -> list[int]:
         st = self.rpc("blockfabric_get_status")
@@ -70,5 +92,3 @@ class Daemon:
         if self.started:
             self.cli("stop", "--name", self.name, check=False)
             self.started = False
-
-

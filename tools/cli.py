@@ -15,24 +15,40 @@ from ..shm import names
 
 
 def _add_name(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", "-n", default=os.environ.get("BLOCKFABRIC_NAME", "default"),
-                   help="instance name (default: %(default)s)")
+    p.add_argument(
+        "--name",
+        "-n",
+        default=os.environ.get("BLOCKFABRIC_NAME", "default"),
+        help="instance name (default: %(default)s)",
+    )
 
 
 def cmd_start(a: argparse.Namespace) -> int:
     from ..actors.supervisor import Options, StartupError, run_supervisor
 
     opts = Options(
-        name=a.name, core_mask=a.cpumask, mem_mb=a.mem_size, rpc_addr=a.rpc_socket, spdk_rpc=a.spdk_rpc,
-        json_config=a.json, ini_config=a.config, default_config=not a.empty, poll_mode=a.poll_mode,
-        spin_us=a.spin_us, hugepages=a.hugepages, log_level=a.log_level,
+        name=a.name,
+        core_mask=a.cpumask,
+        mem_mb=a.mem_size,
+        rpc_addr=a.rpc_socket,
+        spdk_rpc=a.spdk_rpc,
+        json_config=a.json,
+        ini_config=a.config,
+        default_config=not a.empty,
+        poll_mode=a.poll_mode,
+        spin_us=a.spin_us,
+        hugepages=a.hugepages,
+        log_level=a.log_level,
     )
     if a.daemon:
         return _daemonize(a, opts)
 
     def ready() -> None:
-        print(f"blockfabric[{a.name}] started; stop with Ctrl-C or `blockfabric stop --name {a.name}`",
-              file=sys.stderr, flush=True)
+        print(
+            f"blockfabric[{a.name}] started; stop with Ctrl-C or `blockfabric stop --name {a.name}`",
+            file=sys.stderr,
+            flush=True,
+        )
         if not (a.json or a.config or a.empty):
             from ..actors.default_config import host_instructions
 
@@ -58,26 +74,36 @@ def _daemonize(a: argparse.Namespace, opts: Any) -> int:
     from ..control.addresses import default_rpc_addr
     from ..control.client import RpcClient
 
-    argv = [sys.executable, "-m", "blockfabric.tools.cli"] + [x for x in sys.argv[1:] if x not in ("--daemon", "-D")]
+    argv = [sys.executable, "-m", "blockfabric.tools.cli"] + [
+        x for x in sys.argv[1:] if x not in ("--daemon", "-D")
+    ]
     log_path = names.run_dir() / f"{a.name}.log"
     with open(log_path, "ab") as logf:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+        )
     addr = opts.rpc_addr or default_rpc_addr(a.name)
     deadline = time.monotonic() + a.wait
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            print(f"blockfabric start: daemon exited with status {child.returncode}; see {log_path}:",
-                  file=sys.stderr)
+            print(
+                f"blockfabric start: daemon exited with status {child.returncode}; see {log_path}:",
+                file=sys.stderr,
+            )
             with open(log_path, errors="replace") as f:
                 sys.stderr.write("".join(f.readlines()[-15:]))
             return 1
         try:
             RpcClient(addr, timeout=0.5).call("spdk_get_version")
-            print(f"blockfabric[{a.name}] running as pid {child.pid}, RPC at {addr}, log {log_path}")
+            print(
+                f"blockfabric[{a.name}] running as pid {child.pid}, RPC at {addr}, log {log_path}"
+            )
             return 0
         except Exception:
             time.sleep(0.1)
-    print(f"blockfabric start: no RPC answer from {addr} within {a.wait}s; stopping", file=sys.stderr)
+    print(
+        f"blockfabric start: no RPC answer from {addr} within {a.wait}s; stopping", file=sys.stderr
+    )
     child.terminate()
     return 1
 
@@ -113,7 +139,9 @@ def cmd_status(a: argparse.Namespace) -> int:
     try:
         st = RpcClient(addr, timeout=a.timeout).call("blockfabric_get_status")
     except Exception as e:
-        print(f"blockfabric[{a.name}] is not running or not answering at {addr}: {e}", file=sys.stderr)
+        print(
+            f"blockfabric[{a.name}] is not running or not answering at {addr}: {e}", file=sys.stderr
+        )
         return 1
     rows = []
 
@@ -121,12 +149,23 @@ def cmd_status(a: argparse.Namespace) -> int:
         try:
             p = psutil.Process(pid)
             with p.oneshot():
-                return {"role": role, "pid": pid, "core": core, "state": p.status(),
-                        "uptime_s": round(time.time() - p.create_time(), 1),
-                        "rss_mib": round(p.memory_info().rss / 2**20, 1),
-                        "cpu_affinity": p.cpu_affinity(), "title": " ".join(p.cmdline()[:1])}
+                return {
+                    "role": role,
+                    "pid": pid,
+                    "core": core,
+                    "state": p.status(),
+                    "uptime_s": round(time.time() - p.create_time(), 1),
+                    "rss_mib": round(p.memory_info().rss / 2**20, 1),
+                    "cpu_affinity": p.cpu_affinity(),
+                    "title": " ".join(p.cmdline()[:1]),
+                }
         except psutil.Error as e:
-            return {"role": role, "pid": pid, "core": core, "state": f"gone ({e.__class__.__name__})"}
+            return {
+                "role": role,
+                "pid": pid,
+                "core": core,
+                "state": f"gone ({e.__class__.__name__})",
+            }
 
     rows.append(proc_row("supervisor", st["pid"], "-"))
     for r in st["reactors"]:
@@ -137,35 +176,70 @@ def cmd_status(a: argparse.Namespace) -> int:
     print(f"instance {st['instance']}  rpc {st['rpc_addr']}")
     print(f"{'ROLE':<12} {'PID':>7} {'CORE':>4} {'STATE':<10} {'UPTIME':>9} {'RSS MiB':>8}")
     for r in rows:
-        print(f"{r['role']:<12} {r['pid']:>7} {r['core']:>4} {r['state']:<10} "
-              f"{r.get('uptime_s', '-'):>9} {r.get('rss_mib', '-'):>8}")
+        print(
+            f"{r['role']:<12} {r['pid']:>7} {r['core']:>4} {r['state']:<10} "
+            f"{r.get('uptime_s', '-'):>9} {r.get('rss_mib', '-'):>8}"
+        )
     for lst in st.get("listeners", []):
         print(f"listening: {lst['proto']} {lst['addr']}:{lst['port']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="blockfabric", description="User-space NVMe-oF/TCP and iSCSI target")
+    ap = argparse.ArgumentParser(
+        prog="blockfabric", description="User-space NVMe-oF/TCP and iSCSI target"
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("start", help="start a target instance (foreground unless --daemon)")
     _add_name(s)
-    s.add_argument("-m", "--cpumask", default="0x1", help="core mask: one reactor per core (hex or [0,1])")
-    s.add_argument("-s", "--mem-size", type=int, default=0, metavar="MEM_MB",
-                   help="pre-reserve a shared DMA buffer pool of MEM_MB MiB")
-    s.add_argument("-r", "--rpc-socket", default=None, metavar="RPC_ADDR",
-                   help="ZeroMQ RPC address (default ipc:///var/tmp/blockfabric[.NAME].sock)")
-    s.add_argument("--spdk-rpc", default=None, metavar="PATH",
-                   help="also serve SPDK's JSON-RPC wire protocol on this Unix socket (for SPDK's rpc.py)")
-    s.add_argument("--json", default=None, metavar="CONFIG", help="SPDK JSON config file to load at start-up")
-    s.add_argument("-c", "--config", default=None, metavar="INI", help="legacy iSCSI INI config file")
-    s.add_argument("--empty", action="store_true", help="start with no configuration (not the built-in default)")
+    s.add_argument(
+        "-m", "--cpumask", default="0x1", help="core mask: one reactor per core (hex or [0,1])"
+    )
+    s.add_argument(
+        "-s",
+        "--mem-size",
+        type=int,
+        default=0,
+        metavar="MEM_MB",
+        help="pre-reserve a shared DMA buffer pool of MEM_MB MiB",
+    )
+    s.add_argument(
+        "-r",
+        "--rpc-socket",
+        default=None,
+        metavar="RPC_ADDR",
+        help="ZeroMQ RPC address (default ipc:///var/tmp/blockfabric[.NAME].sock)",
+    )
+    s.add_argument(
+        "--spdk-rpc",
+        default=None,
+        metavar="PATH",
+        help="also serve SPDK's JSON-RPC wire protocol on this Unix socket (for SPDK's rpc.py)",
+    )
+    s.add_argument(
+        "--json", default=None, metavar="CONFIG", help="SPDK JSON config file to load at start-up"
+    )
+    s.add_argument(
+        "-c", "--config", default=None, metavar="INI", help="legacy iSCSI INI config file"
+    )
+    s.add_argument(
+        "--empty",
+        action="store_true",
+        help="start with no configuration (not the built-in default)",
+    )
     s.add_argument("--poll-mode", default="adaptive", choices=("adaptive", "busy", "blocking"))
-    s.add_argument("--spin-us", type=int, default=200, help="adaptive mode: spin this long before blocking")
+    s.add_argument(
+        "--spin-us", type=int, default=200, help="adaptive mode: spin this long before blocking"
+    )
     s.add_argument("--hugepages", default="auto", choices=("auto", "never", "require"))
     s.add_argument("--log-level", default=os.environ.get("BLOCKFABRIC_LOG_LEVEL", "INFO"))
-    s.add_argument("-D", "--daemon", action="store_true", help="detach; return once the RPC server answers")
-    s.add_argument("--wait", type=float, default=30.0, help="--daemon: seconds to wait for the RPC server")
+    s.add_argument(
+        "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
+    )
+    s.add_argument(
+        "--wait", type=float, default=30.0, help="--daemon: seconds to wait for the RPC server"
+    )
     s.set_defaults(func=cmd_start)
 
     s = sub.add_parser("stop", help="stop an instance (SIGTERM, wait for a clean exit)")

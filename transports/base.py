@@ -22,7 +22,9 @@ from ..actors.context import ReactorContext
 class TransportDriver(Protocol):
     proto: str
 
-    def accept(self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b"") -> None:
+    def accept(
+        self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b""
+    ) -> None:
         """Take over an accepted connection. ``preread`` holds bytes another
         reactor already read from it before handing it on (iSCSI login
         routing to the target node's home reactor)."""

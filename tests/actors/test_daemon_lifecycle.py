@@ -43,13 +43,18 @@ def test_bad_core_mask_is_refused(daemon_factory):
 
 
 def test_second_daemon_same_name_refused(daemon):
-    p = daemon.cli("start", "--name", daemon.name, "--empty", "-r", daemon.rpc_addr + "2", check=False)
+    p = daemon.cli(
+        "start", "--name", daemon.name, "--empty", "-r", daemon.rpc_addr + "2", check=False
+    )
     assert p.returncode != 0
     assert "already running" in p.stderr
 
 
 def test_malloc_bdev_is_shared_memory_and_released(daemon):
-    assert daemon.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 2048, "block_size": 512}) == "Malloc0"
+    assert (
+        daemon.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 2048, "block_size": 512})
+        == "Malloc0"
+    )
     assert f"blockfabric.{daemon.name}.malloc.Malloc0" in shm_objects(daemon.name)
     bd = daemon.rpc("bdev_get_bdevs", {"name": "Malloc0"})
     assert bd[0]["num_blocks"] == 2048 and bd[0]["block_size"] == 512
@@ -64,7 +69,9 @@ def test_reactor_death_stops_target_cleanly(daemon_factory):
     st = d.rpc("blockfabric_get_status")
     os.kill(st["reactors"][0]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 15
-    while psutil.pid_exists(st["pid"]) and psutil.Process(st["pid"]).status() != psutil.STATUS_ZOMBIE:
+    while (
+        psutil.pid_exists(st["pid"]) and psutil.Process(st["pid"]).status() != psutil.STATUS_ZOMBIE
+    ):
         assert time.monotonic() < deadline, "supervisor did not stop after its reactor died"
         time.sleep(0.05)
     d.started = False
@@ -88,7 +95,9 @@ def test_kill9_then_cleanup_spares_live_instance(daemon_factory):
     victim.started = False
     assert shm_objects(victim.name), "the SIGKILLed instance should have left its segments"
     before_live = shm_objects(live.name)
-    p = subprocess.run([*BIN, "shm", "cleanup", "--dry-run"], env=victim.env, capture_output=True, text=True)
+    p = subprocess.run(
+        [*BIN, "shm", "cleanup", "--dry-run"], env=victim.env, capture_output=True, text=True
+    )
     assert p.returncode == 0
     assert shm_objects(victim.name), "--dry-run must not remove anything"
     p = subprocess.run([*BIN, "shm", "cleanup"], env=victim.env, capture_output=True, text=True)
@@ -107,7 +116,9 @@ def test_start_stop_cycles_leak_nothing(daemon_factory):
         d.start()
         d.stop()
         assert shm_objects(d.name) == []
-    assert not any(p.info["cmdline"] and f"blockfabric[{d.name}]" in p.info["cmdline"][0]
-                   for p in psutil.process_iter(["cmdline"]))
+    assert not any(
+        p.info["cmdline"] and f"blockfabric[{d.name}]" in p.info["cmdline"][0]
+        for p in psutil.process_iter(["cmdline"])
+    )
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert sorted(os.listdir(d.run_dir)) == sorted([f"{d.name}.log", "state"])

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from blockfabric.actors.loop import EventLoop
 from blockfabric.bdevs.aio import AioBdev
 from blockfabric.bdevs.base import IoStatus

@@ -33,8 +33,18 @@ def export(d, nqn: str, bdev: str) -> int:
     d.rpc("nvmf_create_transport", {"trtype": "TCP"})
     d.rpc("nvmf_create_subsystem", {"nqn": nqn, "allow_any_host": True})
     d.rpc("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": bdev}})
-    d.rpc("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {
-        "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}})
+    d.rpc(
+        "nvmf_subsystem_add_listener",
+        {
+            "nqn": nqn,
+            "listen_address": {
+                "trtype": "tcp",
+                "adrfam": "ipv4",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(port),
+            },
+        },
+    )
     return port
 
 
@@ -42,14 +52,26 @@ def test_attach_reexport_io_detach(daemon_factory) -> None:
     t = FakeTarget(num_blocks=4096)
     d = daemon_factory(mask="0x3").start()
     try:
-        names = d.rpc("bdev_nvme_attach_controller", {
-            "name": "Nvme0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(t.port),
-            "subnqn": SUBNQN, "ctrlr_loss_timeout_sec": 2, "reconnect_delay_sec": 1})
+        names = d.rpc(
+            "bdev_nvme_attach_controller",
+            {
+                "name": "Nvme0",
+                "trtype": "tcp",
+                "adrfam": "ipv4",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(t.port),
+                "subnqn": SUBNQN,
+                "ctrlr_loss_timeout_sec": 2,
+                "reconnect_delay_sec": 1,
+            },
+        )
         assert names == ["Nvme0n1"]
         (b,) = d.rpc("bdev_get_bdevs", {"name": "Nvme0n1"})
         assert (b["block_size"], b["num_blocks"]) == (512, 4096)
         (c,) = d.rpc("bdev_nvme_get_controllers", {"name": "Nvme0"})
-        assert c["ctrlrs"][0]["trid"]["traddr"] == "127.0.0.1" and c["ctrlrs"][0]["state"] == "enabled"
+        assert (
+            c["ctrlrs"][0]["trid"]["traddr"] == "127.0.0.1" and c["ctrlrs"][0]["state"] == "enabled"
+        )
         port = export(d, NQN2, "Nvme0n1")
         with Controller("127.0.0.1", port, NQN2, nr_io_queues=2) as h:
             h.connect()
@@ -67,8 +89,11 @@ def test_attach_reexport_io_detach(daemon_factory) -> None:
                     time.sleep(0.1)
         # ctrlr_loss_timeout_sec 2 elapses: the bdev is removed
         deadline = time.time() + 15
-        while time.time() < deadline and d.rpc("bdev_get_bdevs", {}) and any(
-                x["name"] == "Nvme0n1" for x in d.rpc("bdev_get_bdevs", {})):
+        while (
+            time.time() < deadline
+            and d.rpc("bdev_get_bdevs", {})
+            and any(x["name"] == "Nvme0n1" for x in d.rpc("bdev_get_bdevs", {}))
+        ):
             time.sleep(0.3)
         assert not any(x["name"] == "Nvme0n1" for x in d.rpc("bdev_get_bdevs", {}))
         assert d.rpc("bdev_nvme_get_controllers", {}) == []
@@ -82,18 +107,32 @@ def test_reconnect_after_target_restart_and_detach(daemon_factory) -> None:
     port = t.port
     d = daemon_factory(mask="0x3").start()
     try:
-        d.rpc("bdev_nvme_attach_controller", {"name": "N1", "trtype": "TCP", "traddr": "127.0.0.1",
-                                              "trsvcid": str(port), "subnqn": SUBNQN,
-                                              "ctrlr_loss_timeout_sec": -1, "reconnect_delay_sec": 1})
+        d.rpc(
+            "bdev_nvme_attach_controller",
+            {
+                "name": "N1",
+                "trtype": "TCP",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(port),
+                "subnqn": SUBNQN,
+                "ctrlr_loss_timeout_sec": -1,
+                "reconnect_delay_sec": 1,
+            },
+        )
         p2 = export(d, NQN2, "N1n1")
         t.close()
         time.sleep(1.5)
-        assert d.rpc("bdev_nvme_get_controllers", {"name": "N1"})[0]["ctrlrs"][0]["state"] == "failed"
+        assert (
+            d.rpc("bdev_nvme_get_controllers", {"name": "N1"})[0]["ctrlrs"][0]["state"] == "failed"
+        )
         t2 = FakeTarget(num_blocks=1024, port=port)
         try:
             t2.mem[0:512] = b"\x42" * 512
             deadline = time.time() + 15
-            while d.rpc("bdev_nvme_get_controllers", {"name": "N1"})[0]["ctrlrs"][0]["state"] != "enabled":
+            while (
+                d.rpc("bdev_nvme_get_controllers", {"name": "N1"})[0]["ctrlrs"][0]["state"]
+                != "enabled"
+            ):
                 assert time.time() < deadline, "controller did not reconnect"
                 time.sleep(0.3)
             with Controller("127.0.0.1", p2, NQN2) as h:
@@ -119,10 +158,21 @@ def test_attach_errors(daemon_factory) -> None:
     d = daemon_factory().start()
     try:
         with pytest.raises(Exception, match="trtype"):
-            d.rpc("bdev_nvme_attach_controller", {"name": "X", "trtype": "rdma", "traddr": "127.0.0.1"})
+            d.rpc(
+                "bdev_nvme_attach_controller",
+                {"name": "X", "trtype": "rdma", "traddr": "127.0.0.1"},
+            )
         with pytest.raises(Exception, match="cannot connect"):
-            d.rpc("bdev_nvme_attach_controller", {"name": "X", "trtype": "tcp", "traddr": "127.0.0.1",
-                                                  "trsvcid": str(free_port()), "subnqn": SUBNQN})
+            d.rpc(
+                "bdev_nvme_attach_controller",
+                {
+                    "name": "X",
+                    "trtype": "tcp",
+                    "traddr": "127.0.0.1",
+                    "trsvcid": str(free_port()),
+                    "subnqn": SUBNQN,
+                },
+            )
         with pytest.raises(Exception, match="not found"):
             d.rpc("bdev_nvme_detach_controller", {"name": "X"})
     finally:
@@ -136,9 +186,19 @@ def test_attach_real_target_from_second_daemon(daemon_factory) -> None:
     try:
         d1.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 131072, "block_size": 512})
         p1 = export(d1, nqn1, "Malloc0")
-        assert d2.rpc("bdev_nvme_attach_controller", {
-            "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": str(p1),
-            "subnqn": nqn1, "hdgst": True, "ddgst": True}) == ["Nvme0n1"]
+        assert d2.rpc(
+            "bdev_nvme_attach_controller",
+            {
+                "name": "Nvme0",
+                "trtype": "TCP",
+                "adrfam": "IPv4",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(p1),
+                "subnqn": nqn1,
+                "hdgst": True,
+                "ddgst": True,
+            },
+        ) == ["Nvme0n1"]
         p2 = export(d2, NQN2, "Nvme0n1")
         data = os.urandom(256 * 512)  # 128 KiB: R2T and split C2H data on both hops
         with Controller("127.0.0.1", p2, NQN2) as via, Controller("127.0.0.1", p1, nqn1) as direct:

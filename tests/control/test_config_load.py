@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+
 from blockfabric import __version__
 from blockfabric.control import framework_methods as fm
 from blockfabric.control.config import (

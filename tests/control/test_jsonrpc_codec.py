@@ -6,6 +6,7 @@ import json
 
 import msgpack
 import pytest
+
 from blockfabric.control.errors import RpcError
 from blockfabric.control.jsonrpc import (
     MAX_REQUEST_BYTES,

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import msgpack
-from blockfabric.control.errors import RpcError
-from blockfabric.control.jsonrpc import JsonStreamDecoder, StreamError, handle_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from blockfabric.control.errors import RpcError
+from blockfabric.control.jsonrpc import JsonStreamDecoder, StreamError, handle_raw
 
 INTS = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
 CODES = {-32700, -32600, -32601, -32602, -32603, -17}

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import zmq
+
 from blockfabric.actors.loop import EPOLLIN, EventLoop, make_eventfd
 from blockfabric.control import rpc_cli
 from blockfabric.control.errors import RpcError

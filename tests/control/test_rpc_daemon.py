@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import zmq
 from bftest import shm_objects
+
 from blockfabric.control.client import RpcClientError
 
 pytestmark = pytest.mark.e2e
@@ -51,15 +52,38 @@ def test_rpc_fuzz_never_takes_the_daemon_down(daemon):
     s.connect(addr)
     valid = msgpack.packb({"jsonrpc": "2.0", "id": 1, "method": "spdk_get_version"})
     payloads = [
-        b"", b"\xc1", valid[: len(valid) // 2], msgpack.packb([1, 2, 3]), msgpack.packb("x"),
+        b"",
+        b"\xc1",
+        valid[: len(valid) // 2],
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb("x"),
         msgpack.packb({"jsonrpc": "2.0", "id": 2, "method": 7}),
         msgpack.packb({"jsonrpc": "2.0", "id": 3, "method": "bdev_get_bdevs", "params": "str"}),
-        msgpack.packb({"jsonrpc": "2.0", "id": 4, "method": "bdev_malloc_create",
-                       "params": {"num_blocks": -1, "block_size": 512}}),
-        msgpack.packb({"jsonrpc": "2.0", "id": 5, "method": "bdev_malloc_create",
-                       "params": {"num_blocks": 2**63, "block_size": 512}}),
+        msgpack.packb(
+            {
+                "jsonrpc": "2.0",
+                "id": 4,
+                "method": "bdev_malloc_create",
+                "params": {"num_blocks": -1, "block_size": 512},
+            }
+        ),
+        msgpack.packb(
+            {
+                "jsonrpc": "2.0",
+                "id": 5,
+                "method": "bdev_malloc_create",
+                "params": {"num_blocks": 2**63, "block_size": 512},
+            }
+        ),
         msgpack.packb({"jsonrpc": "2.0", "id": 6, "method": "x" * 100000}),
-        msgpack.packb({"jsonrpc": "2.0", "id": 7, "method": "bdev_get_bdevs", "params": {"name": "a" * (5 << 20)}}),
+        msgpack.packb(
+            {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "bdev_get_bdevs",
+                "params": {"name": "a" * (5 << 20)},
+            }
+        ),
         b'{"jsonrpc": "2.0", "id": 8, "method": "spdk_get_version"',
     ]
     payloads += [rng.randbytes(rng.randint(1, 300)) for _ in range(200)]
@@ -84,8 +108,10 @@ def test_spdk_wire_protocol_listener(daemon_factory, run_dir):
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     c = socket.socket(socket.AF_UNIX)
     c.connect(path)
-    c.sendall(b'{"jsonrpc":"2.0","id":1,"method":"bdev_malloc_create","params":{"name":"S","num_blocks":8,'
-              b'"block_size":512}}{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs"}')
+    c.sendall(
+        b'{"jsonrpc":"2.0","id":1,"method":"bdev_malloc_create","params":{"name":"S","num_blocks":8,'
+        b'"block_size":512}}{"jsonrpc":"2.0","id":2,"method":"bdev_get_bdevs"}'
+    )
     buf = b""
     dec = json.JSONDecoder()
     got = []
@@ -113,17 +139,47 @@ def test_save_config_restart_reproduces(daemon_factory, run_dir):
     nqn = "nqn.2016-06.io.blockfabric:save"
     d.rpc("nvmf_create_subsystem", {"nqn": nqn, "serial_number": "SAVE1", "allow_any_host": False})
     d.rpc("nvmf_subsystem_add_ns", {"nqn": nqn, "namespace": {"bdev_name": "M0", "nsid": 3}})
-    d.rpc("nvmf_subsystem_add_host", {"nqn": nqn, "host": "nqn.2014-08.org.nvmexpress:uuid:" + "1" * 8 + "-1111-1111-1111-" + "1" * 12})
+    d.rpc(
+        "nvmf_subsystem_add_host",
+        {
+            "nqn": nqn,
+            "host": "nqn.2014-08.org.nvmexpress:uuid:" + "1" * 8 + "-1111-1111-1111-" + "1" * 12,
+        },
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    d.rpc("nvmf_subsystem_add_listener", {"nqn": nqn, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
-                                                                         "traddr": "127.0.0.1", "trsvcid": str(port)}})
-    d.rpc("iscsi_create_portal_group", {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port + 1)}]})
-    d.rpc("iscsi_create_initiator_group", {"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]})
-    d.rpc("iscsi_create_target_node", {"name": "save1", "alias_name": "a", "luns": [{"bdev_name": "N0", "lun_id": 0}],
-                                       "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "queue_depth": 32,
-                                       "disable_chap": True})
+    d.rpc(
+        "nvmf_subsystem_add_listener",
+        {
+            "nqn": nqn,
+            "listen_address": {
+                "trtype": "tcp",
+                "adrfam": "ipv4",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(port),
+            },
+        },
+    )
+    d.rpc(
+        "iscsi_create_portal_group",
+        {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port + 1)}]},
+    )
+    d.rpc(
+        "iscsi_create_initiator_group",
+        {"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]},
+    )
+    d.rpc(
+        "iscsi_create_target_node",
+        {
+            "name": "save1",
+            "alias_name": "a",
+            "luns": [{"bdev_name": "N0", "lun_id": 0}],
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}],
+            "queue_depth": 32,
+            "disable_chap": True,
+        },
+    )
     saved = d.rpc("save_config")
     d.stop()
     cfg = run_dir / "saved.json"
@@ -136,10 +192,32 @@ def test_save_config_restart_reproduces(daemon_factory, run_dir):
 
 def test_bad_config_file_creates_nothing(daemon_factory, run_dir):
     cfg = run_dir / "bad.json"
-    cfg.write_text(json.dumps({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_malloc_create", "params": {"name": "A", "num_blocks": 8, "block_size": 512}},
-        {"method": "bdev_malloc_create", "params": {"name": "B", "num_blocks": 8, "block_size": 512, "oops": 1}},
-    ]}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "subsystems": [
+                    {
+                        "subsystem": "bdev",
+                        "config": [
+                            {
+                                "method": "bdev_malloc_create",
+                                "params": {"name": "A", "num_blocks": 8, "block_size": 512},
+                            },
+                            {
+                                "method": "bdev_malloc_create",
+                                "params": {
+                                    "name": "B",
+                                    "num_blocks": 8,
+                                    "block_size": 512,
+                                    "oops": 1,
+                                },
+                            },
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     d = daemon_factory(extra=["--json", str(cfg)])
     p = d.cli("start", "--name", d.name, "-r", d.rpc_addr, "--json", str(cfg), check=False)
     assert p.returncode != 0

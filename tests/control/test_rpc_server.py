@@ -13,6 +13,7 @@ import time
 import msgpack
 import pytest
 import zmq
+
 from blockfabric.actors.loop import EPOLLIN, EventLoop, make_eventfd
 from blockfabric.control.client import RpcClient, RpcClientError, RpcConnectionError
 from blockfabric.control.errors import RpcError

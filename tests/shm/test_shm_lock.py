@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from blockfabric.shm.lock import InstanceLock, InstanceRunningError, lock_path
 
 CHILD_HOLD = """

@@ -5,6 +5,7 @@ import sys
 
 import psutil
 import pytest
+
 from blockfabric.shm import names
 from blockfabric.shm.manifest import Manifest
 

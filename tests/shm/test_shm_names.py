@@ -2,9 +2,10 @@ import os
 import stat
 
 import pytest
-from blockfabric.shm import names
 from hypothesis import given
 from hypothesis import strategies as st
+
+from blockfabric.shm import names
 
 INSTANCE = st.text(alphabet="abcXYZ019_-", min_size=1, max_size=32)
 TAG = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,20}", fullmatch=True).filter(

@@ -4,12 +4,13 @@ import subprocess
 import sys
 
 import pytest
-from blockfabric.actors.messages import BufRef
-from blockfabric.shm.manifest import Manifest
-from blockfabric.shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool, PoolError
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from blockfabric.actors.messages import BufRef
+from blockfabric.shm.manifest import Manifest
+from blockfabric.shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool, PoolError
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from blockfabric.shm import segment as segmod
 from blockfabric.shm.manifest import Manifest
 from blockfabric.shm.segment import HugePagesUnavailable, SharedSegment

@@ -18,26 +18,38 @@ from nvmf_fake_target import SUBNQN, FakeTarget  # noqa: E402
 
 
 def test_parse_trid_spdk_form() -> None:
-    t = perf.parse_trid("trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.x:cnode1")
-    assert t == {"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": "4420",
-                 "subnqn": "nqn.2016-06.io.x:cnode1"}
+    t = perf.parse_trid(
+        "trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.x:cnode1"
+    )
+    assert t == {
+        "trtype": "TCP",
+        "adrfam": "IPv4",
+        "traddr": "127.0.0.1",
+        "trsvcid": "4420",
+        "subnqn": "nqn.2016-06.io.x:cnode1",
+    }
     t = perf.parse_trid("TRTYPE=tcp traddr=::1 ns:2")
-    assert t["trtype"] == "TCP" and t["traddr"] == "::1" and t["trsvcid"] == "4420" and t["ns"] == "2"
+    assert (
+        t["trtype"] == "TCP" and t["traddr"] == "::1" and t["trsvcid"] == "4420" and t["ns"] == "2"
+    )
     assert t["subnqn"] == "nqn.2014-08.org.nvmexpress.discovery"
 
 
-@pytest.mark.parametrize("bad,msg", [
-    ("trtype:TCP traddr:1.2.3.4 color:blue", "unknown transport ID key 'color'"),
-    ("trtype:RDMA traddr:1.2.3.4", "not supported"),
-    ("traddr:1.2.3.4", "needs trtype"),
-    ("trtype:TCP", "needs traddr"),
-    ("trtype:TCP traddr:x trsvcid:99999", "not a TCP port"),
-    ("trtype:TCP traddr:x adrfam:FC", "adrfam"),
-    ("trtype:TCP traddr:x traddr:y", "given twice"),
-    ("trtype:TCP traddr", "not key:value"),
-    ("trtype:TCP traddr:", "empty value"),
-    ("trtype:TCP traddr:x ns:0", "namespace id"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ("trtype:TCP traddr:1.2.3.4 color:blue", "unknown transport ID key 'color'"),
+        ("trtype:RDMA traddr:1.2.3.4", "not supported"),
+        ("traddr:1.2.3.4", "needs trtype"),
+        ("trtype:TCP", "needs traddr"),
+        ("trtype:TCP traddr:x trsvcid:99999", "not a TCP port"),
+        ("trtype:TCP traddr:x adrfam:FC", "adrfam"),
+        ("trtype:TCP traddr:x traddr:y", "given twice"),
+        ("trtype:TCP traddr", "not key:value"),
+        ("trtype:TCP traddr:", "empty value"),
+        ("trtype:TCP traddr:x ns:0", "namespace id"),
+    ],
+)
 def test_parse_trid_errors(bad: str, msg: str) -> None:
     with pytest.raises(perf.TridError, match=msg):
         perf.parse_trid(bad)
@@ -52,8 +64,12 @@ def test_parse_trid_never_crashes(s: str) -> None:
 
 
 def run_perf(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "blockfabric.tools.cli", "perf", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "blockfabric.tools.cli", "perf", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_bad_arguments_exit_2() -> None:
@@ -71,11 +87,28 @@ def target():
 
 
 @pytest.mark.parametrize("digests", [[], ["-H", "--enable-tcp-ddgst"]])
-def test_verify_two_workers_zero_miscompares(target: FakeTarget, tmp_path, digests: list[str]) -> None:
+def test_verify_two_workers_zero_miscompares(
+    target: FakeTarget, tmp_path, digests: list[str]
+) -> None:
     out = tmp_path / "r.json"
-    p = run_perf("-r", f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}",
-                 "-q", "4", "-o", "8192", "-w", "randwrite", "-t", "1.5", "-P", "2", "--verify", "--json", str(out),
-                 *digests)
+    p = run_perf(
+        "-r",
+        f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}",
+        "-q",
+        "4",
+        "-o",
+        "8192",
+        "-w",
+        "randwrite",
+        "-t",
+        "1.5",
+        "-P",
+        "2",
+        "--verify",
+        "--json",
+        str(out),
+        *digests,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(out.read_text())
     assert doc["total"]["miscompares"] == 0 and doc["total"]["errors"] == 0
@@ -86,16 +119,46 @@ def test_verify_two_workers_zero_miscompares(target: FakeTarget, tmp_path, diges
 
 def test_verify_detects_corruption(target: FakeTarget, tmp_path) -> None:
     target.corrupt_reads = True
-    p = run_perf("-r", f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}", "-q", "2", "-o",
-                 "4096", "-w", "write", "-t", "1", "-P", "1", "--verify")
+    p = run_perf(
+        "-r",
+        f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}",
+        "-q",
+        "2",
+        "-o",
+        "4096",
+        "-w",
+        "write",
+        "-t",
+        "1",
+        "-P",
+        "1",
+        "--verify",
+    )
     assert p.returncode == 1
     assert "miscompare at LBA" in p.stdout and "verify: 0 miscompare" not in p.stdout
 
 
 def test_randrw_mix_and_lba_errors_reported(target: FakeTarget, tmp_path) -> None:
     out = tmp_path / "r.json"
-    p = run_perf("-r", f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}", "-q", "8", "-o",
-                 "4096", "-w", "randrw", "-M", "70", "-t", "1", "-P", "1", "--json", str(out), "--quiet")
+    p = run_perf(
+        "-r",
+        f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}",
+        "-q",
+        "8",
+        "-o",
+        "4096",
+        "-w",
+        "randrw",
+        "-M",
+        "70",
+        "-t",
+        "1",
+        "-P",
+        "1",
+        "--json",
+        str(out),
+        "--quiet",
+    )
     assert p.returncode == 0, p.stderr
     w = json.loads(out.read_text())["workers"][0]
     assert w["reads"] > w["writes"] > 0
@@ -119,13 +182,40 @@ def test_verify_against_real_target(daemon_factory, tmp_path) -> None:
         d.rpc("nvmf_create_transport", {"trtype": "TCP"})
         d.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
         d.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}})
-        d.rpc("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": {
-            "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}})
+        d.rpc(
+            "nvmf_subsystem_add_listener",
+            {
+                "nqn": NQN,
+                "listen_address": {
+                    "trtype": "tcp",
+                    "adrfam": "ipv4",
+                    "traddr": "127.0.0.1",
+                    "trsvcid": str(port),
+                },
+            },
+        )
         trid = f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN}"
         for digests in ([], ["-H", "-I"]):
             out = tmp_path / "r.json"
-            p = run_perf("-r", trid, "-q", "8", "-o", "16384", "-w", "randwrite", "-t", "2", "-P", "2", "--verify",
-                         "--json", str(out), "--quiet", *digests)
+            p = run_perf(
+                "-r",
+                trid,
+                "-q",
+                "8",
+                "-o",
+                "16384",
+                "-w",
+                "randwrite",
+                "-t",
+                "2",
+                "-P",
+                "2",
+                "--verify",
+                "--json",
+                str(out),
+                "--quiet",
+                *digests,
+            )
             assert p.returncode == 0, p.stdout + p.stderr
             doc = json.loads(out.read_text())
             assert doc["total"]["miscompares"] == 0 and doc["total"]["errors"] == 0

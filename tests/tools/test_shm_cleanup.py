@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from blockfabric.shm.lock import InstanceLock
 from blockfabric.shm.manifest import Manifest
 from blockfabric.shm.segment import SharedSegment

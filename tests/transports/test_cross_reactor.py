@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from bftest import shm_objects
+
 from blockfabric.transports.nvmf_host.controller import Controller
 
 pytestmark = pytest.mark.e2e
@@ -27,8 +28,18 @@ def _export(d, bdev="Malloc0", blocks=8192, bs=512):
     d.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
     d.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": bdev}})
     port = _free_port()
-    d.rpc("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": {
-        "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}})
+    d.rpc(
+        "nvmf_subsystem_add_listener",
+        {
+            "nqn": NQN,
+            "listen_address": {
+                "trtype": "tcp",
+                "adrfam": "ipv4",
+                "traddr": "127.0.0.1",
+                "trsvcid": str(port),
+            },
+        },
+    )
     return port
 
 

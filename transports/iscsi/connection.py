@@ -65,6 +65,10 @@ _DATA_IN_HDR = struct.Struct(">4BIQ8I")
 class DeviceLike(Protocol):
     def execute(self, task: Any, done: Callable[[Any], None]) -> None: ...
 
+    def fast_lun(self, lun: int, nexus: Any) -> Any:
+        """The LUN object when a plain READ may bypass the SCSI core, else None."""
+        ...
+
 
 class ConnEnv(Protocol):
     """What a connection needs from the reactor glue (the driver)."""

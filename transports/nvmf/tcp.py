@@ -236,7 +236,13 @@ class TcpQpair(QueuePair):
                 if op == _IO_READ:
                     # anything unusual (incl. a read above max_io_size, which
                     # the general path refuses) leaves the fast path
-                    if plen != 72 or pdo or ident != _SGL_TRANSPORT or n > sgl_len or sgl_len > max_io:
+                    if (
+                        plen != 72
+                        or pdo
+                        or ident != _SGL_TRANSPORT
+                        or n > sgl_len
+                        or sgl_len > max_io
+                    ):
                         return
                     s += 72
                     r._start = s

@@ -168,7 +168,6 @@ def test_fast_path_partial_pdus(h, monkeypatch, split) -> None:  # type: ignore[
     assert out == _run(h, raw, False, monkeypatch)[0]
 
 
-
 def test_read_above_max_io_size_is_refused(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """MDTS is advertised from max_io_size; a host that ignores it gets Data
     SGL Length Invalid from the fast path too, not the data."""

@@ -18,8 +18,15 @@ ICD = 8192
 
 
 class FakeTarget:
-    def __init__(self, num_blocks: int = 2048, block_size: int = 512, maxh2c: int = 16384, c2h_chunk: int = 8192,
-                 success_flag: bool = False, port: int = 0) -> None:
+    def __init__(
+        self,
+        num_blocks: int = 2048,
+        block_size: int = 512,
+        maxh2c: int = 16384,
+        c2h_chunk: int = 8192,
+        success_flag: bool = False,
+        port: int = 0,
+    ) -> None:
         self.bs = block_size
         self.nblocks = num_blocks
         self.mem = bytearray(num_blocks * block_size)
@@ -115,8 +122,18 @@ class FakeTarget:
         for off in range(0, len(data), self.c2h_chunk):
             chunk = data[off : off + self.c2h_chunk]
             last = off + len(chunk) >= len(data)
-            P.encode_data(P.C2H_DATA, cid, 0, off, chunk, last=last, success=last and self.success_flag,
-                          hdgst=st["hd"], ddgst=st["dd"], out=out)
+            P.encode_data(
+                P.C2H_DATA,
+                cid,
+                0,
+                off,
+                chunk,
+                last=last,
+                success=last and self.success_flag,
+                hdgst=st["hd"],
+                ddgst=st["dd"],
+                out=out,
+            )
         if not self.success_flag:
             out += self._resp(st, cid)
         return out
@@ -138,14 +155,21 @@ class FakeTarget:
                     else:
                         cntlid = struct.unpack_from("<H", d, 16)[0]
                         if cntlid not in self.ctrls:
-                            return self._resp(st, cid, S.ST_CONNECT_INVALID_PARAM, S.connect_ipo(16, True))
+                            return self._resp(
+                                st, cid, S.ST_CONNECT_INVALID_PARAM, S.connect_ipo(16, True)
+                            )
                 st["qid"], st["ctrl"] = qid, cntlid
                 return self._resp(st, cid, 0, cntlid)
             ctrl = self.ctrls[st["ctrl"]]
             if fct == S.FCTYPE_PROPERTY_GET:
                 _a, off = struct.unpack_from("<B3xI", pdu.hdr, 8 + 40)
-                v = {S.PROP_CAP: 127 | (1 << 24), S.PROP_VS: S.NVME_VS_1_3, S.PROP_CC: ctrl["cc"],
-                     S.PROP_CSTS: (ctrl["cc"] & 1) | (S.CSTS_SHST_CMPLT if ctrl["cc"] & S.CC_SHN_MASK else 0)}
+                v = {
+                    S.PROP_CAP: 127 | (1 << 24),
+                    S.PROP_VS: S.NVME_VS_1_3,
+                    S.PROP_CC: ctrl["cc"],
+                    S.PROP_CSTS: (ctrl["cc"] & 1)
+                    | (S.CSTS_SHST_CMPLT if ctrl["cc"] & S.CC_SHN_MASK else 0),
+                }
                 return self._resp(st, cid, 0, v.get(off, 0))
             if fct == S.FCTYPE_PROPERTY_SET:
                 _a, off, val = struct.unpack_from("<B3xIQ", pdu.hdr, 8 + 40)
@@ -186,7 +210,19 @@ class FakeTarget:
             off = sqe.cdw12 | (sqe.cdw13 << 32)
             log = bytearray(2048)
             struct.pack_into("<QQH", log, 0, 5, 1, 0)
-            struct.pack_into("<BBBBHHHH", log, 1024, S.TRTYPE_TCP, S.ADRFAM_IPV4, S.SUBTYPE_NVME, 0, 1, 0xFFFF, 128, 0)
+            struct.pack_into(
+                "<BBBBHHHH",
+                log,
+                1024,
+                S.TRTYPE_TCP,
+                S.ADRFAM_IPV4,
+                S.SUBTYPE_NVME,
+                0,
+                1,
+                0xFFFF,
+                128,
+                0,
+            )
             log[1024 + 32 : 1024 + 36] = b"4420"
             log[1024 + 256 : 1024 + 265] = b"127.0.0.1"
             log[1024 + 512 : 1024 + 512 + len(SUBNQN)] = SUBNQN.encode()
@@ -224,6 +260,8 @@ class FakeTarget:
             return self._resp(st, cid)
         return self._resp(st, cid, S.ST_INVALID_OPCODE)
 
-    def _write_done(self, st: dict[str, Any], cid: int, slba: int, data: bytes | bytearray) -> list[Any]:
+    def _write_done(
+        self, st: dict[str, Any], cid: int, slba: int, data: bytes | bytearray
+    ) -> list[Any]:
         self.mem[slba * self.bs : slba * self.bs + len(data)] = data
         return self._resp(st, cid)

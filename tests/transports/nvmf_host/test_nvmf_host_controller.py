@@ -22,8 +22,9 @@ def target():
 
 @pytest.mark.parametrize("hdgst,ddgst", [(False, False), (True, True)])
 def test_connect_identify_io(target: FakeTarget, hdgst: bool, ddgst: bool) -> None:
-    with Controller("127.0.0.1", target.port, SUBNQN, hdgst=hdgst, ddgst=ddgst, nr_io_queues=2,
-                    kato_ms=400) as c:
+    with Controller(
+        "127.0.0.1", target.port, SUBNQN, hdgst=hdgst, ddgst=ddgst, nr_io_queues=2, kato_ms=400
+    ) as c:
         c.connect()
         assert c.cntlid == 1 and c.id_ctrl is not None and c.id_ctrl.sn == "FAKE0001"
         assert c.icd_max == 8192 and len(c.io) == 2
@@ -57,7 +58,12 @@ def test_discovery_log(target: FakeTarget) -> None:
         gen, entries = c.discovery_log()
         assert gen == 5 and len(entries) == 1
         e = entries[0]
-        assert (e.trtype, e.traddr, e.trsvcid, e.subnqn) == (S.TRTYPE_TCP, "127.0.0.1", "4420", SUBNQN)
+        assert (e.trtype, e.traddr, e.trsvcid, e.subnqn) == (
+            S.TRTYPE_TCP,
+            "127.0.0.1",
+            "4420",
+            SUBNQN,
+        )
     with pytest.raises(ValueError):
         parse_discovery_log(b"\0" * 100)
 
@@ -81,9 +87,22 @@ def test_loop_queue_io_and_failure(target: FakeTarget) -> None:
     c = Controller("127.0.0.1", target.port, SUBNQN, nr_io_queues=0).connect()
     loop = EventLoop("busy")
     events: list[str] = []
-    lq = LoopQueue(loop, "127.0.0.1", target.port, SUBNQN, c.hostnqn, c.hostid, c.cntlid, 1, 17, True, True,
-                   c.icd_max, on_ready=lambda: (events.append("ready"), loop.stop()),
-                   on_fail=lambda why: (events.append("fail:" + why), loop.stop()))
+    lq = LoopQueue(
+        loop,
+        "127.0.0.1",
+        target.port,
+        SUBNQN,
+        c.hostnqn,
+        c.hostid,
+        c.cntlid,
+        1,
+        17,
+        True,
+        True,
+        c.icd_max,
+        on_ready=lambda: (events.append("ready"), loop.stop()),
+        on_fail=lambda why: (events.append("fail:" + why), loop.stop()),
+    )
     loop.run()
     assert events == ["ready"]
     bufs = [memoryview(bytearray(4096)) for _ in range(8)]

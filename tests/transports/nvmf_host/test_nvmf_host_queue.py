@@ -25,8 +25,14 @@ def ctrl_reader(hdgst: bool = False, ddgst: bool = False) -> P.PduReader:
     return r
 
 
-def up(hdgst: bool = False, ddgst: bool = False, qsize: int = 8, maxh2c: int = 8192, cpda: int = 0,
-       icd: int = 0) -> tuple[Q.HostQueue, P.PduReader]:
+def up(
+    hdgst: bool = False,
+    ddgst: bool = False,
+    qsize: int = 8,
+    maxh2c: int = 8192,
+    cpda: int = 0,
+    icd: int = 0,
+) -> tuple[Q.HostQueue, P.PduReader]:
     q = Q.HostQueue(qid=1, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
     q.start()
     icreq = tx_bytes(q)
@@ -59,7 +65,9 @@ def test_icresp_negotiation_and_bad_maxh2cdata() -> None:
         q.feed(P.encode_icresp(0, True, False, 8192))
 
 
-@pytest.mark.parametrize("hdgst,ddgst", [(False, False), (True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    "hdgst,ddgst", [(False, False), (True, True), (True, False), (False, True)]
+)
 def test_read_c2h_reassembly_and_resp(hdgst: bool, ddgst: bool) -> None:
     q, ctl = up(hdgst, ddgst)
     dest = memoryview(bytearray(8192))
@@ -71,10 +79,20 @@ def test_read_c2h_reassembly_and_resp(hdgst: bool, ddgst: bool) -> None:
     assert sqe.opcode == S.IO_READ and sqe.nsid == 1 and sqe.cid == r.cid
     assert (sqe.cdw10, sqe.cdw11, sqe.cdw12) == (5, 1, 15)
     sgl = S.unpack_sgl(sqe.dptr)
-    assert (sgl.length, sgl.type, sgl.subtype) == (8192, S.SGL_TRANSPORT_DATA_BLOCK, S.SGL_SUBTYPE_TRANSPORT)
+    assert (sgl.length, sgl.type, sgl.subtype) == (
+        8192,
+        S.SGL_TRANSPORT_DATA_BLOCK,
+        S.SGL_SUBTYPE_TRANSPORT,
+    )
     payload = bytes(range(256)) * 32
-    wire = join(P.encode_data(P.C2H_DATA, r.cid, 0, 0, payload[:4096], last=False, hdgst=hdgst, ddgst=ddgst))
-    wire += join(P.encode_data(P.C2H_DATA, r.cid, 0, 4096, payload[4096:], last=True, hdgst=hdgst, ddgst=ddgst))
+    wire = join(
+        P.encode_data(P.C2H_DATA, r.cid, 0, 0, payload[:4096], last=False, hdgst=hdgst, ddgst=ddgst)
+    )
+    wire += join(
+        P.encode_data(
+            P.C2H_DATA, r.cid, 0, 4096, payload[4096:], last=True, hdgst=hdgst, ddgst=ddgst
+        )
+    )
     wire += join(P.encode_capsule_resp(r.cid, 0, hdgst=hdgst))
     # byte-by-byte arrival must give the same result
     for i in range(0, len(wire), 7):
@@ -90,7 +108,10 @@ def test_c2h_success_flag_completes_without_resp() -> None:
     done = []
     r = q.read(1, 0, 1, dest, lambda req, s, res: done.append(s))
     q.take_tx()
-    assert q.feed(join(P.encode_data(P.C2H_DATA, r.cid, 0, 0, b"\x5a" * 512, last=True, success=True))) == 1
+    assert (
+        q.feed(join(P.encode_data(P.C2H_DATA, r.cid, 0, 0, b"\x5a" * 512, last=True, success=True)))
+        == 1
+    )
     assert done == [0] and bytes(dest) == b"\x5a" * 512
 
 
@@ -209,7 +230,9 @@ def test_connect_capsule_layout() -> None:
     q.feed(P.encode_icresp(0, False, False, 131072))
     hostid = bytes(range(16))
     done = []
-    r = q.connect("nqn.sub", "nqn.host", hostid, kato_ms=10000, cb=lambda req, s, res: done.append(res))
+    r = q.connect(
+        "nqn.sub", "nqn.host", hostid, kato_ms=10000, cb=lambda req, s, res: done.append(res)
+    )
     (cmd,) = ctrl_reader().feed(tx_bytes(q))
     assert cmd.hdr[8] == S.FABRICS_OPCODE and cmd.hdr[12] == S.FCTYPE_CONNECT
     recfmt, qid, sqsize, cattr, kato = struct.unpack_from("<HHHBxI", cmd.hdr, 8 + 40)
@@ -231,8 +254,12 @@ def test_advance_partial_send() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.binary(min_size=1, max_size=20000), cuts=st.lists(st.integers(1, 5000), max_size=12),
-       hdgst=st.booleans(), ddgst=st.booleans())
+@given(
+    data=st.binary(min_size=1, max_size=20000),
+    cuts=st.lists(st.integers(1, 5000), max_size=12),
+    hdgst=st.booleans(),
+    ddgst=st.booleans(),
+)
 def test_property_c2h_any_split(data: bytes, cuts: list[int], hdgst: bool, ddgst: bool) -> None:
     q, _ = up(hdgst, ddgst, qsize=4)
     dest = memoryview(bytearray(len(data)))
@@ -245,8 +272,19 @@ def test_property_c2h_any_split(data: bytes, cuts: list[int], hdgst: bool, ddgst
         if off >= len(data):
             break
         n = min(c, len(data) - off)
-        wire += join(P.encode_data(P.C2H_DATA, r.cid, 0, off, data[off : off + n], last=off + n == len(data),
-                                   success=off + n == len(data), hdgst=hdgst, ddgst=ddgst))
+        wire += join(
+            P.encode_data(
+                P.C2H_DATA,
+                r.cid,
+                0,
+                off,
+                data[off : off + n],
+                last=off + n == len(data),
+                success=off + n == len(data),
+                hdgst=hdgst,
+                ddgst=ddgst,
+            )
+        )
         off += n
     q.feed(wire)
     assert done == [0] and bytes(dest) == data
