@@ -113,13 +113,6 @@ class Shutdown(Message):
     reason: str = ""
 
 
-@message("stats_req")
-class StatsRequest(Message):
-    """Ask a reactor for its counters (loop, bdev channels, transports)."""
-
-    what: str = "all"
-
-
 @message("config")
 class ConfigUpdate(Message):
     """Supervisor -> every reactor: the new configuration snapshot.
@@ -141,21 +134,6 @@ class BdevRemove(Message):
     the channel, reply when nothing references the memory any more."""
 
     name: str
-
-
-@message("new_conn")
-class NewConnection(Message):
-    """Announces the fd that follows on the reactor's Unix socket (SCM_RIGHTS).
-
-    ``proto`` is "nvmf-tcp" or "iscsi"; ``listener`` names the listen address
-    the connection was accepted on (subsystem/portal lookup); ``token`` pairs
-    this message with the fd message.
-    """
-
-    token: int
-    proto: str
-    listener: str
-    peer: str
 
 
 @message("set_poll_mode")
