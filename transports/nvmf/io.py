@@ -69,6 +69,20 @@ def _lba(req: Request, nblocks: int) -> tuple[int, int, int]:
     return slba, nlb, 0
 
 
+def _ranged(req: Request) -> tuple[IoChannel, int, int, int] | None:
+    """(channel, block_size, slba, nlb) for a command with an LBA range, or
+    None after completing ``req`` with the status that says what was wrong."""
+    ch, bs, nblocks = _channel(req)
+    if ch is None:
+        req.complete(bs)
+        return None
+    slba, nlb, st = _lba(req, nblocks)
+    if st:
+        req.complete(st)
+        return None
+    return ch, bs, slba, nlb
+
+
 def execute(req: Request) -> None:
     op = req.opcode
     h = HANDLERS.get(op)
@@ -79,12 +93,10 @@ def execute(req: Request) -> None:
 
 
 def read(req: Request) -> None:
-    ch, bs, nblocks = _channel(req)
-    if ch is None:
-        return req.complete(bs)
-    slba, nlb, st = _lba(req, nblocks)
-    if st:
-        return req.complete(st)
+    r = _ranged(req)
+    if r is None:
+        return
+    ch, bs, slba, nlb = r
     n = nlb * bs
     if n > req.sgl_len:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
@@ -103,12 +115,10 @@ def read(req: Request) -> None:
 
 
 def write(req: Request) -> None:
-    ch, bs, nblocks = _channel(req)
-    if ch is None:
-        return req.complete(bs)
-    slba, nlb, st = _lba(req, nblocks)
-    if st:
-        return req.complete(st)
+    r = _ranged(req)
+    if r is None:
+        return
+    ch, bs, slba, nlb = r
     n = nlb * bs
     data = req.data
     if data is None or len(data) < n:
@@ -138,12 +148,10 @@ def flush(req: Request) -> None:
 
 
 def write_zeroes(req: Request) -> None:
-    ch, bs, nblocks = _channel(req)
-    if ch is None:
-        return req.complete(bs)
-    slba, nlb, st = _lba(req, nblocks)
-    if st:
-        return req.complete(st)
+    r = _ranged(req)
+    if r is None:
+        return
+    ch, bs, slba, nlb = r
     ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
 
 
@@ -188,12 +196,10 @@ def _fan_out(req: Request, ops: list) -> None:  # type: ignore[type-arg]
 
 
 def compare(req: Request) -> None:
-    ch, bs, nblocks = _channel(req)
-    if ch is None:
-        return req.complete(bs)
-    slba, nlb, st = _lba(req, nblocks)
-    if st:
-        return req.complete(st)
+    r = _ranged(req)
+    if r is None:
+        return
+    ch, bs, slba, nlb = r
     n = nlb * bs
     data = req.data
     if data is None or len(data) < n:
