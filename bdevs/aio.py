@@ -136,6 +136,15 @@ class AioChannel(IoChannel):
 
 
 class AioBdev(Bdev):
+    MODULE = "aio"
+    PRODUCT = "AIO disk"
+
+    def _description(self) -> dict[str, Any]:
+        return {"filename": self.filename}
+
+    def _restore(self, d: dict[str, Any]) -> None:
+        self.filename = d["filename"]
+
     filename: str = ""
 
     @classmethod
@@ -164,33 +173,11 @@ class AioBdev(Bdev):
         if not os.access(filename, os.R_OK | os.W_OK):
             raise ValueError(f"{filename} is not readable and writable")
         kw: dict[str, Any] = {"uuid": uuid} if uuid else {}
-        b = cls(name=name, block_size=bs, num_blocks=size // bs, product_name="AIO disk", **kw)
+        b = cls(name=name, block_size=bs, num_blocks=size // bs, product_name=cls.PRODUCT, **kw)
         b.filename = filename
         b.create_method = "bdev_aio_create"
         b.create_params = {"name": name, "filename": filename, "block_size": bs}
         return b
-
-    @classmethod
-    def from_description(cls, d: dict[str, Any]) -> AioBdev:
-        b = cls(
-            name=d["name"],
-            block_size=d["block_size"],
-            num_blocks=d["num_blocks"],
-            uuid=d["uuid"],
-            product_name="AIO disk",
-        )
-        b.filename = d["filename"]
-        return b
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "module": "aio",
-            "name": self.name,
-            "block_size": self.block_size,
-            "num_blocks": self.num_blocks,
-            "uuid": self.uuid,
-            "filename": self.filename,
-        }
 
     def open_channel(self, loop: Any = None) -> IoChannel:
         return AioChannel(self, loop)

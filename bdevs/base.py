@@ -18,7 +18,7 @@ import enum
 import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 class IoStatus(enum.IntEnum):
@@ -208,10 +208,39 @@ class Bdev:
         their completions back onto the reactor thread."""
         raise NotImplementedError
 
+    # the module name in descriptions and the product name it reports
+    MODULE: ClassVar[str] = ""
+    PRODUCT: ClassVar[str] = "Generic"
+
     def describe(self) -> dict[str, Any]:
-        """Module-specific description, broadcast to reactors so they can
-        rebuild the Bdev (e.g. the shared-memory segment name)."""
+        """What reactors need to rebuild this Bdev (broadcast in ConfigUpdate):
+        the geometry plus the module's own fields (e.g. the segment name)."""
+        return {
+            "module": self.MODULE,
+            "name": self.name,
+            "block_size": self.block_size,
+            "num_blocks": self.num_blocks,
+            "uuid": self.uuid,
+            **self._description(),
+        }
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> Bdev:
+        b = cls(
+            name=d["name"],
+            block_size=d["block_size"],
+            num_blocks=d["num_blocks"],
+            uuid=d["uuid"],
+            product_name=cls.PRODUCT,
+        )
+        b._restore(d)
+        return b
+
+    def _description(self) -> dict[str, Any]:
         return {}
+
+    def _restore(self, d: dict[str, Any]) -> None:
+        """Take the module's own fields back from a description."""
 
     def nguid(self) -> bytes:
         """16-byte NVMe namespace GUID derived from the bdev UUID."""

@@ -48,8 +48,16 @@ class MallocChannel(IoChannel):
 
 
 class MallocBdev(Bdev):
+    MODULE = "malloc"
+    PRODUCT = "Malloc disk"
     segment_name: str = ""
     _segment: SharedSegment | None = None
+
+    def _description(self) -> dict[str, Any]:
+        return {"segment": self.segment_name}
+
+    def _restore(self, d: dict[str, Any]) -> None:
+        self.segment_name = d["segment"]
 
     @classmethod
     def create(
@@ -69,7 +77,7 @@ class MallocBdev(Bdev):
             name=name,
             block_size=block_size,
             num_blocks=num_blocks,
-            product_name="Malloc disk",
+            product_name=cls.PRODUCT,
             **kw,
         )
         b.segment_name = seg.name
@@ -82,28 +90,6 @@ class MallocBdev(Bdev):
             "uuid": b.uuid,
         }
         return b
-
-    @classmethod
-    def from_description(cls, d: dict[str, Any]) -> MallocBdev:
-        b = cls(
-            name=d["name"],
-            block_size=d["block_size"],
-            num_blocks=d["num_blocks"],
-            uuid=d["uuid"],
-            product_name="Malloc disk",
-        )
-        b.segment_name = d["segment"]
-        return b
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "module": "malloc",
-            "name": self.name,
-            "block_size": self.block_size,
-            "num_blocks": self.num_blocks,
-            "uuid": self.uuid,
-            "segment": self.segment_name,
-        }
 
     def open_channel(self, loop: Any = None) -> IoChannel:
         if self._segment is None:

@@ -29,13 +29,16 @@ class NullChannel(IoChannel):
 
 
 class NullBdev(Bdev):
+    MODULE = "null"
+    PRODUCT = "Null disk"
+
     @classmethod
     def create(
         cls, name: str, num_blocks: int, block_size: int, uuid: str | None = None
     ) -> NullBdev:
         kw: dict[str, Any] = {"uuid": uuid} if uuid else {}
         b = cls(
-            name=name, block_size=block_size, num_blocks=num_blocks, product_name="Null disk", **kw
+            name=name, block_size=block_size, num_blocks=num_blocks, product_name=cls.PRODUCT, **kw
         )
         b.create_method = "bdev_null_create"
         b.create_params = {
@@ -45,25 +48,6 @@ class NullBdev(Bdev):
             "uuid": b.uuid,
         }
         return b
-
-    @classmethod
-    def from_description(cls, d: dict[str, Any]) -> NullBdev:
-        return cls(
-            name=d["name"],
-            block_size=d["block_size"],
-            num_blocks=d["num_blocks"],
-            uuid=d["uuid"],
-            product_name="Null disk",
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "module": "null",
-            "name": self.name,
-            "block_size": self.block_size,
-            "num_blocks": self.num_blocks,
-            "uuid": self.uuid,
-        }
 
     def open_channel(self, loop: Any = None) -> IoChannel:
         return NullChannel(self)

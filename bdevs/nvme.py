@@ -308,35 +308,23 @@ class NvmeBdev(Bdev):
     """One namespace of a remote controller; ``ctrlr`` is the plain-data
     connection description shared by every namespace bdev of it."""
 
+    MODULE = "nvme"
+    PRODUCT = "NVMe disk"
+
     def __init__(
         self, *args: Any, ctrlr: dict[str, Any] | None = None, nsid: int = 1, **kw: Any
     ) -> None:
         super().__init__(*args, **kw)
         self.ctrlr: dict[str, Any] = ctrlr or {}
         self.nsid = nsid
-        self.product_name = "NVMe disk"
+        self.product_name = self.PRODUCT
 
-    @classmethod
-    def from_description(cls, d: dict[str, Any]) -> NvmeBdev:
-        return cls(
-            name=d["name"],
-            block_size=d["block_size"],
-            num_blocks=d["num_blocks"],
-            uuid=d["uuid"],
-            ctrlr=dict(d["ctrlr"]),
-            nsid=d["nsid"],
-        )
+    def _description(self) -> dict[str, Any]:
+        return {"nsid": self.nsid, "ctrlr": dict(self.ctrlr)}
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "module": "nvme",
-            "name": self.name,
-            "block_size": self.block_size,
-            "num_blocks": self.num_blocks,
-            "uuid": self.uuid,
-            "nsid": self.nsid,
-            "ctrlr": dict(self.ctrlr),
-        }
+    def _restore(self, d: dict[str, Any]) -> None:
+        self.nsid = d["nsid"]
+        self.ctrlr = dict(d["ctrlr"])
 
     def update_description(self, d: dict[str, Any]) -> None:
         """A new snapshot from the supervisor (reconnected controller, state)."""

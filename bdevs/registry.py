@@ -10,7 +10,7 @@ from .malloc import MallocBdev
 from .null import NullBdev
 from .nvme import NvmeBdev
 
-MODULES: dict[str, Any] = {"malloc": MallocBdev, "null": NullBdev, "aio": AioBdev, "nvme": NvmeBdev}
+MODULES: dict[str, type[Bdev]] = {c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev)}
 
 
 def bdev_from_description(d: dict[str, Any]) -> Bdev:
