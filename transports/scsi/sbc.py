@@ -8,7 +8,7 @@ I/O is issued or arranges for `fin(task)` to be called exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blockfabric.bdevs.base import IoStatus
 
@@ -109,20 +109,29 @@ def write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     fua = bool(flags & 0x08) and cdb[0] >> 5 != 0
     ch = lun.channel()
 
-    def _flushed(st: IoStatus) -> None:
+    ch.write(lba, data, _write_done(lun, task, ch, fua, fin))
+
+
+def _write_done(
+    lun: ScsiLun, task: ScsiTask, ch: Any, fua: bool, fin: Fin
+) -> Callable[[IoStatus], None]:
+    """Completion of a write: sense on error; with FUA and a volatile write
+    cache enabled (WCE), a flush before GOOD."""
+
+    def flushed(st: IoStatus) -> None:
         if st:
             lun.io_error(task, st, read=False)
         fin(task)
 
-    def _done(st: IoStatus) -> None:
+    def done(st: IoStatus) -> None:
         if st:
             lun.io_error(task, st, read=False)
         elif fua and lun.mode.wce:
-            ch.flush(_flushed)
+            ch.flush(flushed)
             return
         fin(task)
 
-    ch.write(lba, data, _done)
+    return done
 
 
 # ------------------------------------------------------------------ orwrite
@@ -145,18 +154,7 @@ def orwrite(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     fua = bool(flags & 0x08)
     ch = lun.channel()
 
-    def _flushed(st: IoStatus) -> None:
-        if st:
-            lun.io_error(task, st, read=False)
-        fin(task)
-
-    def _written(st: IoStatus) -> None:
-        if st:
-            lun.io_error(task, st, read=False)
-        elif fua and lun.mode.wce:
-            ch.flush(_flushed)
-            return
-        fin(task)
+    _written = _write_done(lun, task, ch, fua, fin)
 
     def _read(st: IoStatus, cur: memoryview | None) -> None:
         if st or cur is None:
