@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..bdevs.base import Bdev, IoChannel
+from ..shm.iobuf import IoBufs
 from .loop import EventLoop
 
 ReplyCallback = Callable[[bool, Any], None]  # (ok, result-or-error-text)
@@ -42,6 +43,9 @@ class ReactorContext(Protocol):
 
     num_reactors: int
     state_dir: str
+    # this reactor's transfer buffers (the shared pool, FIFO waits): every
+    # buffer a host can make us hold comes from here (shm/iobuf.py)
+    iobufs: IoBufs
 
     def handoff(
         self, sock: Any, reactor_id: int, proto: str, listener: str, preread: bytes
