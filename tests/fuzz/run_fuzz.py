@@ -44,9 +44,17 @@ def _child(name: str, libfuzzer_args: list[str]) -> None:
     atheris.Fuzz()
 
 
-def _run(name: str, runs: int, seconds: int, extra: list[str], merge: bool) -> int:
+def _run(name: str, runs: int, seconds: int, extra: list[str], merge: bool, dry: bool) -> int:
     corpus = os.path.join(fuzzlib.CORPUS, name)
     crashes = os.path.join(fuzzlib.CRASHES, name)
+    if dry:  # a smoke run: new inputs and crashes go to a scratch folder
+        scratch = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
+        try:
+            args = [f"-max_len={MAX_LEN.get(name, 4096)}", f"-artifact_prefix={scratch}/"]
+            args += [f"-runs={runs or 1000}", scratch, corpus]
+            return subprocess.call([sys.executable, __file__, "--child", name, "--", *args])
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(corpus, exist_ok=True)
     os.makedirs(crashes, exist_ok=True)
     args = [
@@ -89,6 +97,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=0, help="executions (libFuzzer -runs)")
     ap.add_argument("--seconds", type=int, default=0, help="time limit (-max_total_time)")
     ap.add_argument("--merge", action="store_true", help="minimise the corpus in place")
+    ap.add_argument("--dry", action="store_true", help="leave the corpus untouched (smoke test)")
     ap.add_argument("extra", nargs="*", help="more libFuzzer arguments (after --)")
     a = ap.parse_args()
     names = list(fuzzlib.HARNESSES) if a.name == "all" else [a.name]
@@ -97,7 +106,7 @@ def main() -> int:
             ap.error(f"unknown harness {n}")
     worst = 0
     for n in names:
-        rc = _run(n, a.runs, a.seconds, a.extra, a.merge)
+        rc = _run(n, a.runs, a.seconds, a.extra, a.merge, a.dry)
         print(f"fuzz {n}: exit {rc}", flush=True)
         worst = worst or rc
     return worst
