@@ -46,15 +46,28 @@ def _check(r: P.PduReader, p: P.Pdu) -> None:
 
 
 def _run(cfg: int, chunks: Iterable[bytes]) -> list[tuple[int, int, bytes, bytes | None]]:
+    """Frame like TcpQpair does: recv_into get_buffer(), commit, next_pdu()
+    until None (PduReader.feed, a test helper, drops the PDUs before a fatal
+    one in the same call)."""
     r = _reader(cfg)
     got: list[tuple[int, int, bytes, bytes | None]] = []
     try:
         for c in chunks:
-            for p in r.feed(c):
-                _check(r, p)
-                got.append((p.type, p.flags, bytes(p.hdr), None if p.data is None else bytes(p.data)))
-                if p.type in (P.ICREQ, P.ICRESP):
-                    r.ic_done = True  # what the owner does after the IC exchange
+            mv = memoryview(c)
+            while mv:
+                buf = r.get_buffer()
+                n = min(len(buf), len(mv))
+                buf[:n] = mv[:n]
+                del buf
+                mv = mv[n:]
+                r.commit(n)
+                while (p := r.next_pdu()) is not None:
+                    _check(r, p)
+                    data = None if p.data is None else bytes(p.data)
+                    got.append((p.type, p.flags, bytes(p.hdr), data))
+                    if p.type in (P.ICREQ, P.ICRESP):
+                        r.ic_done = True  # what the owner does after the IC exchange
+                    del p
     except P.PduError as e:
         assert 0 < e.fes <= P.FES_UNSUPPORTED_PARAMETER and len(e.header) <= P.TERM_REQ_MAX_DATA
         # a failed reader keeps failing
