@@ -65,6 +65,8 @@ _RECV_CHUNK = 65536
 _MAX_PENDING_OUT = 16 * 1024 * 1024
 # SPDK-socket clients at once (rpc.py opens one per command; scripts run a few)
 DEFAULT_MAX_CONNECTIONS = 64
+# bytes read (and dropped) from a refused connection so that closing it does not reset it
+_REFUSE_DRAIN = 1024 * 1024
 ENV_MAX_CONNECTIONS = "BLOCKFABRIC_RPC_MAX_CONNECTIONS"
 ENV_MAX_RESULT = "BLOCKFABRIC_RPC_MAX_RESULT_BYTES"
 
@@ -261,6 +263,11 @@ class RpcServer:
         with contextlib.suppress(OSError):
             s.setblocking(False)
             s.send(encode(error_response(INTERNAL_ERROR, msg), "json") + b"\n")
+            # what the client already sent is dropped unread; a close with unread
+            # bytes would reset the connection and the client could lose the answer
+            for _ in range(_REFUSE_DRAIN // _RECV_CHUNK):
+                if not s.recv(_RECV_CHUNK):
+                    break
         with contextlib.suppress(OSError):
             s.close()
 
