@@ -34,6 +34,8 @@ def test_corpus_replays(name: str) -> None:
                 data = f.read()
             try:
                 mod.one_input(data)
+                for extra in getattr(mod, "REPLAY_ALSO", ()):
+                    getattr(mod, extra)(data)
             except Exception as e:
                 raise AssertionError(f"{path}: {type(e).__name__}: {e}") from e
     finally:
