@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from blockfabric.control.client import RpcClient, RpcClientError
-from blockfabric.control.jsonrpc import MAX_REQUEST_BYTES
+from blockfabric.control.jsonrpc import MAX_REQUEST_BYTES, MAX_RESULT_BYTES
 from blockfabric.control.server import _MAX_PENDING_OUT, _RECV_CHUNK
 
 pytestmark = pytest.mark.e2e
@@ -147,7 +147,10 @@ def test_rpc_flood(daemon_factory: Any, run_dir: Path) -> None:
     pid = d.rpc("blockfabric_get_status")["pid"]
     base = _rss(pid)
     # what the limits let the flood make the supervisor hold, at most
-    bound = (
+    # per SPDK connection: a partial request, one receive of framed requests, the
+    # unsent output bound and one answer; per zmq message: up to MAXMSGSIZE
+    per_conn = MAX_REQUEST_BYTES + _RECV_CHUNK + _MAX_PENDING_OUT + MAX_RESULT_BYTES
+    bound = MAX_CONNS * per_conn + 2 * 4 * MAX_REQUEST_BYTES
         MAX_CONNS * (MAX_REQUEST_BYTES + _MAX_PENDING_OUT + 2 * _RECV_CHUNK)
         + 2 * 4 * MAX_REQUEST_BYTES
     )
