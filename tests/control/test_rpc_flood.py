@@ -151,9 +151,6 @@ def test_rpc_flood(daemon_factory: Any, run_dir: Path) -> None:
     # unsent output bound and one answer; per zmq message: up to MAXMSGSIZE
     per_conn = MAX_REQUEST_BYTES + _RECV_CHUNK + _MAX_PENDING_OUT + MAX_RESULT_BYTES
     bound = MAX_CONNS * per_conn + 2 * 4 * MAX_REQUEST_BYTES
-        MAX_CONNS * (MAX_REQUEST_BYTES + _MAX_PENDING_OUT + 2 * _RECV_CHUNK)
-        + 2 * 4 * MAX_REQUEST_BYTES
-    )
     f = Flood(spdk, d.rpc_addr)
     peak = base
     stop = threading.Event()
