@@ -57,8 +57,29 @@ def _child(name: str, libfuzzer_args: list[str]) -> None:
         if hasattr(mod, "setup"):
             mod.setup()
     fuzzlib.quiet()
-    atheris.Setup([sys.argv[0], *libfuzzer_args], mod.one_input)
+    atheris.Setup([os.environ.get("FUZZ_ARGV0", sys.argv[0]), *libfuzzer_args], mod.one_input)
     atheris.Fuzz()
+
+
+def _self_command(name: str) -> str:
+    """An executable that runs this harness again: libFuzzer's -merge (and
+    -fork) start argv[0] with the same flags."""
+    fd, path = tempfile.mkstemp(prefix=f"fuzz-{name}-", suffix=".sh")
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            f'#!/bin/sh\nexec "{sys.executable}" "{os.path.abspath(__file__)}" --child {name} -- "$@"\n'
+        )
+    os.chmod(path, 0o700)
+    return path
+
+
+def _call(name: str, cmd: list[str]) -> int:
+    """Run a child with FUZZ_ARGV0 pointing at a re-run wrapper (removed after)."""
+    wrapper = _self_command(name)
+    try:
+        return subprocess.call(cmd, env={**os.environ, "FUZZ_ARGV0": wrapper})
+    finally:
+        os.unlink(wrapper)
 
 
 def _run(name: str, runs: int, seconds: int, extra: list[str], merge: bool, dry: bool) -> int:
@@ -69,7 +90,7 @@ def _run(name: str, runs: int, seconds: int, extra: list[str], merge: bool, dry:
         try:
             args = [f"-max_len={MAX_LEN.get(name, 4096)}", f"-artifact_prefix={scratch}/"]
             args += [f"-runs={runs or 1000}", scratch, corpus]
-            return subprocess.call([sys.executable, __file__, "--child", name, "--", *args])
+            return _call(name, [sys.executable, __file__, "--child", name, "--", *args])
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(corpus, exist_ok=True)
@@ -84,22 +105,32 @@ def _run(name: str, runs: int, seconds: int, extra: list[str], merge: bool, dry:
     if merge:
         tmp = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
         try:
-            rc = subprocess.call(
-                [sys.executable, __file__, "--child", name, "--", *args, "-merge=1", tmp, corpus]
+            rc = _call(
+                name,
+                [sys.executable, __file__, "--child", name, "--", *args, "-merge=1", tmp, corpus],
             )
-            if rc == 0:
-                shutil.rmtree(corpus)
-                shutil.copytree(tmp, corpus)
-            return rc
+            kept = os.listdir(tmp)
+            if rc != 0 or not kept:
+                print(f"merge of {name} failed (rc {rc}, {len(kept)} files): corpus left as is")
+                return rc or 1
+            shutil.rmtree(corpus)
+            shutil.copytree(tmp, corpus)
+            return 0
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            _reseed(name)
     if runs:
         args.append(f"-runs={runs}")
     if seconds:
         args.append(f"-max_total_time={seconds}")
     cmd = [sys.executable, __file__, "--child", name, "--", *args, *extra, corpus]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    return _call(name, cmd)
+
+
+def _reseed(name: str) -> None:
+    """A merge renames every input to its SHA-1: put the seed files back."""
+    subprocess.call([sys.executable, os.path.join(HERE, "seed_corpus.py"), name])
 
 
 def main() -> int:
