@@ -19,6 +19,7 @@ from blockfabric.bdevs.base import IoStatus
 from blockfabric.bdevs.locks import NSTRIPES, REGION, StripeLocks, bdev_key
 from blockfabric.bdevs.malloc import MallocBdev
 from blockfabric.bdevs.registry import bdev_from_description
+from blockfabric.bdevs.wcache import WcacheBdev
 from blockfabric.shm import names
 
 _seq = itertools.count()
@@ -46,6 +47,29 @@ def bdev(request, tmp_path):
     assert left == []
 
 
+@pytest.fixture(params=["malloc", "aio", "wcache"])
+def cawdev(request, tmp_path):
+    """The compare-and-write race also runs on a write cache over malloc."""
+    inst = _inst()
+    extra = []
+    if request.param == "malloc":
+        b = MallocBdev.create(inst, "M", 256, BS, hugepages="never")
+    elif request.param == "aio":
+        path = tmp_path / "disk.img"
+        path.write_bytes(bytes(256 * BS))
+        b = AioBdev.create("A", str(path), BS, instance=inst)
+    else:
+        base = MallocBdev.create(inst, "M", 256, BS, hugepages="never")
+        extra.append(base)
+        b = WcacheBdev.create(inst, "WC", base, max_dirty_mb=1)
+    yield b
+    b.destroy()
+    for x in extra:
+        x.destroy()
+    left = [p.name for p in names.SHM_DIR.iterdir() if f"blockfabric.{inst}." in p.name]
+    assert left == []
+
+
 def _ticket_worker(desc, n, q, barrier) -> None:
     ch = bdev_from_description(desc).open_channel()
     barrier.wait(30)
@@ -69,7 +93,8 @@ def _ticket_worker(desc, n, q, barrier) -> None:
     q.put((got, misses))
 
 
-def test_compare_and_write_ticket_lock_across_processes(bdev):
+def test_compare_and_write_ticket_lock_across_processes(cawdev):
+    bdev = cawdev
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     barrier = ctx.Barrier(WORKERS)
