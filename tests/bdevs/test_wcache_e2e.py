@@ -3,10 +3,12 @@ through NVMe/TCP with our host library on two reactors, power-failed by RPC."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
 import pytest
+from bftest import shm_objects
 
 from blockfabric.control.client import RpcClientError as RpcError
 from blockfabric.transports.nvmf_host.controller import Controller
@@ -98,6 +100,20 @@ def test_wcache_power_fail_over_nvmf(daemon_factory):
         assert st["power_fails"] == 1 and st["dirty_writes"] == 0
     finally:
         c.close()
+    # save_config reproduces the cache on a restart
+    saved = d.rpc("save_config")
+    cfg_file = d.run_dir / "wc.json"
+    cfg_file.write_text(json.dumps(saved))
     d.rpc("nvmf_delete_subsystem", {"nqn": NQN})
     assert d.rpc("bdev_wcache_delete", {"name": "WC0"}) is True
     assert d.rpc("bdev_malloc_delete", {"name": "Base0"}) is True
+    assert not [o for o in shm_objects(d.name) if "wcache.WC0" in o]
+    d.stop()
+    assert shm_objects(d.name) == []
+    d2 = daemon_factory(extra=["--json", str(cfg_file)]).start()
+    got = {b["name"]: b for b in d2.rpc("bdev_get_bdevs")}
+    assert got["WC0"]["driver_specific"]["wcache"]["base_bdev_name"] == "Base0"
+    assert got["WC1"]["driver_specific"]["wcache"]["ignore_fua"] is True
+    assert got["WC0"]["uuid"] == info["WC0"]["uuid"]
+    d2.stop()
+    assert shm_objects(d2.name) == []
