@@ -48,12 +48,14 @@ class MallocChannel(IoChannel):
         self.key = bdev_key(bdev.name)
 
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         bs = self.bs  # zero copy: the view is the medium, ``into`` stays untouched
         cb(IoStatus.SUCCESS, self.mem[offset_blocks * bs : (offset_blocks + num_blocks) * bs])
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         start = offset_blocks * self.bs
         end = start + len(data)
         r0 = start // REGION

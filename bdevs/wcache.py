@@ -237,7 +237,7 @@ class WcacheChannel(IoChannel):
 
     # -------------------------------------------------------------- reads
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         self._read(offset_blocks, num_blocks, into, lambda st, v, _c: cb(st, v), 0)
 
@@ -344,7 +344,9 @@ class WcacheChannel(IoChannel):
         self._read(offset_blocks, nblocks, None, done, 0, under_lock)
 
     # ------------------------------------------------------------- writes
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         if len(data) > PIECE:
             # one entry per piece; done when all are
             pieces = [(off, data[off : off + PIECE]) for off in range(0, len(data), PIECE)]
@@ -456,14 +458,16 @@ class WcacheChannel(IoChannel):
         self._settle()
         if not self.waiters:
             return
-        if not self.cache.try_own(self.token):
-            # another reactor destages: look again shortly
-            if self.loop is None:
-                time.sleep(OWNER_POLL_S)
-                self._kick()
-            elif self._timer is None:
-                self._timer = self.loop.call_later(OWNER_POLL_S, self._retry_kick)
-            return
+        while not self.cache.try_own(self.token):
+            # another reactor (or the supervisor's power_fail) destages
+            if self.loop is not None:
+                if self._timer is None:
+                    self._timer = self.loop.call_later(OWNER_POLL_S, self._retry_kick)
+                return
+            time.sleep(OWNER_POLL_S)  # no loop: a synchronous caller waits
+            self._settle()
+            if not self.waiters:
+                return
         c = self.cache
         with c.mutex:
             self._job_i, self._job_end, self._job_gen = c.h[H_HEAD], c.h[H_TAIL], c.h[H_GEN]
