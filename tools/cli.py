@@ -191,8 +191,8 @@ def cmd_status(a: argparse.Namespace) -> int:
         rows.append(row)
     try:
         iobuf = RpcClient(addr, timeout=a.timeout).call("iobuf_get_stats")
-    except Exception as e:  # an older daemon, or a reactor restarting
-        iobuf = {"error": str(e)}
+    except Exception as err:  # an older daemon, or a reactor restarting
+        iobuf = {"error": str(err)}
     if a.json:
         print(json.dumps({**st, "processes": rows, "iobuf": iobuf}, indent=2))
         return 0
@@ -208,16 +208,18 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(
             f"{r['role']:<12} {r['pid']:>7} {r['core']:>4} {r['state']:<10} "
             f"{r.get('uptime_s', '-'):>9} {r.get('rss_mib', '-'):>8} "
-            f"{r.get('restarts', '-') if r.get('restarts') is not None else '-':>8}  {last}"
+            f"{'-' if r.get('restarts') is None else r['restarts']:>8}  {last}"
         )
     for lst in st.get("listeners", []):
         print(f"listening: {lst['proto']} {lst['addr']}:{lst['port']}")
     pool = st.get("pool")
     if pool:
         sm, lg = pool["small"], pool["large"]
+        hp = " hugetlbfs" if pool["hugepage"] else ""
         print(
-            f"buffer pool {pool['name']}: {pool['size'] >> 20} MiB{' hugetlbfs' if pool['hugepage'] else ''}; "
-            f"small {sm['in_use']}/{sm['count']} in use, large {lg['in_use']}/{lg['count']} in use; "
+            f"buffer pool {pool['name']}: {pool['size'] >> 20} MiB{hp}; "
+            f"small {sm['in_use']}/{sm['count']} in use, "
+            f"large {lg['in_use']}/{lg['count']} in use; "
             f"reserve free {sm['reserve_free']} small, {lg['reserve_free']} large"
         )
     if isinstance(iobuf, list) and iobuf:
@@ -225,12 +227,12 @@ def cmd_status(a: argparse.Namespace) -> int:
             f"{'IOBUF':<12} {'IN USE':>7} {'HIGH':>6} {'WAITS':>7} {'QUEUED':>6} "
             f"{'GETS':>9} {'PUTS':>9} {'NOMEM':>7}"
         )
-        for e in iobuf:
-            gets = e["small_pool"]["gets"] + e["large_pool"]["gets"]
-            puts = e["small_pool"]["puts"] + e["large_pool"]["puts"]
+        for ent in iobuf:
+            gets = ent["small_pool"]["gets"] + ent["large_pool"]["gets"]
+            puts = ent["small_pool"]["puts"] + ent["large_pool"]["puts"]
             print(
-                f"{e['module']:<12} {e['in_use']:>7} {e['high_water']:>6} {e['waits']:>7} "
-                f"{e['queued']:>6} {gets:>9} {puts:>9} {e['nomem']:>7}"
+                f"{ent['module']:<12} {ent['in_use']:>7} {ent['high_water']:>6} "
+                f"{ent['waits']:>7} {ent['queued']:>6} {gets:>9} {puts:>9} {ent['nomem']:>7}"
             )
     return 0
 
