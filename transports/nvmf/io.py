@@ -19,11 +19,13 @@ lock every reactor honours); a miscompare writes nothing.
 
 from __future__ import annotations
 
+import inspect
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import IoChannel, IoStatus
+from ...shm.iobuf import CHUNK, IoVec
 from . import spec
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
         ctx = req.qp.target.ctx
         bdev = ns.bdev = ctx.bdev(ns.bdev_name)
         ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
+        ns.copies = ch is not None and copies_reads(ch)
     if ch is None or bdev is None or bdev.removed or ch.removed:
         ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
@@ -101,6 +104,23 @@ def execute(req: Request) -> None:
     h(req)
 
 
+ZERO_COPY_MODULES = (".malloc", ".null")
+
+
+def copies_reads(ch: IoChannel) -> bool:
+    """True when the channel copies read data into a buffer we give it
+    (``read(..., into=)``: aio, nvme); malloc/null hand out their own memory."""
+    declared = getattr(ch, "zero_copy_reads", None)
+    if declared is not None:
+        return not declared
+    if type(ch).__module__.endswith(ZERO_COPY_MODULES):
+        return False
+    try:
+        return "into" in inspect.signature(ch.read).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def read(req: Request) -> None:
     r = _ranged(req)
     if r is None:
@@ -109,7 +129,8 @@ def read(req: Request) -> None:
     n = nlb * bs
     if n > req.sgl_len:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.read_cmds += 1
     c.read_bytes += n
 
@@ -118,9 +139,29 @@ def read(req: Request) -> None:
             return req.complete(status_of(status, True))
         if data is None or len(data) < n:
             return req.complete(spec.ST_DATA_TRANSFER_ERROR)
+        iov = req.iov
+        if iov is None or qp.closed:
+            return req.complete_with_data(data)
+        req.iov = None  # from here the buffer belongs to the output, until sent
         req.complete_with_data(data)
+        qp.hold_tx(iov)
 
-    ch.read(slba, nlb, done)
+    iob = qp.iobufs
+    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if iob is None or ns is None or not ns.copies or n > CHUNK:
+        return ch.read(slba, nlb, done)
+
+    def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
+        req.wait = None
+        if req.done or qp.closed:
+            return iob.release(iov)
+        req.iov = iov
+        ch.read(slba, nlb, done, into=iov.views[0])  # type: ignore[call-arg]
+
+    w = iob.acquire(n, got)
+    if w is not None:
+        req.wait = w
+        qp.target.stats["iobuf_waits"] += 1
 
 
 def write(req: Request) -> None:
