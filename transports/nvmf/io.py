@@ -171,16 +171,18 @@ def write(req: Request) -> None:
     ch, bs, slba, nlb = r
     n = nlb * bs
     data = req.data
-    if data is None or len(data) < n:
+    iov = req.iov
+    multi = data is None and iov is not None and len(iov.views) > 1
+    have = iov.nbytes if multi else (0 if data is None else len(data))  # type: ignore[union-attr]
+    if have < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    if len(data) > n:
-        data = data[:n]
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.write_cmds += 1
     c.write_bytes += n
     fua = req.fua
-    iov = req.iov
-    if iov is not None and len(iov.views) > 1:
+    if multi:
+        assert iov is not None
         # an R2T transfer in several pool chunks: one channel write per chunk
         ops: list[Callable[[Any], None]] = []
         off = 0
@@ -191,6 +193,29 @@ def write(req: Request) -> None:
             ops.append(_chunk_op(ch, slba + off // bs, part, fua))
             off += len(part)
         return _fan_out(req, ops)
+    assert data is not None
+    if len(data) > n:
+        data = data[:n]
+    iob = qp.iobufs
+    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if iov is None and iob is not None and ns is not None and ns.copies and n <= CHUNK:
+        # an asynchronous (copying) bdev would pin the receive buffer under
+        # in-capsule data until it completes: move the data to the pool first
+        def got(piov: IoVec) -> None:
+            req.wait = None
+            if req.done or qp.closed:
+                return iob.release(piov)
+            v = piov.views[0]
+            v[:] = data
+            req.iov = piov
+            req.data = None
+            _write(ch, slba, v, lambda s: req.complete(status_of(s)), fua)
+
+        w = iob.acquire(n, got)
+        if w is not None:
+            req.wait = w
+            qp.target.stats["iobuf_waits"] += 1
+        return
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 
