@@ -577,6 +577,8 @@ def test_compare_and_write_atomic_api_and_fua(h, tgt) -> None:  # type: ignore[n
 class IntoChannel(MemChannel):
     """A bdev that copies (like aio): ``read(..., into=)`` fills our buffer, asynchronously."""
 
+    zero_copy_reads = False
+
     def read(self, offset_blocks: int, num_blocks: int, cb: Any, into: Any = None) -> None:  # type: ignore[override]
         bs = self.bs
         src = self.mem[offset_blocks * bs : (offset_blocks + num_blocks) * bs]
