@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...control.hostlog import HostLog
 from . import pdu as P
 from . import text
-from ...control.hostlog import HostLog
 from .discovery import send_targets
 from .login import Login, LoginOutcome, session_queue_depth
 from .nodes import ConfigView
