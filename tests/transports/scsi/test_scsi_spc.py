@@ -108,7 +108,7 @@ def test_mode_sense_pages(env: Env) -> None:
     assert pages[0] == 1 and pages[12] == 8 and pages[32] == 0x0A and len(pages) == 44
     d = env.data(env.run([0x5A, 0x08, 0x08, 0, 0, 0, 0, 1, 0, 0]))
     assert struct.unpack(">H", d[:2])[0] == len(d) - 2 and d[8] == 8 and d[10] & 4
-    saved = env.data(env.run([0x1A, 0, 0xC8, 0, 255, 0]))  # PC 3: saved values
+    saved = env.data(env.run([0x1A, 8, 0xC8, 0, 255, 0]))  # PC 3: saved values
     assert saved[4:6] == b"\x08\x12" and saved[6] & 0x04
     t = env.run([0x1A, 0, 0x05, 0, 255, 0])
     assert key(t) == (5, 0x24, 0) and t.sense[15:18] == b"\xcd\x00\x02"
