@@ -90,6 +90,10 @@ class IoChannel:
     precise status); nothing raises into the caller.
     """
 
+    # True when reads complete with the bdev's own memory and never touch
+    # ``into`` (malloc, null): callers then need not stage a buffer
+    zero_copy_reads = False
+
     def __init__(self, bdev: Bdev) -> None:
         self.bdev = bdev
         self.stats = IoStats()

@@ -39,6 +39,8 @@ _ZERO_CHUNK = memoryview(bytes(1 << 20))
 
 
 class MallocChannel(IoChannel):
+    zero_copy_reads = True
+
     def __init__(self, bdev: MallocBdev, mem: memoryview) -> None:
         super().__init__(bdev)
         self.mem = mem

@@ -10,6 +10,8 @@ _ZEROS = memoryview(bytes(4 << 20))  # read source, shared by every null channel
 
 
 class NullChannel(IoChannel):
+    zero_copy_reads = True
+
     def _do_read(
         self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:

@@ -60,6 +60,7 @@ import posix_ipc
 
 from ..shm import names
 from ..shm.manifest import Manifest
+from ..shm.procs import pid_alive
 from ..shm.segment import SharedSegment
 from .base import (
     Bdev,
@@ -70,7 +71,7 @@ from .base import (
     ReadCallback,
     first_difference,
 )
-from .locks import STEAL_AFTER_S, pid_alive
+from .locks import STEAL_AFTER_S
 
 log = logging.getLogger(__name__)
 
