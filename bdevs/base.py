@@ -45,17 +45,22 @@ CompareCallback = Callable[[IoStatus, int], None]
 
 
 def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
-    """Offset of the first byte where ``a`` and ``b`` differ, -1 if equal."""
+    """Offset of the first byte where ``a`` and ``b`` differ, -1 if equal.
+
+    (bytes comparison is memcmp; memoryview == memoryview compares element by
+    element and is ~40x slower: 128 KiB in 7 us against 300+ us.)"""
     a, b = memoryview(a).cast("B"), memoryview(b).cast("B")
     n = min(len(a), len(b))
+    if a[:n].tobytes() == b[:n].tobytes():
+        return -1 if len(a) == len(b) else n
     step = 4096
     for off in range(0, n, step):
-        x, y = a[off : off + step], b[off : off + step]
+        x, y = a[off : off + step].tobytes(), b[off : off + step].tobytes()
         if x != y:
             for i in range(len(x)):
                 if x[i] != y[i]:
                     return off + i
-    return -1 if len(a) == len(b) else n
+    return n  # not reached
 
 
 @dataclass

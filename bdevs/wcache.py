@@ -517,6 +517,9 @@ class WcacheChannel(IoChannel):
     def _finish(self, st: IoStatus) -> None:
         self.cache.disown(self.token)
         self.destaging = False
+        if self.closed:
+            self.wb.detach()
+            return
         if st:
             log.error(
                 "wcache %s: destage to %s failed: %s", self.bdev.name, self.wb.base_name, st.name
@@ -535,8 +538,11 @@ class WcacheChannel(IoChannel):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        with contextlib.suppress(Exception):
-            self.cache.disown(self.token)
+        if not self.destaging:
+            # (a destage in flight keeps the ownership until its base I/O is
+            # back, so no second destager can overtake its last writes)
+            with contextlib.suppress(Exception):
+                self.cache.disown(self.token)
         waiters, self.waiters = self.waiters, []
         for _t, _g, cb in waiters:
             cb(IoStatus.FAILED)
@@ -544,7 +550,8 @@ class WcacheChannel(IoChannel):
         for *_x, cb in waitq:
             cb(IoStatus.FAILED)
         self.base.close()
-        self.wb.detach()
+        if not self.destaging:
+            self.wb.detach()
 
 
 class WcacheBdev(Bdev):
