@@ -200,6 +200,7 @@ class Supervisor:
         self._aio_timer: Any = None
         self._hb_timer: Any = None
         self._hb_corrs: dict[int, int] = {}  # heartbeat corr -> reactor id
+        self._hb_checked = time.monotonic()
         self.pool_options: dict[str, Any] = {}
         self._up = False  # start-up done: from now on a dead reactor is restarted
 
@@ -835,6 +836,8 @@ class Supervisor:
         """Ping every reactor; one that has not answered for
         heartbeat_timeout_s (or did not start in time) is SIGKILLed and then
         restarted like a reactor that died."""
+        if self.router is not None:
+            self._drain_router()  # answers that are already here count
         self._check_heartbeats()
         now = time.monotonic()
         for rp in self.reactors:
@@ -851,6 +854,16 @@ class Supervisor:
             return
         now = time.monotonic()
         limit = self.opts.heartbeat_timeout_s
+        gap = now - self._hb_checked
+        self._hb_checked = now
+        if gap > max(1.0, 2 * self.opts.heartbeat_s):
+            # the supervisor itself was busy (a long RPC): answers may be
+            # waiting unread, so nobody is judged on this round
+            for rp in self.reactors:
+                if rp.hb_sent:
+                    rp.hb_sent = now
+                rp.spawned_at = max(rp.spawned_at, now - 1.0) if not rp.ready else rp.spawned_at
+            return
         for rp in self.reactors:
             if rp.kill_reason or rp.proc.returncode is not None or rp.pidfd < 0:
                 continue

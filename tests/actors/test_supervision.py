@@ -140,11 +140,15 @@ def test_killed_reactor_restarts_on_its_core_others_keep_doing_io(daemon_factory
         # new connections work, on both reactors (the restarted one too)
         pattern = os.urandom(8192)
         a.write(1, 5000, pattern, 512)
-        for _ in range(2):
-            c = Controller("127.0.0.1", port, NQN, nr_io_queues=1).connect()
-            try:
+        fresh = [Controller("127.0.0.1", port, NQN, nr_io_queues=1).connect() for _ in range(2)]
+        try:
+            for c in fresh:
                 assert c.read(1, 5000, 16, 512) == pattern
-            finally:
+                c.write(1, 6000, pattern, 512, q=0)
+            qps = d.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})
+            assert victim in {_qp_reactor(q) for q in qps}  # accepts reach it again
+        finally:
+            for c in fresh:
                 c.close()
         hosts = {_qp_reactor(q) for q in d.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})}
         assert hosts == {survivor}  # only A is left
