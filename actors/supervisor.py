@@ -271,6 +271,11 @@ class Supervisor:
             zmq_context=self.zctx,
         )
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+        dead = [r for r in self.reactors if r.proc.poll() is not None]
+        if dead:
+            raise StartupError(
+                f"reactor {dead[0].rid} exited during start-up (status {dead[0].proc.returncode})"
+            )
         self._hb_timer = self.loop.call_every(self.opts.heartbeat_s, self._heartbeat)
         self._up = True
         log.info(
@@ -836,6 +841,10 @@ class Supervisor:
         """Ping every reactor; one that has not answered for
         heartbeat_timeout_s (or did not start in time) is SIGKILLed and then
         restarted like a reactor that died."""
+        for rp in self.reactors:
+            # reap promptly, and handle the exit even if a pidfd event were missed
+            if rp.proc.poll() is not None and rp.pidfd >= 0:
+                self._on_reactor_exit(rp)
         if self.router is not None:
             self._drain_router()  # answers that are already here count
         self._check_heartbeats()
@@ -921,6 +930,10 @@ class Supervisor:
                 self.rpc.close()
             self.rpc = None
         alive = [r for r in self.reactors if r.proc.poll() is None]
+        for r in [r for r in alive if not r.ready]:  # (re)starting: no mailbox yet
+            with contextlib.suppress(ProcessLookupError):
+                r.proc.terminate()
+        alive = [r for r in alive if r.ready]
         if alive and self.router is not None:
             with contextlib.suppress(Exception):
                 self.request_all(
