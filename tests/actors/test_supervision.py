@@ -283,3 +283,88 @@ def test_buffers_held_by_a_killed_reactor_return_to_the_pool(daemon_factory: Any
     finally:
         c.close()
     assert d.rpc("iobuf_get_stats")[0]["in_use"] == 0
+
+
+def _iscsi_raw() -> Any:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "bf_iscsi_raw"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "transports" / "bf_iscsi_raw.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@TWO_CPUS
+def test_iscsi_session_on_a_killed_reactor_logs_in_again_others_untouched(
+    daemon_factory: Any,
+) -> None:
+    raw = _iscsi_raw()
+    base = "iqn.2016-06.io.blockfabric"
+    d = daemon_factory(mask="0x3").start()
+    port = _free_port()
+    d.rpc(
+        "iscsi_create_portal_group",
+        {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port)}]},
+    )
+    d.rpc(
+        "iscsi_create_initiator_group",
+        {"tag": 2, "initiators": ["ANY"], "netmasks": ["127.0.0.1/32"]},
+    )
+    for i in range(2):  # target nodes are homed round-robin: one per reactor
+        d.rpc("bdev_malloc_create", {"name": f"Malloc{i}", "num_blocks": 8192, "block_size": 512})
+        d.rpc(
+            "iscsi_create_target_node",
+            {
+                "name": f"disk{i + 1}", "alias_name": f"disk{i + 1}",
+                "luns": [{"bdev_name": f"Malloc{i}", "lun_id": 0}],
+                "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "disable_chap": True, "queue_depth": 16,
+            },
+        )  # fmt: skip
+
+    def session(node: str, isid: int | None = None) -> Any:
+        s = raw.RawIscsi(port, f"{base}:{node}", timeout=5)
+        if isid is not None:
+            s.isid = isid
+        s.login()
+        assert s.clear_unit_attention().status == raw.GOOD
+        return s
+
+    s1, s2 = session("disk1"), session("disk2")
+    homes = {
+        c["target_node_name"].rsplit(":", 1)[1]: c["lcore_id"]
+        for c in d.rpc("iscsi_get_connections")
+    }
+    assert homes["disk1"] != homes["disk2"], homes
+    victim = homes["disk2"]
+    data = os.urandom(4096)
+    assert s2.command(raw.write10(8, 8), data=data).status == raw.GOOD
+    old = _reactor(d, victim)["pid"]
+    os.kill(old, signal.SIGKILL)
+    _wait_restarted(d, victim, old)
+    # the session on the other reactor never noticed
+    for lba in range(0, 64, 8):
+        assert s1.command(raw.write10(lba, 8), data=data).status == raw.GOOD
+        r = s1.command(raw.read10(lba, 8), 4096, read=True)
+        assert r.status == raw.GOOD and bytes(r.data) == data
+    # disk2's session died with its reactor; the initiator logs in again with
+    # the same ISID (session reinstatement) on the restarted reactor
+    assert s2.closed(timeout=5)
+    s2b = session("disk2", isid=s2.isid)
+    r = s2b.command(raw.read10(8, 8), 4096, read=True)
+    assert r.status == raw.GOOD and bytes(r.data) == data  # acknowledged write is there
+    conns = {
+        c["target_node_name"].rsplit(":", 1)[1]: c["lcore_id"]
+        for c in d.rpc("iscsi_get_connections")
+    }
+    assert conns == homes
+    for s in (s1, s2b):
+        s.logout()
+        s.close()
+    s2.close()
