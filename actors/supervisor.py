@@ -174,6 +174,18 @@ class Supervisor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.instance = names.validate_instance(opts.name)
+        for what, v, lo in (
+            ("--max-restarts", opts.max_restarts, 0),
+            ("--restart-window", opts.restart_window_s, 0),
+            ("--heartbeat-interval", opts.heartbeat_s, 0.01),
+            ("--heartbeat-timeout", opts.heartbeat_timeout_s, 0.1),
+            ("--log-max-mb", opts.log_max_mb, 0.004),
+            ("--log-count", opts.log_count, 0),
+        ):
+            if not v >= lo:
+                raise StartupError(f"{what} must be >= {lo}, not {v}")
+        if opts.heartbeat_timeout_s <= opts.heartbeat_s:
+            raise StartupError("--heartbeat-timeout must be longer than --heartbeat-interval")
         self.hugepages = opts.hugepages
         self.cores = parse_core_mask(opts.core_mask)
         self.num_reactors = len(self.cores)
