@@ -184,7 +184,7 @@ def test_restart_policy_exhaustion_stops_cleanly(daemon_factory: Any) -> None:
 
 def test_stopped_reactor_is_killed_by_heartbeat_and_restarted(daemon_factory: Any) -> None:
     d = daemon_factory(
-        mask="0x1", extra=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.5"]
+        mask="0x1", extra=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "3"]
     ).start()
     old = _reactor(d, 0)["pid"]
     os.kill(old, signal.SIGSTOP)
