@@ -154,6 +154,7 @@ def test_killed_reactor_restarts_on_its_core_others_keep_doing_io(daemon_factory
         assert hosts == {survivor}  # only A is left
         assert "restarting it on core" in d.log()
         assert f"reactor {victim} restarted as pid {new['pid']}" in d.log()
+        assert "Traceback" not in d.log(), d.log()[-4000:]
     finally:
         a.close()
         with contextlib.suppress(Exception):
@@ -368,3 +369,4 @@ def test_iscsi_session_on_a_killed_reactor_logs_in_again_others_untouched(
         s.logout()
         s.close()
     s2.close()
+    assert "Traceback" not in d.log(), d.log()[-4000:]
