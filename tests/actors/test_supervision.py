@@ -376,3 +376,26 @@ def test_iscsi_session_on_a_killed_reactor_logs_in_again_others_untouched(
         s.close()
     s2.close()
     assert "Traceback" not in d.log(), d.log()[-4000:]
+
+
+@TWO_CPUS
+def test_rpc_waiting_on_a_hung_reactor_returns_when_it_is_killed(daemon_factory: Any) -> None:
+    d = daemon_factory(
+        mask="0x3", extra=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "2"]
+    ).start()
+    old = _reactor(d, 1)["pid"]
+    os.kill(old, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        # a broadcast query waits for every reactor; the hung one is killed by
+        # the heartbeat check inside the wait and dropped from it
+        reactors = d.rpc("framework_get_reactors")["reactors"]
+        took = time.monotonic() - t0
+    finally:
+        if psutil.pid_exists(old):
+            os.kill(old, signal.SIGKILL)
+    assert [r["lcore"] for r in reactors] == [0], reactors
+    assert took < 4.5, f"the RPC waited {took:.1f}s"
+    r = _wait_restarted(d, 1, old)
+    assert "no heartbeat answer" in r["last_cause"]
+    assert [x["lcore"] for x in d.rpc("framework_get_reactors")["reactors"]] == [0, 1]
