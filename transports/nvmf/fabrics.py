@@ -264,7 +264,7 @@ def set_cc(ctrl: Controller, new: int) -> None:
             ctrl.csts = (ctrl.csts & ~spec.CSTS_CFS) | spec.CSTS_RDY
             target.ctx.call("nvmf.ctrlr_state", {**args, "enabled": True}, lambda ok, r: None)
         else:
-            log.warning("nvmf: CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
+            _hostlog(ctrl.admin_qp, "CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
             ctrl.csts |= spec.CSTS_CFS
     elif not new & spec.CC_EN and old & spec.CC_EN:
         # controller reset: I/O queues go on every reactor, AERs are dropped
