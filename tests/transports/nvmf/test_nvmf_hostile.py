@@ -704,5 +704,6 @@ def test_exception_in_a_pool_grant_stays_with_its_connection(h, pooled, monkeypa
     _c, ttag, _o, _l = P.parse_data_hdr(r2ts[0].hdr)
     pdus = b.send(_j(P.encode_data(P.H2C_DATA, 1, ttag, 0, bytes(n))))
     assert b.resp(pdus).status == 0 and not b.qp.closed
+    a.raw += a.qp.take_output()
     assert a.qp.closed and a.term() is not None
     assert iob.in_use == 1  # B's second transfer only: A's grant went back
