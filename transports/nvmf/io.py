@@ -152,7 +152,7 @@ def read(req: Request) -> None:
         return ch.read(slba, nlb, done)
 
     def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
-        ch.read(slba, nlb, done, into=iov.views[0])  # type: ignore[call-arg]
+        ch.read(slba, nlb, done, into=iov.views[0])
 
     qp.acquire(req, n, got)
 
@@ -210,7 +210,7 @@ def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable
 
 def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
     if fua:
-        ch.write(slba, data, cb, fua=True)  # type: ignore[call-arg]
+        ch.write(slba, data, cb, fua=True)
     else:
         ch.write(slba, data, cb)
 
@@ -359,9 +359,9 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
             wr.complete(0)
 
     if wr.fua:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)  # type: ignore[call-arg,arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)
     else:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)  # type: ignore[arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
 
 
 HANDLERS = {
