@@ -707,3 +707,18 @@ def test_exception_in_a_pool_grant_stays_with_its_connection(h, pooled, monkeypa
     a.raw += a.qp.take_output()
     assert a.qp.closed and a.term() is not None
     assert iob.in_use == 1  # B's second transfer only: A's grant went back
+
+
+def test_exception_in_a_timer_is_contained(h, tgt, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rpc, key = tgt
+    a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    clock = Clock()
+    q.qp.target.clock = clock
+    q.cmd(spec.IO_WRITE, cid=9, nsid=1, cdws=_rw(0, 8192), data=bytes(8192), incapsule=False)
+    clock.t += 11
+    monkeypatch.setattr(q.qp, "_clock", lambda: 1 / 0)
+    q.qp.check_h2c_timeouts()  # must not raise into the loop
+    assert q.qp.closed and not q.qp.ttags
+    assert q.qp.target.stats["qpair_exceptions"] == 1
+    assert a.resp(a.cmd(spec.ADMIN_KEEP_ALIVE, cid=3)).status == 0
