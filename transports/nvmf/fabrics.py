@@ -81,6 +81,10 @@ def connect(req: Request) -> None:
         return _invalid(req, spec.CONNECT_DATA_OFF_HOSTNQN, True)
     subnqn = raw_sub[: raw_sub.index(b"\0")].decode("utf-8", "replace")
     hostnqn = raw_host[: raw_host.index(b"\0")].decode("utf-8", "replace")
+    # everything is copied out: drop the view so that waiting for the
+    # supervisor does not pin the connection's receive buffer
+    req.data = None
+    del data
     opts = target.opts
     if sqsize == 0 or sqsize >= (opts.max_aq_depth if qid == 0 else opts.max_queue_depth):
         return _invalid(req, spec.CONNECT_OFF_SQSIZE, False)
