@@ -684,7 +684,7 @@ class TcpQpair(QueuePair):
         ttag = self._next_ttag
         while True:
             ttag = (ttag + 1) & 0xFFFF
-            if ttag not in self.ttags:
+            if ttag and ttag not in self.ttags:  # 0 means "no R2T" (req.ttag)
                 break
         self._next_ttag = ttag
         req.ttag = ttag

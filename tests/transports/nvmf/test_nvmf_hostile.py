@@ -722,3 +722,21 @@ def test_exception_in_a_timer_is_contained(h, tgt, monkeypatch) -> None:  # type
     assert q.qp.closed and not q.qp.ttags
     assert q.qp.target.stats["qpair_exceptions"] == 1
     assert a.resp(a.cmd(spec.ADMIN_KEEP_ALIVE, cid=3)).status == 0
+
+
+def test_ttag_never_zero_after_wrap(h, tgt) -> None:  # type: ignore[no-untyped-def]
+    """TTAG 0 marks "no R2T": after 65535 R2Ts the tag wraps to 1, so a failed
+    transfer is always removed from the tag table."""
+    rpc, key = tgt
+    _a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    q.qp._next_ttag = 0xFFFF
+    clock = Clock()
+    q.qp.target.clock = clock
+    [r2t] = q.cmd(
+        spec.IO_WRITE, cid=9, nsid=1, cdws=_rw(0, 8192), data=bytes(8192), incapsule=False
+    )
+    assert P.parse_data_hdr(r2t.hdr)[1] == 1
+    clock.t += 11
+    q.qp.check_h2c_timeouts()
+    assert not q.qp.ttags and not q.qp.reqs
