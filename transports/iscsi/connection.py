@@ -790,13 +790,16 @@ class Connection:
             iov_put(iov.views, 0, imm)
         t.received = len(imm)
         t.next_r2t_offset = t.received
-        self._unstall(t)
-        if t.stream:
-            self._pieces(t, t.received)
-        if not t.unsol_open:
-            t.next_r2t_offset = t.received
-            self._region_done(t)
-        self._advance_write(t)
+        try:
+            if t.stream:
+                self._pieces(t, t.received)
+            if not t.unsol_open:
+                t.next_r2t_offset = t.received
+                self._region_done(t)
+            self._advance_write(t)
+        finally:
+            # the PDUs that came after this command run now, in order
+            self._unstall(t)
 
     def _advance_write(self, t: Task) -> None:
         """Issue R2Ts for the data still missing, or execute when complete."""
@@ -1261,8 +1264,8 @@ class Connection:
             reg.closed = True
             if reg.release_if_idle(self.iobufs):
                 t.regions.remove(reg)
-        if self._stalled_by is t:
-            self._unstall(t)
+        if abort and self._stalled_by is t:
+            self._unstall(t)  # it will never get its buffer: the input goes on
         for ttt in t.r2ts:
             self._ttt_map.pop(ttt, None)
         t.r2ts.clear()
