@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...bdevs.base import IoStatus
 from ...control.hostlog import HostLog
 from . import pdu as P
 from . import text
@@ -73,6 +74,8 @@ class DeviceLike(Protocol):
     def fast_lun(self, lun: int, nexus: Any) -> Any:
         """The LUN object when a plain READ may bypass the SCSI core, else None."""
         ...
+
+    def target_reset(self, on_done: Callable[[], None] | None = None) -> None: ...
 
 
 class ConnEnv(Protocol):
@@ -725,7 +728,7 @@ class Connection:
             lun = dev.fast_lun(t.lun, sess.nexus) if dev is not None else None
             st_task = self.env.make_task(lun=t.lun, tag=itt, direction="read")
             if isinstance(lun, ScsiLun):
-                lun.io_error(st_task, st or 1, read=True)
+                lun.io_error(st_task, IoStatus(int(st) or IoStatus.FAILED), read=True)
             else:
                 st_task.check_condition(_SENSE_HW_ERROR)
             self._complete(t, st_task)

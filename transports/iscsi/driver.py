@@ -310,7 +310,9 @@ class SockConn:
         out = self.out
         while out and not self.closed:
             while out and isinstance(out[0], _Sent):
-                out.popleft().run()
+                marker = out.popleft()
+                assert isinstance(marker, _Sent)
+                marker.run()
             if not out:
                 break
             iov: list[P.Buffer] = []
