@@ -141,6 +141,7 @@ _LAST = P.FLAG_DATA_LAST
 _SUCCESS = P.FLAG_DATA_SUCCESS
 _C2H_FLAGS = _LAST | _SUCCESS
 _ST_XFER = S.ST_DATA_TRANSFER_ERROR
+_FUA = 1 << 30  # CDW12 Force Unit Access (read/write)
 
 
 def _align(n: int, pda: int) -> int:
@@ -370,7 +371,10 @@ class HostQueue:
         data: memoryview,
         cb: Completion | None,
         ctx: Any = None,
+        fua: bool = False,
     ) -> Request:
+        """Write ``nlb`` blocks; ``fua``: Force Unit Access (CDW12 bit 30),
+        the data is durable before the command completes."""
         r = self._alloc(cb, ctx)
         n = len(data)
         inc = n <= self.icd_max
@@ -392,7 +396,7 @@ class HostQueue:
             _SGL_INCAPSULE if inc else _SGL_TRANSPORT,
             slba & 0xFFFFFFFF,
             slba >> 32,
-            nlb - 1,
+            (nlb - 1) | (_FUA if fua else 0),
             0,
             0,
             0,
