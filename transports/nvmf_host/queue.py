@@ -141,7 +141,6 @@ _LAST = P.FLAG_DATA_LAST
 _SUCCESS = P.FLAG_DATA_SUCCESS
 _C2H_FLAGS = _LAST | _SUCCESS
 _ST_XFER = S.ST_DATA_TRANSFER_ERROR
-_FUA = 1 << 30  # CDW12 Force Unit Access (read/write)
 
 
 def _align(n: int, pda: int) -> int:
@@ -373,8 +372,7 @@ class HostQueue:
         ctx: Any = None,
         fua: bool = False,
     ) -> Request:
-        """Write ``nlb`` blocks; ``fua``: Force Unit Access (CDW12 bit 30),
-        the data is durable before the command completes."""
+        """Write; ``fua`` sets Force Unit Access (CDW12 bit 30)."""
         r = self._alloc(cb, ctx)
         n = len(data)
         inc = n <= self.icd_max
@@ -396,7 +394,7 @@ class HostQueue:
             _SGL_INCAPSULE if inc else _SGL_TRANSPORT,
             slba & 0xFFFFFFFF,
             slba >> 32,
-            (nlb - 1) | (_FUA if fua else 0),
+            (nlb - 1) | (0x40000000 if fua else 0),
             0,
             0,
             0,
