@@ -167,8 +167,9 @@ class MallocBdev(Bdev):
     def detach(self) -> None:
         """Unmap in this process (views still held by queued sends keep the
         mapping alive until they are released; SharedSegment defers)."""
-        if self._segment is not None:
-            self._segment.close()
+        seg, self._segment = self._segment, None
+        if seg is not None:
+            seg.close()
 
     def destroy(self) -> None:
         """Supervisor: unmap and unlink the segment."""
