@@ -205,3 +205,160 @@ class IscsiHost:
             self.s.logout()
         finally:
             self.s.close()
+
+
+# ------------------------------------------------------------ reactor kills
+def reactors(d: Any) -> list[dict[str, Any]]:
+    return list(d.rpc("blockfabric_get_status")["reactors"])
+
+
+def kill_reactor(d: Any, rid: int, timeout: float = 30.0) -> tuple[float, int]:
+    """SIGKILL reactor RID; wait until the supervisor restarted it (a new pid
+    on the same id). Returns (time.time() of the kill, the new pid)."""
+    import os
+    import signal
+    import time
+
+    old = next(r for r in reactors(d) if r["id"] == rid)
+    t_kill = time.time()
+    os.kill(int(old["pid"]), signal.SIGKILL)
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            r = next(r for r in reactors(d) if r["id"] == rid)
+            if r["pid"] != old["pid"] and r.get("state", "running") == "running":
+                return t_kill, int(r["pid"])
+        except Exception:  # noqa: BLE001 - the supervisor may be busy restarting
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"reactor {rid} was not restarted within {timeout} s")
+        time.sleep(0.05)
+
+
+def _pat(lba: int, gen: int, nblocks: int, bs: int) -> bytes:
+    return b"".join(struct.pack("<QQ", lba + i, gen) * (bs // 16) for i in range(nblocks))
+
+
+class IscsiPatternWriter:
+    """A thread that writes a pattern (LBA + generation in every block) to a
+    LUN over the raw initiator, reads every write back, and on a dropped
+    connection logs in again (every ``delay`` s for up to ``loss_timeout``
+    s) and reads back every unit whose write was acknowledged (a write lost
+    in flight: each block old or new). Counts drops, I/Os, miscompares."""
+
+    def __init__(
+        self,
+        port: int,
+        iqn: str,
+        units: int = 256,
+        unit_blocks: int = 8,
+        loss_timeout: float = 30.0,
+        delay: float = 0.1,
+    ) -> None:
+        import threading
+
+        self.port, self.iqn = port, iqn
+        self.units, self.ub = units, unit_blocks
+        self.loss_timeout, self.delay = loss_timeout, delay
+        self.gens = [0] * units
+        self.acked = [0] * units
+        self.uncertain: dict[int, tuple[int, int]] = {}
+        self.drops = 0
+        self.ios = 0
+        self.miscompares = 0
+        self.bad: list[str] = []
+        self.error = ""
+        self.recoveries: list[dict[str, float]] = []
+        self.lcore: int | None = None
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name=f"iscsi-writer-{iqn}", daemon=True)
+        self.h: IscsiHost | None = None
+
+    def start(self) -> IscsiPatternWriter:
+        self.h = IscsiHost(self.port, self.iqn)
+        self._t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(60)
+        if self.h is not None:
+            import contextlib
+
+            with contextlib.suppress(Exception):
+                self.h.close()
+
+    def _check(self, u: int, got: bytes, gens: tuple[int, ...]) -> bool:
+        assert self.h is not None
+        bs = self.h.bs
+        lba = u * self.ub
+        for i in range(self.ub):
+            blk = got[i * bs : (i + 1) * bs]
+            if not any(g == 0 or blk == _pat(lba + i, g, 1, bs) for g in gens):
+                self.miscompares += 1
+                if len(self.bad) < 10:
+                    self.bad.append(f"unit {u} block {lba + i}: want gen {gens}")
+                return False
+        return True
+
+    def _relogin(self, why: str) -> None:
+        import contextlib
+        import time
+
+        t_lost = time.time()
+        self.drops += 1
+        if self.h is not None:
+            with contextlib.suppress(Exception):
+                self.h.s.close()
+        self.h = None
+        end = time.monotonic() + self.loss_timeout
+        while True:
+            try:
+                self.h = IscsiHost(self.port, self.iqn)
+                break
+            except Exception as e:  # noqa: BLE001 - retried until the loss timeout
+                if time.monotonic() > end:
+                    raise ConnectionError(f"no login within {self.loss_timeout} s: {e}") from e
+                time.sleep(self.delay)
+        # the first completed I/O, then every acknowledged unit read back
+        self.h.read(0, 1)
+        t_io = time.time()
+        self.recoveries.append({"lost_at": t_lost, "io_at": t_io, "ms": (t_io - t_lost) * 1e3})
+        for u in range(self.units):
+            if self.acked[u] or u in self.uncertain:
+                old, new = self.uncertain.pop(u, (self.acked[u], self.acked[u]))
+                got = self.h.read(u * self.ub, self.ub)
+                self._check(u, got, (new, old))
+                self.acked[u] = 0 if old != new else new  # unknown until written again
+
+    def _run(self) -> None:
+        import random
+
+        rng = random.Random(self.iqn)
+        try:
+            while not self._stop.is_set():
+                assert self.h is not None
+                u = rng.randrange(self.units)
+                self.gens[u] += 1
+                g = self.gens[u]
+                data = _pat(u * self.ub, g, self.ub, self.h.bs)
+                try:
+                    self.h.write(u * self.ub, data)
+                except Exception as e:  # noqa: BLE001 - a drop of any kind
+                    if isinstance(e, AssertionError):
+                        raise
+                    self.uncertain[u] = (self.acked[u], g)
+                    self._relogin(str(e))
+                    continue
+                self.acked[u] = g
+                try:
+                    got = self.h.read(u * self.ub, self.ub)
+                except Exception as e:  # noqa: BLE001 - a drop of any kind
+                    if isinstance(e, AssertionError):
+                        raise
+                    self._relogin(str(e))
+                    continue
+                self.ios += 2
+                self._check(u, got, (g,))
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = f"{type(e).__name__}: {e}"
