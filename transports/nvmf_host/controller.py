@@ -538,7 +538,7 @@ class Controller:
         mv = memoryview(data)
         bq.execute(
             lambda cb: bq.q.write(nsid, slba, len(data) // block_size, mv, cb, fua=fua),
-            f"Write LBA {slba}{' FUA' if fua else ''}",
+            f"Write LBA {slba}",
         )
 
     def flush(self, nsid: int, q: int = 0) -> None:
