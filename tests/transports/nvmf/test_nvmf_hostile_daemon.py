@@ -83,6 +83,23 @@ def _stats(d: Any) -> dict[str, int]:
     return total
 
 
+def _pool_in_use(d: Any) -> int | None:
+    """Buffers the reactors hold from the shared pool (None on a build
+    without iobuf_get_stats)."""
+    if "iobuf_get_stats" not in d.rpc("rpc_get_methods"):
+        return None
+    return sum(int(r.get("in_use", 0)) for r in d.rpc("iobuf_get_stats"))
+
+
+def _pool_drained(d: Any) -> None:
+    end = time.monotonic() + 5
+    n = _pool_in_use(d)
+    while n and time.monotonic() < end:
+        time.sleep(0.05)
+        n = _pool_in_use(d)
+    assert not n, f"{n} pool buffers still held after the attackers left"
+
+
 def _status(cqe: Any) -> tuple[int, int]:
     sct, sc = spec.split_status(cqe.status)[:2]
     return sct, sc
@@ -130,7 +147,47 @@ def test_log_page_and_identify_bombs(h: Any, daemon_factory: Any) -> None:
         c.close()
     good.check()
     good.close()
+    _pool_drained(d)
     assert "Traceback" not in d.log()
+
+
+def test_host_that_never_reads_responses(h: Any, daemon_factory: Any) -> None:
+    """Backpressure: a host floods 128 KiB Get Log Page commands and never reads;
+    the reactor stops reading it once max_unsent_bytes are queued, so its RSS
+    stays bounded, while another host keeps doing I/O; nothing is lost."""
+    d, addr = _daemon(daemon_factory, max_unsent_bytes=1 << 20)
+    good = Good(h, addr)
+    good.check()
+    rss0 = _reactor_rss(d)
+    flood = h.Client(addr)
+    flood.admin_setup(subnqn=NQN, hostnqn=BAD)
+    n, size = 800, 131072
+    numd = size // 4 - 1
+    cdw10 = spec.LID_ERROR | ((numd & 0xFFFF) << 16)
+    cids = [
+        flood.submit(
+            spec.ADMIN_GET_LOG_PAGE, nsid=0xFFFFFFFF, cdws=(cdw10, numd >> 16), read_len=size
+        )
+        for _ in range(n)
+    ]  # 100 MiB of responses asked for
+    for _ in range(20):
+        good.check()
+    time.sleep(0.5)
+    rss1 = _reactor_rss(d)
+    growth = max(rss1[p] - rss0.get(p, rss1[p]) for p in rss1)
+    print(
+        f"{n} x 128 KiB Get Log Page never read ({n * size >> 20} MiB asked): reactor RSS "
+        f"growth {growth >> 10} KiB (bound {RSS_GROWTH_BOUND >> 20} MiB)"
+    )
+    assert growth < RSS_GROWTH_BOUND
+    # the host finally reads: every command is answered, in full
+    for cid in cids:
+        cqe, data = flood.wait(cid)
+        assert cqe.status == 0 and len(data) == size
+    flood.close()
+    good.check()
+    good.close()
+    _pool_drained(d)
 
 
 def test_idle_and_half_open_connections_closed(h: Any, daemon_factory: Any) -> None:
@@ -184,6 +241,7 @@ def test_r2t_never_answered(h: Any, daemon_factory: Any) -> None:
         good.check()
     assert _stats(d)["h2c_timeouts"] == 1
     good.close()
+    _pool_drained(d)
     assert "Traceback" not in d.log()
 
 
