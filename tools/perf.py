@@ -229,6 +229,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
     from ..transports.nvmf_host.queue import (
         IOV_MAX_SEND,
         ST_HOST_PATH_ERROR,
+        NvmeStatusError,
         TransportError,
         advance,
         status_str,
@@ -237,7 +238,13 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
     if cfg.get("core") is not None:
         os.sched_setaffinity(0, {cfg["core"]})
     reconnect = shared is not None and float(cfg.get("ctrlr_loss_timeout", 0)) != 0
-    bq = _connect_queue(cfg)
+    try:
+        bq = _connect_queue({**cfg, "cntlid": int(shared.cntlid.value)} if reconnect else cfg)
+    except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+        if not reconnect:
+            raise
+        # the controller was lost before this worker started
+        bq = _reconnect(cfg, shared, f"{type(e).__name__}: {e}")
     bq.sock.setblocking(False)
     sock, q = bq.sock, bq.q
     qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]

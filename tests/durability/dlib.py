@@ -362,3 +362,18 @@ class IscsiPatternWriter:
                 self._check(u, got, (g,))
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.error = f"{type(e).__name__}: {e}"
+
+
+def nvme_admin_reactor(d: Any, nqn: str = NQN, timeout: float = 20.0) -> int:
+    """The reactor holding the admin queue of the (first) controller of NQN:
+    killing it takes the controller down."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        for q in d.rpc("nvmf_subsystem_get_qpairs", {"nqn": nqn}):
+            if q["qid"] == 0:
+                return int(str(q["thread"]).rsplit("_", 1)[-1])
+        if time.monotonic() > end:
+            raise AssertionError(f"no admin queue pair of {nqn}")
+        time.sleep(0.1)

@@ -39,13 +39,7 @@ def _victim(d: Any, proto: str) -> int:
         conns = d.rpc("iscsi_get_connections")
         assert conns, "no iSCSI connection while the guest writes"
         return int(conns[0]["lcore_id"])
-    qp = d.rpc("nvmf_subsystem_get_qpairs", {"nqn": dlib.NQN})
-    assert qp, "no NVMe/TCP queue pair while the guest writes"
-    for q in qp:
-        for k in ("lcore", "lcore_id", "reactor", "thread_id", "core"):
-            if k in q and isinstance(q[k], int):
-                return int(q[k]) if k != "thread_id" else int(q[k]) - 1
-    return 0
+    return dlib.nvme_admin_reactor(d)  # killing it takes the controller down
 
 
 @pytest.mark.parametrize("proto", ["nvme", "iscsi"])
