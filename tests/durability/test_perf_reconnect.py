@@ -205,3 +205,27 @@ def test_loss_timeout_gives_up(tmp_path: Path) -> None:
     assert rc == 1, why
     assert time.monotonic() - t0 < 20, why
     assert "ctrlr_loss_timeout_sec" in why or "no reconnect" in why, why
+
+
+def test_recovery_bench_render() -> None:
+    """bench/recovery.py's table from canned samples (nothing is started)."""
+    root = Path(__file__).resolve().parents[2]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from bench import recovery
+
+    res = {
+        "machine": "m",
+        "cpus": 2,
+        "kills": 3,
+        "delay_s": 0.02,
+        "protocols": {
+            "nvme": {"kills": 3, "median_ms": 900.4, "min_ms": 850, "max_ms": 1000,
+                     "restart_median_ms": 880},
+            "iscsi": {"kills": 3, "median_ms": 1010, "min_ms": 700, "max_ms": 1400,
+                      "restart_median_ms": 990},
+        },
+    }  # fmt: skip
+    md = recovery.render(res)
+    assert "| NVMe/TCP (host library) | 3 | 900 | 850 | 1000 | 880 |" in md, md
+    assert "| iSCSI (raw initiator) | 3 | 1010 | 700 | 1400 | 990 |" in md, md
