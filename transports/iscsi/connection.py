@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...bdevs.base import IoStatus
 from ...control.hostlog import HostLog
 from . import pdu as P
 from . import text
@@ -73,6 +74,8 @@ class DeviceLike(Protocol):
     def fast_lun(self, lun: int, nexus: Any) -> Any:
         """The LUN object when a plain READ may bypass the SCSI core, else None."""
         ...
+
+    def target_reset(self, on_done: Callable[[], None] | None = None) -> None: ...
 
 
 class ConnEnv(Protocol):
@@ -725,7 +728,7 @@ class Connection:
             lun = dev.fast_lun(t.lun, sess.nexus) if dev is not None else None
             st_task = self.env.make_task(lun=t.lun, tag=itt, direction="read")
             if isinstance(lun, ScsiLun):
-                lun.io_error(st_task, st or 1, read=True)
+                lun.io_error(st_task, IoStatus(int(st) or IoStatus.FAILED), read=True)
             else:
                 st_task.check_condition(_SENSE_HW_ERROR)
             self._complete(t, st_task)
@@ -790,13 +793,16 @@ class Connection:
             iov_put(iov.views, 0, imm)
         t.received = len(imm)
         t.next_r2t_offset = t.received
-        self._unstall(t)
-        if t.stream:
-            self._pieces(t, t.received)
-        if not t.unsol_open:
-            t.next_r2t_offset = t.received
-            self._region_done(t)
-        self._advance_write(t)
+        try:
+            if t.stream:
+                self._pieces(t, t.received)
+            if not t.unsol_open:
+                t.next_r2t_offset = t.received
+                self._region_done(t)
+            self._advance_write(t)
+        finally:
+            # the PDUs that came after this command run now, in order
+            self._unstall(t)
 
     def _advance_write(self, t: Task) -> None:
         """Issue R2Ts for the data still missing, or execute when complete."""
@@ -1261,8 +1267,8 @@ class Connection:
             reg.closed = True
             if reg.release_if_idle(self.iobufs):
                 t.regions.remove(reg)
-        if self._stalled_by is t:
-            self._unstall(t)
+        if abort and self._stalled_by is t:
+            self._unstall(t)  # it will never get its buffer: the input goes on
         for ttt in t.r2ts:
             self._ttt_map.pop(ttt, None)
         t.r2ts.clear()
