@@ -198,16 +198,26 @@ def _log_args(req: Request) -> tuple[int, int, bool, int, int]:
 
 
 def _send_log(req: Request, page: bytes | bytearray, length: int, offset: int) -> None:
+    """Send ``length`` bytes of ``page`` from ``offset``. ``length`` was
+    checked against the transfer length (<= MDTS) before the page was built,
+    so nothing here is sized by the host's NUMD alone: at most the bytes asked
+    for, zero-filled past the end of the log."""
     if offset & 3 or offset > len(page):
         return req.complete(spec.ST_INVALID_FIELD)
-    out = bytearray(length)
     chunk = page[offset : offset + length]
+    if len(chunk) == length:
+        return req.complete_with_data(chunk)
+    out = bytearray(length)  # length <= the SGL length <= MDTS
     out[: len(chunk)] = chunk
     req.complete_with_data(out)
 
 
 def get_log_page(req: Request, ctrl: Controller) -> None:
     lid, _lsp, rae, length, offset = _log_args(req)
+    if length > req.sgl_len:
+        # NUMD asks for more than the host's buffer (the SGL, itself capped by
+        # MDTS): refused before anything is built, as Linux nvmet does
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
     if ctrl.subsys.is_discovery:
         if lid == spec.LID_DISCOVERY:
             page = discovery.log_page(req.qp.target, ctrl.hostnqn, req.qp.listener)
@@ -405,8 +415,7 @@ def set_features(req: Request, ctrl: Controller) -> None:
         ctrl.features[fid] = cdw11 & supported
         return req.complete(0)
     if fid == spec.FID_VOLATILE_WC:
-        ctrl.features[fid] = cdw11 & 0x1
-        return req.complete(0)
+        return _set_vwc(req, ctrl, cdw11 & 0x1)
     if fid in (
         spec.FID_ARBITRATION,
         spec.FID_POWER_MGMT,
@@ -418,6 +427,22 @@ def set_features(req: Request, ctrl: Controller) -> None:
         ctrl.features[fid] = cdw11
         return req.complete(0)
     req.complete(spec.ST_INVALID_FIELD)
+
+
+def _set_vwc(req: Request, ctrl: Controller, vwc: int) -> None:
+    """VWC 0: write-through (every write durable before it completes) on all
+    I/O queues of the controller, on every reactor; 1: back to write-back.
+    Completes once every reactor has switched, so a write the host submits
+    after this completion is already covered."""
+    ctrl.features[spec.FID_VOLATILE_WC] = vwc
+    ctrl.vwc_local(vwc)
+
+    def done(ok: bool, result: Any) -> None:
+        req.complete(0 if ok else spec.ST_INTERNAL)
+
+    ctrl.target.ctx.call(
+        "nvmf.ctrlr_vwc", {"nqn": ctrl.subsys.nqn, "cntlid": ctrl.cntlid, "vwc": vwc}, done
+    )
 
 
 # -------------------------------------------------------------- the others

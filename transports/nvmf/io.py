@@ -7,12 +7,21 @@ LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
 Command Opcode. Read data is handed to the transport as the channel's
 memoryview (zero copy).
+
+Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
+write half of a fused Compare-and-Write, and every write of a queue whose
+controller has the Volatile Write Cache off (``qp.write_through``), reaches
+the channel as ``fua=True`` (Write Zeroes: the zeroes, then a flush), so
+the data is durable before the command completes. Flush flushes.
+Compare-and-Write is the channel's atomic ``compare_and_write`` (a range
+lock every reactor honours); a miscompare writes nothing.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import IoChannel, IoStatus
 from . import spec
@@ -128,7 +137,31 @@ def write(req: Request) -> None:
     c = req.qp.counters
     c.write_cmds += 1
     c.write_bytes += n
-    ch.write(slba, data, lambda s: req.complete(status_of(s)))
+    fua = req.fua
+    iov = req.iov
+    if iov is not None and len(iov.views) > 1:
+        # an R2T transfer in several pool chunks: one channel write per chunk
+        ops: list[Callable[[Any], None]] = []
+        off = 0
+        for v in iov.views:
+            if off >= n:
+                break
+            part = v[: n - off] if off + len(v) > n else v
+            ops.append(_chunk_op(ch, slba + off // bs, part, fua))
+            off += len(part)
+        return _fan_out(req, ops)
+    _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
+
+
+def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable[[Any], None]:
+    return lambda cb: _write(ch, slba, part, cb, fua)
+
+
+def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
+    if fua:
+        ch.write(slba, data, cb, fua=True)  # type: ignore[call-arg]
+    else:
+        ch.write(slba, data, cb)
 
 
 def flush(req: Request) -> None:
@@ -152,7 +185,15 @@ def write_zeroes(req: Request) -> None:
     if r is None:
         return
     ch, bs, slba, nlb = r
-    ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
+    if not req.fua:
+        return ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
+
+    def zeroed(s: IoStatus) -> None:
+        if s:
+            return req.complete(status_of(s))
+        ch.flush(lambda fs: req.complete(status_of(fs)))  # FUA: durable before completion
+
+    ch.write_zeroes(slba, nlb, zeroed)
 
 
 def dataset_management(req: Request) -> None:
@@ -204,7 +245,7 @@ def compare(req: Request) -> None:
     data = req.data
     if data is None or len(data) < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    ch.compare(slba, data[:n], lambda s: req.complete(status_of(s)))
+    ch.compare(slba, data[:n], lambda s, *_first_diff: req.complete(status_of(s)))
 
 
 # ------------------------------------------------------------------ fused
@@ -253,7 +294,9 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
     c.write_cmds += 1
     c.write_bytes += n
 
-    def done(s: IoStatus) -> None:
+    def done(s: IoStatus, first_diff: int = -1) -> None:
+        # cb(status, first_diff) per the bdev contract (first_diff unused:
+        # NVMe's Compare Failure carries no offset)
         if s == IoStatus.MISCOMPARE:
             cmp.complete(spec.ST_COMPARE_FAILURE)
             wr.complete(spec.ST_FUSED_FAIL)
@@ -264,7 +307,10 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
             cmp.complete(0)
             wr.complete(0)
 
-    ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
+    if wr.fua:
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)  # type: ignore[call-arg,arg-type]
+    else:
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)  # type: ignore[arg-type]
 
 
 HANDLERS = {

@@ -57,6 +57,11 @@ class MemChannel(IoChannel):
         else:
             fn()
 
+    def write(self, offset_blocks: int, data: memoryview, cb: Any, fua: bool = False) -> None:  # type: ignore[override]
+        # the new channel contract (fua); every write's flag is recorded
+        self.mbdev.fua_log.append((offset_blocks, fua))
+        super().write(offset_blocks, data, cb)
+
     def _do_read(self, off: int, n: int, cb: Any) -> None:
         view = self.mem[off * self.bs : (off + n) * self.bs]
         self._later(lambda: cb(IoStatus.SUCCESS, view))
@@ -89,6 +94,7 @@ class MemBdev(Bdev):
         self.storage = bytearray(num_blocks * block_size)
         self.loop = async_loop
         self.zeroed: list[tuple[int, int]] = []
+        self.fua_log: list[tuple[int, bool]] = []  # (offset, fua) of every write
 
     def open_channel(self) -> IoChannel:
         return MemChannel(self)
