@@ -21,10 +21,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...control.hostlog import HostLog
 from . import pdu as P
 from . import text
 from .discovery import send_targets
-from .login import Login, LoginOutcome
+from .login import Login, LoginOutcome, session_queue_depth
 from .nodes import ConfigView
 from .params import STAGE_FULL_FEATURE, ConnParams, NegotiationError, Negotiator
 from .session import Session, SessionRegistry, sn_le, sn_lt
@@ -49,6 +50,7 @@ TMF_RSP_NOT_SUPPORTED = 5
 
 # SCSI status / sense for errors we raise ourselves
 CHECK_CONDITION = 0x02
+TASK_SET_FULL = 0x28
 _SENSE_INVALID_FIELD_CDB = bytes(
     [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0]
 )
@@ -113,6 +115,7 @@ class Task:
         "dead",
         "exp_datasn",
         "conn",
+        "slot",
     )
 
     def __init__(self, itt: int, lun_field: int, cdb: bytes, edtl: int, direction: str) -> None:
@@ -134,6 +137,8 @@ class Task:
         self.dead = False
         self.exp_datasn = 0
         self.conn: Connection | None = None
+        # the command-window slot this task holds: 0 none, 1 CmdSN, 2 immediate
+        self.slot = 0
 
 
 class Connection:
@@ -175,7 +180,8 @@ class Connection:
         self.ping_sent_at: float | None = None
         self.last_rx = 0.0
         self.close_reason = ""
-        self.stats = {"pdus_in": 0, "pdus_out": 0, "rejects": 0}
+        self.stats = {"pdus_in": 0, "pdus_out": 0, "rejects": 0, "errors": 0}
+        self.hostlog = HostLog(log, f"iscsi {peer_addr}")
 
     # ------------------------------------------------------------------ io
     def send(self, bufs: list[P.Buffer]) -> None:
@@ -214,7 +220,7 @@ class Connection:
         self.receive(self.reader.feed_bytes(data))
 
     def pdu_error(self, e: P.PduError) -> None:
-        log.info("iscsi %s: %s", self.peer_addr, e)
+        self.hostlog.event(logging.INFO, "%s", e)
         if self.state == "ffp":
             self._reject(e.bhs or bytes(P.BHS_LEN), e.reason)
         if e.fatal or self.state != "ffp":
@@ -262,7 +268,7 @@ class Connection:
                 if c.cid == oc.cid:  # connection reinstatement at ERL 0: drop the old one
                     c.close("connection reinstated")
         else:
-            qd = oc.target.queue_depth if oc.target else 1
+            qd = session_queue_depth(self.env.view, oc.target)
             sess = Session(
                 oc.tsih,
                 oc.isid,
@@ -333,10 +339,13 @@ class Connection:
             # hot path: the next command in CmdSN order with nothing queued
             # ahead is what Session.order would deliver at once (no closures)
             sn = pdu.w24
-            if sn == s.exp_cmdsn and not s._ahead:
+            if sn == s.exp_cmdsn and not s._ahead and s._max_cmdsn != (sn - 1) & 0xFFFFFFFF:
                 s.exp_cmdsn = (sn + 1) & 0xFFFFFFFF
+                s.outstanding += 1
                 if not s._aborted_sns or not s._skip(sn):
                     self._scsi_cmd(pdu)
+                else:
+                    s.done(False)
                 return
         if op == P.OP_DATA_OUT:
             self._data_out(pdu)
@@ -362,12 +371,31 @@ class Connection:
 
         def keep() -> Callable[[], None]:
             copy = P.Pdu(bytes(pdu.bhs), bytes(pdu.ahs), bytes(pdu.data))
-            return lambda: handler(self, copy) if self.state == "ffp" else None
+            return lambda: self._deliver(handler, copy)
 
-        if not s.order(pdu.cmdsn, pdu.immediate, lambda: handler(self, pdu), keep):
-            log.info(
-                "iscsi: CmdSN %d outside [%d, %d], dropped", pdu.cmdsn, s.exp_cmdsn, s.max_cmdsn
+        if not s.order(pdu.cmdsn, pdu.immediate, lambda: self._deliver(handler, pdu), keep):
+            self.hostlog.event(
+                logging.INFO,
+                "CmdSN %d outside [%d, %d], dropped",
+                pdu.cmdsn,
+                s.exp_cmdsn,
+                s.max_cmdsn,
             )
+
+    def _deliver(self, handler: Callable[[Connection, P.Pdu], None], pdu: P.Pdu) -> None:
+        """Run a command in CmdSN order. A SCSI command owns its window slot
+        (released when its task ends); any other command is done on return."""
+        s = self.session
+        assert s is not None
+        if pdu.opcode == P.OP_SCSI_CMD and self.state == "ffp":
+            handler(self, pdu)
+            return
+        try:
+            if self.state == "ffp":
+                handler(self, pdu)
+        finally:
+            if not pdu.immediate:
+                s.done(False)
 
     # ----------------------------------------------------------------- NOP
     def _nop_out(self, pdu: P.Pdu) -> None:
@@ -418,15 +446,34 @@ class Connection:
     def _scsi_cmd(self, pdu: P.Pdu) -> None:
         s = self.session
         assert s is not None
+        imm = pdu.immediate
+        if imm and not s.take_immediate():
+            # the session already runs queue_depth commands: an immediate one
+            # counts against the same bound (SAM-5 TASK SET FULL)
+            self._respond_status(pdu.itt, TASK_SET_FULL, pdu.edtl)
+            return
+        slot = 2 if imm else 1
+        try:
+            if self._scsi_cmd_slot(pdu, slot):
+                return  # a task owns the slot now
+        except BaseException:
+            s.done(imm)
+            raise
+        s.done(imm)
+
+    def _scsi_cmd_slot(self, pdu: P.Pdu, slot: int) -> bool:
+        """Start a SCSI command; True when a task took over the window slot."""
+        s = self.session
+        assert s is not None
         itt = pdu.itt
         if itt in s.tasks:
             self._reject(pdu.bhs, P.REJ_TASK_IN_PROGRESS)
-            return
+            return False
         f1 = pdu.f1
         if f1 & 0xE0 == 0xC0 and not pdu.dlen and not pdu.ahs_len:
             op = pdu.bhs[32]
-            if (op == 0x28 or op == 0x88) and self._fast_read(pdu, op, s):
-                return
+            if (op == 0x28 or op == 0x88) and self._fast_read(pdu, op, s, slot):
+                return True
         rd = bool(f1 & P.F_READ)
         wr = bool(f1 & P.F_WRITE)
         edtl = pdu.edtl
@@ -439,23 +486,24 @@ class Connection:
             not wr or not sp.immediate_data or len(imm) > min(edtl, sp.first_burst_length)
         ):
             self._reject(pdu.bhs, P.REJ_PROTOCOL)
-            return
+            return False
         if not pdu.final and (not wr or sp.initial_r2t):
             # unsolicited Data-Out announced where none is allowed
             self._reject(pdu.bhs, P.REJ_PROTOCOL)
-            return
+            return False
         if rd and wr:
             self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-            return
+            return False
+        t.slot = slot
         s.tasks[itt] = t
         self.tasks[itt] = t
         if not wr or edtl == 0:
             self._execute(t)
-            return
+            return True
         if edtl > MAX_EDTL:
             self._drop_task(t)
             self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-            return
+            return True
         t.buf = bytearray(edtl)
         if len(imm):
             t.buf[: len(imm)] = imm
@@ -465,8 +513,9 @@ class Connection:
             t.unsol_open = True
             t.unsol_limit = min(edtl, sp.first_burst_length)
         self._advance_write(t)
+        return True
 
-    def _fast_read(self, pdu: P.Pdu, op: int, s: Session) -> bool:
+    def _fast_read(self, pdu: P.Pdu, op: int, s: Session, slot: int) -> bool:
         """READ(10)/READ(16) straight to the bdev channel, skipping the SCSI
         core's generic dispatch, when `ScsiDevice.fast_lun` says no unit
         attention, reservation or removal applies and the CDB is plain (no
@@ -510,11 +559,13 @@ class Connection:
         ch.read(lba, n, done)
         self._fast_itt = -1
         if box:
+            s.done(slot == 2)  # before the response, so its MaxCmdSN is current
             self._fast_read_done(itt, lun_field, edtl, box[0], box[1])
             return True
         # the bdev completes later: track the command like any other task
         t = Task(itt, lun_field, b"", edtl, "read")
         t.conn = self
+        t.slot = slot
         s.tasks[itt] = t
         self.tasks[itt] = t
         return True
@@ -549,7 +600,7 @@ class Connection:
         s = self.session
         assert s is not None
         exp = s.exp_cmdsn
-        mx = (exp + s.queue_depth - 1) & 0xFFFFFFFF
+        mx = s.max_cmdsn
         if (
             edtl <= cp.max_xmit_dlen
             and edtl <= s.params.max_burst_length
@@ -803,6 +854,16 @@ class Connection:
             off += n
         return datasn
 
+    def _respond_status(self, itt: int, status: int, edtl: int) -> None:
+        """A SCSI Response with a status and no sense (TASK SET FULL, BUSY)."""
+        sn, exp, mx = self._status_words()
+        flags, residual = (P.F_UNDERFLOW, edtl) if edtl else (0, 0)
+        self.send(
+            self._encode(
+                P.OP_SCSI_RESP, 0x80 | flags, 0, status, 0, itt, (0, sn, exp, mx, 0, 0, residual)
+            )
+        )
+
     def _respond_error(self, t: Task, sense: bytes) -> None:
         sn, exp, mx = self._status_words()
         flags, residual = (P.F_UNDERFLOW, t.edtl) if t.edtl else (0, 0)
@@ -826,6 +887,9 @@ class Connection:
         s = self.session
         if s is not None and s.tasks.get(t.itt) is t:
             del s.tasks[t.itt]
+        if t.slot and s is not None:
+            slot, t.slot = t.slot, 0
+            s.done(slot == 2)
         for ttt in t.r2ts:
             self._ttt_map.pop(ttt, None)
         t.r2ts.clear()
