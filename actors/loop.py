@@ -34,6 +34,10 @@ EPOLLHUP = select.EPOLLHUP
 POLL_MODES = ("adaptive", "busy", "blocking")
 
 
+def _noop() -> None:
+    pass
+
+
 class TimerHandle:
     __slots__ = ("when", "seq", "cb", "cancelled")
 
@@ -45,6 +49,9 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # drop the callback now: it may hold a closed connection (and its
+        # buffers) that would otherwise stay alive until the timer's time
+        self.cb = _noop
 
     def __lt__(self, other: TimerHandle) -> bool:
         return (self.when, self.seq) < (other.when, other.seq)
