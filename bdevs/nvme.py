@@ -6,6 +6,10 @@ the remote controller (address, NQNs, host id, controller id, digests, the
 qid to use). Each reactor connects lazily when it first opens its channel
 (SPDK's per-thread channel), on its event loop with a non-blocking socket.
 
+FUA is passed on (CDW12 bit 30 of Write) and flush is an NVMe Flush, so the
+remote controller makes the data durable; reads given ``into`` land in it
+directly (the host library receives C2HData straight into the buffer).
+
 When the connection is lost, outstanding and new I/O fail with
 IoStatus.FAILED and the channel reconnects every ``reconnect_delay_sec``;
 the supervisor decides when the controller is gone for good
@@ -181,12 +185,13 @@ class NvmeChannel(IoChannel):
         nsid = self.nbdev.nsid
         kind, cb = op[0], op[1]
         if kind == "read":
-            _, _, lba, nlb = op
-            buf = memoryview(bytearray(nlb * self.bdev.block_size))
+            _, _, lba, nlb, into = op
+            n = nlb * self.bdev.block_size
+            buf = into[:n] if into is not None else memoryview(bytearray(n))
             q.read(nsid, lba, nlb, buf, self._done_read, (cb, buf))
         elif kind == "write":
-            _, _, lba, data = op
-            q.write(nsid, lba, len(data) // self.bdev.block_size, data, self._done, cb)
+            _, _, lba, data, fua = op
+            q.write(nsid, lba, len(data) // self.bdev.block_size, data, self._done, cb, fua=fua)
         elif kind == "flush":
             q.submit(S.IO_FLUSH, nsid, cb=self._done, ctx=cb)
         elif kind == "zeroes":
@@ -249,36 +254,39 @@ class NvmeChannel(IoChannel):
         mx = int(self.nbdev.ctrlr.get("max_xfer") or 0)
         return mx // self.bdev.block_size if mx else 0
 
-    def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+    def _do_read(
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+    ) -> None:
         mb = self._max_blocks()
         if not mb or num_blocks <= mb:
-            self._start(("read", cb, offset_blocks, num_blocks))
+            self._start(("read", cb, offset_blocks, num_blocks, into))
             return
         # larger than the remote's MDTS: split like SPDK's NVMe driver, one
         # buffer for the whole transfer, completed when every piece is back
         bs = self.bdev.block_size
-        whole = memoryview(bytearray(num_blocks * bs))
+        whole = (
+            into[: num_blocks * bs] if into is not None else memoryview(bytearray(num_blocks * bs))
+        )
         join = _Join(lambda st: cb(st, whole if not st else None), -(-num_blocks // mb))
         for lba in range(offset_blocks, offset_blocks + num_blocks, mb):
             n = min(mb, offset_blocks + num_blocks - lba)
             dst = whole[(lba - offset_blocks) * bs : (lba - offset_blocks + n) * bs]
 
-            def piece(st: IoStatus, data: memoryview | None, dst: memoryview = dst) -> None:
-                if not st and data is not None:
-                    dst[:] = data
-                join.done(st)
+            def piece(st: IoStatus, data: memoryview | None) -> None:
+                join.done(st)  # landed in ``dst`` directly
 
-            self._start(("read", piece, lba, n))
+            self._start(("read", piece, lba, n, dst))
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
         mb = self._max_blocks()
         bs = self.bdev.block_size
         if not mb or len(data) <= mb * bs:
-            self._start(("write", cb, offset_blocks, data))
+            self._start(("write", cb, offset_blocks, data, fua))
             return
         join = _Join(cb, -(-len(data) // (mb * bs)))
         for i, off in enumerate(range(0, len(data), mb * bs)):
-            self._start(("write", join.done, offset_blocks + i * mb, data[off : off + mb * bs]))
+            piece = data[off : off + mb * bs]
+            self._start(("write", join.done, offset_blocks + i * mb, piece, fua))
 
     def _do_flush(self, cb: Callback) -> None:
         self._start(("flush", cb))
