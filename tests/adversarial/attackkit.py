@@ -537,7 +537,8 @@ class LogPageBomb(Attack):
              nsid: int, cap: int) -> None:  # fmt: skip
         cid = c.submit(opcode, nsid=nsid, cdws=sqe_cdws, read_len=sgl_len)
         st, got = _recv_answer(c, cid, cap)
-        key = f"{kind}:{st:#x}"
+        sct, sc, _dnr = spec.split_status(st)
+        key = f"{kind}:{sct}/{sc:#04x}"
         self.report["statuses"][key] = self.report["statuses"].get(key, 0) + 1
         self.report["commands"] += 1
 
@@ -989,7 +990,7 @@ class ZmqRpcFlood(Attack):
                         self.report["requests_sent"] += 1
                     except zmq.Again:
                         pass
-                self._stop.wait(0.001)
+                self._stop.wait(0.01)
 
         return [run]
 
