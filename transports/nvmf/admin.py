@@ -19,6 +19,7 @@ import math
 import struct
 from typing import TYPE_CHECKING, Any
 
+from ...shm.iobuf import CHUNK, IoVec
 from . import discovery, spec
 from .core import ERROR_LOG_ENTRIES, FIRMWARE_REV, MAX_ASYNC_EVENTS, VENDOR_ID, Controller
 from .state import DEFAULT_MODEL
@@ -43,6 +44,8 @@ FUSES = 0x01  # Compare and Write
 OAES_NS_ATTR = 1 << 8
 OAES_DISC_CHANGE = 1 << 31
 DEFAULT_TEMP_THRESHOLD = 0x0157  # 343 K, the over-temperature default
+POOL_PAYLOAD_MIN = 4096  # admin payloads above this are staged in pool buffers
+_ZEROS = memoryview(bytes(CHUNK))
 
 
 def execute(req: Request) -> None:
@@ -207,9 +210,27 @@ def _send_log(req: Request, page: bytes | bytearray, length: int, offset: int) -
     chunk = page[offset : offset + length]
     if len(chunk) == length:
         return req.complete_with_data(chunk)
-    out = bytearray(length)  # length <= the SGL length <= MDTS
-    out[: len(chunk)] = chunk
-    req.complete_with_data(out)
+    qp = req.qp
+    iob = qp.iobufs
+    if iob is None or length <= POOL_PAYLOAD_MIN or length > CHUNK:
+        out = bytearray(length)  # length <= the SGL length <= MDTS
+        out[: len(chunk)] = chunk
+        return req.complete_with_data(out)
+
+    def got(iov: IoVec) -> None:  # zero-filled past the log's end, in a pool buffer
+        req.wait = None
+        if req.done or qp.closed:
+            return iob.release(iov)
+        v = iov.views[0]
+        k = len(chunk)
+        v[:k] = chunk
+        v[k:] = _ZEROS[: length - k]
+        req.complete_with_data(v)
+        qp.hold_tx(iov)
+
+    w = iob.acquire(length, got)
+    if w is not None:
+        req.wait = w
 
 
 def get_log_page(req: Request, ctrl: Controller) -> None:

@@ -75,7 +75,7 @@ class TransportOpts:
 
 
 class Namespace:
-    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64", "bdev", "chan")
+    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64", "bdev", "chan", "copies")
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.nsid = int(d["nsid"])
@@ -87,6 +87,8 @@ class Namespace:
         # snapshot builds new Namespace objects, so the cache never goes stale)
         self.bdev: Any = None
         self.chan: Any = None
+        # the channel copies read data (aio, nvme): reads go into pool buffers
+        self.copies = False
 
     def ident(self) -> tuple[str, bytes, bytes, bytes]:
         return (self.bdev_name, self.uuid, self.nguid, self.eui64)

@@ -57,6 +57,7 @@ class TcpConnection:
         "reading",
         "driver",
         "pending_bytes",
+        "sent_total",
     )
 
     def __init__(
@@ -77,6 +78,7 @@ class TcpConnection:
             peer = "?"
         self.pending: list[Any] = []  # buffers not yet accepted by the kernel
         self.pending_bytes = 0
+        self.sent_total = 0
         self.closed = False
         self.flush_scheduled = False
         self.reading = False
@@ -169,9 +171,18 @@ class TcpConnection:
     def _send(self) -> None:
         qp = self.qp
         if qp.out:
-            taken = qp.take_output()
-            self.pending.extend(taken)
-            self.pending_bytes += sum(map(len, taken))
+            self.pending.extend(qp.take_output())
+            self.pending_bytes += qp.last_taken
+        before = self.pending_bytes
+        try:
+            self._sendmsg()
+        finally:
+            self.sent_total += before - self.pending_bytes
+            if qp._held:
+                qp.sent_upto(self.sent_total)
+
+    def _sendmsg(self) -> None:
+        qp = self.qp
         pending = self.pending
         sendmsg = self.sock.sendmsg
         while pending:
@@ -224,6 +235,7 @@ class TcpConnection:
         if not self.closed:
             if qp.out:
                 self.pending.extend(qp.take_output())
+                self.pending_bytes += qp.last_taken
             self.ctx.loop.call_soon(self._final_close)
 
     def _final_close(self) -> None:
@@ -252,6 +264,7 @@ class TcpConnection:
         self.driver.conns.discard(self)
         if not self.qp.closed:
             self.qp.close("connection closed")
+        self.qp.release_tx()  # the socket is gone: no buffer is being sent any more
 
 
 class NvmfTcpDriver:

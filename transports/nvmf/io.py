@@ -19,11 +19,13 @@ lock every reactor honours); a miscompare writes nothing.
 
 from __future__ import annotations
 
+import inspect
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import IoChannel, IoStatus
+from ...shm.iobuf import CHUNK, IoVec
 from . import spec
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
         ctx = req.qp.target.ctx
         bdev = ns.bdev = ctx.bdev(ns.bdev_name)
         ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
+        ns.copies = ch is not None and copies_reads(ch)
     if ch is None or bdev is None or bdev.removed or ch.removed:
         ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
@@ -101,6 +104,23 @@ def execute(req: Request) -> None:
     h(req)
 
 
+ZERO_COPY_MODULES = (".malloc", ".null")
+
+
+def copies_reads(ch: IoChannel) -> bool:
+    """True when the channel copies read data into a buffer we give it
+    (``read(..., into=)``: aio, nvme); malloc/null hand out their own memory."""
+    declared = getattr(ch, "zero_copy_reads", None)
+    if declared is not None:
+        return not declared
+    if type(ch).__module__.endswith(ZERO_COPY_MODULES):
+        return False
+    try:
+        return "into" in inspect.signature(ch.read).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def read(req: Request) -> None:
     r = _ranged(req)
     if r is None:
@@ -109,7 +129,8 @@ def read(req: Request) -> None:
     n = nlb * bs
     if n > req.sgl_len:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.read_cmds += 1
     c.read_bytes += n
 
@@ -118,9 +139,29 @@ def read(req: Request) -> None:
             return req.complete(status_of(status, True))
         if data is None or len(data) < n:
             return req.complete(spec.ST_DATA_TRANSFER_ERROR)
+        iov = req.iov
+        if iov is None or qp.closed:
+            return req.complete_with_data(data)
+        req.iov = None  # from here the buffer belongs to the output, until sent
         req.complete_with_data(data)
+        qp.hold_tx(iov)
 
-    ch.read(slba, nlb, done)
+    iob = qp.iobufs
+    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if iob is None or ns is None or not ns.copies or n > CHUNK:
+        return ch.read(slba, nlb, done)
+
+    def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
+        req.wait = None
+        if req.done or qp.closed:
+            return iob.release(iov)
+        req.iov = iov
+        ch.read(slba, nlb, done, into=iov.views[0])  # type: ignore[call-arg]
+
+    w = iob.acquire(n, got)
+    if w is not None:
+        req.wait = w
+        qp.target.stats["iobuf_waits"] += 1
 
 
 def write(req: Request) -> None:
@@ -130,16 +171,18 @@ def write(req: Request) -> None:
     ch, bs, slba, nlb = r
     n = nlb * bs
     data = req.data
-    if data is None or len(data) < n:
+    iov = req.iov
+    multi = data is None and iov is not None and len(iov.views) > 1
+    have = iov.nbytes if multi else (0 if data is None else len(data))  # type: ignore[union-attr]
+    if have < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    if len(data) > n:
-        data = data[:n]
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.write_cmds += 1
     c.write_bytes += n
     fua = req.fua
-    iov = req.iov
-    if iov is not None and len(iov.views) > 1:
+    if multi:
+        assert iov is not None
         # an R2T transfer in several pool chunks: one channel write per chunk
         ops: list[Callable[[Any], None]] = []
         off = 0
@@ -150,6 +193,29 @@ def write(req: Request) -> None:
             ops.append(_chunk_op(ch, slba + off // bs, part, fua))
             off += len(part)
         return _fan_out(req, ops)
+    assert data is not None
+    if len(data) > n:
+        data = data[:n]
+    iob = qp.iobufs
+    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if iov is None and iob is not None and ns is not None and ns.copies and n <= CHUNK:
+        # an asynchronous (copying) bdev would pin the receive buffer under
+        # in-capsule data until it completes: move the data to the pool first
+        def got(piov: IoVec) -> None:
+            req.wait = None
+            if req.done or qp.closed:
+                return iob.release(piov)
+            v = piov.views[0]
+            v[:] = data
+            req.iov = piov
+            req.data = None
+            _write(ch, slba, v, lambda s: req.complete(status_of(s)), fua)
+
+        w = iob.acquire(n, got)
+        if w is not None:
+            req.wait = w
+            qp.target.stats["iobuf_waits"] += 1
+        return
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -213,6 +214,12 @@ class TcpQpair(QueuePair):
         self.crashed = False
         self._h2c_timer: Any = None
         self._conn_timer: Any = None
+        # pool buffers whose bytes are queued for the socket: released once
+        # the driver reports them sent (byte marks of the taken output)
+        self.taken_total = 0
+        self.last_taken = 0
+        self._hold_now: list[IoVec] = []
+        self._held: deque[tuple[int, list[IoVec]]] = deque()
         if opts.connect_timeout > 0:
             self._conn_timer = ctx.loop.call_later(opts.connect_timeout, self._connect_timeout)
         target.qpairs.add(self)
@@ -256,7 +263,40 @@ class TcpQpair(QueuePair):
     def take_output(self) -> list[Any]:
         out, self.out = self.out, []
         self.out_bytes = 0
+        n = self.last_taken = sum(map(len, out))
+        self.taken_total += n
+        if self._hold_now:
+            self._held.append((self.taken_total, self._hold_now))
+            self._hold_now = []
+        if self.wake is None:  # no driver (sans-I/O use): taken counts as sent
+            self.sent_upto(self.taken_total)
         return out
+
+    # -- transmit buffers from the pool -------------------------------------------
+    def hold_tx(self, iov: IoVec) -> None:
+        """``iov``'s bytes were just queued in ``out``: keep the buffers until sent."""
+        if self.closed:
+            assert self.iobufs is not None
+            self.iobufs.release(iov)
+        else:
+            self._hold_now.append(iov)
+
+    def sent_upto(self, total: int) -> None:
+        """The driver has sent ``total`` bytes of taken output in all."""
+        held = self._held
+        while held and held[0][0] <= total:
+            for iov in held.popleft()[1]:
+                self.iobufs.release(iov)  # type: ignore[union-attr]
+
+    def release_tx(self) -> None:
+        """Nothing more will be sent (the socket is closed): free what was held."""
+        for _mark, iovs in self._held:
+            for iov in iovs:
+                self.iobufs.release(iov)  # type: ignore[union-attr]
+        self._held.clear()
+        for iov in self._hold_now:
+            self.iobufs.release(iov)  # type: ignore[union-attr]
+        self._hold_now = []
 
     @property
     def over_limit(self) -> bool:
@@ -412,8 +452,8 @@ class TcpQpair(QueuePair):
                     return
                 # what io._channel checks, for a namespace whose channel is open
                 ns = namespaces.get(nsid)
-                if ns is None:
-                    return
+                if ns is None or ns.copies:
+                    return  # (a copying bdev reads into pool buffers: general path)
                 ch = ns.chan
                 bdev = ns.bdev
                 if ch is None or bdev is None or ch.removed or bdev.removed:
@@ -844,6 +884,8 @@ class TcpQpair(QueuePair):
                 self._release(req)
         self.reqs.clear()
         self.ttags.clear()
+        if self.wake is None:
+            self.release_tx()  # sans-I/O: nothing is still being sent
         self.hlog.close()
         self.target.qpair_closed(self)
         if self.on_close is not None:

@@ -571,3 +571,116 @@ def test_compare_and_write_atomic_api_and_fua(h, tgt) -> None:  # type: ignore[n
     assert _st(w) == (0, spec.SC_FUSED_FAIL)
     assert storage[4 * 512 : 5 * 512] == b"\x01" * 512
     assert _chan(rpc).ops[-1] == ("caw", 4, False)
+
+
+# ================================================================ 7. pool through the driver
+class IntoChannel(MemChannel):
+    """A bdev that copies (like aio): ``read(..., into=)`` fills our buffer, asynchronously."""
+
+    zero_copy_reads = False
+
+    def read(self, offset_blocks: int, num_blocks: int, cb: Any, into: Any = None) -> None:  # type: ignore[override]
+        bs = self.bs
+        src = self.mem[offset_blocks * bs : (offset_blocks + num_blocks) * bs]
+        self.mbdev.intos.append(into is not None)  # type: ignore[attr-defined]
+
+        def run() -> None:
+            if into is not None:
+                into[: len(src)] = src
+                cb(IoStatus.SUCCESS, into[: len(src)])
+            else:
+                cb(IoStatus.SUCCESS, memoryview(bytes(src)))
+
+        self.mbdev.loop.call_soon(run)  # type: ignore[union-attr]
+
+
+class IntoBdev(MemBdev):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.intos: list[bool] = []
+
+    def open_channel(self) -> IntoChannel:  # type: ignore[override]
+        return IntoChannel(self)
+
+
+def test_pool_buffers_over_real_sockets_all_come_back(h) -> None:  # type: ignore[no-untyped-def]
+    name = f"tnv{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    pool = BufferPool.create(
+        name, 1, small_count=8, large_count=4, reserve_fraction=0.0, hugepages="never", reactor_id=0
+    )
+    rpc = h.FakeRpc(nreactors=1)
+    iob = IoBufs(pool)
+    rpc.reactors[0].iobufs = iob  # type: ignore[attr-defined]
+    try:
+        key = h.setup_target(rpc)
+        rpc.bdevs["Malloc0"] = IntoBdev("Malloc0", 2048, async_loop=rpc.loop)
+        rpc.start()
+        host, _, port = key.rpartition(":")
+        addr = (host, int(port))
+        a = h.Client(addr)
+        cntlid = a.admin_setup()
+        q = h.Client(addr)
+        q.icreq()
+        assert q.connect(qid=1, cntlid=cntlid).status == 0
+        for i in range(12):  # more than the pool holds at once, R2T writes and reads
+            data = os.urandom(65536)
+            assert q.write(1, 128 * i, data, incapsule=False).status == 0
+            cqe, back = q.read(1, 128 * i, 65536)
+            assert cqe.status == 0 and back == data
+        # in-capsule writes to an asynchronous bdev are moved to the pool first
+        n0 = rpc.run(lambda: iob.acquires)
+        for i in range(4):
+            assert q.write(1, 2000 + i, b"\x77" * 512, incapsule=True).status == 0
+        assert rpc.run(lambda: iob.acquires) - n0 == 4
+        assert rpc.bdevs["Malloc0"].storage[2000 * 512 : 2004 * 512] == b"\x77" * 2048
+        bdev = rpc.bdevs["Malloc0"]
+        assert bdev.intos and all(bdev.intos)  # copying bdev: always into our buffer
+        cqe, log = a.get_log(spec.LID_ERROR, 32768)  # 8 KiB log, padded in the pool
+        assert cqe.status == 0 and len(log) == 32768 and not any(log[8192:])
+        assert h.wait_for(lambda: rpc.run(lambda: iob.in_use) == 0)
+        # a pipeline of reads, then the host goes away before reading them
+        for i in range(16):
+            q.submit(spec.IO_READ, nsid=1, cdws=(128 * i, 0, 127), read_len=65536)
+        q.close()
+        a.close()
+        assert h.wait_for(lambda: rpc.run(lambda: iob.in_use == 0 and iob.queued == 0))
+        assert rpc.run(lambda: iob.acquires) > 24
+    finally:
+        rpc.stop()
+        pool.destroy()
+
+
+def test_r2t_transfer_in_several_pool_chunks(h) -> None:  # type: ignore[no-untyped-def]
+    """max_io_size 256 KiB: an R2T write spans two 128 KiB pool chunks; H2CData
+    PDUs cut across the chunk boundary land in order; one bdev write per chunk."""
+    name = f"tnv{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    pool = BufferPool.create(
+        name, 1, small_count=4, large_count=4, reserve_fraction=0.0, hugepages="never", reactor_id=0
+    )
+    rpc = h.FakeRpc(nreactors=1)
+    iob = IoBufs(pool)
+    rpc.reactors[0].iobufs = iob  # type: ignore[attr-defined]
+    try:
+        key = h.setup_target(rpc, max_io_size=262144, io_unit_size=262144)
+        rpc.bdevs["Malloc0"] = RecBdev("Malloc0", 2048)
+        _a, cntlid = _admin(h, rpc, key)
+        q = _io(h, rpc, key, cntlid)
+        n = 262144
+        data = os.urandom(n)
+        [r2t] = q.cmd(
+            spec.IO_WRITE, cid=1, nsid=1, cdws=_rw(64, n, True), data=data, incapsule=False
+        )
+        _c, ttag, _o, ln = P.parse_data_hdr(r2t.hdr)
+        assert ln == n and iob.in_use == 2
+        cuts = [0, 100_000, 131072 + 4000, n]
+        out: list[P.Pdu] = []
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            out += q.send(_j(P.encode_data(P.H2C_DATA, 1, ttag, a, data[a:b], last=b == n)))
+        assert q.resp(out).status == 0
+        assert rpc.bdevs["Malloc0"].storage[64 * 512 : 64 * 512 + n] == data
+        writes = [o for o in rpc.bdevs["Malloc0"].ops if o[0] == "write"]
+        assert writes == [("write", 64, True), ("write", 64 + 256, True)]
+        assert iob.in_use == 0
+    finally:
+        rpc.stop()
+        pool.destroy()
