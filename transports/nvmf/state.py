@@ -272,6 +272,17 @@ class NvmfState:
             if n == nqn and (hostnqn is None or e.hostnqn == hostnqn)
         ]
 
+    def on_reactor_died(self, ctx: RpcContext, reactor_id: int) -> None:
+        """A reactor died (the supervisor restarts it): the controllers whose
+        admin queue it held are gone (cntlids freed, every reactor closes their
+        I/O queues); I/O queues it held of other controllers are forgotten."""
+        for (nqn, cntlid), e in list(self.ctrlrs.items()):
+            if e.admin_reactor == reactor_id:
+                self.drop_ctrlr(ctx, nqn, cntlid)
+            else:
+                for qid in [q for q, r in e.qpairs.items() if r == reactor_id]:
+                    del e.qpairs[qid]
+
     def drop_ctrlr(
         self, ctx: RpcContext | None, nqn: str, cntlid: int, notify: bool = True
     ) -> bool:
