@@ -12,6 +12,19 @@ removed by `close()`. Binding refuses a path where a live server answers, and
 removes a stale file left by a crashed one.
 
 Requests run synchronously in the loop thread through `jsonrpc.handle_raw`.
+
+Limits (each bounds what one client can make the supervisor hold):
+
+* a request: `jsonrpc.MAX_REQUEST_BYTES` (4 MiB);
+* an answer: ``max_result_bytes`` (default `jsonrpc.MAX_RESULT_BYTES`, 16 MiB,
+  or ``BLOCKFABRIC_RPC_MAX_RESULT_BYTES``): a larger result is answered with a
+  -32603 error naming the limit instead of being encoded;
+* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (stop reading it);
+* SPDK-socket connections at once: ``max_connections`` (default
+  `DEFAULT_MAX_CONNECTIONS`, or ``BLOCKFABRIC_RPC_MAX_CONNECTIONS``): one more is
+  answered with a JSON-RPC error saying so and closed; the first refusal of a
+  burst is logged, the rest are counted (``refused``) and summed up in one line
+  when a connection is accepted again.
 """
 
 from __future__ import annotations
@@ -29,7 +42,16 @@ import zmq
 
 from ..actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 from .addresses import ipc_path
-from .jsonrpc import MAX_REQUEST_BYTES, JsonStreamDecoder, StreamError, handle_raw
+from .errors import INTERNAL_ERROR
+from .jsonrpc import (
+    MAX_REQUEST_BYTES,
+    MAX_RESULT_BYTES,
+    JsonStreamDecoder,
+    StreamError,
+    encode,
+    error_response,
+    handle_raw,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +63,23 @@ _MAX_BATCH = 64
 _RECV_CHUNK = 65536
 # stop reading from an SPDK client that does not read its answers
 _MAX_PENDING_OUT = 16 * 1024 * 1024
+# SPDK-socket clients at once (rpc.py opens one per command; scripts run a few)
+DEFAULT_MAX_CONNECTIONS = 64
+ENV_MAX_CONNECTIONS = "BLOCKFABRIC_RPC_MAX_CONNECTIONS"
+ENV_MAX_RESULT = "BLOCKFABRIC_RPC_MAX_RESULT_BYTES"
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw, 0)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: not an integer") from None
+    if v < minimum:
+        raise ValueError(f"{name}={v}: must be >= {minimum}")
+    return v
 
 
 def _prepare_unix_path(path: str) -> None:
@@ -82,9 +121,23 @@ class RpcServer:
         zmq_addr: str,
         spdk_path: str | None = None,
         zmq_context: zmq.Context | None = None,
+        max_connections: int | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.loop = loop
         self.dispatch = dispatch
+        self.max_connections = (
+            max_connections
+            if max_connections is not None
+            else _env_int(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, 1)
+        )
+        self.max_result = (
+            max_result_bytes
+            if max_result_bytes is not None
+            else _env_int(ENV_MAX_RESULT, MAX_RESULT_BYTES, 1024)
+        )
+        self.refused = 0  # SPDK-socket connections refused over max_connections
+        self._refused_burst = 0
         self._own_ctx = zmq_context is None
         self.ctx = zmq_context or zmq.Context()
         self._files: list[str] = []
@@ -137,7 +190,7 @@ class RpcServer:
             if len(frames) < 2:
                 continue  # no routing id: cannot answer
             envelope, payload = frames[:-1], frames[-1]
-            resp = handle_raw(payload, "msgpack", self.dispatch)
+            resp = handle_raw(payload, "msgpack", self.dispatch, self.max_result)
             if resp is None:
                 continue
             try:
@@ -175,10 +228,41 @@ class RpcServer:
             except OSError as e:  # EMFILE etc.: try again on the next wake-up
                 log.warning("rpc accept failed: %s", e)
                 return
+            if len(self._conns) >= self.max_connections:
+                self._refuse(s)
+                continue
+            if self._refused_burst:
+                log.warning(
+                    "rpc: %d SPDK-socket connection(s) refused over the limit of %d",
+                    self._refused_burst,
+                    self.max_connections,
+                )
+                self._refused_burst = 0
             s.setblocking(False)
             c = _SpdkConn(s)
             self._conns[c.fd] = c
             self.loop.add_fd(c.fd, EPOLLIN, self._conn_handler(c))
+
+    def _refuse(self, s: socket.socket) -> None:
+        """Answer a connection over the limit with an error and close it."""
+        self.refused += 1
+        self._refused_burst += 1
+        if self._refused_burst == 1:
+            log.warning(
+                "rpc: refusing SPDK-socket connections: %d open, the limit is %d (%s)",
+                len(self._conns),
+                self.max_connections,
+                ENV_MAX_CONNECTIONS,
+            )
+        msg = (
+            f"too many RPC connections: {len(self._conns)} open, "
+            f"the limit is {self.max_connections} ({ENV_MAX_CONNECTIONS})"
+        )
+        with contextlib.suppress(OSError):
+            s.setblocking(False)
+            s.send(encode(error_response(INTERNAL_ERROR, msg), "json") + b"\n")
+        with contextlib.suppress(OSError):
+            s.close()
 
     def _conn_handler(self, c: _SpdkConn) -> Callable[[int], None]:
         return lambda events: self._on_conn(c, events)
@@ -214,7 +298,7 @@ class RpcServer:
                     c.out += item.response() + b"\n"
                     c.closing = True  # the stream cannot be resynchronised
                     break
-                resp = handle_raw(item, "json", self.dispatch)
+                resp = handle_raw(item, "json", self.dispatch, self.max_result)
                 if resp is not None:
                     c.out += resp + b"\n"
             self._flush(c)

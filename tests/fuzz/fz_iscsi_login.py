@@ -32,13 +32,28 @@ def seeds() -> Iterable[bytes]:
         yield bytes([cfg]) + login_pdus(cfg)
         yield bytes([cfg]) + login_pdus(cfg) + b"".join(ffp_pdus(bool(cfg & 4)))
     # discovery session + SendTargets
-    st = P.encode_request(P.OP_TEXT_REQ, 0x80, 0, 2, (0xFFFFFFFF, 1, 0, 0, 0, 0, 0), text.encode([("SendTargets", "All")]))
+    st = P.encode_request(
+        P.OP_TEXT_REQ,
+        0x80,
+        0,
+        2,
+        (0xFFFFFFFF, 1, 0, 0, 0, 0, 0),
+        text.encode([("SendTargets", "All")]),
+    )
     yield bytes([0]) + login_pdus(0, discovery=True) + st
     # login text continued over two PDUs (C bit)
-    blob = text.encode([("InitiatorName", kit.INIT), ("TargetName", kit.TARGET), ("AuthMethod", "None")])
+    blob = text.encode(
+        [("InitiatorName", kit.INIT), ("TargetName", kit.TARGET), ("AuthMethod", "None")]
+    )
     half = len(blob) // 2
-    yield bytes([0]) + P.encode_request(P.OP_LOGIN_REQ, 0x40 | 1, kit.ISID << 16, 1, (0, 1, 0, 0, 0, 0, 0), blob[:half]) + P.encode_request(
-        P.OP_LOGIN_REQ, 0x80 | 1, kit.ISID << 16, 1, (0, 1, 0, 0, 0, 0, 0), blob[half:]
+    yield (
+        bytes([0])
+        + P.encode_request(
+            P.OP_LOGIN_REQ, 0x40 | 1, kit.ISID << 16, 1, (0, 1, 0, 0, 0, 0, 0), blob[:half]
+        )
+        + P.encode_request(
+            P.OP_LOGIN_REQ, 0x80 | 1, kit.ISID << 16, 1, (0, 1, 0, 0, 0, 0, 0), blob[half:]
+        )
     )
     # operational keys of every kind, some out of range or unknown
     yield bytes([0]) + kit.login_req(

@@ -31,8 +31,9 @@ def _frame(cfg: int, chunks: Iterable[bytes]) -> list[tuple[object, ...]]:
             assert len(p.data) <= r.max_recv_dlen
             assert p.opcode in P.INITIATOR_OPS
             # every accessor works on any BHS
-            p.final, p.ttt, p.cmdsn, p.exp_statsn, p.edtl, p.cdb, p.datasn, p.buffer_offset
-            p.csg, p.nsg, p.isid, p.tsih, p.cid, p.function, p.ref_task_tag, P.lun_to_int(p.lun)
+            _ = (p.final, p.ttt, p.cmdsn, p.exp_statsn, p.edtl, p.cdb, p.datasn, p.buffer_offset)
+            _ = (p.csg, p.nsg, p.isid, p.tsih, p.cid, p.function, p.ref_task_tag)
+            _ = P.lun_to_int(p.lun)
             out.append((bytes(p.bhs), bytes(p.ahs), bytes(p.data)))
     return out
 
@@ -59,7 +60,18 @@ def seeds() -> Iterable[bytes]:
         hd = bool(cfg & 4)
         pdus = ffp_pdus(hd)
         if cfg & 8:  # the framer alone: data digests too
-            pdus = [P.encode_request(P.OP_NOP_OUT, 0x80, 0, 1, (0xFFFFFFFF, 1, 0, 0, 0, 0, 0), b"abcde", header_digest=True, data_digest=True)]
+            pdus = [
+                P.encode_request(
+                    P.OP_NOP_OUT,
+                    0x80,
+                    0,
+                    1,
+                    (0xFFFFFFFF, 1, 0, 0, 0, 0, 0),
+                    b"abcde",
+                    header_digest=True,
+                    data_digest=True,
+                )
+            ]
         yield bytes([cfg, 0x80]) + b"".join(pdus)
         for p in pdus:
             yield bytes([cfg, 0x40]) + p

@@ -99,15 +99,26 @@ def seeds() -> Iterable[bytes]:
     def j(bufs: Iterable[bytes | bytearray | memoryview]) -> bytes:
         return b"".join(bytes(x) for x in bufs)
 
-    sqe = spec.pack_sqe(spec.ADMIN_IDENTIFY, 1, 0, (1, 0, 0, 0, 0, 0), spec.pack_sgl(0, 4096, spec.SGL_TYPE_TRANSPORT), 0x40)
+    sqe = spec.pack_sqe(
+        spec.ADMIN_IDENTIFY,
+        1,
+        0,
+        (1, 0, 0, 0, 0, 0),
+        spec.pack_sgl(0, 4096, spec.SGL_TYPE_TRANSPORT),
+        0x40,
+    )
     for hd in (False, True):
         for dd in (False, True):
             cfg = 2 | (4 if hd else 0) | (8 if dd else 0)
             yield bytes([0, 0x80]) + P.encode_icreq(0, hd, dd)
             yield bytes([cfg, 0x40]) + j(P.encode_capsule_cmd(sqe, None, hd, dd))
             yield bytes([cfg, 0x40]) + j(P.encode_capsule_cmd(sqe, b"\x11" * 512, hd, dd))
-            yield bytes([cfg, 0x20]) + j(P.encode_data(P.H2C_DATA, 1, 2, 0, b"\x22" * 1024, hdgst=hd, ddgst=dd))
-            yield bytes([cfg | 1, 0x30]) + j(P.encode_data(P.C2H_DATA, 1, 0, 0, b"\x33" * 100, success=True, hdgst=hd, ddgst=dd))
+            yield bytes([cfg, 0x20]) + j(
+                P.encode_data(P.H2C_DATA, 1, 2, 0, b"\x22" * 1024, hdgst=hd, ddgst=dd)
+            )
+            yield bytes([cfg | 1, 0x30]) + j(
+                P.encode_data(P.C2H_DATA, 1, 0, 0, b"\x33" * 100, success=True, hdgst=hd, ddgst=dd)
+            )
             yield bytes([cfg | 1, 0x10]) + j(P.encode_capsule_resp(1, 0, 0, hdgst=hd))
             yield bytes([cfg | 1, 0x10]) + j(P.encode_r2t(1, 2, 0, 4096, hdgst=hd))
     yield bytes([0x12, 0x50]) + j(P.encode_capsule_cmd(sqe, b"\x44" * 100, cpda=1))

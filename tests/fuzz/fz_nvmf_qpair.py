@@ -96,7 +96,15 @@ def connect(qid: int, cntlid: int, hd: bool, dd: bool) -> bytes:
 
 
 def enable(hd: bool, dd: bool) -> bytes:
-    return _cmd(0x7F, 101, spec.FCTYPE_PROPERTY_SET, (0, spec.PROP_CC, 1 | (6 << 16) | (4 << 20)), None, hd, dd)
+    return _cmd(
+        0x7F,
+        101,
+        spec.FCTYPE_PROPERTY_SET,
+        (0, spec.PROP_CC, 1 | (6 << 16) | (4 << 20)),
+        None,
+        hd,
+        dd,
+    )
 
 
 def _last_cqe(h: _Host) -> spec.Cqe:
@@ -170,7 +178,12 @@ def seeds() -> Iterable[bytes]:
     out: list[bytes] = []
     for hd, dd in ((False, False), (True, True), (True, False)):
         flags = (4 if hd else 0) | (8 if dd else 0)
-        out.append(bytes([flags, 0x80]) + P.encode_icreq(0, hd, dd) + connect(0, 0xFFFF, hd, dd) + enable(hd, dd))
+        out.append(
+            bytes([flags, 0x80])
+            + P.encode_icreq(0, hd, dd)
+            + connect(0, 0xFFFF, hd, dd)
+            + enable(hd, dd)
+        )
         # admin: identify controller / namespace list, get log pages, features, keep alive, AER
         adm = b"".join(
             [
@@ -191,7 +204,11 @@ def seeds() -> Iterable[bytes]:
         w = _cmd(spec.IO_WRITE, 1, 1, (0, 0, 0), b"\x5a" * 512, hd, dd)
         r = _cmd(spec.IO_READ, 2, 1, (0, 0, 7), None, hd, dd, 4096)
         sgl = spec.pack_sgl(0, 1024, spec.SGL_TYPE_TRANSPORT)
-        w2 = _j(P.encode_capsule_cmd(spec.pack_sqe(spec.IO_WRITE, 3, 1, (8, 0, 1, 0, 0, 0), sgl, 0x40), None, hd, dd))  # type: ignore[arg-type]
+        w2 = _j(
+            P.encode_capsule_cmd(
+                spec.pack_sqe(spec.IO_WRITE, 3, 1, (8, 0, 1, 0, 0, 0), sgl, 0x40), None, hd, dd
+            )
+        )  # type: ignore[arg-type]
         h2c = _j(P.encode_data(P.H2C_DATA, 3, 1, 0, b"\xa5" * 1024, hdgst=hd, ddgst=dd))
         io = b"".join(
             [
@@ -220,6 +237,10 @@ def seeds() -> Iterable[bytes]:
         + _cmd(spec.ADMIN_GET_LOG_PAGE, 4, 0, (0x70 | (255 << 16),), None, False, False, 1024)
     )
     # raw streams
-    out.append(bytes([0, 0]) + P.encode_icreq(0, False, False) + _j(P.encode_data(P.H2C_DATA, 1, 1, 0, b"x" * 8)))
+    out.append(
+        bytes([0, 0])
+        + P.encode_icreq(0, False, False)
+        + _j(P.encode_data(P.H2C_DATA, 1, 1, 0, b"x" * 8))
+    )
     out.append(bytes([2, 0x80]) + P.encode_term_req(P.H2C_TERM_REQ, 1, 0))
     return out + [bytes([x[0] | 0x10]) + x[1:] for x in out]

@@ -83,7 +83,9 @@ def one_input(data: bytes) -> None:
             dev.nexus_lost(*nexus)
 
 
-def _rec(cdb: bytes | list[int], data: bytes | None = None, edtl: int = 4096, ctl: int = 0) -> bytes:
+def _rec(
+    cdb: bytes | list[int], data: bytes | None = None, edtl: int = 4096, ctl: int = 0
+) -> bytes:
     c = bytes(cdb).ljust(16, b"\0")
     if data is not None:
         return bytes([ctl | 4]) + c + struct.pack("<H", len(data)) + data
@@ -122,16 +124,24 @@ def seeds() -> Iterable[bytes]:
         _rec([0x2E, 0, 0, 0, 0, 0, 0, 0, 1, 0], data=b"\xab" * 512),  # WRITE AND VERIFY
         _rec([0x2F, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], data=b"\xab" * 512),  # VERIFY bytchk
         _rec([0x41, 0, 0, 0, 0, 32, 0, 0, 4, 0], data=b"\x77" * 512),  # WRITE SAME(10)
-        _rec([0x93, 0x08] + [0] * 7 + [40, 0, 0, 0, 4, 0, 0], data=b"\0" * 512),  # WRITE SAME(16) unmap
-        _rec([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], data=struct.pack(">HH4xQI4x", 22, 16, 64, 8)),  # UNMAP
-        _rec([0x89, 0] + [0] * 7 + [0, 0, 0, 0, 1, 0, 0], data=b"\xab" * 512 + b"\x99" * 512),  # C&W
+        _rec(
+            [0x93, 0x08] + [0] * 7 + [40, 0, 0, 0, 4, 0, 0], data=b"\0" * 512
+        ),  # WRITE SAME(16) unmap
+        _rec(
+            [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], data=struct.pack(">HH4xQI4x", 22, 16, 64, 8)
+        ),  # UNMAP
+        _rec(
+            [0x89, 0] + [0] * 7 + [0, 0, 0, 0, 1, 0, 0], data=b"\xab" * 512 + b"\x99" * 512
+        ),  # C&W
         _rec([0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # SYNCHRONIZE CACHE(10)
         _rec([0x91, 0] + [0] * 14),  # SYNCHRONIZE CACHE(16)
         _rec([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # PRE-FETCH
         _rec([0x9E, 0x12] + [0] * 7 + [0] + [0, 0, 0, 32, 0, 0], edtl=32),  # GET LBA STATUS
         _rec([0x1B, 0, 0, 0, 1, 0]),  # START STOP UNIT
         _rec([0x1E, 0, 0, 0, 1, 0]),  # PREVENT ALLOW
-        _rec([0x15, 0x10, 0, 0, 24, 0], data=bytes(4) + bytes([0x08, 18, 0x04]) + bytes(17)),  # MODE SELECT
+        _rec(
+            [0x15, 0x10, 0, 0, 24, 0], data=bytes(4) + bytes([0x08, 18, 0x04]) + bytes(17)
+        ),  # MODE SELECT
     ]
     yield bytes([0]) + b"".join(io)
     yield bytes([2]) + b"".join(io[:4])
@@ -145,7 +155,9 @@ def seeds() -> Iterable[bytes]:
         _rec([0x5E, 0x02, 0, 0, 0, 0, 0, 0x10, 0, 0], edtl=4096),  # REPORT CAPABILITIES
         _rec([0x5E, 0x03, 0, 0, 0, 0, 0, 0x10, 0, 0], edtl=4096),  # READ FULL STATUS
         _rec([0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0], data=b"x" * 512, ctl=1),  # conflict?
-        _rec([0x5F, 0x04, 0x05, 0, 0, 0, 0, 0, 24, 0], data=key2 + key1 + bytes(8), ctl=1),  # PREEMPT
+        _rec(
+            [0x5F, 0x04, 0x05, 0, 0, 0, 0, 0, 24, 0], data=key2 + key1 + bytes(8), ctl=1
+        ),  # PREEMPT
         _rec([0x5F, 0x02, 0x05, 0, 0, 0, 0, 0, 24, 0], data=res(key2), ctl=1),  # RELEASE
         _rec([0x5F, 0x03, 0, 0, 0, 0, 0, 0, 24, 0], data=res(key2), ctl=1 | 8),  # CLEAR
         _rec([0x16, 0, 0, 0, 0, 0]),  # RESERVE(6)

@@ -12,9 +12,8 @@ from typing import Any
 
 from fuzzlib import load_path
 
-from blockfabric.transports.iscsi import chap
+from blockfabric.transports.iscsi import chap, text
 from blockfabric.transports.iscsi import pdu as P
-from blockfabric.transports.iscsi import text
 
 kit: Any = load_path("_fz_iscsi_conftest", "transports/iscsi/conftest.py")
 
@@ -52,7 +51,14 @@ def make_state(cfg: int) -> Any:
     if cfg & 1:
         st.add_auth_group(
             1,
-            [{"user": CHAP_USER, "secret": CHAP_SECRET, "muser": CHAP_MUSER, "msecret": CHAP_MSECRET}],
+            [
+                {
+                    "user": CHAP_USER,
+                    "secret": CHAP_SECRET,
+                    "muser": CHAP_MUSER,
+                    "msecret": CHAP_MSECRET,
+                }
+            ],
         )
         st.set_target_auth(kit.TARGET, False, True, bool(cfg & 2), 1)
     if cfg & 4:
@@ -96,7 +102,9 @@ class Conn:
         assert len(self.conn.tasks) <= 4096
 
 
-def login_pdus(cfg: int, discovery: bool = False, extra: list[tuple[str, str]] | None = None) -> bytes:
+def login_pdus(
+    cfg: int, discovery: bool = False, extra: list[tuple[str, str]] | None = None
+) -> bytes:
     """The initiator's side of a complete login for target state ``cfg``."""
     base = [("InitiatorName", kit.INIT)]
     if discovery:
@@ -125,7 +133,17 @@ def login_pdus(cfg: int, discovery: bool = False, extra: list[tuple[str, str]] |
     return out + kit.login_req(ops, csg=1, nsg=3)
 
 
-def scsi_cmd(cdb: bytes, edtl: int, itt: int, cmdsn: int, read: bool = False, write: bool = False, data: bytes = b"", final: bool = True, hd: bool = False) -> bytes:
+def scsi_cmd(
+    cdb: bytes,
+    edtl: int,
+    itt: int,
+    cmdsn: int,
+    read: bool = False,
+    write: bool = False,
+    data: bytes = b"",
+    final: bool = True,
+    hd: bool = False,
+) -> bytes:
     f1 = (0x80 if final else 0) | (0x40 if read else 0) | (0x20 if write else 0) | 1
     w = (edtl, cmdsn, 0) + struct.unpack(">4I", cdb.ljust(16, b"\0"))
     return P.encode_request(P.OP_SCSI_CMD, f1, 0, itt, w, data, header_digest=hd)
@@ -141,9 +159,44 @@ def ffp_pdus(hd: bool = False) -> list[bytes]:
         scsi_cmd(r10(0, 2), 1024, 0x13, 4, read=True, hd=hd),
         # write with immediate data, the rest in an unsolicited Data-Out
         scsi_cmd(w10(4, 2), 1024, 0x14, 5, write=True, data=b"\x11" * 512, final=False, hd=hd),
-        P.encode_request(P.OP_DATA_OUT, 0x80, 0, 0x14, (0xFFFFFFFF, 0, 0, 0, 0, 512, 0), b"\x22" * 512, header_digest=hd),
-        P.encode_request(P.OP_TEXT_REQ, 0x80, 0, 0x15, (0xFFFFFFFF, 6, 0, 0, 0, 0, 0), text.encode([("SendTargets", "All")]), header_digest=hd),
-        P.encode_request(P.OP_NOP_OUT, 0x80, 0, 0x16, (0xFFFFFFFF, 7, 0, 0, 0, 0, 0), b"ping", immediate=True, header_digest=hd),
-        P.encode_request(P.OP_TMF_REQ, 0x80 | 1, 0, 0x17, (0x13, 7, 0, 0, 0, 0, 0), immediate=True, header_digest=hd),
-        P.encode_request(P.OP_LOGOUT_REQ, 0x80, 0, 0x18, (0, 7, 0, 0, 0, 0, 0), immediate=True, header_digest=hd),
+        P.encode_request(
+            P.OP_DATA_OUT,
+            0x80,
+            0,
+            0x14,
+            (0xFFFFFFFF, 0, 0, 0, 0, 512, 0),
+            b"\x22" * 512,
+            header_digest=hd,
+        ),
+        P.encode_request(
+            P.OP_TEXT_REQ,
+            0x80,
+            0,
+            0x15,
+            (0xFFFFFFFF, 6, 0, 0, 0, 0, 0),
+            text.encode([("SendTargets", "All")]),
+            header_digest=hd,
+        ),
+        P.encode_request(
+            P.OP_NOP_OUT,
+            0x80,
+            0,
+            0x16,
+            (0xFFFFFFFF, 7, 0, 0, 0, 0, 0),
+            b"ping",
+            immediate=True,
+            header_digest=hd,
+        ),
+        P.encode_request(
+            P.OP_TMF_REQ,
+            0x80 | 1,
+            0,
+            0x17,
+            (0x13, 7, 0, 0, 0, 0, 0),
+            immediate=True,
+            header_digest=hd,
+        ),
+        P.encode_request(
+            P.OP_LOGOUT_REQ, 0x80, 0, 0x18, (0, 7, 0, 0, 0, 0, 0), immediate=True, header_digest=hd
+        ),
     ]

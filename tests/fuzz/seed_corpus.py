@@ -43,9 +43,14 @@ def _rpc_requests() -> list[object]:
         for prm in m.params:
             if prm.required:
                 t = prm.type if isinstance(prm.type, type) else prm.type[0]
-                params[prm.name] = {int: 1, bool: True, float: 1.0, str: "x", list: [], dict: {}}.get(
-                    t, None
-                )
+                params[prm.name] = {
+                    int: 1,
+                    bool: True,
+                    float: 1.0,
+                    str: "x",
+                    list: [],
+                    dict: {},
+                }.get(t, None)
         reqs.append({"jsonrpc": "2.0", "id": f"r{i}", "method": name, "params": params})
     reqs += [
         {"jsonrpc": "2.0", "method": "spdk_get_version"},  # notification

@@ -86,7 +86,9 @@ def test_make_fuzz_runs() -> None:
         import atheris  # noqa: F401
     except ImportError as e:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            raise AssertionError(f"CI=true but atheris is missing ({e}): pip install -e '.[fuzz]'") from e
+            raise AssertionError(
+                f"CI=true but atheris is missing ({e}): pip install -e '.[fuzz]'"
+            ) from e
         pytest.skip(f"atheris not installed ({e}); pip install -e '.[fuzz]'")
     runner = os.path.join(fuzzlib.HERE, "run_fuzz.py")
     out = subprocess.run(
