@@ -406,19 +406,29 @@ def _nb_connect(addr: tuple[str, int]) -> socket.socket | None:
     return s
 
 
-def count_closed(socks: list[socket.socket]) -> int:
-    """How many of ``socks`` the target closed (EOF or reset), without blocking."""
-    n = 0
-    for s in socks:
-        try:
-            s.setblocking(False)
+def _is_closed(s: socket.socket) -> bool:
+    """True when the target closed ``s`` (EOF or reset); data waiting is drained."""
+    try:
+        s.setblocking(False)
+        for _ in range(256):
             if s.recv(65536) == b"":
-                n += 1
-        except BlockingIOError:
-            pass
-        except OSError:
-            n += 1
-    return n
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def count_closed(socks: list[socket.socket], wait: float = 0.0) -> int:
+    """How many of ``socks`` the target closed, waiting up to ``wait`` seconds
+    for all of them to be."""
+    end = time.monotonic() + wait
+    while True:
+        n = sum(1 for s in socks if _is_closed(s))
+        if n == len(socks) or time.monotonic() >= end:
+            return n
+        time.sleep(0.1)
 
 
 def _send_nb(s: socket.socket, data: bytes | memoryview) -> int:
@@ -569,11 +579,14 @@ class IdleConnections(Attack):
 
     allowance_mib = 64.0
 
-    def __init__(self, target: Target, proto: str, n: int = 1000) -> None:
+    def __init__(self, target: Target, proto: str, n: int = 1000, close_wait: float = 0.0) -> None:
         super().__init__(target)
         self.proto = proto
         self.name = f"{proto}_idle_{n}"
         self.n = n
+        # connections the kernel completed late (a SYN retried after a full
+        # accept backlog) get their own full timeout: wait for them
+        self.close_wait = close_wait
 
     def open(self) -> None:
         port = self.t.nvme_port if self.proto == "nvme" else self.t.iscsi_port
@@ -588,7 +601,7 @@ class IdleConnections(Attack):
         self.report.update(opened=len(self.socks), refused_at_connect=refused)
 
     def finish(self) -> None:
-        self.report["closed_by_target"] = count_closed(self.socks)
+        self.report["closed_by_target"] = count_closed(self.socks, self.close_wait)
 
 
 class SlowLoris(Attack):
@@ -641,12 +654,15 @@ class SlowLoris(Attack):
 
 class R2tNoData(Attack):
     """I/O queues that submit 128 KiB writes (no in-capsule data), collect the
-    R2Ts and never send H2CData: each write makes the target hold a buffer."""
+    R2Ts and never send H2CData: each write makes the target hold a pool
+    buffer. 6 x 64 writes = 48 MiB, more than the reactor's share of the
+    64 MiB pool: the rest wait (FIFO) for buffers that never come back until
+    the H2CData timeout closes the connections."""
 
     name = "nvme_r2t_never_data"
     allowance_mib = 64.0
 
-    def __init__(self, target: Target, queues: int = 4, depth: int = 32) -> None:
+    def __init__(self, target: Target, queues: int = 6, depth: int = 64) -> None:
         super().__init__(target)
         self.nq, self.depth = queues, depth
 
@@ -1101,7 +1117,8 @@ class Outcome:
             f"peak growth {self.growth_mib:.1f} MiB ({self.rss_summary}) | good {self.proto} host "
             f"IOPS alone {self.iops_alone:.0f}, during attack {self.iops_attack:.0f} "
             f"(ratio {self.ratio:.2f}, longest stall {self.max_gap_s:.2f}s, errors {self.good_errors}) "
-            f"| target {'alive' if self.alive else 'DEAD'} | pool in_use base {self.pool_base} after {self.pool_after} | attack {self.report}"
+            f"| target {'alive' if self.alive else 'DEAD'} | pool in_use base {self.pool_base} "
+            f"peak {self.pool_during_peak} after {self.pool_after} | attack {self.report}"
             + (f" | {self.extra}" if self.extra else "")
         )
 

@@ -25,7 +25,7 @@ def test_getlog_and_identify_bombs(target: K.Target) -> None:
 def test_1000_idle_connections(make_target: Any) -> None:
     # connect_timeout_ms: a connection without ICReq + Connect is closed after it
     target = make_target(transport_opts={"connect_timeout_ms": 2000})
-    a = K.IdleConnections(target, "nvme", 1000)
+    a = K.IdleConnections(target, "nvme", 1000, close_wait=3.0)
     o = K.run_scenario(target, a, attack_s=3.5)
     K.check(o)
     assert a.report["opened"] == 1000, a.report
@@ -51,6 +51,8 @@ def test_r2t_never_answered(make_target: Any) -> None:
     o = K.run_scenario(target, a, attack_s=3.0)
     K.check(o)
     assert a.report["r2ts"] > 0, a.report
+    # the R2T buffers came from the pool (and went back: checked by K.check)
+    assert o.pool_during_peak and o.pool_during_peak >= 32, o.line()
     assert a.report["closed_by_target"] == len(a.qs), (
         f"stalled R2Ts outlived the timeout: {a.report}"
     )
