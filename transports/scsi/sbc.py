@@ -373,10 +373,11 @@ def compare_and_write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
         fin(task)
 
     # atomic against every write to the range from every reactor (range lock)
+    caw: Any = ch.compare_and_write
     if fua:
-        ch.compare_and_write(lba, expect, new, _done, fua=True)
+        caw(lba, expect, new, _done, fua=True)
     else:
-        ch.compare_and_write(lba, expect, new, _done)
+        caw(lba, expect, new, _done)
 
 
 # ------------------------------------------------------------------ unmap
