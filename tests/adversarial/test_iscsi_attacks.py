@@ -3,6 +3,8 @@ oversized login keys, responses never read, 1 000 idle connections."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attackkit as K
 import pytest
 
@@ -38,8 +40,13 @@ def test_responses_never_read(target: K.Target) -> None:
     assert a.report["commands_sent"] > 0, a.report
 
 
-def test_1000_idle_connections(target: K.Target) -> None:
-    a = K.IdleConnections(target, "iscsi", 1000)
-    o = K.run_scenario(target, a)
+def test_1000_idle_connections(make_target: Any) -> None:
+    # login_timeout (seconds, checked by a 1 s timer): no login, no connection
+    target = make_target(iscsi_opts={"login_timeout": 2})
+    a = K.IdleConnections(target, "iscsi", 1000, close_wait=3.0)
+    o = K.run_scenario(target, a, attack_s=3.5)
     K.check(o)
     assert a.report["opened"] == 1000, a.report
+    assert a.report["closed_by_target"] == 1000, (
+        f"idle connections outlived the timeout: {a.report}"
+    )
