@@ -1214,7 +1214,7 @@ def run_scenario(
     )
 
 
-def check(o: Outcome, min_ratio: float = 0.05, max_stall_s: float = 1.5) -> None:
+def check(o: Outcome, min_ratio: float = 0.05, max_stall_s: float = 2.0) -> None:
     """The acceptance of every adversarial test (printed first, then asserted)."""
     print(o.line())
     assert o.alive, f"{o.name}: the target died during the attack ({o.rss_summary})"
