@@ -152,16 +152,9 @@ def read(req: Request) -> None:
         return ch.read(slba, nlb, done)
 
     def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
-        req.wait = None
-        if req.done or qp.closed:
-            return iob.release(iov)
-        req.iov = iov
-        ch.read(slba, nlb, done, into=iov.views[0])  # type: ignore[call-arg]
+        ch.read(slba, nlb, done, into=iov.views[0])
 
-    w = iob.acquire(n, got)
-    if w is not None:
-        req.wait = w
-        qp.target.stats["iobuf_waits"] += 1
+    qp.acquire(req, n, got)
 
 
 def write(req: Request) -> None:
@@ -202,20 +195,12 @@ def write(req: Request) -> None:
         # an asynchronous (copying) bdev would pin the receive buffer under
         # in-capsule data until it completes: move the data to the pool first
         def got(piov: IoVec) -> None:
-            req.wait = None
-            if req.done or qp.closed:
-                return iob.release(piov)
             v = piov.views[0]
             v[:] = data
-            req.iov = piov
             req.data = None
             _write(ch, slba, v, lambda s: req.complete(status_of(s)), fua)
 
-        w = iob.acquire(n, got)
-        if w is not None:
-            req.wait = w
-            qp.target.stats["iobuf_waits"] += 1
-        return
+        return qp.acquire(req, n, got)
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 
@@ -225,7 +210,7 @@ def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable
 
 def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
     if fua:
-        ch.write(slba, data, cb, fua=True)  # type: ignore[call-arg]
+        ch.write(slba, data, cb, fua=True)
     else:
         ch.write(slba, data, cb)
 
@@ -374,9 +359,9 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
             wr.complete(0)
 
     if wr.fua:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)  # type: ignore[call-arg,arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)
     else:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)  # type: ignore[arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
 
 
 HANDLERS = {
