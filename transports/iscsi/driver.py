@@ -14,6 +14,7 @@ from typing import Any
 
 from ...actors.context import ReactorContext
 from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from ...control.hostlog import HostLog
 from ..base import register_driver
 from ..scsi.task import ScsiTask
 from . import pdu as P
@@ -72,6 +73,7 @@ class ReactorIscsi:
         self.timer: Any = None
         self.iobufs: Any = getattr(ctx, "iobufs", None)
         self.stats: dict[str, int] = {"exceptions": 0, "refused": 0, "login_timeouts": 0}
+        self.refusals = HostLog(log, f"iscsi reactor {ctx.reactor_id}")
 
     # ConnEnv
     def device(self, target_name: str) -> Any:
@@ -427,8 +429,7 @@ class IscsiDriver:
             try:
                 self._tick_one(sc, now, interval, timeout, login_timeout, data_timeout)
             except Exception:
-                # one connection's failure closes that connection only
-                rs.stats["exceptions"] += 1
+                # one connection's failure closes that connection only (counted)
                 sc.conn.crash("a timer")
                 sc._drop("internal error")
 
@@ -460,10 +461,9 @@ class IscsiDriver:
         cap = int(rs.view.options.get("max_connections_per_reactor", MAX_CONNECTIONS_PER_REACTOR))
         if len(rs.conns) >= cap:
             rs.stats["refused"] += 1
-            log.warning(
-                "iscsi: reactor %d has %d connections (max_connections_per_reactor): "
-                "connection on %s refused",
-                ctx.reactor_id,
+            rs.refusals.event(
+                logging.WARNING,
+                "%d connections (max_connections_per_reactor): connection on %s refused",
                 len(rs.conns),
                 listener,
             )

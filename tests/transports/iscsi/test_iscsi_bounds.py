@@ -79,8 +79,11 @@ def pool() -> Iterator[IoBufs]:
         p.destroy()
 
 
-def _setup(kit: Any, iob: IoBufs | None, power_on_ua: bool = False) -> tuple[Any, Chan, ScsiDevice]:
+def _setup(
+    kit: Any, iob: IoBufs | None, power_on_ua: bool = False, initial_r2t: bool = True
+) -> tuple[Any, Chan, ScsiDevice]:
     env = kit.Env(kit.make_state())
+    env.view.options["initial_r2t"] = initial_r2t
     if iob is not None:
         env.iobufs = iob
     bdev = Bdev(
@@ -318,3 +321,28 @@ def test_negotiation_caps(kit: Any) -> None:
     r = h.feed(kit.login_req(keys, csg=0, nsg=1))
     assert r[0].opcode == P.OP_LOGIN_RESP and r[0].w36 >> 24 == 2  # initiator error
     assert h.closed
+
+
+def test_burst_limits_are_enforced(kit: Any, pool: IoBufs) -> None:
+    # immediate data above FirstBurstLength (8 KiB with SPDK's default): Reject
+    h, _, _ = _setup(kit, pool)
+    r = h.cmd(write10(0, 64), 64 * BS, write=True, data=b"\0" * 16384)
+    assert r[0].opcode == P.OP_REJECT and r[0].b2 == P.REJ_PROTOCOL and pool.in_use == 0
+    # unsolicited Data-Out beyond FirstBurstLength: protocol error, connection closed
+    h, _, _ = _setup(kit, pool, initial_r2t=False)
+    h.cmd(write10(0, 64), 64 * BS, write=True, data=b"\0" * 4096, final=False, itt=0xA00)
+    r = h.data_out(0xA00, P.RSVD_TAG, 0, 4096, b"\0" * 8192, True)
+    assert r[0].opcode == P.OP_REJECT and h.closed and pool.in_use == 0
+    # R2T data beyond the burst the target asked for (MaxBurstLength)
+    h, _, _ = _setup(kit, pool)
+    edtl = 2 * MBL
+    r = h.cmd(write10(0, edtl // BS), edtl, write=True, itt=0xA01)
+    assert [p.opcode for p in r] == [P.OP_R2T] and r[0].w44 == MBL  # one sequence, MaxBurstLength
+    ttt = r[0].w20
+    k = MBL // 32768 - 1
+    for i in range(k):
+        assert h.data_out(0xA01, ttt, i, i * 32768, b"\0" * 32768, False) == []
+    # within MaxRecvDataSegmentLength, but past the end of the R2T's burst
+    r = h.data_out(0xA01, ttt, k, k * 32768, b"\0" * (32768 + 512), True)
+    assert r[0].opcode == P.OP_REJECT and r[0].b2 == P.REJ_PROTOCOL
+    assert h.closed and "unexpected" in h.conn.close_reason and pool.in_use == 0
