@@ -200,6 +200,7 @@ class Supervisor:
         self._aio_timer: Any = None
         self._hb_timer: Any = None
         self._hb_corrs: dict[int, int] = {}  # heartbeat corr -> reactor id
+        self._hb_checked = time.monotonic()
         self.pool_options: dict[str, Any] = {}
         self._up = False  # start-up done: from now on a dead reactor is restarted
 
@@ -270,6 +271,11 @@ class Supervisor:
             zmq_context=self.zctx,
         )
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+        dead = [r for r in self.reactors if r.proc.poll() is not None]
+        if dead:
+            raise StartupError(
+                f"reactor {dead[0].rid} exited during start-up (status {dead[0].proc.returncode})"
+            )
         self._hb_timer = self.loop.call_every(self.opts.heartbeat_s, self._heartbeat)
         self._up = True
         log.info(
@@ -835,6 +841,12 @@ class Supervisor:
         """Ping every reactor; one that has not answered for
         heartbeat_timeout_s (or did not start in time) is SIGKILLed and then
         restarted like a reactor that died."""
+        for rp in self.reactors:
+            # reap promptly, and handle the exit even if a pidfd event were missed
+            if rp.proc.poll() is not None and rp.pidfd >= 0:
+                self._on_reactor_exit(rp)
+        if self.router is not None:
+            self._drain_router()  # answers that are already here count
         self._check_heartbeats()
         now = time.monotonic()
         for rp in self.reactors:
@@ -851,6 +863,16 @@ class Supervisor:
             return
         now = time.monotonic()
         limit = self.opts.heartbeat_timeout_s
+        gap = now - self._hb_checked
+        self._hb_checked = now
+        if gap > max(1.0, 2 * self.opts.heartbeat_s):
+            # the supervisor itself was busy (a long RPC): answers may be
+            # waiting unread, so nobody is judged on this round
+            for rp in self.reactors:
+                if rp.hb_sent:
+                    rp.hb_sent = now
+                rp.spawned_at = max(rp.spawned_at, now - 1.0) if not rp.ready else rp.spawned_at
+            return
         for rp in self.reactors:
             if rp.kill_reason or rp.proc.returncode is not None or rp.pidfd < 0:
                 continue
@@ -908,6 +930,10 @@ class Supervisor:
                 self.rpc.close()
             self.rpc = None
         alive = [r for r in self.reactors if r.proc.poll() is None]
+        for r in [r for r in alive if not r.ready]:  # (re)starting: no mailbox yet
+            with contextlib.suppress(ProcessLookupError):
+                r.proc.terminate()
+        alive = [r for r in alive if r.ready]
         if alive and self.router is not None:
             with contextlib.suppress(Exception):
                 self.request_all(
