@@ -171,9 +171,7 @@ def _call_one(req: Any, dispatch: Dispatch) -> dict[str, Any] | None:
     return resp if has_id else None
 
 
-def _checked(
-    resp: dict[str, Any], encoding: Encoding, limit: int, batch_limit: int = 0
-) -> bytes:
+def _checked(resp: dict[str, Any], encoding: Encoding, limit: int, batch_limit: int = 0) -> bytes:
     """Encode one response; one whose result/error data cannot be encoded, or
     is over ``limit`` bytes (what is left of ``batch_limit`` in a batch),
     becomes an error naming the reason."""

@@ -19,7 +19,10 @@ Limits (each bounds what one client can make the supervisor hold):
 * an answer: ``max_result_bytes`` (default `jsonrpc.MAX_RESULT_BYTES`, 16 MiB,
   or ``BLOCKFABRIC_RPC_MAX_RESULT_BYTES``): a larger result is answered with a
   -32603 error naming the limit instead of being encoded;
-* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (stop reading it);
+* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (16 MiB): past it the
+  connection is not read and its already-framed requests (at most one receive,
+  64 KiB, of them) wait unanswered, so one connection holds at most about
+  4 MiB (a partial request) + 16 MiB + one answer;
 * SPDK-socket connections at once: ``max_connections`` (default
   `DEFAULT_MAX_CONNECTIONS`, or ``BLOCKFABRIC_RPC_MAX_CONNECTIONS``): one more is
   answered with a JSON-RPC error saying so and closed; the first refusal of a
@@ -35,6 +38,7 @@ import logging
 import os
 import socket
 import stat
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +69,8 @@ _RECV_CHUNK = 65536
 _MAX_PENDING_OUT = 16 * 1024 * 1024
 # SPDK-socket clients at once (rpc.py opens one per command; scripts run a few)
 DEFAULT_MAX_CONNECTIONS = 64
+# bytes read (and dropped) from a refused connection so that closing it does not reset it
+_REFUSE_DRAIN = 1024 * 1024
 ENV_MAX_CONNECTIONS = "BLOCKFABRIC_RPC_MAX_CONNECTIONS"
 ENV_MAX_RESULT = "BLOCKFABRIC_RPC_MAX_RESULT_BYTES"
 
@@ -103,12 +109,16 @@ def _prepare_unix_path(path: str) -> None:
 
 
 class _SpdkConn:
-    __slots__ = ("sock", "fd", "decoder", "out", "closing")
+    __slots__ = ("sock", "fd", "decoder", "queue", "out", "closing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.decoder = JsonStreamDecoder(MAX_REQUEST_BYTES)
+        # requests framed but not answered yet: served only while ``out`` has
+        # room, so one read full of small requests with big answers cannot pile
+        # up more than one answer past _MAX_PENDING_OUT
+        self.queue: deque[bytes | StreamError] = deque()
         self.out = bytearray()
         self.closing = False
 
@@ -261,6 +271,11 @@ class RpcServer:
         with contextlib.suppress(OSError):
             s.setblocking(False)
             s.send(encode(error_response(INTERNAL_ERROR, msg), "json") + b"\n")
+            # what the client already sent is dropped unread; a close with unread
+            # bytes would reset the connection and the client could lose the answer
+            for _ in range(_REFUSE_DRAIN // _RECV_CHUNK):
+                if not s.recv(_RECV_CHUNK):
+                    break
         with contextlib.suppress(OSError):
             s.close()
 
@@ -270,19 +285,21 @@ class RpcServer:
     def _on_conn(self, c: _SpdkConn, events: int) -> None:
         if events & EPOLLOUT:
             self._flush(c)
+            self._serve(c)
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and not c.closing:
             self._read(c)
         if c.fd in self._conns:
-            want = EPOLLIN if not c.closing and len(c.out) < _MAX_PENDING_OUT else 0
+            reading = not c.closing and not c.queue and len(c.out) < _MAX_PENDING_OUT
+            want = EPOLLIN if reading else 0
             if c.out:
                 want |= EPOLLOUT
-            if c.closing and not c.out:
+            if c.closing and not c.out and not c.queue:
                 self._drop(c)
             else:
                 self.loop.modify_fd(c.fd, want or EPOLLOUT)
 
     def _read(self, c: _SpdkConn) -> None:
-        while len(c.out) < _MAX_PENDING_OUT:
+        while len(c.out) < _MAX_PENDING_OUT and not c.queue:
             try:
                 data = c.sock.recv(_RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -293,17 +310,25 @@ class RpcServer:
             if not data:
                 c.closing = True  # peer closed its side: answer what we have, then close
                 return
-            for item in c.decoder.feed(data):
-                if isinstance(item, StreamError):
-                    c.out += item.response() + b"\n"
-                    c.closing = True  # the stream cannot be resynchronised
-                    break
-                resp = handle_raw(item, "json", self.dispatch, self.max_result)
-                if resp is not None:
-                    c.out += resp + b"\n"
-            self._flush(c)
-            if c.closing:
+            c.queue.extend(c.decoder.feed(data))
+            self._serve(c)
+            if c.fd not in self._conns or c.closing:
                 return
+
+    def _serve(self, c: _SpdkConn) -> None:
+        """Answer queued requests while the unsent output has room."""
+        while c.queue and len(c.out) < _MAX_PENDING_OUT and c.fd in self._conns:
+            item = c.queue.popleft()
+            if isinstance(item, StreamError):
+                c.out += item.response() + b"\n"
+                c.closing = True  # the stream cannot be resynchronised
+                c.queue.clear()
+                break
+            resp = handle_raw(item, "json", self.dispatch, self.max_result)
+            if resp is not None:
+                c.out += resp + b"\n"
+        if c.fd in self._conns:
+            self._flush(c)
 
     def _flush(self, c: _SpdkConn) -> None:
         while c.out:

@@ -248,3 +248,39 @@ def test_limits_from_the_environment(tmp_path, monkeypatch):
     finally:
         loop.close()
     assert msgpack  # the msgpack listener shares handle_raw (tested above)
+
+
+def test_small_requests_with_big_answers_do_not_pile_up(tmp_path):
+    """64 requests in one receive, 1 MiB answer each, a client that does not
+    read: the server holds at most one answer past its 16 MiB output bound,
+    and every answer arrives once the client reads."""
+    from blockfabric.control.server import _MAX_PENDING_OUT
+
+    r = Running(tmp_path, max_result_bytes=2 << 20)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(r.spdk)
+        s.sendall(b"".join(json.dumps(_req("blob", {"n": 1 << 20}, i)).encode() for i in range(64)))
+        time.sleep(1.0)
+        [c] = r.server._conns.values()
+        assert len(c.out) <= _MAX_PENDING_OUT + (1 << 20) + 64, len(c.out)
+        assert c.queue, "the rest waits framed, unanswered"
+        s.settimeout(30)
+        dec = json.JSONDecoder()
+        buf, got = "", []
+        while len(got) < 64:
+            d = s.recv(1 << 20)
+            assert d, f"closed after {len(got)} answers"
+            buf += d.decode()
+            while True:
+                buf = buf.lstrip()
+                try:
+                    obj, end = dec.raw_decode(buf)
+                except ValueError:
+                    break
+                got.append(obj["id"])
+                buf = buf[end:]
+        assert got == list(range(64))
+    finally:
+        s.close()
+        r.stop()

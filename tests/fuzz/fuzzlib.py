@@ -62,6 +62,25 @@ def load_path(name: str, relpath: str) -> ModuleType:
     return mod
 
 
+def adapt_channel(cls: type) -> type:
+    """Let a test helper's in-memory IoChannel (``_do_read(off, n, cb)``,
+    ``_do_write(off, data, cb)``) run under both bdev channel interfaces: the
+    new base class passes ``into`` / ``fua`` as a 4th argument. Only the
+    fuzzers' private copies of the helpers are adapted."""
+    import inspect
+
+    for name in ("_do_read", "_do_write"):
+        fn = cls.__dict__.get(name)
+        if fn is None or len(inspect.signature(fn).parameters) > 4:
+            continue
+
+        def wrap(self: object, a: object, b: object, cb: object, *_new: object, _fn=fn) -> None:  # type: ignore[no-untyped-def]
+            _fn(self, a, b, cb)
+
+        setattr(cls, name, wrap)
+    return cls
+
+
 def harness(name: str) -> ModuleType:
     if HERE not in sys.path:
         sys.path.insert(0, HERE)

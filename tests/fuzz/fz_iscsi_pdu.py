@@ -1,10 +1,11 @@
-"""The iSCSI PDU framer (transports/iscsi/pdu.py PduReader) and, behind it,
-the full-feature-phase PDU handling of a logged-in Connection.
+"""The iSCSI PDU framer (transports/iscsi/pdu.py PduReader) and every BHS
+accessor of the PDUs it returns. (What a Connection does with PDUs after a
+login is fuzzed by iscsi_login, whose inputs go on into the full feature phase;
+``one_input_ffp`` here drives a logged-in connection directly, for replays.)
 
 Input: byte 0 = bits 0-1 MaxRecvDataSegmentLength (512, 8192, 65536,
-262144), bit 2 HeaderDigest, bit 3 DataDigest, bit 4 also feed the stream to
-a logged-in connection (digests as negotiated: bit 2 only); byte 1 = where
-the stream is cut into two receives; the rest is the stream. PduError is the
+262144), bit 2 HeaderDigest, bit 3 DataDigest; byte 1 = where the stream is
+cut into two receives; the rest is the stream. PduError is the
 documented "bad PDU" outcome; framing must not depend on how bytes arrive."""
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from iscsi_common import Conn, ffp_pdus, login_pdus
 from blockfabric.transports.iscsi import pdu as P
 
 DLENS = (512, 8192, 65536, 262144)
+# test_fuzz_corpus.py replays the corpus through these too
+REPLAY_ALSO = ("one_input_ffp",)
 
 
 def _frame(cfg: int, chunks: Iterable[bytes]) -> list[tuple[object, ...]]:
@@ -46,13 +49,21 @@ def one_input(data: bytes) -> None:
     k = cut * len(stream) // 256
     whole = _frame(cfg, [stream])
     assert whole == _frame(cfg, [stream[:k], stream[k:]]), "framing depends on the receives"
-    if cfg & 0x10:
-        c = Conn(cfg & 4)
-        c.feed(login_pdus(cfg & 4))
-        assert c.conn.state == "ffp", c.conn.state
-        c.feed(stream[:k])
-        c.feed(stream[k:])
-        c.conn.close("fuzz done")
+
+
+def one_input_ffp(data: bytes) -> None:
+    """The same stream fed to a logged-in connection (HeaderDigest: bit 2)."""
+    b = Bytes(data)
+    cfg = b.u8()
+    cut = b.u8()
+    stream = b.rest()
+    k = cut * len(stream) // 256
+    c = Conn(cfg & 4)
+    c.feed(login_pdus(cfg & 4))
+    assert c.conn.state == "ffp", c.conn.state
+    c.feed(stream[:k])
+    c.feed(stream[k:])
+    c.conn.close("fuzz done")
 
 
 def seeds() -> Iterable[bytes]:

@@ -5,7 +5,7 @@ must give the same requests whatever the split); the rest is the stream."""
 
 from __future__ import annotations
 
-from rpc_common import check_response, dispatch
+from rpc_common import MAX_RESULT, check_response, dispatch
 
 from blockfabric.control.jsonrpc import JsonStreamDecoder, StreamError, handle_raw
 
@@ -33,4 +33,4 @@ def one_input(data: bytes) -> None:
         if isinstance(item, StreamError):
             check_response(item.response(), "json")
             break
-        check_response(handle_raw(item, "json", dispatch), "json")
+        check_response(handle_raw(item, "json", dispatch, MAX_RESULT), "json")

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from fuzzlib import Bytes, load_path, quiet
+from fuzzlib import Bytes, adapt_channel, load_path, quiet
 
 from blockfabric.transports.nvmf import pdu as P
 from blockfabric.transports.nvmf import spec
@@ -24,6 +24,7 @@ from blockfabric.transports.nvmf.driver import DRIVER
 from blockfabric.transports.nvmf.tcp import TcpQpair
 
 _h: Any = load_path("_fz_nvmf_conftest", "transports/nvmf/conftest.py")
+adapt_channel(_h.MemChannel)
 _env: tuple[Any, str] | None = None
 
 

@@ -17,12 +17,13 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from fuzzlib import Bytes, load_path
+from fuzzlib import Bytes, adapt_channel, load_path
 
 from blockfabric.bdevs.base import Bdev
 from blockfabric.transports.scsi import PrStore, ScsiDevice, ScsiLun, ScsiTask
 
 lib: Any = load_path("_fz_scsi_testlib", "transports/scsi/scsi_testlib.py")
+adapt_channel(lib.MemChannel)
 NB = 256
 BS = 512
 MAX_RECORDS = 24

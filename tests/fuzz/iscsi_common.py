@@ -66,11 +66,28 @@ def make_state(cfg: int) -> Any:
     return st
 
 
+_states: dict[int, tuple[Any, Any]] = {}
+
+
+def _env(cfg: int) -> tuple[Any, Any]:
+    """The target state and its ConfigView are built once per configuration
+    (logins do not change them); sessions and the device are fresh each time."""
+    got = _states.get(cfg)
+    if got is None:
+        st = make_state(cfg)
+        got = _states[cfg] = (st, kit.Env(st))
+    st, env = got
+    env.sessions = kit.SessionRegistry()
+    env.dev = kit.FakeDevice()
+    return st, env
+
+
 class Conn:
     """A Connection plus a check of every PDU it sends."""
 
     def __init__(self, cfg: int) -> None:
-        self.h = kit.Harness(make_state(cfg))
+        st, env = _env(cfg & 7)
+        self.h = kit.Harness(st, env=env)
         self.conn = self.h.conn
         self.seen = 0
 

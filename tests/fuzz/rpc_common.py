@@ -20,10 +20,16 @@ def dispatch(method: str, params: Any) -> Any:
     return {"method": m.name, "kwargs": kwargs}
 
 
+# a small answer limit, so the fuzzer reaches "result too large" too
+MAX_RESULT = 4096
+
+
 def check_response(resp: bytes | None, encoding: Encoding) -> None:
     if resp is None:
         return
     obj = decode(resp, encoding)
+    if not isinstance(obj, list):
+        assert len(resp) <= MAX_RESULT, f"answer of {len(resp)} bytes over the limit"
     items = obj if isinstance(obj, list) else [obj]
     assert items, "empty batch answer"
     for r in items:
@@ -35,4 +41,4 @@ def check_response(resp: bytes | None, encoding: Encoding) -> None:
             assert isinstance(e.get("message"), str), r
 
 
-__all__ = ["RpcError", "check_response", "dispatch"]
+__all__ = ["MAX_RESULT", "RpcError", "check_response", "dispatch"]

@@ -6,6 +6,7 @@ harness, uninstrumented: a quick regression run of all the parsers that
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -15,49 +16,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fuzzlib  # noqa: E402
 
 
-def _inputs(kind: str, name: str) -> list[str]:
-    d = os.path.join(fuzzlib.CORPUS if kind == "corpus" else fuzzlib.CRASHES, name)
-    if not os.path.isdir(d):
-        return []
-    return sorted(os.path.join(d, f) for f in os.listdir(d) if not f.startswith("."))
-
-
 @pytest.mark.parametrize("name", fuzzlib.HARNESSES)
-def test_corpus_replays(name: str) -> None:
-    files = _inputs("corpus", name)
-    assert len(files) >= 2, f"tests/fuzz/corpus/{name} is missing: run tests/fuzz/seed_corpus.py"
-    mod = fuzzlib.harness(name)
-    fuzzlib.quiet()
-    try:
-        for path in files:
-            with open(path, "rb") as f:
-                data = f.read()
-            try:
-                mod.one_input(data)
-            except Exception as e:
-                raise AssertionError(f"{path}: {type(e).__name__}: {e}") from e
-    finally:
-        import logging
-
-        logging.disable(logging.NOTSET)
-
-
-@pytest.mark.parametrize("name", fuzzlib.HARNESSES)
-def test_past_crashes_stay_fixed(name: str) -> None:
-    mod = fuzzlib.harness(name)
-    fuzzlib.quiet()
-    try:
-        for path in _inputs("crashes", name):
-            with open(path, "rb") as f:
-                data = f.read()
-            try:
-                mod.one_input(data)
-            except Exception as e:
-                raise AssertionError(f"regression {path}: {type(e).__name__}: {e}") from e
-    finally:
-        import logging
-
-        logging.disable(logging.NOTSET)
+def test_saved_inputs_replay(name: str) -> None:
+    """The corpus and every past crash of the harness, in a child process with
+    a memory limit (replay.py)."""
+    corpus = os.path.join(fuzzlib.CORPUS, name)
+    n = len(os.listdir(corpus)) if os.path.isdir(corpus) else 0
+    assert n >= 2, f"tests/fuzz/corpus/{name} is missing: run tests/fuzz/seed_corpus.py"
+    p = subprocess.run(
+        [sys.executable, os.path.join(fuzzlib.HERE, "replay.py"), name],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert f"{name}: " in p.stdout and " 0 failed" in p.stdout, p.stdout
 
 
 def test_seeds_are_current() -> None:
@@ -80,8 +53,6 @@ def test_make_fuzz_runs() -> None:
     """`run_fuzz.py` (what `make fuzz` calls) really fuzzes: a short atheris
     run of one harness ends without a crash. Without atheris this fails under
     CI (CI=true) and is skipped elsewhere (atheris is the `fuzz` extra)."""
-    import subprocess
-
     try:
         import atheris  # noqa: F401
     except ImportError as e:
