@@ -255,7 +255,7 @@ class NvmeChannel(IoChannel):
         return mx // self.bdev.block_size if mx else 0
 
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         mb = self._max_blocks()
         if not mb or num_blocks <= mb:
@@ -277,7 +277,9 @@ class NvmeChannel(IoChannel):
 
             self._start(("read", piece, lba, n, dst))
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         mb = self._max_blocks()
         bs = self.bdev.block_size
         if not mb or len(data) <= mb * bs:
