@@ -1192,7 +1192,14 @@ def run_scenario(
                 sampler.stop()
     assert sampler is not None
     alive = target_alive(target)
+    if alive:
+        now = target.reactor_pids()
+        if now != pids[: len(now)]:
+            # a reactor died (and the supervisor restarted it): the attack killed it
+            extra["reactors_restarted"] = f"{pids} -> {now}"
     pool_after = wait_pool(target, pool_base) if pool and alive else None
+    if pool_after is not None:
+        extra["pool_waiters_after"] = _sum_key(pool_stats(target), "queued")
     return Outcome(
         attack.name,
         good_proto,
@@ -1219,6 +1226,7 @@ def check(o: Outcome, min_ratio: float = 0.05, max_stall_s: float = 2.0) -> None
     print(o.line())
     assert o.alive, f"{o.name}: the target died during the attack ({o.rss_summary})"
     assert not o.killed, f"{o.name}: RSS passed the hard cap, target killed: {o.rss_summary}"
+    assert "reactors_restarted" not in o.extra, f"{o.name}: a reactor died: {o.extra}"
     assert o.growth_mib <= o.allowance_mib, (
         f"{o.name}: a process grew {o.growth_mib:.0f} MiB > {o.allowance_mib:.0f} MiB: {o.rss_summary}"
     )
@@ -1228,6 +1236,9 @@ def check(o: Outcome, min_ratio: float = 0.05, max_stall_s: float = 2.0) -> None
     assert o.max_gap_s <= max_stall_s, f"{o.name}: good host stalled {o.max_gap_s:.2f}s"
     if o.checks_pool:
         assert o.pool_base is not None, f"{o.name}: no iobuf_get_stats RPC: pool not checked"
+        assert o.extra.get("pool_waiters_after", 0) == 0, (
+            f"{o.name}: requests still wait: {o.extra}"
+        )
         assert o.pool_after == o.pool_base, (
             f"{o.name}: pool buffers in use {o.pool_after} after the attack, {o.pool_base} before"
         )
