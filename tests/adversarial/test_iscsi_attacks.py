@@ -50,3 +50,15 @@ def test_1000_idle_connections(make_target: Any) -> None:
     assert a.report["closed_by_target"] == 1000, (
         f"idle connections outlived the timeout: {a.report}"
     )
+
+
+def test_r2t_never_answered(make_target: Any) -> None:
+    # data_out_timeout (seconds): a stalled R2T fails its command and drops the connection
+    target = make_target(iscsi_opts={"data_out_timeout": 2})
+    a = K.R2tNoDataIscsi(target)
+    o = K.run_scenario(target, a, attack_s=3.5)
+    K.check(o)
+    assert a.report["r2ts"] > 0, a.report
+    assert a.report["closed_by_target"] == len(a.inis), (
+        f"stalled R2Ts outlived the timeout: {a.report}"
+    )
