@@ -11,6 +11,20 @@ while before blocking (adaptive polling). Three modes:
 
 Callbacks run to completion; a slow callback delays the whole reactor, so I/O
 that can block (files) goes to worker threads that report back via an eventfd.
+
+Failure containment: an exception in one timer, poller, deferred call or fd
+handler never stops the others. The loop counts it (``callback_errors``) and
+logs its traceback rate-limited per callback (the first `ERR_BURST` in full,
+then one line with a count every `ERR_PERIOD_S`), so a callback that fails on
+every turn cannot flood the log. For an fd handler the loop then calls the
+owner's error hook, so the owner closes only the connection concerned:
+
+* ``add_fd(fd, mask, handler, on_error=hook)``: ``hook(exc)``, or
+* a handler that is a bound method of an object with ``on_loop_error(exc)``.
+
+A periodic job should use ``call_every``: it is re-armed even when the
+callback raises (a self re-arming ``call_later`` chain ends at its first
+exception).
 """
 
 from __future__ import annotations
@@ -32,6 +46,44 @@ EPOLLERR = select.EPOLLERR
 EPOLLHUP = select.EPOLLHUP
 
 POLL_MODES = ("adaptive", "busy", "blocking")
+ERR_BURST = 3  # tracebacks logged in full per callback ...
+ERR_PERIOD_S = 10.0  # ... then one summary line per period
+
+
+def _cb_name(cb: Any) -> str:
+    name = getattr(cb, "__qualname__", None) or type(cb).__qualname__
+    mod = getattr(cb, "__module__", "") or ""
+    return f"{mod}.{name}" if mod else str(name)
+
+
+class _ErrLog:
+    """Rate limit for callback tracebacks, per callback name (bounded)."""
+
+    MAX_KEYS = 1024
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[float]] = {}  # name -> [count, suppressed, last_summary]
+
+    def report(self, what: str, cb: Any) -> None:
+        name = _cb_name(cb)
+        st = self._seen.get(name)
+        if st is None:
+            if len(self._seen) >= self.MAX_KEYS:
+                self._seen.clear()
+            st = self._seen[name] = [0, 0, 0.0]
+        st[0] += 1
+        if st[0] <= ERR_BURST:
+            log.exception("%s %s failed", what, name)
+            return
+        st[1] += 1
+        now = time.monotonic()
+        if now - st[2] >= ERR_PERIOD_S:
+            log.error(
+                "%s %s failed again (%d more failure(s) not logged in full, %d in all)",
+                what, name, int(st[1]), int(st[0]),
+            )  # fmt: skip
+            st[1] = 0
+            st[2] = now
 
 
 def _noop() -> None:
@@ -65,7 +117,10 @@ class EventLoop:
         self.spin_s = spin_us / 1e6
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[int], Any]] = {}
+        self._on_error: dict[int, Callable[[BaseException], Any]] = {}
         self._masks: dict[int, int] = {}
+        self._errlog = _ErrLog()
+        self.callback_errors = 0
         self._timers: list[TimerHandle] = []
         self._seq = itertools.count()
         self._pollers: list[Callable[[], int]] = []
@@ -77,9 +132,23 @@ class EventLoop:
         self.blocks = 0
 
     # --- file descriptors ---------------------------------------------------
-    def add_fd(self, fd: int, mask: int, handler: Callable[[int], Any]) -> None:
-        """Call ``handler(events)`` whenever fd is ready for ``mask``."""
+    def add_fd(
+        self,
+        fd: int,
+        mask: int,
+        handler: Callable[[int], Any],
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> None:
+        """Call ``handler(events)`` whenever fd is ready for ``mask``. If the
+        handler raises, ``on_error(exc)`` runs (default: the handler's owner's
+        ``on_loop_error`` when it has one); it should close the connection."""
         self._handlers[fd] = handler
+        if on_error is None:
+            on_error = getattr(getattr(handler, "__self__", None), "on_loop_error", None)
+        if on_error is not None:
+            self._on_error[fd] = on_error
+        else:
+            self._on_error.pop(fd, None)
         self._masks[fd] = mask
         self._ep.register(fd, mask)
 
@@ -91,6 +160,7 @@ class EventLoop:
     def remove_fd(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is not None:
             self._masks.pop(fd, None)
+            self._on_error.pop(fd, None)
             try:
                 self._ep.unregister(fd)
             except (OSError, ValueError):
@@ -101,6 +171,27 @@ class EventLoop:
         h = TimerHandle(time.monotonic() + delay, next(self._seq), cb)
         heapq.heappush(self._timers, h)
         return h
+
+    def call_every(self, interval: float, cb: Callable[[], Any]) -> TimerHandle:
+        """Run ``cb`` every ``interval`` seconds until the returned handle is
+        cancelled; an exception in ``cb`` is logged and does not end it."""
+        if interval <= 0:
+            raise ValueError("interval must be > 0")
+        first = TimerHandle(0.0, 0, cb)  # the handle the caller cancels
+
+        def tick() -> None:
+            if first.cancelled:
+                return
+            try:
+                cb()
+            finally:
+                if not first.cancelled:
+                    h = self.call_later(interval, tick)
+                    first.when, first.seq = h.when, h.seq
+
+        h = self.call_later(interval, tick)
+        first.when, first.seq = h.when, h.seq
+        return first
 
     def call_soon(self, cb: Callable[[], Any]) -> None:
         """Run cb on the next loop iteration (after the current callback)."""
@@ -133,7 +224,22 @@ class EventLoop:
         try:
             cb(*args)
         except Exception:  # one failing handler must not stop the reactor
-            log.exception("reactor callback failed")
+            self.callback_errors += 1
+            self._errlog.report("callback", cb)
+
+    def _fd_failed(self, fd: int, h: Callable[[int], Any], exc: BaseException) -> None:
+        self.callback_errors += 1
+        self._errlog.report(f"fd {fd} handler", h)
+        hook = self._on_error.get(fd)
+        if hook is not None:
+            try:
+                hook(exc)
+            except Exception:
+                self._errlog.report(f"fd {fd} error hook", hook)
+
+    def _poller_failed(self, p: Callable[[], int]) -> None:
+        self.callback_errors += 1
+        self._errlog.report("poller", p)
 
     def run_once(self, timeout: float) -> int:
         work = 0
@@ -150,14 +256,14 @@ class EventLoop:
             if h is not None:
                 try:
                     h(ev)
-                except Exception:
-                    log.exception("fd %d handler failed", fd)
+                except Exception as e:
+                    self._fd_failed(fd, h, e)
         work += len(events)
         for p in self._pollers:
             try:
                 work += p()
             except Exception:
-                log.exception("poller failed")
+                self._poller_failed(p)
         if self._timers:
             work += self._run_timers(time.monotonic())
         return work
@@ -193,14 +299,14 @@ class EventLoop:
                 if h is not None:
                     try:
                         h(ev)
-                    except Exception:
-                        log.exception("fd %d handler failed", fd)
+                    except Exception as e:
+                        self._fd_failed(fd, h, e)
             work = len(events)
             for p in pollers:
                 try:
                     work += p()
                 except Exception:
-                    log.exception("poller failed")
+                    self._poller_failed(p)
             if work:
                 idle = 0
             else:

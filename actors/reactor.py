@@ -27,15 +27,20 @@ import zmq
 
 from ..bdevs.base import Bdev, IoChannel
 from ..bdevs.registry import bdev_from_description
+from ..shm.iobuf import IoBufs
+from ..shm.pool import BufferPool
 from ..transports.base import DRIVERS
 from . import messages as m
 from .fdpass import Handoff, recv_fd, send_fd
+from .logpipe import reactor_logging
 from .loop import EPOLLIN, EventLoop
 
 log = logging.getLogger("blockfabric.reactor")
 
 PR_SET_PDEATHSIG = 1
 MBOX_POLL_S = 0.001  # how often a busy reactor checks its ZeroMQ mailbox
+IOBUF_POLL_S = 0.002  # retry pool waiters this often while some are queued
+IOBUF_IDLE_S = 0.05  # ... and this often otherwise
 _ZMQ_EVENTS = int(zmq.EVENTS)
 _ZMQ_POLLIN = int(zmq.POLLIN)
 _monotonic = time.monotonic
@@ -70,6 +75,7 @@ class Reactor:
         spin_us: int,
         num_reactors: int = 1,
         state_dir: str = "",
+        pool_name: str = "",
     ) -> None:
         self.instance = instance
         self.num_reactors = num_reactors
@@ -101,6 +107,48 @@ class Reactor:
         self._mbox_get = self.mbox.getsockopt
         self.loop.add_poller(self._poll_mbox)
         self._stopping = False
+        # transfer buffers: this reactor's share of the instance's shared pool
+        # (a restarted reactor rebuilds its free list from the pool header)
+        self.pool: BufferPool | None = None
+        if pool_name:
+            self.pool = BufferPool.attach(pool_name, reactor_id)
+        else:  # a reactor started by hand or by a test: a private pool
+            self.pool = BufferPool.create(
+                instance, 1, 16, hugepages="never", reactor_id=0,
+                tag=f"bufpool-r{reactor_id}-{os.getpid()}",
+            )  # fmt: skip
+            self._private_pool = True
+        self.iobufs = IoBufs(self.pool)
+        self._iobuf_timer = self.loop.call_later(IOBUF_IDLE_S, self._poll_iobufs)
+
+    def _poll_iobufs(self) -> None:
+        try:
+            self.iobufs.poll()
+        finally:
+            delay = IOBUF_POLL_S if self.iobufs.queued else IOBUF_IDLE_S
+            self._iobuf_timer = self.loop.call_later(delay, self._poll_iobufs)
+
+    def iobuf_stats(self) -> dict[str, Any]:
+        """SPDK iobuf_get_stats shape (cache = served from this reactor's own
+        share, main = from the shared reserve, retry = found nothing) plus
+        this reactor's transfer counters."""
+        out: dict[str, Any] = {"module": f"reactor_{self.reactor_id}", "reactor": self.reactor_id}
+        assert self.pool is not None
+        ps = self.pool.stats()
+        for label in ("small", "large"):
+            c = ps[label]
+            out[f"{label}_pool"] = {
+                "cache": c["gets"] - c["reserve_gets"],
+                "main": c["reserve_gets"],
+                "retry": c["nomem"],
+                "gets": c["gets"],
+                "puts": c["puts"],
+                "local_free": c["local_free"],
+                "per_reactor": c["per_reactor"],
+            }
+        out.update(self.iobufs.stats())
+        out["nomem"] = ps["small"]["nomem"] + ps["large"]["nomem"]
+        return out
 
     # ---------------------------------------------------------- context API
     def bdev(self, name: str) -> Bdev | None:
@@ -215,6 +263,8 @@ class Reactor:
 
     def _on_event(self, op: str, args: dict[str, Any]) -> Any:
         prefix = op.split(".", 1)[0]
+        if op == "framework.reactor_died":
+            return self._peer_died(args)
         if prefix == "framework":
             return self._framework_event(op, args)
         if prefix == "bdev":
@@ -230,7 +280,22 @@ class Reactor:
                 return d.on_event(self, op, args)
         raise ValueError(f"no handler for event {op}")
 
+    def _peer_died(self, args: dict[str, Any]) -> bool:
+        """Another reactor died (the supervisor restarts it): every transport
+        drops what it kept about that reactor's connections, as
+        ``<proto>.reactor_died {reactor: N}``; the NVMe-oF controllers it
+        hosted are already destroyed by ``nvmf.destroy_ctrlr`` events."""
+        log.warning("reactor %d: reactor %s died", self.reactor_id, args.get("reactor"))
+        for d in DRIVERS.values():
+            try:
+                d.on_event(self, d.proto.split("-", 1)[0] + ".reactor_died", dict(args))
+            except Exception:
+                log.exception("driver %s: reactor_died handler failed", d.proto)
+        return True
+
     def _framework_event(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "framework.iobuf_stats":
+            return self.iobuf_stats()
         if op == "framework.reactor_info":
             t = os.times()
             return {
@@ -244,6 +309,7 @@ class Reactor:
                 "user_s": t.user,
                 "sys_s": t.system,
                 "uptime_s": time.time() - self.started,
+                "callback_errors": self.loop.callback_errors,
             }
         if op == "framework.log_level":
             logging.getLogger("blockfabric").setLevel(args.get("level", "INFO"))
@@ -308,6 +374,10 @@ class Reactor:
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> None:
+        log.info(
+            "reactor %d (pid %d) up on core %d, pool %s",
+            self.reactor_id, os.getpid(), self.core, self.pool.name if self.pool else "-",
+        )  # fmt: skip
         self._send(m.Hello(self.reactor_id, os.getpid()), 0)
         self.loop.run()
         self._teardown()
@@ -331,6 +401,12 @@ class Reactor:
                 detach()
         self.mbox.close(0)
         self.fd_sock.close()
+        if self.pool is not None:
+            if getattr(self, "_private_pool", False):
+                self.pool.destroy()
+            else:
+                self.pool.close()
+            self.pool = None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,12 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--nreactors", type=int, default=1)
     ap.add_argument("--state-dir", default="")
+    ap.add_argument("--pool", default="", help="the instance's buffer pool segment")
+    ap.add_argument("--log-fd", type=int, default=-1, help="log pipe to the supervisor")
     a = ap.parse_args(argv)
     die_with_parent()
-    logging.basicConfig(
-        level=a.log_level,
-        stream=sys.stderr,
-        format=f"%(asctime)s reactor{a.id} %(levelname)s %(name)s: %(message)s",
+    reactor_logging(
+        a.log_fd, a.log_level, f"%(asctime)s reactor{a.id} %(levelname)s %(name)s: %(message)s"
     )
     try:
         import setproctitle
@@ -365,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     load_drivers()
     fd_sock = socket.socket(fileno=a.fd)
     r = Reactor(
-        a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors, a.state_dir
-    )
+        a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors,
+        a.state_dir, a.pool,
+    )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: r.stop())
     r.run()
     return 0

@@ -7,7 +7,14 @@ path). Reactors reach it with typed messages on a ZeroMQ ROUTER socket; it
 answers RPCs; it accepts TCP connections and hands each to a reactor over a
 Unix socketpair (SCM_RIGHTS), round-robin per protocol.
 
-Shutdown (SIGTERM/SIGINT, or a reactor that died): stop accepting, tell
+Supervision: a reactor that dies (or stops answering the heartbeat for
+``heartbeat_timeout_s`` and is SIGKILLed) is reaped, its state is dropped
+(NVMe-oF controllers it hosted, its pool buffers) and it is restarted on its
+core, at most ``max_restarts`` times in ``restart_window_s`` per reactor;
+beyond that the target stops (exit 1). Connections on other reactors are
+untouched.
+
+Shutdown (SIGTERM/SIGINT, or restart policy exhausted): stop accepting, tell
 reactors to close their connections and exit (SIGKILL after a grace period),
 destroy bdev segments and the buffer pool, remove the manifest, release the
 instance lock. Nothing of the instance stays in /dev/shm.
@@ -38,9 +45,10 @@ from ..control.registry import REGISTRY, Param, rpc_method
 from ..shm import names
 from ..shm.lock import InstanceLock
 from ..shm.manifest import Manifest
-from ..shm.pool import BufferPool
+from ..shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool
 from . import messages as m
 from .fdpass import Handoff, recv_fd, send_fd
+from .logpipe import DEFAULT_LOG_COUNT, DEFAULT_LOG_MAX_MB, PipeReader, make_handler, make_pipe
 from .loop import EPOLLIN, EventLoop
 
 log = logging.getLogger("blockfabric.supervisor")
@@ -48,6 +56,15 @@ log = logging.getLogger("blockfabric.supervisor")
 REACTOR_START_TIMEOUT = 20.0
 REACTOR_STOP_GRACE = 5.0
 REQUEST_TIMEOUT = 10.0
+DEFAULT_MAX_RESTARTS = 3
+DEFAULT_RESTART_WINDOW_S = 60.0
+DEFAULT_HEARTBEAT_S = 1.0
+DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+
+
+def default_pool_mb(nreactors: int) -> int:
+    """Pool size without -s: 64 MiB, or 16 MiB per reactor beyond 4."""
+    return max(64, 16 * nreactors)
 
 
 class StartupError(RuntimeError):
@@ -97,8 +114,27 @@ class ReactorProc:
     proc: subprocess.Popen[bytes]
     chan: socket.socket  # supervisor end of the fd socketpair
     pidfd: int = -1
-    ready: bool = False
+    ready: bool = False  # said hello and has the configuration
     started: float = field(default_factory=time.time)
+    log: PipeReader | None = None
+    # supervision
+    restarting: bool = False
+    spawned_at: float = field(default_factory=time.monotonic)
+    hb_sent: float = 0.0  # monotonic time of the oldest unanswered heartbeat, 0: none
+    hb_pinged: float = 0.0  # monotonic time of the last heartbeat sent
+    kill_reason: str = ""  # why the supervisor killed it (heartbeat), for the log
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    last_cause: str = ""
+    last_restart: float = 0.0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "restarts": self.restarts,
+            "last_cause": self.last_cause or None,
+            "last_restart": self.last_restart or None,
+            "state": "running" if self.ready else "starting",
+        }
 
 
 @dataclass
@@ -124,6 +160,13 @@ class Options:
     spin_us: int = 200
     hugepages: str = "auto"
     log_level: str = "INFO"
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    restart_window_s: float = DEFAULT_RESTART_WINDOW_S
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    log_file: str | None = None
+    log_max_mb: float = DEFAULT_LOG_MAX_MB
+    log_count: int = DEFAULT_LOG_COUNT
 
 
 class Supervisor:
@@ -132,6 +175,18 @@ class Supervisor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.instance = names.validate_instance(opts.name)
+        for what, v, lo in (
+            ("--max-restarts", opts.max_restarts, 0),
+            ("--restart-window", opts.restart_window_s, 0),
+            ("--heartbeat-interval", opts.heartbeat_s, 0.01),
+            ("--heartbeat-timeout", opts.heartbeat_timeout_s, 0.1),
+            ("--log-max-mb", opts.log_max_mb, 0.004),
+            ("--log-count", opts.log_count, 0),
+        ):
+            if not v >= lo:
+                raise StartupError(f"{what} must be >= {lo}, not {v}")
+        if opts.heartbeat_timeout_s <= opts.heartbeat_s:
+            raise StartupError("--heartbeat-timeout must be longer than --heartbeat-interval")
         self.hugepages = opts.hugepages
         self.cores = parse_core_mask(opts.core_mask)
         self.num_reactors = len(self.cores)
@@ -156,6 +211,11 @@ class Supervisor:
         self.state_dir = str(names.run_dir() / "state" / self.instance)
         self._stopping = False
         self._aio_timer: Any = None
+        self._hb_timer: Any = None
+        self._hb_corrs: dict[int, int] = {}  # heartbeat corr -> reactor id
+        self._hb_checked = time.monotonic()
+        self.pool_options: dict[str, Any] = {}
+        self._up = False  # start-up done: from now on a dead reactor is restarted
 
     # ------------------------------------------------------------ start-up
     def prepare_config(self) -> list[tuple[str, str, Any]]:
@@ -195,16 +255,12 @@ class Supervisor:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.nvmf = _new_state("blockfabric.transports.nvmf.state", "NvmfState")
         self.iscsi = _new_state("blockfabric.transports.iscsi.state", "IscsiState")
-        if self.opts.mem_mb:
-            self.pool = BufferPool.create(
-                self.instance,
-                self.num_reactors,
-                self.opts.mem_mb,
-                hugepages=self.hugepages,  # type: ignore[arg-type]
-            )
+        self.pool = self._create_pool(entries)
         self.router = self.zctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # a restarted reactor reconnects under the same identity
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.internal_addr = f"ipc://{names.run_dir()}/{self.instance}.internal.sock"
         self.router.bind(self.internal_addr)
         self.loop.add_fd(int(self.router.getsockopt(zmq.FD)), EPOLLIN, self._on_router)
@@ -228,6 +284,13 @@ class Supervisor:
             zmq_context=self.zctx,
         )
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+        dead = [r for r in self.reactors if r.proc.poll() is not None]
+        if dead:
+            raise StartupError(
+                f"reactor {dead[0].rid} exited during start-up (status {dead[0].proc.returncode})"
+            )
+        self._hb_timer = self.loop.call_every(self.opts.heartbeat_s, self._heartbeat)
+        self._up = True
         log.info(
             "blockfabric[%s] up: %d reactor(s) on cores %s, RPC at %s",
             self.instance,
@@ -235,6 +298,52 @@ class Supervisor:
             self.cores,
             self.rpc_addr,
         )
+
+    def _create_pool(self, entries: list[tuple[str, str, Any]]) -> BufferPool:
+        """The shared buffer pool always exists: ``-s MEM_MB`` sizes it
+        (default `default_pool_mb`); an ``iobuf_set_options`` entry of the
+        start-up config (SPDK's small/large_pool_count and bufsizes) sets the
+        buffer counts instead. At run time iobuf_set_options has no effect
+        (the pool cannot be resized under live reactors)."""
+        opts: dict[str, Any] = {}
+        for _label, method, params in entries:
+            if method == "iobuf_set_options" and isinstance(params, dict):
+                opts.update({k: v for k, v in params.items() if v is not None})
+        self.pool_options = opts
+        kw: dict[str, Any] = {}
+        if "small_pool_count" in opts or "large_pool_count" in opts:
+            small_size = int(opts.get("small_bufsize") or SMALL_SIZE)
+            large_size = int(opts.get("large_bufsize") or LARGE_SIZE)
+            if large_size < LARGE_SIZE or small_size > large_size or small_size <= 0:
+                log.warning(
+                    "iobuf_set_options: buffer sizes %d/%d unsupported (large must be >= %d); "
+                    "using %d/%d",
+                    small_size, large_size, LARGE_SIZE, SMALL_SIZE, LARGE_SIZE,
+                )  # fmt: skip
+                small_size, large_size = SMALL_SIZE, LARGE_SIZE
+            kw = {
+                "small_count": int(opts.get("small_pool_count", 8192)),
+                "large_count": int(opts.get("large_pool_count", 1024)),
+                "small_size": small_size,
+                "large_size": large_size,
+            }
+            mem_mb = None
+        else:
+            mem_mb = self.opts.mem_mb or default_pool_mb(self.num_reactors)
+        pool = BufferPool.create(
+            self.instance,
+            self.num_reactors,
+            mem_mb,
+            hugepages=self.hugepages,  # type: ignore[arg-type]
+            **kw,
+        )
+        st = pool.stats()
+        log.info(
+            "buffer pool %s: %d MiB, %d small x %d B + %d large x %d B%s",
+            pool.name, st["size"] >> 20, st["small"]["count"], st["small"]["buf_size"],
+            st["large"]["count"], st["large"]["buf_size"], " (hugetlbfs)" if st["hugepage"] else "",
+        )  # fmt: skip
+        return pool
 
     def _install_signals(self) -> None:
         r, w = socket.socketpair()
@@ -255,26 +364,56 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):
             self._sig_r.recv(4096)
 
-    def _start_reactors(self) -> None:
-        env = dict(os.environ)
-        for rid, core in enumerate(self.cores):
-            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-            args = [
-                sys.executable, "-m", "blockfabric.actors.reactor",
-                "--instance", self.instance, "--id", str(rid), "--core", str(core),
-                "--sup", self.internal_addr, "--fd", str(b.fileno()),
-                "--poll-mode", self.opts.poll_mode, "--spin-us", str(self.opts.spin_us),
-                "--log-level", self.opts.log_level,
-                "--nreactors", str(self.num_reactors), "--state-dir", self.state_dir,
-            ]  # fmt: skip
-            proc = subprocess.Popen(args, pass_fds=(b.fileno(),), env=env)
+    def _spawn(self, rid: int, core: int, rp: ReactorProc | None = None) -> ReactorProc:
+        """Start reactor process ``rid`` on ``core`` (into ``rp`` on a restart)."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        lr, lw = make_pipe()
+        assert self.pool is not None
+        args = [
+            sys.executable, "-m", "blockfabric.actors.reactor",
+            "--instance", self.instance, "--id", str(rid), "--core", str(core),
+            "--sup", self.internal_addr, "--fd", str(b.fileno()),
+            "--poll-mode", self.opts.poll_mode, "--spin-us", str(self.opts.spin_us),
+            "--log-level", self.opts.log_level,
+            "--nreactors", str(self.num_reactors), "--state-dir", self.state_dir,
+            "--pool", self.pool.name, "--log-fd", str(lw),
+        ]  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                args, pass_fds=(b.fileno(), lw), env=dict(os.environ), stdin=subprocess.DEVNULL
+            )
+        except BaseException:
+            for x in (a, b):
+                x.close()
+            os.close(lr)
+            os.close(lw)
+            raise
+        finally:
             b.close()
-            a.setblocking(False)
+        os.close(lw)
+        a.setblocking(False)
+        if rp is None:
             rp = ReactorProc(rid, core, proc, a)
-            rp.pidfd = os.pidfd_open(proc.pid)
-            self.reactors.append(rp)
-            self.loop.add_fd(rp.pidfd, EPOLLIN, functools.partial(self._on_reactor_exit, rp))
-            self.loop.add_fd(a.fileno(), EPOLLIN, functools.partial(self._on_reactor_fd, rp))
+        else:
+            rp.proc, rp.chan, rp.ready, rp.started = proc, a, False, time.time()
+            rp.spawned_at, rp.hb_sent, rp.kill_reason = time.monotonic(), 0.0, ""
+        rp.pidfd = os.pidfd_open(proc.pid)
+        rp.log = PipeReader(lr)
+        self.loop.add_fd(rp.pidfd, EPOLLIN, functools.partial(self._on_reactor_exit, rp))
+        self.loop.add_fd(a.fileno(), EPOLLIN, functools.partial(self._on_reactor_fd, rp))
+        self.loop.add_fd(lr, EPOLLIN, functools.partial(self._on_reactor_log, rp))
+        return rp
+
+    def _on_reactor_log(self, rp: ReactorProc, _ev: int = 0) -> None:
+        lg = rp.log
+        if lg is not None and not lg.read():
+            self.loop.remove_fd(lg.fd)
+            os.close(lg.fd)
+            rp.log = None
+
+    def _start_reactors(self) -> None:
+        for rid, core in enumerate(self.cores):
+            self.reactors.append(self._spawn(rid, core))
         deadline = time.monotonic() + REACTOR_START_TIMEOUT
         while not all(r.ready for r in self.reactors):
             if time.monotonic() > deadline:
@@ -319,8 +458,18 @@ class Supervisor:
             log.error("bad message from %r: %s", ident, e)
             return
         rid = self._rid_of(ident)
+        if not 0 <= rid < len(self.reactors):
+            log.error("message from unknown reactor %r", ident)
+            return
+        rp = self.reactors[rid]
+        rp.hb_sent = 0.0  # any message proves it alive
         if isinstance(msg, m.Hello):
-            self.reactors[rid].ready = True
+            if msg.pid != rp.proc.pid:
+                log.warning("hello from reactor %d pid %d, expected %d", rid, msg.pid, rp.proc.pid)
+            elif rp.restarting:
+                self.loop.call_soon(functools.partial(self._finish_restart, rp))
+            else:
+                rp.ready = True
         elif isinstance(msg, m.ControllerCall):
             op = SUPERVISOR_OPS.get(msg.op)
             if op is None:
@@ -344,7 +493,8 @@ class Supervisor:
                 except Exception:
                     log.exception("supervisor event %s failed", msg.op)
         elif isinstance(msg, m.Reply):
-            log.debug("late reply %d from reactor %d", corr, rid)
+            if self._hb_corrs.pop(corr, None) is None:
+                log.debug("late reply %d from reactor %d", corr, rid)
         else:
             log.warning("unexpected %s from reactor %d", msg.TAG, rid)
 
@@ -362,7 +512,7 @@ class Supervisor:
         arrive meanwhile are handled in order (reactor -> supervisor calls are
         never blocked by this wait)."""
         assert self.router is not None
-        targets = only if only is not None else [r.rid for r in self.reactors]
+        targets = only if only is not None else [r.rid for r in self.reactors if r.ready]
         want: dict[int, int] = {}
         for rid in targets:
             corr = next(self._corr)
@@ -372,7 +522,25 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        # a reactor that dies (or is killed for missing heartbeats) while we
+        # wait is dropped from the wait: its answer is None
+        pidfds = {self.reactors[rid].pidfd: rid for rid in targets if self.reactors[rid].pidfd >= 0}
+        for fd in pidfds:
+            poller.register(fd, zmq.POLLIN)
         while want:
+            self._check_heartbeats()
+            if self._up:
+                self._send_heartbeats()
+            for fd, _ in poller.poll(0) if pidfds else ():
+                if fd in pidfds:
+                    dead = pidfds.pop(fd)
+                    poller.unregister(fd)
+                    for c, r in list(want.items()):
+                        if r == dead:
+                            del want[c]
+                            results[r] = None
+            if not want:
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RpcError(
@@ -386,7 +554,7 @@ class Supervisor:
             ):
                 pass
             if not (int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN) and not poller.poll(
-                int(left * 1000) + 1
+                int(min(left, 0.25) * 1000) + 1
             ):
                 continue
             while True:
@@ -405,7 +573,7 @@ class Supervisor:
                     results[rid] = rmsg.result
                 else:
                     self._handle_reactor_msg(ident, raw)
-        return [results[rid] for rid in targets]
+        return [results.get(rid) for rid in targets]
 
     # ------------------------------------------------------ RpcContext API
     def config_changed(self) -> None:
@@ -423,7 +591,7 @@ class Supervisor:
 
     def send_event(self, reactor_id: int | None, op: str, args: dict[str, Any]) -> None:
         for r in self.reactors:
-            if reactor_id is None or r.rid == reactor_id:
+            if r.ready and (reactor_id is None or r.rid == reactor_id):
                 self._send(r.rid, m.Event(op, args))
 
     def add_bdev(self, b: Bdev) -> None:
@@ -527,7 +695,10 @@ class Supervisor:
             except OSError as e:
                 log.error("accept on %s:%s failed: %s", lst.addr, lst.port, e)
                 return
-            rp = self.reactors[next(self._rr) % len(self.reactors)]
+            rp = self._pick_reactor()
+            if rp is None:  # every reactor is restarting: the host retries
+                conn.close()
+                continue
             try:
                 send_fd(
                     rp.chan,
@@ -538,6 +709,13 @@ class Supervisor:
             except OSError as e:
                 log.error("handing connection to reactor %d failed: %s", rp.rid, e)
             conn.close()
+
+    def _pick_reactor(self) -> ReactorProc | None:
+        for _ in range(len(self.reactors)):
+            rp = self.reactors[next(self._rr) % len(self.reactors)]
+            if rp.ready:
+                return rp
+        return None
 
     def _on_reactor_fd(self, rp: ReactorProc, _ev: int = 0) -> None:
         """A reactor hands a connection on to another reactor."""
@@ -553,33 +731,208 @@ class Supervisor:
                 self.loop.remove_fd(rp.chan.fileno())
                 return
             try:
-                if 0 <= h.target < len(self.reactors):
+                if 0 <= h.target < len(self.reactors) and self.reactors[h.target].ready:
                     send_fd(self.reactors[h.target].chan, h)
                 else:
-                    log.error("handoff to unknown reactor %d", h.target)
+                    log.error("handoff to unknown or restarting reactor %d: dropped", h.target)
+            except OSError as e:
+                log.error("handoff to reactor %d failed: %s", h.target, e)
             finally:
                 os.close(h.fd)
 
     # ----------------------------------------------------------- lifecycle
+    def _close_reactor_fds(self, rp: ReactorProc) -> None:
+        if rp.log is not None:  # what it wrote before dying still reaches the log
+            rp.log.read()
+            self.loop.remove_fd(rp.log.fd)
+            os.close(rp.log.fd)
+            rp.log = None
+        if rp.pidfd >= 0:
+            self.loop.remove_fd(rp.pidfd)
+            os.close(rp.pidfd)
+            rp.pidfd = -1
+        with contextlib.suppress(OSError, ValueError):
+            self.loop.remove_fd(rp.chan.fileno())
+        rp.chan.close()
+
     def _on_reactor_exit(self, rp: ReactorProc, _ev: int = 0) -> None:
+        code = rp.proc.wait()  # always reap: no zombie, whatever happens next
+        pid = rp.proc.pid
+        self._close_reactor_fds(rp)
+        rp.ready = False
+        if self._stopping or not self._up:  # start-up notices it via proc.poll()
+            return
+        try:
+            why = (
+                f"killed by signal {signal.Signals(-code).name}"
+                if code < 0
+                else f"exited with status {code}"
+            )
+        except ValueError:
+            why = f"killed by signal {-code}"
+        if rp.kill_reason:
+            why += f" ({rp.kill_reason})"
+        now = time.monotonic()
+        window = self.opts.restart_window_s
+        rp.restart_times = [t for t in rp.restart_times if now - t < window]
+        if len(rp.restart_times) >= self.opts.max_restarts:
+            log.error(
+                "reactor %d (pid %d, core %d) %s; %d restart(s) within %gs is the limit "
+                "(--max-restarts %d --restart-window %g): stopping the target",
+                rp.rid, pid, rp.core, why, len(rp.restart_times), window,
+                self.opts.max_restarts, window,
+            )  # fmt: skip
+            rp.last_cause = why
+            self.exit_code = 1
+            self._stopping = True
+            self.loop.stop()
+            return
+        log.error(
+            "reactor %d (pid %d, core %d) %s: restarting it on core %d",
+            rp.rid, pid, rp.core, why, rp.core,
+        )  # fmt: skip
+        self._drop_reactor_state(rp, pid)
+        rp.restart_times.append(now)
+        rp.restarts += 1
+        rp.last_cause = why
+        rp.last_restart = time.time()
+        rp.restarting = True
+        try:
+            self._spawn(rp.rid, rp.core, rp)
+        except Exception as e:
+            log.error("restarting reactor %d failed: %s: stopping the target", rp.rid, e)
+            self.exit_code = 1
+            self._stopping = True
+            self.loop.stop()
+
+    def _drop_reactor_state(self, rp: ReactorProc, pid: int) -> None:
+        """Forget what the dead reactor held: its pool buffers, the NVMe-oF
+        controllers and queues it hosted (other reactors close I/O queues of
+        those controllers), and anything a transport registered for it."""
+        if self.pool is not None:
+            try:
+                n = self.pool.reclaim(rp.rid, pid)
+                log.info("reactor %d: %d pool buffer(s) it held returned to the pool", rp.rid, n)
+            except Exception:
+                log.exception("reclaiming reactor %d's pool buffers failed", rp.rid)
+        for st in (self.nvmf, self.iscsi):
+            hook = getattr(st, "on_reactor_died", None)
+            if hook is not None:
+                try:
+                    hook(self, rp.rid)
+                except Exception:
+                    log.exception("%s: reactor_died hook failed", type(st).__name__)
+        self.send_event(None, "framework.reactor_died", {"reactor": rp.rid})
+
+    def _finish_restart(self, rp: ReactorProc) -> None:
+        """A restarted reactor said hello: give it the current configuration,
+        then it takes connections again."""
+        if not rp.restarting or rp.proc.poll() is not None:
+            return
+        msg = m.ConfigUpdate(
+            self._generation,
+            {n: b.describe() for n, b in self.bdevs.items()},
+            self.nvmf.snapshot() if self.nvmf is not None else {},
+            self.iscsi.snapshot() if self.iscsi is not None else {},
+        )
+        try:
+            res = self.request_all(msg, only=[rp.rid])
+        except RpcError as e:
+            log.error("restarted reactor %d did not take its configuration: %s", rp.rid, e.message)
+            rp.kill_reason = "configuration failed after restart"
+            with contextlib.suppress(ProcessLookupError):
+                rp.proc.kill()
+            return
+        if res == [None]:  # died meanwhile; its exit is handled by the pidfd
+            return
+        rp.restarting = False
+        rp.ready = True
+        log.info(
+            "reactor %d restarted as pid %d on core %d in %.2fs",
+            rp.rid, rp.proc.pid, rp.core, time.time() - rp.last_restart,
+        )  # fmt: skip
+
+    def _heartbeat(self) -> None:
+        """Ping every reactor; one that has not answered for
+        heartbeat_timeout_s (or did not start in time) is SIGKILLed and then
+        restarted like a reactor that died."""
+        for rp in self.reactors:
+            # reap promptly, and handle the exit even if a pidfd event were missed
+            if rp.proc.poll() is not None and rp.pidfd >= 0:
+                self._on_reactor_exit(rp)
+        if self.router is not None:
+            self._drain_router()  # answers that are already here count
+        self._check_heartbeats()
+        self._send_heartbeats()
+
+    def _send_heartbeats(self) -> None:
+        """A ping to every ready reactor that has none outstanding and was
+        not pinged for an interval (also called while waiting for replies)."""
+        now = time.monotonic()
+        for rp in self.reactors:
+            if (
+                rp.ready
+                and rp.hb_sent == 0.0
+                and rp.proc.returncode is None
+                and now - rp.hb_pinged >= self.opts.heartbeat_s * 0.9
+            ):
+                corr = next(self._corr)
+                if len(self._hb_corrs) > 4096:
+                    self._hb_corrs.clear()
+                self._hb_corrs[corr] = rp.rid
+                rp.hb_sent = rp.hb_pinged = now
+                self._send(rp.rid, m.Ping(time.perf_counter_ns()), corr)
+
+    def _check_heartbeats(self) -> None:
         if self._stopping:
             return
-        code = rp.proc.wait()
-        why = (
-            f"killed by signal {signal.Signals(-code).name}"
-            if code < 0
-            else f"exited with status {code}"
-        )
-        log.error(
-            "reactor %d (pid %d, core %d) %s: stopping the target",
-            rp.rid,
-            rp.proc.pid,
-            rp.core,
-            why,
-        )
-        self.exit_code = 1
-        self._stopping = True
-        self.loop.stop()
+        now = time.monotonic()
+        limit = self.opts.heartbeat_timeout_s
+        gap = now - self._hb_checked
+        self._hb_checked = now
+        if gap > max(1.0, 2 * self.opts.heartbeat_s):
+            # the supervisor itself was busy (a long RPC): answers may be
+            # waiting unread, so nobody is judged on this round
+            for rp in self.reactors:
+                if rp.hb_sent:
+                    rp.hb_sent = now
+                rp.spawned_at = max(rp.spawned_at, now - 1.0) if not rp.ready else rp.spawned_at
+            return
+        for rp in self.reactors:
+            if rp.kill_reason or rp.proc.returncode is not None or rp.pidfd < 0:
+                continue
+            if rp.ready and rp.hb_sent and now - rp.hb_sent > limit:
+                rp.kill_reason = f"no heartbeat answer for {limit:g}s"
+            elif not rp.ready and now - rp.spawned_at > max(limit, REACTOR_START_TIMEOUT):
+                rp.kill_reason = "did not start in time"
+            else:
+                continue
+            log.error("reactor %d (pid %d) %s: SIGKILL", rp.rid, rp.proc.pid, rp.kill_reason)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rp.proc.pid, signal.SIGKILL)
+
+    def pool_summary(self) -> dict[str, Any] | None:
+        """The pool's shape and who holds its buffers (status, iobuf_get_stats)."""
+        if self.pool is None:
+            return None
+        st = self.pool.stats()
+        held = self.pool.held_by()
+        out = {k: st[k] for k in ("name", "path", "hugepage", "size", "nreactors")}
+        for label in ("small", "large"):
+            c = st[label]
+            out[label] = {
+                k: c[k]
+                for k in ("buf_size", "count", "per_reactor", "reserve_count", "reserve_free")
+            }
+            out[label]["in_use"] = c["in_use"]
+        out["in_use_by_reactor"] = {str(r): n for r, n in sorted(held.items()) if r >= 0}
+        out["options"] = dict(self.pool_options)
+        return out
+
+    def reactor_supervision(self, rid: int) -> dict[str, Any]:
+        if 0 <= rid < len(self.reactors):
+            return self.reactors[rid].info()
+        return {}
 
     def run(self) -> int:
         if not self._stopping:
@@ -602,6 +955,10 @@ class Supervisor:
                 self.rpc.close()
             self.rpc = None
         alive = [r for r in self.reactors if r.proc.poll() is None]
+        for r in [r for r in alive if not r.ready]:  # (re)starting: no mailbox yet
+            with contextlib.suppress(ProcessLookupError):
+                r.proc.terminate()
+        alive = [r for r in alive if r.ready]
         if alive and self.router is not None:
             with contextlib.suppress(Exception):
                 self.request_all(
@@ -616,10 +973,11 @@ class Supervisor:
                 log.error("reactor %d did not stop: SIGKILL", r.rid)
                 r.proc.kill()
                 r.proc.wait()
-            r.chan.close()
-            if r.pidfd >= 0:
-                os.close(r.pidfd)
-                r.pidfd = -1
+            if r.log is not None:
+                with contextlib.suppress(OSError):
+                    r.log.read()
+            with contextlib.suppress(OSError, ValueError):
+                self._close_reactor_fds(r)
         for b in list(self.bdevs.values()):
             destroy = getattr(b, "destroy", None)
             if destroy is not None:
@@ -653,9 +1011,16 @@ def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
         "started": ctx.started,
         "rpc_addr": ctx.rpc_addr,
         "reactors": [
-            {"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started}
+            {"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started, **r.info()}
             for r in ctx.reactors
         ],
+        "restart_policy": {
+            "max_restarts": ctx.opts.max_restarts,
+            "restart_window_s": ctx.opts.restart_window_s,
+            "heartbeat_s": ctx.opts.heartbeat_s,
+            "heartbeat_timeout_s": ctx.opts.heartbeat_timeout_s,
+        },
+        "pool": ctx.pool_summary(),
         "listeners": [
             {"proto": lst.proto, "addr": lst.addr, "port": lst.sock.getsockname()[1]}
             for lst in ctx.listeners.values()
@@ -692,11 +1057,9 @@ def framework_ping(ctx: Supervisor, count: int | None = None) -> dict[str, Any]:
 
 
 def run_supervisor(opts: Options, ready: Callable[[], None] | None = None) -> int:
-    logging.basicConfig(
-        level=opts.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s",
-    )
+    root = logging.getLogger()
+    root.handlers[:] = [make_handler(opts.log_file, opts.log_max_mb, opts.log_count)]
+    root.setLevel(opts.log_level)
     try:
         import setproctitle
 

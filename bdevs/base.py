@@ -34,9 +34,33 @@ class IoStatus(enum.IntEnum):
 # read completion: (status, data). data is a memoryview valid until the callback
 # returns *or* longer for bdevs whose memory is the device itself (malloc): the
 # view then stays valid as long as it is referenced, which is what lets a
-# reactor pass it straight into sendmsg.
+# reactor pass it straight into sendmsg. When the caller passed ``into``, data
+# is either (a slice of) ``into`` or, for zero-copy modules, the bdev's own
+# memory with ``into`` untouched.
 ReadCallback = Callable[[IoStatus, memoryview | None], None]
 Callback = Callable[[IoStatus], None]
+# compare completion: (status, first_diff): the byte offset of the first byte
+# that differs when status is MISCOMPARE, else -1.
+CompareCallback = Callable[[IoStatus, int], None]
+
+
+def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
+    """Offset of the first byte where ``a`` and ``b`` differ, -1 if equal.
+
+    (bytes comparison is memcmp; memoryview == memoryview compares element by
+    element and is ~40x slower: 128 KiB in 7 us against 300+ us.)"""
+    a, b = memoryview(a).cast("B"), memoryview(b).cast("B")
+    n = min(len(a), len(b))
+    if a[:n].tobytes() == b[:n].tobytes():
+        return -1 if len(a) == len(b) else n
+    step = 4096
+    for off in range(0, n, step):
+        x, y = a[off : off + step].tobytes(), b[off : off + step].tobytes()
+        if x != y:
+            for i in range(len(x)):
+                if x[i] != y[i]:
+                    return off + i
+    return n  # not reached
 
 
 @dataclass
@@ -62,13 +86,25 @@ class IoStats:
 
 
 class IoChannel:
-    """One reactor's handle on one bdev. Subclasses implement the `_do_*` hooks."""
+    """One reactor's handle on one bdev. Subclasses implement the `_do_*` hooks.
+
+    Durability: ``write(..., fua=True)`` completes only once the data is
+    durable; ``write_through = True`` makes every write behave so (NVMe
+    volatile write cache off, SCSI WCE = 0); ``flush`` makes every completed
+    write durable. Errors of any kind complete with IoStatus.FAILED (or a more
+    precise status); nothing raises into the caller.
+    """
+
+    # True when reads complete with the bdev's own memory and never touch
+    # ``into`` (malloc, null): callers then need not stage a buffer
+    zero_copy_reads = False
 
     def __init__(self, bdev: Bdev) -> None:
         self.bdev = bdev
         self.stats = IoStats()
         self.removed = False
         self.in_flight = 0
+        self.write_through = False
 
     # --- range check shared by every module -------------------------------
     def _check(self, offset_blocks: int, num_blocks: int) -> IoStatus:
@@ -78,17 +114,30 @@ class IoChannel:
             return IoStatus.OUT_OF_RANGE
         return IoStatus.SUCCESS
 
-    def read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+    def read(
+        self,
+        offset_blocks: int,
+        num_blocks: int,
+        cb: ReadCallback,
+        into: memoryview | None = None,
+    ) -> None:
         st = self._check(offset_blocks, num_blocks)
+        if not st and into is not None and len(into) < num_blocks * self.bdev.block_size:
+            st = IoStatus.FAILED
         if st:
             self.stats.io_errors += 1
             cb(st, None)
             return
         self.stats.num_read_ops += 1
         self.stats.bytes_read += num_blocks * self.bdev.block_size
-        self._do_read(offset_blocks, num_blocks, cb)
+        # hooks take ``into``/``fua`` as optional trailing arguments, so
+        # modules (and test doubles) written before them keep working
+        if into is None:
+            self._do_read(offset_blocks, num_blocks, cb)
+        else:
+            self._do_read(offset_blocks, num_blocks, cb, into)
 
-    def write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+    def write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False) -> None:
         bs = self.bdev.block_size
         if len(data) % bs:
             cb(IoStatus.FAILED)
@@ -101,39 +150,45 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(data)
-        self._do_write(offset_blocks, data, cb)
+        if fua or self.write_through:
+            self._do_write(offset_blocks, data, cb, True)
+        else:
+            self._do_write(offset_blocks, data, cb)
 
-    def compare(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
-        """Compare `data` with the medium; MISCOMPARE when different."""
-        num_blocks = len(data) // self.bdev.block_size
-        st = self._check(offset_blocks, num_blocks)
+    def _check_cmp(self, offset_blocks: int, *bufs: memoryview) -> IoStatus:
+        bs = self.bdev.block_size
+        n = len(bufs[0])
+        if n % bs or any(len(b) != n for b in bufs):
+            return IoStatus.FAILED
+        return self._check(offset_blocks, n // bs)
+
+    def compare(self, offset_blocks: int, data: memoryview, cb: CompareCallback) -> None:
+        """Compare `data` with the medium: cb(MISCOMPARE, first differing byte)
+        when different, cb(SUCCESS, -1) when equal."""
+        st = self._check_cmp(offset_blocks, data)
         if st:
-            cb(st)
+            cb(st, -1)
             return
-
-        def _cmp(status: IoStatus, cur: memoryview | None) -> None:
-            if status:
-                cb(status)
-            else:
-                assert cur is not None
-                cb(IoStatus.SUCCESS if cur == data else IoStatus.MISCOMPARE)
-
-        self._do_read(offset_blocks, num_blocks, _cmp)
+        self._do_compare(offset_blocks, data, cb)
 
     def compare_and_write(
-        self, offset_blocks: int, compare: memoryview, write: memoryview, cb: Callback
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool = False,
     ) -> None:
-        """Atomic with respect to other I/O submitted on this channel's reactor:
-        the compare and the write run back to back without yielding to the loop
-        when the module completes synchronously (malloc, null)."""
-
-        def _after_cmp(st: IoStatus) -> None:
-            if st:
-                cb(st)
-            else:
-                self.write(offset_blocks, write, cb)
-
-        self.compare(offset_blocks, compare, _after_cmp)
+        """Compare, and write only when equal, atomically against every write
+        to the range (from every reactor, for modules with cross-process range
+        locks: malloc, aio, wcache). A miscompare writes nothing."""
+        st = self._check_cmp(offset_blocks, compare, write)
+        if st:
+            cb(st, -1)
+            return
+        self.stats.num_write_ops += 1
+        self.stats.bytes_written += len(write)
+        self._do_compare_and_write(offset_blocks, compare, write, cb, fua or self.write_through)
 
     def flush(self, cb: Callback) -> None:
         if self.removed:
@@ -160,11 +215,51 @@ class IoChannel:
         self._do_write_zeroes(offset_blocks, num_blocks, cb)
 
     # --- module hooks -----------------------------------------------------
-    def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+    def _do_read(
+        self,
+        offset_blocks: int,
+        num_blocks: int,
+        cb: ReadCallback,
+        into: memoryview | None = None,
+    ) -> None:
         raise NotImplementedError
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         raise NotImplementedError
+
+    def _do_compare(self, offset_blocks: int, data: memoryview, cb: CompareCallback) -> None:
+        def _cmp(status: IoStatus, cur: memoryview | None) -> None:
+            if status or cur is None:
+                cb(status or IoStatus.FAILED, -1)
+                return
+            d = first_difference(cur[: len(data)], data)
+            cb(IoStatus.MISCOMPARE if d >= 0 else IoStatus.SUCCESS, d)
+
+        self._do_read(offset_blocks, len(data) // self.bdev.block_size, _cmp)
+
+    def _do_compare_and_write(
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool,
+    ) -> None:
+        """Fallback (nvme, null): compare then write; atomic only against I/O
+        of this reactor when the module completes synchronously."""
+
+        def _after_cmp(st: IoStatus, diff: int) -> None:
+            if st:
+                cb(st, diff)
+            else:
+                if fua:
+                    self._do_write(offset_blocks, write, lambda s: cb(s, -1), True)
+                else:
+                    self._do_write(offset_blocks, write, lambda s: cb(s, -1))
+
+        self._do_compare(offset_blocks, compare, _after_cmp)
 
     def _do_flush(self, cb: Callback) -> None:
         cb(IoStatus.SUCCESS)

@@ -4,28 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Bdev, Callback, IoChannel, IoStatus, ReadCallback
+from .base import Bdev, Callback, CompareCallback, IoChannel, IoStatus, ReadCallback
 
 _ZEROS = memoryview(bytes(4 << 20))  # read source, shared by every null channel of a process
 
 
 class NullChannel(IoChannel):
-    def _do_read(self, offset_blocks: int, num_blocks: int, cb: ReadCallback) -> None:
+    zero_copy_reads = True
+
+    def _do_read(
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
+    ) -> None:
         n = num_blocks * self.bdev.block_size
         if n <= len(_ZEROS):
             cb(IoStatus.SUCCESS, _ZEROS[:n])
         else:
             cb(IoStatus.SUCCESS, memoryview(bytes(n)))
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         cb(IoStatus.SUCCESS)
 
     def _do_write_zeroes(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
         cb(IoStatus.SUCCESS)
 
-    def compare(self, offset_blocks: int, data: memoryview, cb: Callback) -> None:
-        st = self._check(offset_blocks, len(data) // self.bdev.block_size)
-        cb(st)  # a null device compares equal to anything, like SPDK's
+    def _do_compare(self, offset_blocks: int, data: memoryview, cb: CompareCallback) -> None:
+        cb(IoStatus.SUCCESS, -1)  # a null device compares equal to anything, like SPDK's
+
+    def _do_compare_and_write(
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool,
+    ) -> None:
+        cb(IoStatus.SUCCESS, -1)
 
 
 class NullBdev(Bdev):

@@ -9,8 +9,11 @@ from .base import Bdev
 from .malloc import MallocBdev
 from .null import NullBdev
 from .nvme import NvmeBdev
+from .wcache import WcacheBdev
 
-MODULES: dict[str, type[Bdev]] = {c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev)}
+MODULES: dict[str, type[Bdev]] = {
+    c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev, WcacheBdev)
+}
 
 
 def bdev_from_description(d: dict[str, Any]) -> Bdev:

@@ -11,6 +11,9 @@ from .aio import AioBdev
 from .base import Bdev, IoStats
 from .malloc import MallocBdev
 from .null import NullBdev
+from .wcache import DEFAULT_MAX_DIRTY_MB, WcacheBdev
+
+EBUSY = -16
 
 BLOCK_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 NAME_MAX = 255
@@ -55,10 +58,22 @@ def get_bdev(ctx: Any, name: str) -> Bdev:
     return b  # type: ignore[no-any-return]
 
 
+def _claimed_by(ctx: Any, name: str) -> str | None:
+    for x in ctx.bdevs.values():
+        if isinstance(x, WcacheBdev) and x.base_name == name:
+            return str(x.name)
+    return None
+
+
 def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
     b = get_bdev(ctx, name)
     if not isinstance(b, cls):
         raise RpcError(ENODEV, f"bdev {name} is a {b.product_name}, not a {cls.__name__}")
+    owner = _claimed_by(ctx, b.name)
+    if owner is not None:
+        raise RpcError(
+            EBUSY, f"bdev {b.name} is the base of wcache bdev {owner}: delete that first"
+        )
     ctx.remove_bdev(b.name)
     return True
 
@@ -145,6 +160,7 @@ def bdev_null_delete(ctx: Any, name: str) -> bool:
     Param("readonly", bool, required=False),
     Param("fallocate", bool, required=False),
     Param("uuid", str, required=False),
+    Param("direct", bool, required=False),
     aliases=("construct_aio_bdev",),
 )
 def bdev_aio_create(
@@ -153,11 +169,15 @@ def bdev_aio_create(
     name: str,
     block_size: int | None = None,
     uuid: str | None = None,
+    direct: bool | None = None,
     **_: Any,
 ) -> str:
+    """``direct`` (a blockfabric extension): open the file with O_DIRECT."""
     _check_new_name(ctx, name)
     try:
-        b = AioBdev.create(name, filename, block_size or None, _uuid(uuid))
+        b = AioBdev.create(
+            name, filename, block_size or None, _uuid(uuid), bool(direct), instance=ctx.instance
+        )
     except ValueError as e:
         raise invalid_params(str(e)) from None
     ctx.add_bdev(b)
@@ -167,6 +187,77 @@ def bdev_aio_create(
 @rpc_method("bdev_aio_delete", Param("name", str), aliases=("delete_aio_bdev",))
 def bdev_aio_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, AioBdev)
+
+
+@rpc_method(
+    "bdev_wcache_create",
+    Param("base_bdev_name", str),
+    Param("name", str),
+    Param("max_dirty_mb", int, required=False, min=1, max=1024),
+    Param("ignore_fua", bool, required=False),
+    Param("uuid", str, required=False),
+)
+def bdev_wcache_create(
+    ctx: Any,
+    base_bdev_name: str,
+    name: str,
+    max_dirty_mb: int | None = None,
+    ignore_fua: bool | None = None,
+    uuid: str | None = None,
+) -> str:
+    """A volatile write cache in front of BASE (power-loss testing, see README).
+    ``ignore_fua`` is a test-only knob: FUA writes and flushes are not honoured."""
+    base = get_bdev(ctx, base_bdev_name)
+    if base.MODULE not in ("malloc", "aio", "null"):
+        raise invalid_params(
+            f"parameter 'base_bdev_name': {base.name} is a {base.product_name}; "
+            "a wcache sits on a malloc, aio or null bdev"
+        )
+    owner = _claimed_by(ctx, base.name)
+    if owner is not None:
+        raise RpcError(EBUSY, f"bdev {base.name} already has wcache bdev {owner} in front")
+    _check_new_name(ctx, name)
+    try:
+        b = WcacheBdev.create(
+            ctx.instance,
+            name,
+            base,
+            max_dirty_mb or DEFAULT_MAX_DIRTY_MB,
+            bool(ignore_fua),
+            _uuid(uuid),
+        )
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    except OSError as e:
+        raise RpcError(-12, f"cannot create the cache of {name}: {e}") from None
+    ctx.add_bdev(b)
+    return name
+
+
+@rpc_method("bdev_wcache_delete", Param("name", str))
+def bdev_wcache_delete(ctx: Any, name: str) -> bool:
+    """Delete the cache bdev (what is still dirty in it is lost, like a power failure)."""
+    return _delete(ctx, name, WcacheBdev)
+
+
+@rpc_method(
+    "bdev_wcache_power_fail",
+    Param("name", str),
+    Param("reorder", bool, required=False),
+    Param("seed", int, required=False, min=0),
+)
+def bdev_wcache_power_fail(
+    ctx: Any, name: str, reorder: bool | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """Drop every write not yet durable; with ``reorder`` a random subset of
+    them (seeded by ``seed``) reaches the base first, in random order."""
+    b = get_bdev(ctx, name)
+    if not isinstance(b, WcacheBdev):
+        raise RpcError(ENODEV, f"bdev {name} is a {b.product_name}, not a wcache bdev")
+    try:
+        return b.power_fail(bool(reorder), seed)
+    except (OSError, TimeoutError) as e:
+        raise RpcError(-5, f"power_fail of {name}: {e}") from None
 
 
 @rpc_method(

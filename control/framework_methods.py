@@ -156,8 +156,11 @@ def framework_get_reactors(ctx: Any) -> dict[str, Any]:
         busy = int(a.get("busy", 0))
         idle = int(a.get("idle", 0))
         irq, sys_t = _cpu_times(lcore)
+        sup = getattr(ctx, "reactor_supervision", None)
+        extra = sup(int(a.get("reactor_id", i))) if sup is not None else {}
         reactors.append(
             {
+                **extra,
                 "lcore": lcore,
                 "busy": busy,
                 "idle": idle,
@@ -166,6 +169,7 @@ def framework_get_reactors(ctx: Any) -> dict[str, Any]:
                 "in_interrupt": a.get("poll_mode") == "blocking",
                 "pid": a.get("pid"),
                 "poll_mode": a.get("poll_mode"),
+                "callback_errors": a.get("callback_errors", 0),
                 "lw_threads": [
                     {
                         "name": f"reactor_{lcore}",
@@ -177,3 +181,15 @@ def framework_get_reactors(ctx: Any) -> dict[str, Any]:
             }
         )
     return {"tick_rate": tick_rate, "reactors": reactors}
+
+
+@rpc_method("iobuf_get_stats")
+def iobuf_get_stats(ctx: Any) -> list[dict[str, Any]]:
+    """Transfer-buffer statistics, one entry per reactor, in SPDK's shape
+    (``module``, ``small_pool``/``large_pool`` with ``cache`` = served from
+    the reactor's own share, ``main`` = from the shared reserve, ``retry`` =
+    found none and had to wait) plus blockfabric's counters: ``in_use``,
+    ``in_use_bytes``, ``high_water``, ``acquires``, ``waits``, ``queued``,
+    ``max_queue``, ``nomem`` and per pool ``gets``/``puts``/``local_free``."""
+    answers = ctx.gather("framework.iobuf_stats", {})
+    return [a for a in answers if isinstance(a, dict)]

@@ -226,12 +226,49 @@ def _bdev(b: _Builder) -> None:
     )
 
     def aio_params(a: argparse.Namespace) -> dict[str, Any]:
-        return _clean({"filename": a.filename, "name": a.name, "block_size": a.block_size or None})
+        return _clean(
+            {
+                "filename": a.filename,
+                "name": a.name,
+                "block_size": a.block_size or None,
+                "direct": a.direct,
+            }
+        )
 
     p = b.cmd("bdev_aio_create", "Add a bdev with aio backend", aio_params, OUT_JSON)
     p.add_argument("filename", help="Path to device or file (ex: /dev/sda)")
     p.add_argument("name", help="Block device name")
     p.add_argument("block_size", type=int, nargs="?", default=0, help="Block size for this bdev")
+    p.add_argument("--direct", action="store_true", help="Open the file with O_DIRECT")
+
+    p = b.cmd(
+        "bdev_wcache_create",
+        "Add a volatile write-cache bdev in front of another (power-loss testing)",
+        _pick("base_bdev_name", "name", "max_dirty_mb", "ignore_fua", "uuid"),
+        OUT_JSON,
+    )
+    p.add_argument("-b", "--base-bdev-name", required=True, help="Name of the base bdev")
+    p.add_argument("-p", "--name", required=True, help="Name of the wcache bdev")
+    p.add_argument("--max-dirty-mb", type=int, help="Cache size in MiB (default 16)")
+    p.add_argument(
+        "--ignore-fua",
+        action="store_true",
+        help="TEST ONLY: treat FUA writes and flushes as ordinary cached writes",
+    )
+    p.add_argument("-u", "--uuid", help="UUID of the bdev")
+    p = b.cmd("bdev_wcache_delete", "Delete a wcache bdev", _pick("name"))
+    p.add_argument("name", help="wcache bdev name")
+    p = b.cmd(
+        "bdev_wcache_power_fail",
+        "Drop every write of a wcache bdev that is not yet durable",
+        _pick("name", "reorder", "seed"),
+        OUT_DICT,
+    )
+    p.add_argument("name", help="wcache bdev name")
+    p.add_argument(
+        "--reorder", action="store_true", help="a random subset of dirty writes persists first"
+    )
+    p.add_argument("--seed", type=int, help="seed of the random choice")
 
     nvme_attach = (
         "name",

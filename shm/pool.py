@@ -20,6 +20,21 @@ A state byte per buffer in the header (0 in use, 1 in the reserve, 2 on its
 owner's free list) catches double puts and lets a restarted reactor rebuild
 its free list without reissuing buffers that are still in flight.
 
+Per-owner accounting: a u16 per buffer records which reactor holds an in-use
+buffer (reactor id + 1; 0 for a buffer held by a process that is no reactor,
+or free). When a reactor process dies, the supervisor calls
+`BufferPool.reclaim` with its id: every buffer that reactor held goes back
+(those of its share onto its free list, which its next incarnation rebuilds
+from the state bytes; others onto the reserve). A buffer handed to another
+process by reference stays recorded under the reactor that took it: whoever
+passes a BufRef on must not let the giver die before the receiver puts it
+(no data path does this today: transfer buffers stay on their reactor).
+
+The reserve lock records its holder's pid in the header, so a process killed
+inside the (microseconds long) critical section does not wedge the pool: the
+next taker that finds the lock busy past a short timeout with a dead holder
+takes it over.
+
 ``mem_mb`` sizing: the pool takes ``mem_mb`` MiB of buffer space, 1/4 for
 small buffers and 3/4 for large ones; each class keeps ``reserve_fraction``
 (default 1/4) of its buffers in the reserve and divides the rest evenly among
@@ -38,6 +53,7 @@ import posix_ipc
 from ..actors.messages import BufRef
 from . import names
 from .manifest import Manifest
+from .procs import pid_alive
 from .segment import HugePages, SharedSegment
 
 SMALL_SIZE = 8 * 1024
@@ -45,13 +61,14 @@ LARGE_SIZE = 128 * 1024 + 4 * 1024
 ALIGN = 4096
 DEFAULT_TAG = "bufpool"
 MAGIC = struct.unpack("<Q", b"BFPOOL01")[0]
-VERSION = 1
+VERSION = 2
 LOCK_TIMEOUT_S = 5.0
 
 IN_USE, IN_RESERVE, ON_OWNER_LIST = 0, 1, 2
 
 # Header: 32 little u64 slots, then one u64 pid per reactor, then the two
-# reserve stacks (u32 indexes), then the state bytes, padded to ALIGN.
+# reserve stacks (u32 indexes), then the state bytes, then one u16 owner per
+# buffer (reactor id + 1, 0 = none), padded to ALIGN.
 (
     H_MAGIC,
     H_VERSION,
@@ -72,7 +89,10 @@ IN_USE, IN_RESERVE, ON_OWNER_LIST = 0, 1, 2
     H_TOP_LARGE,
     H_HEADER_SIZE,
     H_CREATOR_PID,
-) = range(19)
+    H_OWNERS,
+    H_LOCK_PID,
+) = range(21)
+NO_OWNER = 0
 FIXED_HEADER = 32 * 8
 
 
@@ -120,6 +140,7 @@ class _Class:
     def __init__(
         self, label: str, size: int, count: int, per: int, area: int, stack: memoryview,
         top_slot: int, state: memoryview, state_base: int, reactor_id: int | None,
+        owner: memoryview,
     ) -> None:  # fmt: skip
         self.label = label
         self.size = size
@@ -131,6 +152,7 @@ class _Class:
         self.top_slot = top_slot
         self.state = state  # state bytes of this class (shared)
         self.state_base = state_base
+        self.owner = owner  # u16 holder per buffer (shared)
         if reactor_id is None:
             self.lo = self.hi = 0
         else:
@@ -167,15 +189,21 @@ class BufferPool:
         ns, nl = int(h[H_SMALL_COUNT]), int(h[H_LARGE_COUNT])
         st = int(h[H_STATE])
         state = buf[st : st + ns + nl]
+        ow = int(h[H_OWNERS])
+        owners = buf[ow : ow + 2 * (ns + nl)].cast("H")
         ss, sl = int(h[H_STACK_SMALL]), int(h[H_STACK_LARGE])
         self._small = _Class(
             "small", int(h[H_SMALL_SIZE]), ns, int(h[H_SMALL_PER]), int(h[H_SMALL_AREA]),
             buf[ss : ss + 4 * ns].cast("I"), H_TOP_SMALL, state[:ns], 0, reactor_id,
+            owners[:ns],
         )  # fmt: skip
         self._large = _Class(
             "large", int(h[H_LARGE_SIZE]), nl, int(h[H_LARGE_PER]), int(h[H_LARGE_AREA]),
             buf[sl : sl + 4 * nl].cast("I"), H_TOP_LARGE, state[ns:], ns, reactor_id,
+            owners[ns:],
         )  # fmt: skip
+        owners.release()
+        self._tag = NO_OWNER if reactor_id is None else reactor_id + 1
         self.small_size = self._small.size
         self.large_size = self._large.size
         self._closed = False
@@ -233,7 +261,8 @@ class BufferPool:
         stack_s = off
         stack_l = stack_s + 4 * small_count
         state = stack_l + 4 * large_count
-        header = _round_up(state + small_count + large_count, ALIGN)
+        owners = _round_up(state + small_count + large_count, 2)
+        header = _round_up(owners + 2 * (small_count + large_count), ALIGN)
         small_area = header
         large_area = small_area + small_count * ss
         size = large_area + large_count * ls
@@ -253,6 +282,7 @@ class BufferPool:
                 large_size, large_count, lper, large_area,
             )  # fmt: skip
             h[H_STACK_SMALL], h[H_STACK_LARGE], h[H_STATE] = stack_s, stack_l, state
+            h[H_OWNERS] = owners
             h[H_HEADER_SIZE] = header
             h[H_CREATOR_PID] = os.getpid()
             # Reserve stacks hold the tail of each class; state bytes say
@@ -312,19 +342,17 @@ class BufferPool:
             raise
 
     # --------------------------------------------------------- reactor slot --
-    def _locked(self) -> _SemLock:
-        return _SemLock(self._sem, self.name)
+    def _locked(self, dead_pid: int = 0) -> _SemLock:
+        return _SemLock(self, dead_pid)
 
     def _claim(self, r: int) -> None:
         key = (self.name, r)
         if key in _claimed:
             raise PoolError(f"reactor {r} of {self.name} is already attached in this process")
-        import psutil
-
         me = os.getpid()
         with self._locked():
             pid = int(self._pids[r])
-            if pid and pid != me and psutil.pid_exists(pid):
+            if pid and pid != me and pid_alive(pid):
                 raise PoolError(f"reactor {r} of {self.name} is attached by live pid {pid}")
             self._pids[r] = me
         _claimed.add(key)
@@ -351,6 +379,7 @@ class BufferPool:
         if c.free:
             idx = c.free.pop()
             c.state[idx] = IN_USE
+            c.owner[idx] = self._tag
         else:
             idx = self._reserve_pop(c)
             if idx < 0:
@@ -375,6 +404,7 @@ class BufferPool:
             if c.state[idx] != IN_USE:
                 raise ValueError(f"double put of {c.label} buffer {idx} in {self.name}")
             c.state[idx] = ON_OWNER_LIST
+            c.owner[idx] = NO_OWNER
             c.free.append(idx)
         else:
             self._reserve_push(c, idx)
@@ -402,6 +432,7 @@ class BufferPool:
             idx = c.stack[top]
             h[c.top_slot] = top
             c.state[idx] = IN_USE
+            c.owner[idx] = self._tag
         c.reserve_gets += 1
         return idx
 
@@ -414,6 +445,7 @@ class BufferPool:
             c.stack[top] = idx
             h[c.top_slot] = top + 1
             c.state[idx] = IN_RESERVE
+            c.owner[idx] = NO_OWNER
         c.reserve_puts += 1
 
     # -------------------------------------------------------------- views --
@@ -452,6 +484,58 @@ class BufferPool:
             }
         return out
 
+    def held_by(self) -> dict[int, int]:
+        """In-use buffers per holder (reactor id; -1: a process that is no reactor)."""
+        out: dict[int, int] = {}
+        for c in (self._small, self._large):
+            st = bytes(c.state)
+            for idx, tag in enumerate(c.owner.tolist()):
+                if st[idx] == IN_USE:
+                    out[tag - 1] = out.get(tag - 1, 0) + 1
+        return out
+
+    # ------------------------------------------------------------ reclaim --
+    def reclaim(self, reactor_id: int, dead_pid: int = 0) -> int:
+        """Return every buffer reactor ``reactor_id`` held to the pool (its
+        process died; the supervisor calls this before restarting it).
+
+        Buffers of the reactor's own share go back onto its free list (state
+        ON_OWNER_LIST: the next incarnation rebuilds its list from the state
+        bytes), the others onto the reserve. Frees the reactor's slot and, if
+        the dead process held the reserve lock, the lock. Returns how many
+        buffers came back. Never call it for a reactor that is alive.
+        """
+        if not 0 <= reactor_id < self.nreactors:
+            raise ValueError(f"reactor_id must be in 0..{self.nreactors - 1}, not {reactor_id}")
+        if reactor_id == self.reactor_id:
+            raise ValueError("a pool cannot reclaim its own reactor's buffers")
+        tag = reactor_id + 1
+        n = 0
+        h = self._hdr
+        with self._locked(dead_pid=dead_pid or int(self._pids[reactor_id])):
+            for c in (self._small, self._large):
+                lo, hi = reactor_id * c.per, (reactor_id + 1) * c.per
+                st = c.state
+                owners = c.owner.tolist()
+                for idx, t in enumerate(owners):
+                    if t != tag:
+                        continue
+                    c.owner[idx] = NO_OWNER
+                    if st[idx] != IN_USE:
+                        continue
+                    n += 1
+                    if lo <= idx < hi:
+                        st[idx] = ON_OWNER_LIST
+                    else:
+                        top = h[c.top_slot]
+                        c.stack[top] = idx
+                        h[c.top_slot] = top + 1
+                        st[idx] = IN_RESERVE
+            pid = int(self._pids[reactor_id])
+            if pid and (pid == dead_pid or not pid_alive(pid)):
+                self._pids[reactor_id] = 0
+        return n
+
     # -------------------------------------------------------------- close --
     def close(self) -> None:
         """Detach; buffers this process still holds stay out of circulation."""
@@ -478,6 +562,7 @@ class BufferPool:
             c.bufs = []
             c.stack.release()
             c.state.release()
+            c.owner.release()
         self._pids.release()
         self._hdr.release()
         self._sem.close()
@@ -504,21 +589,58 @@ class BufferPool:
         self.close()
 
 
-class _SemLock:
-    __slots__ = ("sem", "name")
+STALE_CHECK_S = 0.2  # a busy reserve lock is checked for a dead holder after this
+_pid_cache = [0]  # this process's pid, reset after fork
 
-    def __init__(self, sem: posix_ipc.Semaphore, name: str) -> None:
-        self.sem = sem
-        self.name = name
+
+def _mypid() -> int:
+    if not _pid_cache[0]:
+        _pid_cache[0] = os.getpid()
+    return _pid_cache[0]
+
+
+os.register_at_fork(after_in_child=lambda: _pid_cache.__setitem__(0, 0))
+
+
+class _SemLock:
+    """The reserve lock; its holder's pid sits in the header (H_LOCK_PID) so a
+    holder that died inside the critical section can be detected and the lock
+    taken over instead of wedging every reactor."""
+
+    __slots__ = ("sem", "name", "hdr", "dead_pid")
+
+    def __init__(self, pool: BufferPool, dead_pid: int = 0) -> None:
+        self.sem = pool._sem
+        self.name = pool.name
+        self.hdr = pool._hdr
+        self.dead_pid = dead_pid
 
     def __enter__(self) -> None:
         try:
-            self.sem.acquire(LOCK_TIMEOUT_S)
+            self.sem.acquire(STALE_CHECK_S)
         except posix_ipc.BusyError:
-            raise PoolError(
-                f"reserve lock of {self.name} not released for {LOCK_TIMEOUT_S}s "
-                "(a process died holding it?)"
-            ) from None
+            self._slow()
+        self.hdr[H_LOCK_PID] = _mypid()
+
+    def _slow(self) -> None:
+        holder = int(self.hdr[H_LOCK_PID])
+        if holder and (holder == self.dead_pid or not pid_alive(holder)):
+            return  # taken over: the semaphore stays at 0, we release it
+        try:
+            self.sem.acquire(LOCK_TIMEOUT_S - STALE_CHECK_S)
+            return
+        except posix_ipc.BusyError:
+            pass
+        holder = int(self.hdr[H_LOCK_PID])
+        # A process killed between acquiring and recording its pid leaves 0:
+        # only the supervisor reclaiming a dead reactor may assume that.
+        if self.dead_pid and (holder == 0 or not pid_alive(holder)):
+            return
+        raise PoolError(
+            f"reserve lock of {self.name} not released for {LOCK_TIMEOUT_S}s "
+            f"(held by pid {holder or 'unknown'})"
+        )
 
     def __exit__(self, *exc: object) -> None:
+        self.hdr[H_LOCK_PID] = 0
         self.sem.release()

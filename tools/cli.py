@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..shm import names
@@ -39,6 +41,13 @@ def cmd_start(a: argparse.Namespace) -> int:
         spin_us=a.spin_us,
         hugepages=a.hugepages,
         log_level=a.log_level,
+        max_restarts=a.max_restarts,
+        restart_window_s=a.restart_window,
+        heartbeat_s=a.heartbeat_interval,
+        heartbeat_timeout_s=a.heartbeat_timeout,
+        log_file=a.log_file,
+        log_max_mb=a.log_max_mb,
+        log_count=a.log_count,
     )
     if a.daemon:
         return _daemonize(a, opts)
@@ -77,10 +86,16 @@ def _daemonize(a: argparse.Namespace, opts: Any) -> int:
     argv = [sys.executable, "-m", "blockfabric.tools.cli"] + [
         x for x in sys.argv[1:] if x not in ("--daemon", "-D")
     ]
-    log_path = names.run_dir() / f"{a.name}.log"
-    with open(log_path, "ab") as logf:
+    # The daemon logs through one size-capped, rotated file (--log-max-mb,
+    # --log-count); only what bypasses logging (a fatal crash) lands in
+    # NAME.out, which is truncated at every start.
+    log_path = Path(a.log_file) if a.log_file else names.run_dir() / f"{a.name}.log"
+    if not a.log_file:
+        argv += ["--log-file", str(log_path)]
+    out_path = names.run_dir() / f"{a.name}.out"
+    with open(out_path, "wb") as outf:
         child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+            argv, stdin=subprocess.DEVNULL, stdout=outf, stderr=outf, start_new_session=True
         )
     addr = opts.rpc_addr or default_rpc_addr(a.name)
     deadline = time.monotonic() + a.wait
@@ -90,8 +105,9 @@ def _daemonize(a: argparse.Namespace, opts: Any) -> int:
                 f"blockfabric start: daemon exited with status {child.returncode}; see {log_path}:",
                 file=sys.stderr,
             )
-            with open(log_path, errors="replace") as f:
-                sys.stderr.write("".join(f.readlines()[-15:]))
+            for p in (log_path, out_path):
+                with contextlib.suppress(OSError), open(p, errors="replace") as f:
+                    sys.stderr.write("".join(f.readlines()[-15:]))
             return 1
         try:
             RpcClient(addr, timeout=0.5).call("spdk_get_version")
@@ -169,19 +185,55 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     rows.append(proc_row("supervisor", st["pid"], "-"))
     for r in st["reactors"]:
-        rows.append(proc_row(f"reactor {r['id']}", r["pid"], str(r["core"])))
+        row = proc_row(f"reactor {r['id']}", r["pid"], str(r["core"]))
+        for k in ("restarts", "last_cause", "last_restart"):
+            row[k] = r.get(k)
+        rows.append(row)
+    try:
+        iobuf = RpcClient(addr, timeout=a.timeout).call("iobuf_get_stats")
+    except Exception as err:  # an older daemon, or a reactor restarting
+        iobuf = {"error": str(err)}
     if a.json:
-        print(json.dumps({**st, "processes": rows}, indent=2))
+        print(json.dumps({**st, "processes": rows, "iobuf": iobuf}, indent=2))
         return 0
     print(f"instance {st['instance']}  rpc {st['rpc_addr']}")
-    print(f"{'ROLE':<12} {'PID':>7} {'CORE':>4} {'STATE':<10} {'UPTIME':>9} {'RSS MiB':>8}")
+    print(
+        f"{'ROLE':<12} {'PID':>7} {'CORE':>4} {'STATE':<10} {'UPTIME':>9} {'RSS MiB':>8} "
+        f"{'RESTARTS':>8}  LAST CAUSE"
+    )
     for r in rows:
+        last = r.get("last_cause") or ""
+        if last and r.get("last_restart"):
+            last += time.strftime(" at %Y-%m-%d %H:%M:%S", time.localtime(r["last_restart"]))
         print(
             f"{r['role']:<12} {r['pid']:>7} {r['core']:>4} {r['state']:<10} "
-            f"{r.get('uptime_s', '-'):>9} {r.get('rss_mib', '-'):>8}"
+            f"{r.get('uptime_s', '-'):>9} {r.get('rss_mib', '-'):>8} "
+            f"{'-' if r.get('restarts') is None else r['restarts']:>8}  {last}"
         )
     for lst in st.get("listeners", []):
         print(f"listening: {lst['proto']} {lst['addr']}:{lst['port']}")
+    pool = st.get("pool")
+    if pool:
+        sm, lg = pool["small"], pool["large"]
+        hp = " hugetlbfs" if pool["hugepage"] else ""
+        print(
+            f"buffer pool {pool['name']}: {pool['size'] >> 20} MiB{hp}; "
+            f"small {sm['in_use']}/{sm['count']} in use, "
+            f"large {lg['in_use']}/{lg['count']} in use; "
+            f"reserve free {sm['reserve_free']} small, {lg['reserve_free']} large"
+        )
+    if isinstance(iobuf, list) and iobuf:
+        print(
+            f"{'IOBUF':<12} {'IN USE':>7} {'HIGH':>6} {'WAITS':>7} {'QUEUED':>6} "
+            f"{'GETS':>9} {'PUTS':>9} {'NOMEM':>7}"
+        )
+        for ent in iobuf:
+            gets = ent["small_pool"]["gets"] + ent["large_pool"]["gets"]
+            puts = ent["small_pool"]["puts"] + ent["large_pool"]["puts"]
+            print(
+                f"{ent['module']:<12} {ent['in_use']:>7} {ent['high_water']:>6} "
+                f"{ent['waits']:>7} {ent['queued']:>6} {gets:>9} {puts:>9} {ent['nomem']:>7}"
+            )
     return 0
 
 
@@ -202,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="MEM_MB",
-        help="pre-reserve a shared DMA buffer pool of MEM_MB MiB",
+        help="size of the shared transfer buffer pool in MiB "
+        "(default: 64, or 16 per reactor beyond 4)",
     )
     s.add_argument(
         "-r",
@@ -234,6 +287,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--hugepages", default="auto", choices=("auto", "never", "require"))
     s.add_argument("--log-level", default=os.environ.get("BLOCKFABRIC_LOG_LEVEL", "INFO"))
+    s.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restart a dead reactor at most N times per --restart-window (0: a reactor "
+        "death stops the target; default %(default)s)",
+    )
+    s.add_argument(
+        "--restart-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="window of the restart policy (default %(default)s)",
+    )
+    s.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="the supervisor pings every reactor this often (default %(default)s)",
+    )
+    s.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a reactor that does not answer for this long is killed and restarted "
+        "(default %(default)s)",
+    )
+    s.add_argument(
+        "--log-file",
+        default=None,
+        metavar="PATH",
+        help="log to this size-capped, rotated file instead of stderr "
+        "(--daemon: RUN_DIR/NAME.log by default)",
+    )
+    s.add_argument(
+        "--log-max-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="rotate the log file at this size (default %(default)s)",
+    )
+    s.add_argument(
+        "--log-count",
+        type=int,
+        default=4,
+        metavar="N",
+        help="rotated log files kept: NAME.log.1 .. NAME.log.N (default %(default)s)",
+    )
     s.add_argument(
         "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
     )

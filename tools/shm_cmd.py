@@ -2,7 +2,8 @@
 
 An instance is alive when its instance lock is held, or when any owner process
 recorded in its manifest still runs (pid present *and* same create time, so a
-recycled pid does not keep a dead instance alive). Objects of an instance with
+recycled pid does not keep a dead instance alive; a zombie, exited but not yet
+reaped, is dead). Objects of an instance with
 no manifest are judged by the lock alone. Live instances are never touched.
 """
 
@@ -19,21 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from ..shm import names
 from ..shm.lock import InstanceLock
 from ..shm.manifest import Manifest
+from ..shm.procs import pid_alive
 from ..shm.segment import hugetlbfs_mounts
 
 
 def _pid_alive(pid: int, ctime: float) -> bool:
-    if pid <= 0 or not psutil.pid_exists(pid):
-        return False
-    try:
-        return abs(psutil.Process(pid).create_time() - ctime) < 0.05
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+    """Runs, is the recorded process (same start time) and is no zombie: a
+    killed instance whose processes nobody reaped yet is dead."""
+    return pid_alive(pid, ctime)
 
 
 def instance_alive(instance: str, manifest: Manifest | None = None) -> bool:

@@ -73,10 +73,14 @@ def test_range_checks_and_removed(malloc_bdev):
 def test_compare_and_write_and_zeroes(malloc_bdev):
     ch = malloc_bdev.open_channel()
     _sync(ch.write, 0, memoryview(b"a" * 512))
-    assert _sync(ch.compare, 0, memoryview(b"b" * 512)) == IoStatus.MISCOMPARE
     out = []
-    ch.compare_and_write(0, memoryview(b"a" * 512), memoryview(b"c" * 512), out.append)
-    assert out == [IoStatus.SUCCESS]
+    ch.compare(0, memoryview(b"a" * 100 + b"b" * 412), lambda st, d: out.append((st, d)))
+    assert out == [(IoStatus.MISCOMPARE, 100)]
+    out = []
+    ch.compare_and_write(
+        0, memoryview(b"a" * 512), memoryview(b"c" * 512), lambda st, d: out.append((st, d))
+    )
+    assert out == [(IoStatus.SUCCESS, -1)]
     assert _sync_read(ch, 0, 1)[1] == b"c" * 512
     assert _sync(ch.write_zeroes, 0, 1) == IoStatus.SUCCESS
     assert _sync_read(ch, 0, 1)[1] == bytes(512)

@@ -163,3 +163,24 @@ def test_foreign_run_dir_files_left_alone(instance, run_dir):
     for other in ("notes", "other", f"{instance}x"):
         assert shm_cmd.cleanup(other) == []
     assert all(p.exists() for p in foreign)
+
+
+def test_zombie_owner_counts_as_dead(killed_instance, run_dir):
+    """A killed instance whose process nobody reaped yet (a zombie, as in a
+    container whose init does not reap) is dead: cleanup removes its objects."""
+    import time
+
+    import psutil
+
+    inst, child = killed_instance
+    assert shm_cmd.instance_alive(inst)
+    os.kill(child.pid, signal.SIGKILL)  # and do not wait(): it stays a zombie
+    deadline = time.monotonic() + 10
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert psutil.pid_exists(child.pid)  # what the old check looked at
+    assert not shm_cmd.instance_alive(inst)
+    removed = shm_cmd.cleanup(inst)
+    assert removed and _files_of(inst, run_dir) == []
+    assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE  # still unreaped

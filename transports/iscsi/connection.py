@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...bdevs.base import IoStatus
+from ...control.hostlog import HostLog
 from . import pdu as P
 from . import text
 from .discovery import send_targets
-from .login import Login, LoginOutcome
+from .login import Login, LoginOutcome, session_queue_depth
 from .nodes import ConfigView
 from .params import STAGE_FULL_FEATURE, ConnParams, NegotiationError, Negotiator
 from .session import Session, SessionRegistry, sn_le, sn_lt
+from .xfer import CHUNK, STREAM_OPS, HeapBufs, Region, iov_get, iov_put
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +53,13 @@ TMF_RSP_NOT_SUPPORTED = 5
 
 # SCSI status / sense for errors we raise ourselves
 CHECK_CONDITION = 0x02
+TASK_SET_FULL = 0x28
 _SENSE_INVALID_FIELD_CDB = bytes(
     [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0x00, 0, 0, 0, 0]
 )
 
 
+_SENSE_LUN_GONE = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0])
 _SENSE_HW_ERROR = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0x00, 0, 0, 0, 0])
 # READ(10) / READ(16) CDB fields from byte 1: flags, LBA, transfer length
 _R10 = struct.Struct(">BIxH")
@@ -68,6 +74,8 @@ class DeviceLike(Protocol):
     def fast_lun(self, lun: int, nexus: Any) -> Any:
         """The LUN object when a plain READ may bypass the SCSI core, else None."""
         ...
+
+    def target_reset(self, on_done: Callable[[], None] | None = None) -> None: ...
 
 
 class ConnEnv(Protocol):
@@ -113,6 +121,22 @@ class Task:
         "dead",
         "exp_datasn",
         "conn",
+        "slot",
+        "stream",
+        "bs",
+        "region",
+        "regions",
+        "wait",
+        "carry",
+        "submitted",
+        "subs",
+        "pieces",
+        "fail",
+        "result",
+        "io",
+        "waiters",
+        "last_rx",
+        "imm_pdu",
     )
 
     def __init__(self, itt: int, lun_field: int, cdb: bytes, edtl: int, direction: str) -> None:
@@ -134,6 +158,25 @@ class Task:
         self.dead = False
         self.exp_datasn = 0
         self.conn: Connection | None = None
+        # the command-window slot this task holds: 0 none, 1 CmdSN, 2 immediate
+        self.slot = 0
+        # write data (xfer.py): the region receiving now, every region still
+        # holding pool buffers, a pending pool request
+        self.stream = False  # written to the bdev piece by piece
+        self.bs = 0
+        self.region: Region | None = None
+        self.regions: list[Region] = []
+        self.wait: Any = None
+        self.carry = b""  # partial block at the end of the previous region
+        self.submitted = 0  # transfer bytes handed to the SCSI core (streamed)
+        self.subs = 0  # SCSI pieces in flight
+        self.pieces = 0  # SCSI pieces issued
+        self.fail: Any = None  # the first piece that did not end GOOD
+        self.result: Any = None  # the last piece (its transfer_length)
+        self.io = 0  # SCSI executions / bdev reads in flight for this task
+        self.waiters: list[Callable[[], None]] = []  # run when io drops to 0
+        self.last_rx = 0.0  # last data progress (R2T / Data-Out timeout)
+        self.imm_pdu: P.Pdu | None = None
 
 
 class Connection:
@@ -175,7 +218,18 @@ class Connection:
         self.ping_sent_at: float | None = None
         self.last_rx = 0.0
         self.close_reason = ""
-        self.stats = {"pdus_in": 0, "pdus_out": 0, "rejects": 0}
+        self.stats = {"pdus_in": 0, "pdus_out": 0, "rejects": 0, "errors": 0}
+        self.now: Callable[[], float] = time.monotonic
+        # transfer buffers: the reactor's share of the shared pool
+        self.iobufs: Any = getattr(env, "iobufs", None) or HeapBufs()
+        # input flow control: a command waiting for pool buffers stops the
+        # reading of further PDUs (they wait here, as copies, in order)
+        self._stalled_by: Task | None = None
+        self._backlog: deque[P.Pdu | P.PduError] = deque()
+        self.on_flow: Callable[[], None] | None = None  # the driver re-arms reading
+        # the driver calls cb once everything sent so far left the socket
+        self.after_sent: Callable[[Callable[[], None]], None] = _call_now
+        self.hostlog = HostLog(log, f"iscsi {peer_addr}")
 
     # ------------------------------------------------------------------ io
     def send(self, bufs: list[P.Buffer]) -> None:
@@ -214,25 +268,93 @@ class Connection:
         self.receive(self.reader.feed_bytes(data))
 
     def pdu_error(self, e: P.PduError) -> None:
-        log.info("iscsi %s: %s", self.peer_addr, e)
+        self.hostlog.event(logging.INFO, "%s", e)
         if self.state == "ffp":
             self._reject(e.bhs or bytes(P.BHS_LEN), e.reason)
         if e.fatal or self.state != "ffp":
             self.close(str(e))
 
     def receive(self, pdus: list[P.Pdu | P.PduError]) -> None:
-        for pdu in pdus:
+        for i, pdu in enumerate(pdus):
             if self.state == "closed":
                 return
+            if self._stalled_by is not None:
+                # waiting for pool buffers: keep the rest, in order, as copies
+                # (the driver reads no more until the stall ends)
+                for p in pdus[i:]:
+                    self._backlog.append(_copy(p))
+                return
+            self._one(pdu)
+
+    def _one(self, pdu: P.Pdu | P.PduError) -> None:
+        try:
             if isinstance(pdu, P.PduError):
                 self.pdu_error(pdu)
-                continue
+                return
             self.stats["pdus_in"] += 1
             if self.state == "login":
                 self._login_pdu(pdu)
             elif self.state == "ffp":
                 self._ffp_pdu(pdu)
             # "logout": a logout response went out; the rest is ignored
+        except Exception:
+            self.crash("a PDU")
+
+    @property
+    def input_stalled(self) -> bool:
+        return self._stalled_by is not None
+
+    def _stall(self, t: Task) -> None:
+        self._stalled_by = t
+
+    def _unstall(self, t: Task) -> None:
+        if self._stalled_by is not t:
+            return
+        self._stalled_by = None
+        while self._backlog and self._stalled_by is None and self.state != "closed":
+            self._one(self._backlog.popleft())
+        if self._stalled_by is None and self.on_flow is not None:
+            self.on_flow()
+
+    # ----------------------------------------------------------- containment
+    def crash(self, what: str) -> None:
+        """An unexpected exception while handling this connection's ``what``:
+        log the traceback (rate-limited), count it, close only this
+        connection; its tasks and buffers are freed by close()."""
+        self.stats["errors"] += 1
+        counter = getattr(self.env, "stats", None)
+        if isinstance(counter, dict):
+            counter["exceptions"] = counter.get("exceptions", 0) + 1
+        self.hostlog.event(logging.ERROR, "internal error handling %s", what, exc_info=True)
+        if self.state == "closed":
+            return
+        try:
+            self.close("internal error")
+        except Exception:
+            self.state = "closed"
+            self.hostlog.event(logging.ERROR, "internal error closing", exc_info=True)
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a completion (bdev/SCSI callback, pool grant) contained."""
+        try:
+            fn(*args)
+        except Exception:
+            self.crash("a completion")
+
+    def check_timeouts(self, now: float, r2t_timeout: float) -> None:
+        """A write whose data stopped coming (R2T outstanding, or unsolicited
+        data announced) for ``r2t_timeout`` seconds fails and closes the
+        connection (ERL 0 has no recovery)."""
+        if self.state != "ffp" or r2t_timeout <= 0:
+            return
+        for t in list(self.tasks.values()):
+            if (t.r2ts or t.unsol_open) and now - t.last_rx > r2t_timeout:
+                self.hostlog.event(
+                    logging.WARNING, "no Data-Out for ITT %#x in %.0f s", t.itt, now - t.last_rx
+                )
+                self.stats["r2t_timeouts"] = self.stats.get("r2t_timeouts", 0) + 1
+                self.close("Data-Out timeout")
+                return
 
     # --------------------------------------------------------------- login
     def _login_pdu(self, pdu: P.Pdu) -> None:
@@ -262,7 +384,7 @@ class Connection:
                 if c.cid == oc.cid:  # connection reinstatement at ERL 0: drop the old one
                     c.close("connection reinstated")
         else:
-            qd = oc.target.queue_depth if oc.target else 1
+            qd = session_queue_depth(self.env.view, oc.target)
             sess = Session(
                 oc.tsih,
                 oc.isid,
@@ -333,10 +455,13 @@ class Connection:
             # hot path: the next command in CmdSN order with nothing queued
             # ahead is what Session.order would deliver at once (no closures)
             sn = pdu.w24
-            if sn == s.exp_cmdsn and not s._ahead:
+            if sn == s.exp_cmdsn and not s._ahead and s._max_cmdsn != (sn - 1) & 0xFFFFFFFF:
                 s.exp_cmdsn = (sn + 1) & 0xFFFFFFFF
+                s.outstanding += 1
                 if not s._aborted_sns or not s._skip(sn):
                     self._scsi_cmd(pdu)
+                else:
+                    s.done(False)
                 return
         if op == P.OP_DATA_OUT:
             self._data_out(pdu)
@@ -362,12 +487,31 @@ class Connection:
 
         def keep() -> Callable[[], None]:
             copy = P.Pdu(bytes(pdu.bhs), bytes(pdu.ahs), bytes(pdu.data))
-            return lambda: handler(self, copy) if self.state == "ffp" else None
+            return lambda: self._deliver(handler, copy)
 
-        if not s.order(pdu.cmdsn, pdu.immediate, lambda: handler(self, pdu), keep):
-            log.info(
-                "iscsi: CmdSN %d outside [%d, %d], dropped", pdu.cmdsn, s.exp_cmdsn, s.max_cmdsn
+        if not s.order(pdu.cmdsn, pdu.immediate, lambda: self._deliver(handler, pdu), keep):
+            self.hostlog.event(
+                logging.INFO,
+                "CmdSN %d outside [%d, %d], dropped",
+                pdu.cmdsn,
+                s.exp_cmdsn,
+                s.max_cmdsn,
             )
+
+    def _deliver(self, handler: Callable[[Connection, P.Pdu], None], pdu: P.Pdu) -> None:
+        """Run a command in CmdSN order. A SCSI command owns its window slot
+        (released when its task ends); any other command is done on return."""
+        s = self.session
+        assert s is not None
+        if pdu.opcode == P.OP_SCSI_CMD and self.state == "ffp":
+            handler(self, pdu)
+            return
+        try:
+            if self.state == "ffp":
+                handler(self, pdu)
+        finally:
+            if not pdu.immediate:
+                s.done(False)
 
     # ----------------------------------------------------------------- NOP
     def _nop_out(self, pdu: P.Pdu) -> None:
@@ -418,15 +562,34 @@ class Connection:
     def _scsi_cmd(self, pdu: P.Pdu) -> None:
         s = self.session
         assert s is not None
+        imm = pdu.immediate
+        if imm and not s.take_immediate():
+            # the session already runs queue_depth commands: an immediate one
+            # counts against the same bound (SAM-5 TASK SET FULL)
+            self._respond_status(pdu.itt, TASK_SET_FULL, pdu.edtl)
+            return
+        slot = 2 if imm else 1
+        try:
+            if self._scsi_cmd_slot(pdu, slot):
+                return  # a task owns the slot now
+        except BaseException:
+            s.done(imm)
+            raise
+        s.done(imm)
+
+    def _scsi_cmd_slot(self, pdu: P.Pdu, slot: int) -> bool:
+        """Start a SCSI command; True when a task took over the window slot."""
+        s = self.session
+        assert s is not None
         itt = pdu.itt
         if itt in s.tasks:
             self._reject(pdu.bhs, P.REJ_TASK_IN_PROGRESS)
-            return
+            return False
         f1 = pdu.f1
         if f1 & 0xE0 == 0xC0 and not pdu.dlen and not pdu.ahs_len:
             op = pdu.bhs[32]
-            if (op == 0x28 or op == 0x88) and self._fast_read(pdu, op, s):
-                return
+            if (op == 0x28 or op == 0x88) and self._fast_read(pdu, op, s, slot):
+                return True
         rd = bool(f1 & P.F_READ)
         wr = bool(f1 & P.F_WRITE)
         edtl = pdu.edtl
@@ -439,34 +602,53 @@ class Connection:
             not wr or not sp.immediate_data or len(imm) > min(edtl, sp.first_burst_length)
         ):
             self._reject(pdu.bhs, P.REJ_PROTOCOL)
-            return
+            return False
         if not pdu.final and (not wr or sp.initial_r2t):
             # unsolicited Data-Out announced where none is allowed
             self._reject(pdu.bhs, P.REJ_PROTOCOL)
-            return
+            return False
         if rd and wr:
             self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-            return
+            return False
+        t.slot = slot
         s.tasks[itt] = t
         self.tasks[itt] = t
         if not wr or edtl == 0:
             self._execute(t)
-            return
+            return True
         if edtl > MAX_EDTL:
             self._drop_task(t)
             self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-            return
-        t.buf = bytearray(edtl)
-        if len(imm):
-            t.buf[: len(imm)] = imm
-        t.received = len(imm)
-        t.next_r2t_offset = t.received
+            return True
+        t.last_rx = self.now()
+        bs = _block_size(self.env.device(s.target_name), t.lun)
+        if edtl > CHUNK:
+            if not bs or not t.cdb or t.cdb[0] not in STREAM_OPS:
+                # the SCSI core needs this command's data in one piece, and
+                # no parameter list or CAW buffer is this long
+                self._drop_task(t)
+                self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
+                return True
+            t.stream = True
+            t.bs = bs
+        first = len(imm) if pdu.final else min(edtl, sp.first_burst_length)
         if not pdu.final:
             t.unsol_open = True
-            t.unsol_limit = min(edtl, sp.first_burst_length)
+            t.unsol_limit = first
+        if first:
+            # immediate / unsolicited data comes without asking: its buffer
+            # first (the input stalls while the pool has none)
+            size = edtl if not t.stream else first
+            t.imm_pdu = pdu
+            t.wait = self.iobufs.acquire(size, lambda iov, _t=t: self._got_first(_t, iov))
+            if t.wait is not None:
+                t.imm_pdu = P.Pdu(bytes(pdu.bhs), bytes(pdu.ahs), bytes(pdu.data))
+                self._stall(t)
+            return True
         self._advance_write(t)
+        return True
 
-    def _fast_read(self, pdu: P.Pdu, op: int, s: Session) -> bool:
+    def _fast_read(self, pdu: P.Pdu, op: int, s: Session, slot: int) -> bool:
         """READ(10)/READ(16) straight to the bdev channel, skipping the SCSI
         core's generic dispatch, when `ScsiDevice.fast_lun` says no unit
         attention, reservation or removal applies and the CDB is plain (no
@@ -492,6 +674,8 @@ class Connection:
         edtl = pdu.w20
         if flags & 0xE0 or not n or lba + n > bdev.num_blocks or n * bdev.block_size != edtl:
             return False
+        if n > lun.max_transfer_blocks or lun.stage_reads:
+            return False  # the SCSI core refuses it / stages it in pool buffers
         ch = lun.channel_getter()
         if ch is None:
             return False
@@ -499,32 +683,38 @@ class Connection:
         box = self._fast_box
         box.clear()
         self._fast_itt = itt
+        later: list[Task] = []
 
         def done(st: Any, data: Any, _itt: int = itt, _lun: int = lun_field) -> None:
             if self._fast_itt == _itt:
                 box.append(st)
                 box.append(data)
-            else:
-                self._fast_read_async_done(_itt, _lun, st, data)
+            elif later:
+                self._guard(self._fast_read_async_done, later[0], _lun, st, data)
 
         ch.read(lba, n, done)
         self._fast_itt = -1
         if box:
+            s.done(slot == 2)  # before the response, so its MaxCmdSN is current
             self._fast_read_done(itt, lun_field, edtl, box[0], box[1])
             return True
         # the bdev completes later: track the command like any other task
+        # (task management waits for it: t.io)
         t = Task(itt, lun_field, b"", edtl, "read")
         t.conn = self
+        t.slot = slot
+        t.io = 1
+        later.append(t)
         s.tasks[itt] = t
         self.tasks[itt] = t
         return True
 
-    def _fast_read_async_done(self, itt: int, lun_field: int, st: Any, data: Any) -> None:
-        t = self.tasks.get(itt)
-        if t is None or t.dead or self.state == "closed":
+    def _fast_read_async_done(self, t: Task, lun_field: int, st: Any, data: Any) -> None:
+        self._io_done(t)
+        if t.dead or self.state == "closed":
             return
         self._drop_task(t)
-        self._fast_read_done(itt, lun_field, t.edtl, st, data)
+        self._fast_read_done(t.itt, lun_field, t.edtl, st, data)
 
     def _fast_read_done(self, itt: int, lun_field: int, edtl: int, st: Any, data: Any) -> None:
         if st or data is None or len(data) != edtl:
@@ -538,7 +728,7 @@ class Connection:
             lun = dev.fast_lun(t.lun, sess.nexus) if dev is not None else None
             st_task = self.env.make_task(lun=t.lun, tag=itt, direction="read")
             if isinstance(lun, ScsiLun):
-                lun.io_error(st_task, st or 1, read=True)
+                lun.io_error(st_task, IoStatus(int(st) or IoStatus.FAILED), read=True)
             else:
                 st_task.check_condition(_SENSE_HW_ERROR)
             self._complete(t, st_task)
@@ -549,7 +739,7 @@ class Connection:
         s = self.session
         assert s is not None
         exp = s.exp_cmdsn
-        mx = (exp + s.queue_depth - 1) & 0xFFFFFFFF
+        mx = s.max_cmdsn
         if (
             edtl <= cp.max_xmit_dlen
             and edtl <= s.params.max_burst_length
@@ -585,33 +775,205 @@ class Connection:
         self.statsn = sn  # _send_data_in takes the StatSN itself
         self._send_data_in(itt, lun_field, [data], edtl, 0, 0, 0, collapse=True)
 
+    # ------------------------------------------------------ write data
+    def _got_first(self, t: Task, iov: Any) -> None:
+        """The buffer for the immediate + unsolicited data is there."""
+        t.wait = None
+        pdu, t.imm_pdu = t.imm_pdu, None
+        if t.dead or self.state == "closed" or pdu is None:
+            self.iobufs.release(iov)
+            self._unstall(t)
+            return
+        end = t.edtl if not t.stream else t.unsol_limit or len(pdu.data)
+        reg = Region(iov, 0, end)
+        t.regions.append(reg)
+        t.region = reg
+        imm = pdu.data
+        if len(imm):
+            iov_put(iov.views, 0, imm)
+        t.received = len(imm)
+        t.next_r2t_offset = t.received
+        try:
+            if t.stream:
+                self._pieces(t, t.received)
+            if not t.unsol_open:
+                t.next_r2t_offset = t.received
+                self._region_done(t)
+            self._advance_write(t)
+        finally:
+            # the PDUs that came after this command run now, in order
+            self._unstall(t)
+
     def _advance_write(self, t: Task) -> None:
         """Issue R2Ts for the data still missing, or execute when complete."""
-        if t.dead:
+        if t.dead or t.wait is not None or t.unsol_open:
             return
-        if t.received >= t.edtl and not t.r2ts and not t.unsol_open:
-            self._execute(t)
-            return
-        if t.unsol_open:
+        if t.next_r2t_offset >= t.edtl and not t.r2ts:
+            if t.stream:
+                self._stream_end(t)
+            else:
+                self._execute(t)
             return
         s = self.session
         assert s is not None
         sp = s.params
+        if t.stream:
+            # one R2T sequence at a time; at most one more region still
+            # being written while the next one is received
+            if t.r2ts or t.region is not None or len(t.regions) > 1:
+                return
+            off = t.next_r2t_offset
+            n = min(sp.max_burst_length, t.edtl - off)
+            base = off - len(t.carry)
+            t.wait = self.iobufs.acquire(
+                off + n - base, lambda iov, _t=t, o=off, k=n: self._got_region(_t, iov, o, k)
+            )
+            return
+        if not t.regions:
+            # one region for the whole (<= CHUNK) transfer, then the R2Ts
+            t.wait = self.iobufs.acquire(t.edtl, lambda iov, _t=t: self._got_whole(_t, iov))
+            return
         while len(t.r2ts) < sp.max_outstanding_r2t and t.next_r2t_offset < t.edtl:
             off = t.next_r2t_offset
             n = min(sp.max_burst_length, t.edtl - off)
-            ttt = self._new_ttt()
-            r = R2T(ttt, off, n, t.r2tsn)
-            t.r2tsn += 1
-            t.r2ts[ttt] = r
-            self._ttt_map[ttt] = t
-            t.next_r2t_offset = off + n
-            sn, exp, mx = self._status_words(advance=False)
-            self.send(
-                self._encode(
-                    P.OP_R2T, 0x80, 0, 0, t.lun_field, t.itt, (ttt, sn, exp, mx, r.r2tsn, off, n)
-                )
+            self._send_r2t(t, off, n)
+
+    def _got_whole(self, t: Task, iov: Any) -> None:
+        t.wait = None
+        if t.dead or self.state == "closed":
+            self.iobufs.release(iov)
+            return
+        reg = Region(iov, 0, t.edtl)
+        t.regions.append(reg)
+        t.region = reg
+        self._advance_write(t)
+
+    def _got_region(self, t: Task, iov: Any, off: int, n: int) -> None:
+        t.wait = None
+        if t.dead or self.state == "closed":
+            self.iobufs.release(iov)
+            return
+        base = off - len(t.carry)
+        reg = Region(iov, base, off + n)
+        if t.carry:
+            iov_put(iov.views, 0, t.carry)
+            t.carry = b""
+        t.regions.append(reg)
+        t.region = reg
+        self._send_r2t(t, off, n)
+
+    def _send_r2t(self, t: Task, off: int, n: int) -> None:
+        ttt = self._new_ttt()
+        r = R2T(ttt, off, n, t.r2tsn)
+        t.r2tsn += 1
+        t.r2ts[ttt] = r
+        self._ttt_map[ttt] = t
+        t.next_r2t_offset = off + n
+        t.last_rx = self.now()
+        sn, exp, mx = self._status_words(advance=False)
+        self.send(
+            self._encode(
+                P.OP_R2T, 0x80, 0, 0, t.lun_field, t.itt, (ttt, sn, exp, mx, r.r2tsn, off, n)
             )
+        )
+
+    def _region_done(self, t: Task) -> None:
+        """The receiving region has all its data: keep the partial block at
+        its end for the next region, let its buffers go once written."""
+        reg = t.region
+        if reg is None or not t.stream:
+            return  # a whole-transfer region stays until the command runs
+        t.region = None
+        if reg.end < t.edtl:
+            tail = reg.end % t.bs
+            if tail:
+                t.carry = iov_get(reg.iov.views, reg.end - tail - reg.base, tail)
+        reg.closed = True
+        if reg.release_if_idle(self.iobufs):
+            t.regions.remove(reg)
+
+    def _pieces(self, t: Task, rx_end: int) -> None:
+        """Hand every complete chunk of the receiving region to the SCSI core
+        (whole blocks only; a partial block waits for the next region)."""
+        reg = t.region
+        if reg is None:
+            return
+        bs = t.bs
+        while t.submitted < rx_end:
+            start, cend, view = reg.chunk(t.submitted)
+            if rx_end < cend:
+                return  # this chunk is not complete yet
+            end = cend - cend % bs if (cend == reg.end) else cend
+            if end <= t.submitted:
+                return
+            data = view[t.submitted - start : end - start]
+            off = t.submitted
+            t.submitted = end
+            if t.fail is None:
+                self._piece(t, reg, off, data)
+            if cend == reg.end:
+                return
+
+    def _piece(self, t: Task, reg: Region | None, off: int, data: memoryview) -> None:
+        s = self.session
+        assert s is not None
+        dev = self.env.device(s.target_name)
+        st = self.env.make_task(
+            lun=t.lun,
+            cdb=t.cdb,
+            initiator_port=s.initiator_port,
+            target_port=s.target_port,
+            tag=t.itt,
+            data_out=data,
+            expected_transfer_length=t.edtl,
+            direction="write",
+        )
+        st.offset = off
+        t.scsi = st
+        t.pieces += 1
+        t.subs += 1
+        t.io += 1
+        if reg is not None:
+            reg.pending += 1
+
+        def done(task: Any, _t: Task = t, _r: Region | None = reg) -> None:
+            self._guard(self._piece_done, _t, _r, task)
+
+        if dev is None:
+            st.status = CHECK_CONDITION
+            st.sense = _SENSE_LUN_GONE
+            done(st)
+            return
+        dev.execute(st, done)
+
+    def _piece_done(self, t: Task, reg: Region | None, st: Any) -> None:
+        t.subs -= 1
+        if reg is not None:
+            reg.pending -= 1
+            if reg.release_if_idle(self.iobufs) and reg in t.regions:
+                t.regions.remove(reg)
+        if int(st.status) and t.fail is None:
+            t.fail = st
+        t.result = st
+        self._io_done(t)
+        if t.dead or self.state == "closed":
+            return
+        self._advance_write(t)
+
+    def _stream_end(self, t: Task) -> None:
+        """All data is in: answer once every piece has been written."""
+        if t.dead or t.region is not None or t.r2ts or t.next_r2t_offset < t.edtl:
+            return
+        if t.wait is not None or t.unsol_open:
+            return
+        if not t.pieces:
+            # nothing as long as a block arrived: one (empty) piece still runs
+            # the CDB's checks and gives the status
+            self._piece(t, None, 0, memoryview(b""))
+            return
+        if t.subs:
+            return
+        self._complete(t, t.fail or t.result)
 
     def _data_out(self, pdu: P.Pdu) -> None:
         ttt = pdu.ttt
@@ -629,13 +991,22 @@ class Connection:
             ):
                 self._seq_error(pdu, "unsolicited Data-Out out of sequence")
                 return
-            assert t.buf is not None
-            t.buf[t.received : t.received + pdu.dlen] = pdu.data
+            reg = t.region
+            assert reg is not None
+            iov_put(reg.iov.views, t.received - reg.base, pdu.data)
             t.received += pdu.dlen
             t.unsol_datasn += 1
+            t.last_rx = self.now()
+            if t.stream:
+                self._pieces(t, t.received)
             if pdu.final:
                 t.unsol_open = False
                 t.next_r2t_offset = t.received
+                if t.stream:
+                    if t.received < reg.end:
+                        reg.end = t.received  # the initiator sent less than FirstBurstLength
+                        self._pieces(t, t.received)
+                    self._region_done(t)
                 self._advance_write(t)
             return
         t = self._ttt_map.get(ttt)
@@ -660,15 +1031,21 @@ class Connection:
         if pdu.final and r.received + pdu.dlen != r.length:
             self._seq_error(pdu, "Data-Out F bit before the end of the burst")
             return
-        assert t.buf is not None
+        reg = t.region
+        assert reg is not None
         off = pdu.buffer_offset
-        t.buf[off : off + pdu.dlen] = pdu.data
+        iov_put(reg.iov.views, off - reg.base, pdu.data)
         r.received += pdu.dlen
         r.datasn += 1
         t.received += pdu.dlen
+        t.last_rx = self.now()
+        if t.stream:
+            self._pieces(t, r.offset + r.received)
         if r.received == r.length:
             del t.r2ts[ttt]
             del self._ttt_map[ttt]
+            if t.stream:
+                self._region_done(t)
             self._advance_write(t)
 
     def _seq_error(self, pdu: P.Pdu, why: str) -> None:
@@ -680,35 +1057,75 @@ class Connection:
         s = self.session
         assert s is not None
         dev = self.env.device(s.target_name)
+        reg = t.regions[0] if t.regions else None
+        data = reg.iov.views[0][: t.edtl] if reg is not None and t.edtl else None
         st = self.env.make_task(
             lun=t.lun,
             cdb=t.cdb,
             initiator_port=s.initiator_port,
             target_port=s.target_port,
             tag=t.itt,
-            data_out=memoryview(t.buf) if t.buf is not None else None,
+            data_out=data,
             expected_transfer_length=t.edtl,
             direction=t.direction,
         )
         t.scsi = st
+        t.io += 1
+        if reg is not None:
+            reg.pending += 1
+            reg.closed = True
+            t.region = None
         if dev is None:
             # the target went away: the LUN is gone
             st.status = CHECK_CONDITION
-            st.sense = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x25, 0x00, 0, 0, 0, 0])
-            self._complete(t, st)
+            st.sense = _SENSE_LUN_GONE
+            self._executed(t, st)
             return
 
         def done(task: Any, _t: Task = t) -> None:
-            self._complete(_t, task)
+            self._guard(self._executed, _t, task)
 
         dev.execute(st, done)
 
+    def _executed(self, t: Task, st: Any) -> None:
+        for reg in t.regions:
+            reg.pending -= 1
+            reg.release_if_idle(self.iobufs)
+        t.regions.clear()
+        self._io_done(t)
+        self._complete(t, st)
+
+    def _io_done(self, t: Task) -> None:
+        t.io -= 1
+        if not t.io and t.waiters:
+            ws, t.waiters = t.waiters, []
+            for w in ws:
+                w()
+
     def _complete(self, t: Task, st: Any) -> None:
+        iovs = getattr(st, "iovs", None)
         if t.dead or self.state == "closed":
+            self._release_iovs(iovs)
             return
         self._drop_task(t)
+        t.dead = True  # answered: nothing may answer it again
         if getattr(st, "aborted", False):
+            self._release_iovs(iovs)
             return  # aborted tasks get no response (the TMF response covers them)
+        try:
+            self._respond(t, st)
+        finally:
+            if iovs:
+                # pool buffers behind the Data-In go back once it has been sent
+                self.after_sent(lambda: self._release_iovs(iovs))
+
+    def _release_iovs(self, iovs: list[Any] | None) -> None:
+        if iovs:
+            for v in iovs:
+                self.iobufs.release(v)
+            iovs.clear()
+
+    def _respond(self, t: Task, st: Any) -> None:
         edtl = t.edtl
         sense = bytes(st.sense or b"")
         status = int(st.status)
@@ -803,6 +1220,16 @@ class Connection:
             off += n
         return datasn
 
+    def _respond_status(self, itt: int, status: int, edtl: int) -> None:
+        """A SCSI Response with a status and no sense (TASK SET FULL, BUSY)."""
+        sn, exp, mx = self._status_words()
+        flags, residual = (P.F_UNDERFLOW, edtl) if edtl else (0, 0)
+        self.send(
+            self._encode(
+                P.OP_SCSI_RESP, 0x80 | flags, 0, status, 0, itt, (0, sn, exp, mx, 0, 0, residual)
+            )
+        )
+
     def _respond_error(self, t: Task, sense: bytes) -> None:
         sn, exp, mx = self._status_words()
         flags, residual = (P.F_UNDERFLOW, t.edtl) if t.edtl else (0, 0)
@@ -826,6 +1253,22 @@ class Connection:
         s = self.session
         if s is not None and s.tasks.get(t.itt) is t:
             del s.tasks[t.itt]
+        if t.slot and s is not None:
+            slot, t.slot = t.slot, 0
+            s.done(slot == 2)
+        # write buffers: those no bdev write uses any more go back now, the
+        # others when their write completes
+        if t.wait is not None:
+            self.iobufs.cancel(t.wait)
+            t.wait = None
+        t.imm_pdu = None
+        t.region = None
+        for reg in list(t.regions):
+            reg.closed = True
+            if reg.release_if_idle(self.iobufs):
+                t.regions.remove(reg)
+        if abort and self._stalled_by is t:
+            self._unstall(t)  # it will never get its buffer: the input goes on
         for ttt in t.r2ts:
             self._ttt_map.pop(ttt, None)
         t.r2ts.clear()
@@ -834,16 +1277,34 @@ class Connection:
 
     # ------------------------------------------------------ task management
     def _tmf(self, pdu: P.Pdu) -> None:
+        """Task management. "Function complete" goes out only once every
+        affected task has really finished: its SCSI execution (and so its
+        last bdev write) or its fast-path read completed (RFC 7143 11.5)."""
         s = self.session
         assert s is not None
         fn = pdu.function
         lun_id = P.lun_to_int(pdu.lun)
         dev = self.env.device(s.target_name)
         resp = TMF_RSP_COMPLETE
+        pending = [1]  # a guard: the response cannot go before this call ends
+        itt = pdu.itt
+
+        def one_done() -> None:
+            pending[0] -= 1
+            if pending[0] == 0 and self.state == "ffp":
+                sn, exp, mx = self._status_words()
+                self.send(
+                    self._encode(P.OP_TMF_RESP, 0x80, resp, 0, 0, itt, (0, sn, exp, mx, 0, 0, 0))
+                )
+
+        def wait_for() -> Callable[[], None]:
+            pending[0] += 1
+            return one_done
+
         if fn == TMF_ABORT_TASK:
             t = s.tasks.get(pdu.ref_task_tag)
             if t is not None:
-                self._abort(dev, t)
+                self._abort(dev, t, wait_for)
             else:
                 resp = _abort_missing(s, pdu.w32, pdu.cmdsn)
         elif fn in (TMF_ABORT_TASK_SET, TMF_LUN_RESET):
@@ -852,32 +1313,30 @@ class Connection:
                 resp = TMF_RSP_NO_LUN
             else:
                 for t in [x for x in s.tasks.values() if x.lun == lun_id]:
-                    self._abort(dev, t)
+                    self._abort(dev, t, wait_for)
                 if fn == TMF_LUN_RESET:
                     # other initiators' tasks on the LUN go as well
-                    _call(lun, "reset")
+                    lun.reset(wait_for())
                 else:
-                    _call(lun, "abort_task_set", s.initiator_port)
+                    lun.abort_task_set(s.initiator_port, wait_for())
         elif fn == TMF_TARGET_WARM_RESET:
             for t in list(s.tasks.values()):
-                self._abort(dev, t)
-            if dev is not None and hasattr(dev, "target_reset"):
-                dev.target_reset()
-            else:
-                for lun in _all_luns(dev):
-                    _call(lun, "reset")
+                self._abort(dev, t, wait_for)
+            if dev is not None:
+                dev.target_reset(wait_for())
         else:
             resp = TMF_RSP_NOT_SUPPORTED
-        sn, exp, mx = self._status_words()
-        self.send(self._encode(P.OP_TMF_RESP, 0x80, resp, 0, 0, pdu.itt, (0, sn, exp, mx, 0, 0, 0)))
+        one_done()
 
-    def _abort(self, dev: Any, t: Task) -> None:
+    def _abort(self, dev: Any, t: Task, wait_for: Callable[[], Callable[[], None]]) -> None:
         owner = t.conn or self
         owner._drop_task(t, abort=True)
+        if t.io:
+            t.waiters.append(wait_for())
         if t.scsi is not None:
             lun = _get_lun(dev, t.lun)
             if lun is not None and self.session is not None:
-                _call(lun, "abort_task", t.itt, self.session.initiator_port)
+                lun.abort_task(t.itt, self.session.initiator_port)
 
     # ------------------------------------------------------------------ text
     def _text(self, pdu: P.Pdu) -> None:
@@ -1045,11 +1504,18 @@ def _get_lun(dev: Any, lun_id: int) -> Any:
     return luns.get(lun_id) if isinstance(luns, dict) else None
 
 
-def _all_luns(dev: Any) -> list[Any]:
-    luns = getattr(dev, "luns", None) if dev is not None else None
-    return list(luns.values()) if isinstance(luns, dict) else []
+def _copy(p: P.Pdu | P.PduError) -> P.Pdu | P.PduError:
+    if isinstance(p, P.PduError):
+        return p
+    return P.Pdu(bytes(p.bhs), bytes(p.ahs), bytes(p.data))
 
 
-def _call(obj: Any, name: str, *args: Any) -> Any:
-    fn = getattr(obj, name, None)
-    return fn(*args) if fn is not None else None
+def _call_now(cb: Callable[[], None]) -> None:
+    cb()
+
+
+def _block_size(dev: Any, lun_id: int) -> int:
+    """Block size of a LUN when its writes can be cut into pool chunks."""
+    bdev = getattr(_get_lun(dev, lun_id), "bdev", None)
+    bs = getattr(bdev, "block_size", 0)
+    return bs if isinstance(bs, int) and 0 < bs <= CHUNK and CHUNK % bs == 0 else 0

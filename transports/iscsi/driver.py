@@ -14,6 +14,7 @@ from typing import Any
 
 from ...actors.context import ReactorContext
 from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from ...control.hostlog import HostLog
 from ..base import register_driver
 from ..scsi.task import ScsiTask
 from . import pdu as P
@@ -24,7 +25,13 @@ from .session import SessionRegistry
 
 log = logging.getLogger(__name__)
 
-LOGIN_TIMEOUT = 15.0
+LOGIN_TIMEOUT = 15.0  # default of the login_timeout option (seconds)
+DATA_OUT_TIMEOUT = 30.0  # default of data_out_timeout: R2T / unsolicited data that stalls
+MAX_CONNECTIONS_PER_REACTOR = 1024  # default of max_connections_per_reactor
+# output backpressure: stop reading a connection while more than this is
+# queued unsent (a host that does not read its responses), resume below LOW
+OUT_HIGH = 4 * 1024 * 1024
+OUT_LOW = 1024 * 1024
 IOV_MAX = 512
 ROUTE_MAX = P.BHS_LEN + P.MAX_AHS_LEN + 8192 + 3
 
@@ -64,6 +71,9 @@ class ReactorIscsi:
         self.devices: dict[str, Any] = {}
         self.conns: set[SockConn] = set()
         self.timer: Any = None
+        self.iobufs: Any = getattr(ctx, "iobufs", None)
+        self.stats: dict[str, int] = {"exceptions": 0, "refused": 0, "login_timeouts": 0}
+        self.refusals = HostLog(log, f"iscsi reactor {ctx.reactor_id}")
 
     # ConnEnv
     def device(self, target_name: str) -> Any:
@@ -122,10 +132,34 @@ class ReactorIscsi:
         return ScsiDevice(name, PrStore(path))
 
     def _add_lun(self, dev: Any, lid: int, bname: str, bdev: Any) -> None:
-        from ..scsi.lun import ScsiLun
+        from ..scsi.lun import DEFAULT_MAX_TRANSFER, ScsiLun
 
         ctx = self.ctx
-        dev.add_lun(ScsiLun(lid, bdev, lambda: ctx.channel(bname), dev))
+        mtl = int(self.view.options.get("max_transfer_length", DEFAULT_MAX_TRANSFER))
+        dev.add_lun(
+            ScsiLun(
+                lid,
+                bdev,
+                lambda: ctx.channel(bname),
+                dev,
+                iobufs=self.iobufs,
+                max_transfer_bytes=mtl,
+            )
+        )
+
+
+class _Sent:
+    """A marker in the output queue: run cb once what precedes it was sent."""
+
+    __slots__ = ("cb",)
+
+    def __init__(self, cb: Any) -> None:
+        self.cb = cb
+
+    def run(self) -> None:
+        cb, self.cb = self.cb, None
+        if cb is not None:
+            cb()
 
 
 class SockConn:
@@ -138,7 +172,9 @@ class SockConn:
         self.listener = listener
         self.route = route
         self.route_buf = bytearray()
-        self.out: deque[P.Buffer] = deque()
+        self.out: deque[P.Buffer | _Sent] = deque()
+        self.out_bytes = 0  # queued, not yet sent
+        self.reading = True  # EPOLLIN armed
         self.flush_scheduled = False
         self.closing = False
         self.closed = False
@@ -152,9 +188,14 @@ class SockConn:
             local = local[7:]
         self.conn = Connection(rs, listener, peer, local, self._send, self._on_close)
         self.conn.last_rx = self.started
+        self.conn.after_sent = self._after_sent
+        self.conn.on_flow = self._rearm
 
     # -------------------------------------------------------------- input
     def on_events(self, ev: int) -> None:
+        if ev & (EPOLLERR | EPOLLHUP) and not self.reading and not self.route:
+            self._drop("connection error/hang-up")  # nothing more can be read or sent
+            return
         if ev & EPOLLIN or ev & (EPOLLERR | EPOLLHUP):
             self.on_readable()
         if ev & EPOLLOUT and not self.closed:
@@ -165,6 +206,9 @@ class SockConn:
             return
         if self.route:
             self._route_read()
+            return
+        if not self._may_read():
+            self._rearm()
             return
         reader = self.conn.reader
         for _ in range(16):  # bounded: other connections get their turn
@@ -182,6 +226,8 @@ class SockConn:
             self.conn.last_rx = time.monotonic()
             full = n == len(buf)
             self.conn.receive(reader.feed(n))
+            if not self._may_read():
+                break
             if self.closed or self.conn.state == "closed" or not full:
                 # a short read drained the socket: skip the recv that would
                 # only raise EAGAIN (epoll reports anything that comes later)
@@ -222,10 +268,39 @@ class SockConn:
         self.conn.feed(data)
         self.schedule_flush()
 
+    # ----------------------------------------------------- flow control
+    def _may_read(self) -> bool:
+        """Read more only while the protocol is not waiting for pool buffers
+        and the host reads what we send (unsent output below the bound)."""
+        if self.conn.input_stalled:
+            return False
+        if self.reading:
+            return self.out_bytes <= OUT_HIGH
+        return self.out_bytes <= OUT_LOW
+
+    def _rearm(self) -> None:
+        if self.closed:
+            return
+        want = self._may_read()
+        mask = (EPOLLIN if want else 0) | (EPOLLOUT if self.out else 0)
+        self.reading = want
+        # level-triggered epoll reports what waits in the socket once re-armed
+        self.rs.ctx.loop.modify_fd(self.fd, mask)
+
     # ------------------------------------------------------------- output
     def _send(self, bufs: list[P.Buffer]) -> None:
         self.out.extend(bufs)
+        for b in bufs:
+            self.out_bytes += len(b)
         self.schedule_flush()
+
+    def _after_sent(self, cb: Any) -> None:
+        """Run cb once everything queued so far has left (pool buffers of a
+        Data-In go back to the pool then); at once if nothing is queued."""
+        if not self.out or self.closed:
+            cb()
+            return
+        self.out.append(_Sent(cb))
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled and self.out and not self.closed:
@@ -236,7 +311,18 @@ class SockConn:
         self.flush_scheduled = False
         out = self.out
         while out and not self.closed:
-            iov = [out[i] for i in range(min(len(out), IOV_MAX))]
+            while out and isinstance(out[0], _Sent):
+                marker = out.popleft()
+                assert isinstance(marker, _Sent)
+                marker.run()
+            if not out:
+                break
+            iov: list[P.Buffer] = []
+            for i in range(min(len(out), IOV_MAX)):
+                b = out[i]
+                if isinstance(b, _Sent):
+                    break
+                iov.append(b)
             try:
                 n = self.sock.sendmsg(iov)
             except (BlockingIOError, InterruptedError):
@@ -246,8 +332,10 @@ class SockConn:
                 return
             if n < 0:
                 break
+            self.out_bytes -= n
             while n > 0:
                 b = out[0]
+                assert not isinstance(b, _Sent)
                 lb = len(b)
                 if n >= lb:
                     out.popleft()
@@ -257,12 +345,10 @@ class SockConn:
                     n = 0
         if self.closed:
             return
-        if out:
-            self.rs.ctx.loop.modify_fd(self.fd, EPOLLIN | EPOLLOUT)
-        else:
-            self.rs.ctx.loop.modify_fd(self.fd, EPOLLIN)
-            if self.closing:
-                self._drop(self.conn.close_reason)
+        if not out and self.closing:
+            self._drop(self.conn.close_reason)
+            return
+        self._rearm()
 
     # -------------------------------------------------------------- close
     def _on_close(self, reason: str) -> None:
@@ -284,9 +370,19 @@ class SockConn:
             return
         log.debug("iscsi connection %s closed: %s", self.conn.peer_addr, reason)
         self._detach()
-        if self.conn.state != "closed":
-            self.conn.close(reason)
+        try:
+            if self.conn.state != "closed":
+                self.conn.close(reason)
+        except Exception:
+            self.rs.stats["exceptions"] += 1
+            self.conn.hostlog.event(logging.ERROR, "internal error closing", exc_info=True)
+        # unsent Data-In goes nowhere now: its pool buffers go back
+        for b in self.out:
+            if isinstance(b, _Sent):
+                b.run()
         self.out.clear()
+        self.out_bytes = 0
+        self.conn.hostlog.close()
         try:
             self.sock.close()
         except OSError:
@@ -312,24 +408,67 @@ class IscsiDriver:
         rs.timer = rs.ctx.loop.call_later(1.0, lambda: self._tick(rs))
 
     def _tick(self, rs: ReactorIscsi) -> None:
+        try:
+            self._tick_all(rs)
+        finally:
+            # whatever happened above, the reactor's iSCSI timers go on
+            if id(rs.ctx) in self.reactors:
+                self._arm_timer(rs)
+
+    def _tick_all(self, rs: ReactorIscsi) -> None:
         now = time.monotonic()
         o = rs.view.options
         interval = float(o.get("nop_in_interval", 30))
         timeout = float(o.get("nop_timeout", 60))
+        login_timeout = float(o.get("login_timeout", LOGIN_TIMEOUT))
+        data_timeout = float(o.get("data_out_timeout", DATA_OUT_TIMEOUT))
+        poll = getattr(rs.iobufs, "poll", None)
+        if poll is not None:
+            poll()
         for sc in list(rs.conns):
-            c = sc.conn
-            if c.state == "login" and now - sc.started > LOGIN_TIMEOUT:
+            try:
+                self._tick_one(sc, now, interval, timeout, login_timeout, data_timeout)
+            except Exception:
+                # one connection's failure closes that connection only (counted)
+                sc.conn.crash("a timer")
+                sc._drop("internal error")
+
+    def _tick_one(
+        self,
+        sc: SockConn,
+        now: float,
+        interval: float,
+        timeout: float,
+        login_timeout: float,
+        data_timeout: float,
+    ) -> None:
+        c = sc.conn
+        if sc.route or c.state == "login":
+            if login_timeout > 0 and now - sc.started > login_timeout:
+                sc.rs.stats["login_timeouts"] += 1
+                c.hostlog.event(logging.INFO, "login not complete in %.0f s: closed", login_timeout)
                 sc._drop("login timeout")
-            elif c.state == "ffp" and interval > 0 and timeout > 0:
+        elif c.state == "ffp":
+            if interval > 0 and timeout > 0:
                 c.idle_check(now, interval, timeout)
-                sc.schedule_flush()
-        if id(rs.ctx) in self.reactors:
-            self._arm_timer(rs)
+            c.check_timeouts(now, data_timeout)
+            sc.schedule_flush()
 
     def accept(
         self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b""
     ) -> None:
         rs = self._rs(ctx)
+        cap = int(rs.view.options.get("max_connections_per_reactor", MAX_CONNECTIONS_PER_REACTOR))
+        if len(rs.conns) >= cap:
+            rs.stats["refused"] += 1
+            rs.refusals.event(
+                logging.WARNING,
+                "%d connections (max_connections_per_reactor): connection on %s refused",
+                len(rs.conns),
+                listener,
+            )
+            sock.close()
+            return
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -341,7 +480,10 @@ class IscsiDriver:
         rs.conns.add(sc)
         ctx.loop.add_fd(sc.fd, EPOLLIN, sc.on_events)
         if preread:
-            sc.conn.feed(preread)
+            try:
+                sc.conn.feed(preread)
+            except Exception:
+                sc.conn.crash("a PDU")
             sc.schedule_flush()
 
     def on_config(self, ctx: ReactorContext) -> None:
@@ -359,6 +501,17 @@ class IscsiDriver:
                     d["lcore_id"] = ctx.reactor_id
                     out.append(d)
             return out
+        if op == "iscsi.stats":
+            st: dict[str, Any] = dict(rs.stats)
+            st["connections"] = len(rs.conns)
+            st["cmdsn_dropped"] = sum(
+                x.stats["cmdsn_dropped"] for x in rs.sessions.sessions.values()
+            )
+            st["immediate_refused"] = sum(
+                x.stats["immediate_refused"] for x in rs.sessions.sessions.values()
+            )
+            st["unsent_bytes"] = sum(sc.out_bytes for sc in rs.conns)
+            return st
         if op == "iscsi.bdev_removed":
             rs.sync_devices()
             return True

@@ -46,6 +46,15 @@ ST_OUT_OF_RESOURCES = (3, 2)
 TEXT_LIMIT = 64 * 1024  # accumulated login text across C-bit PDUs
 
 
+def session_queue_depth(view: ConfigView, target: TargetView | None) -> int:
+    """Commands one session may have outstanding (the CmdSN window): the
+    target node's queue depth, capped by the global MaxQueueDepth."""
+    if target is None:
+        return 1
+    cap = int(view.options.get("max_queue_depth", 64) or 64)
+    return max(1, min(target.queue_depth, cap))
+
+
 class LoginFailed(Exception):
     def __init__(self, status: tuple[int, int], message: str) -> None:
         super().__init__(message)
@@ -385,7 +394,7 @@ class Login:
             tsih = self.outcome.tsih
             self.outcome.statsn = self.statsn
         exp = self.join.exp_cmdsn if self.join is not None else self.cmdsn
-        qd = self.target.queue_depth if self.target else 1
+        qd = session_queue_depth(self.view, self.target)
         lun = (self.isid << 16) | tsih
         w = (
             0,

@@ -107,6 +107,10 @@ def _check_bdev(ctx: Any, name: str) -> None:
     Param("pdu_pool_size", int, required=False),
     Param("immediate_data_pool_size", int, required=False),
     Param("data_out_pool_size", int, required=False),
+    Param("login_timeout", int, required=False),
+    Param("data_out_timeout", int, required=False),
+    Param("max_connections_per_reactor", int, required=False),
+    Param("max_transfer_length", int, required=False),
     aliases=("set_iscsi_options",),
 )
 def iscsi_set_options(ctx: Any, **opts: Any) -> bool:

@@ -15,10 +15,6 @@ if TYPE_CHECKING:
     from .nodes import TargetView
 
 
-def _noop() -> None:
-    pass
-
-
 def sn_lt(a: int, b: int) -> bool:
     """Serial number arithmetic (RFC 1982, 32 bits): a < b."""
     return a != b and ((b - a) & 0xFFFFFFFF) < 0x80000000
@@ -51,6 +47,12 @@ class Session:
         self.pg_tag = pg_tag
         self.queue_depth = max(1, queue_depth)
         self.exp_cmdsn = cmdsn & 0xFFFFFFFF
+        # MaxCmdSN moves when commands complete, not when they arrive: the
+        # free window plus the commands outstanding never exceed queue_depth
+        self._max_cmdsn = (self.exp_cmdsn + self.queue_depth - 1) & 0xFFFFFFFF
+        self.outstanding = 0  # delivered non-immediate commands not yet finished
+        self.outstanding_immediate = 0
+        self.stats = {"cmdsn_dropped": 0, "immediate_refused": 0}
         self.connections: list[Connection] = []
         # commands that arrived ahead of ExpCmdSN (MC/S): cmdsn -> deliver()
         self._ahead: dict[int, Callable[[], None]] = {}
@@ -65,7 +67,44 @@ class Session:
 
     @property
     def max_cmdsn(self) -> int:
-        return (self.exp_cmdsn + self.queue_depth - 1) & 0xFFFFFFFF
+        return self._max_cmdsn
+
+    def free_slots(self) -> int:
+        """CmdSNs the initiator may still use: [ExpCmdSN, MaxCmdSN]."""
+        return (self._max_cmdsn + 1 - self.exp_cmdsn) & 0xFFFFFFFF
+
+    def took(self) -> None:
+        """A non-immediate command was delivered (ExpCmdSN passed it)."""
+        self.outstanding += 1
+
+    def take_immediate(self) -> bool:
+        """Admit an immediate command that will hold resources (a SCSI
+        command): it counts against the window like any other, so it is
+        refused when the session already has queue_depth commands running."""
+        if self.outstanding + self.outstanding_immediate >= self.queue_depth:
+            self.stats["immediate_refused"] += 1
+            return False
+        self.outstanding_immediate += 1
+        return True
+
+    def done(self, immediate: bool) -> None:
+        """A command finished (response sent, aborted or dropped): its slot
+        opens the window again unless immediate commands hold it."""
+        if immediate:
+            if self.outstanding_immediate:
+                self.outstanding_immediate -= 1
+        elif self.outstanding:
+            self.outstanding -= 1
+        self._grow()
+
+    def _grow(self) -> None:
+        busy = self.outstanding + self.outstanding_immediate
+        free = self.free_slots()
+        if free > self.queue_depth:  # ExpCmdSN == MaxCmdSN + 1 wraps to 0 above
+            free = 0
+        while free + busy < self.queue_depth:
+            self._max_cmdsn = (self._max_cmdsn + 1) & 0xFFFFFFFF
+            free += 1
 
     def connection_count(self) -> int:
         return len(self.connections)
@@ -88,21 +127,29 @@ class Session:
             deliver()
             return True
         if not self.in_window(cmdsn):
+            self.stats["cmdsn_dropped"] += 1
             return False
         if cmdsn != self.exp_cmdsn:
             if cmdsn not in self._ahead:
                 self._ahead[cmdsn] = keep()
             return True
         self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
+        self.outstanding += 1
         if not self._aborted_sns or not self._skip(cmdsn):
             deliver()
+        else:
+            self.done(False)
         while self._ahead:
             nxt = self._ahead.pop(self.exp_cmdsn, None)
             if nxt is None:
                 break
             self.exp_cmdsn = (self.exp_cmdsn + 1) & 0xFFFFFFFF
+            self.outstanding += 1
             nxt()
         return True
+
+    def _done_window(self) -> None:
+        self.done(False)
 
     def _skip(self, cmdsn: int) -> bool:
         if cmdsn in self._aborted_sns:
@@ -116,7 +163,7 @@ class Session:
         """An aborted command that is still waiting for a CmdSN gap: it keeps
         its place in the order but does nothing when its turn comes."""
         if cmdsn in self._ahead:
-            self._ahead[cmdsn] = _noop
+            self._ahead[cmdsn] = self._done_window
         elif len(self._aborted_sns) < 1024:
             self._aborted_sns.add(cmdsn)
 

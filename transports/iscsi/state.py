@@ -38,6 +38,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "pdu_pool_size": 36864,
     "immediate_data_pool_size": 16384,
     "data_out_pool_size": 2048,
+    # blockfabric extensions (bounds against hostile hosts)
+    "login_timeout": 15,
+    "data_out_timeout": 30,
+    "max_connections_per_reactor": 1024,
+    "max_transfer_length": 32 * 1024 * 1024,
 }
 
 # (min, max) for numeric options, as SPDK validates them (iscsi_subsystem.c)
@@ -57,6 +62,10 @@ OPTION_RANGES: dict[str, tuple[int, int]] = {
     "pdu_pool_size": (1, 2**31 - 1),
     "immediate_data_pool_size": (1, 2**31 - 1),
     "data_out_pool_size": (1, 2**31 - 1),
+    "login_timeout": (0, 3600),
+    "data_out_timeout": (0, 3600),
+    "max_connections_per_reactor": (1, 65536),
+    "max_transfer_length": (64 * 1024, 64 * 1024 * 1024),
 }
 
 

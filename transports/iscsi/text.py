@@ -9,6 +9,7 @@ MAX_KEY_LEN = 63
 MAX_VALUE_LEN = 255
 # binary CHAP values may be long; SPDK allows 8192 bytes of text per value
 MAX_LONG_VALUE_LEN = 8192
+MAX_PAIRS = 256  # keys in one Login/Text exchange (RFC 7143 has ~30; a flood is refused)
 LONG_VALUE_KEYS = frozenset({"CHAP_C", "CHAP_R", "CHAP_N", "TargetAddress", "SendTargets"})
 _KEY_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-+@_")
 
@@ -45,6 +46,8 @@ def parse(data: bytes | bytearray | memoryview) -> list[tuple[str, str]]:
             val = v.decode("utf-8")
         except UnicodeDecodeError as e:
             raise TextError(f"value of {key} is not UTF-8") from e
+        if len(out) >= MAX_PAIRS:
+            raise TextError(f"more than {MAX_PAIRS} keys")
         if key in seen and key not in ("TargetAddress", "TargetName"):
             raise TextError(f"key {key} sent twice")
         seen.add(key)

@@ -19,6 +19,7 @@ import math
 import struct
 from typing import TYPE_CHECKING, Any
 
+from ...shm.iobuf import CHUNK, IoVec
 from . import discovery, spec
 from .core import ERROR_LOG_ENTRIES, FIRMWARE_REV, MAX_ASYNC_EVENTS, VENDOR_ID, Controller
 from .state import DEFAULT_MODEL
@@ -43,6 +44,8 @@ FUSES = 0x01  # Compare and Write
 OAES_NS_ATTR = 1 << 8
 OAES_DISC_CHANGE = 1 << 31
 DEFAULT_TEMP_THRESHOLD = 0x0157  # 343 K, the over-temperature default
+POOL_PAYLOAD_MIN = 4096  # admin payloads above this are staged in pool buffers
+_ZEROS = memoryview(bytes(CHUNK))
 
 
 def execute(req: Request) -> None:
@@ -198,16 +201,40 @@ def _log_args(req: Request) -> tuple[int, int, bool, int, int]:
 
 
 def _send_log(req: Request, page: bytes | bytearray, length: int, offset: int) -> None:
+    """Send ``length`` bytes of ``page`` from ``offset``. ``length`` was
+    checked against the transfer length (<= MDTS) before the page was built,
+    so nothing here is sized by the host's NUMD alone: at most the bytes asked
+    for, zero-filled past the end of the log."""
     if offset & 3 or offset > len(page):
         return req.complete(spec.ST_INVALID_FIELD)
-    out = bytearray(length)
     chunk = page[offset : offset + length]
-    out[: len(chunk)] = chunk
-    req.complete_with_data(out)
+    if len(chunk) == length:
+        return req.complete_with_data(chunk)
+    qp = req.qp
+    iob = qp.iobufs
+    if iob is None or length <= POOL_PAYLOAD_MIN or length > CHUNK:
+        out = bytearray(length)  # length <= the SGL length <= MDTS
+        out[: len(chunk)] = chunk
+        return req.complete_with_data(out)
+
+    def got(iov: IoVec) -> None:  # zero-filled past the log's end, in a pool buffer
+        v = iov.views[0]
+        k = len(chunk)
+        v[:k] = chunk
+        v[k:] = _ZEROS[: length - k]
+        req.iov = None  # the output owns it now, until sent
+        req.complete_with_data(v)
+        qp.hold_tx(iov)
+
+    qp.acquire(req, length, got)
 
 
 def get_log_page(req: Request, ctrl: Controller) -> None:
     lid, _lsp, rae, length, offset = _log_args(req)
+    if length > req.sgl_len:
+        # NUMD asks for more than the host's buffer (the SGL, itself capped by
+        # MDTS): refused before anything is built, as Linux nvmet does
+        return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
     if ctrl.subsys.is_discovery:
         if lid == spec.LID_DISCOVERY:
             page = discovery.log_page(req.qp.target, ctrl.hostnqn, req.qp.listener)
@@ -405,8 +432,7 @@ def set_features(req: Request, ctrl: Controller) -> None:
         ctrl.features[fid] = cdw11 & supported
         return req.complete(0)
     if fid == spec.FID_VOLATILE_WC:
-        ctrl.features[fid] = cdw11 & 0x1
-        return req.complete(0)
+        return _set_vwc(req, ctrl, cdw11 & 0x1)
     if fid in (
         spec.FID_ARBITRATION,
         spec.FID_POWER_MGMT,
@@ -418,6 +444,22 @@ def set_features(req: Request, ctrl: Controller) -> None:
         ctrl.features[fid] = cdw11
         return req.complete(0)
     req.complete(spec.ST_INVALID_FIELD)
+
+
+def _set_vwc(req: Request, ctrl: Controller, vwc: int) -> None:
+    """VWC 0: write-through (every write durable before it completes) on all
+    I/O queues of the controller, on every reactor; 1: back to write-back.
+    Completes once every reactor has switched, so a write the host submits
+    after this completion is already covered."""
+    ctrl.features[spec.FID_VOLATILE_WC] = vwc
+    ctrl.vwc_local(vwc)
+
+    def done(ok: bool, result: Any) -> None:
+        req.complete(0 if ok else spec.ST_INTERNAL)
+
+    ctrl.target.ctx.call(
+        "nvmf.ctrlr_vwc", {"nqn": ctrl.subsys.nqn, "cntlid": ctrl.cntlid, "vwc": vwc}, done
+    )
 
 
 # -------------------------------------------------------------- the others

@@ -58,6 +58,10 @@ class TransportOpts:
         self.c2h_success = bool(o["c2h_success"])
         self.kas = int(o["kas"])
         self.sock_priority = int(o["sock_priority"])
+        self.connect_timeout = int(o["connect_timeout_ms"]) / 1000.0
+        self.h2c_data_timeout = int(o["h2c_data_timeout_ms"]) / 1000.0
+        self.max_unsent_bytes = int(o["max_unsent_bytes"])
+        self.max_connections = int(o["max_connections_per_reactor"])
         # the admin queue accepts 8 KiB in capsule (Linux sends Connect data inline)
         self.admin_icd = max(8192, self.in_capsule_data_size)
 
@@ -71,7 +75,7 @@ class TransportOpts:
 
 
 class Namespace:
-    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64", "bdev", "chan")
+    __slots__ = ("nsid", "bdev_name", "uuid", "nguid", "eui64", "bdev", "chan", "copies")
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.nsid = int(d["nsid"])
@@ -83,6 +87,8 @@ class Namespace:
         # snapshot builds new Namespace objects, so the cache never goes stale)
         self.bdev: Any = None
         self.chan: Any = None
+        # the channel copies read data (aio, nvme): reads go into pool buffers
+        self.copies = False
 
     def ident(self) -> tuple[str, bytes, bytes, bytes]:
         return (self.bdev_name, self.uuid, self.nguid, self.eui64)
@@ -153,6 +159,7 @@ class QueuePair:
         self.counters = Counters()
         self.closed = False
         self.connect_pending = False
+        self.write_through = False  # VWC = 0 on the controller: every write is FUA
 
     # implemented by the transport
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
@@ -247,17 +254,25 @@ class Controller:
 
     def _check_kato(self) -> None:
         self._timer = None
+        try:
+            self._check_kato_now()
+        except Exception:  # containment: this controller only
+            self.target.stats["qpair_exceptions"] += 1
+            log.exception("nvmf: keep-alive check of cntlid %d failed: tearing down", self.cntlid)
+            self.target.destroy_controller(self, "internal error")
+
+    def _check_kato_now(self) -> None:
         if self.destroyed or self.kato_ms <= 0:
             return
         deadline = self.last_ka + self.kato_ms / 1000.0
         now = time.monotonic()
         if now >= deadline:
-            log.warning(
-                "nvmf: keep-alive timeout (%d ms) for %s cntlid %d: tearing down",
-                self.kato_ms,
-                self.subsys.nqn,
-                self.cntlid,
-            )
+            msg = "keep-alive timeout (%d ms) for %s cntlid %d: tearing down"
+            hl = getattr(self.admin_qp, "hlog", None)
+            if hl is not None:
+                hl.event(logging.WARNING, msg, self.kato_ms, self.subsys.nqn, self.cntlid)
+            else:
+                log.warning("nvmf: " + msg, self.kato_ms, self.subsys.nqn, self.cntlid)
             self.target.destroy_controller(self, "keep-alive timeout")
         else:
             self._timer = self.target.ctx.loop.call_later(deadline - now, self._check_kato)
@@ -303,6 +318,12 @@ class Controller:
                 ),
             )
 
+    def vwc_local(self, vwc: int) -> None:
+        """Switch this reactor's I/O queues of the controller (the supervisor
+        tells the other reactors)."""
+        for qp in self.io_qpairs:
+            qp.write_through = not vwc
+
     # -- error log ----------------------------------------------------------------
     def record_error(
         self, qid: int, cid: int, status: int, nsid: int = 0, loc: int = 0xFFFF
@@ -333,7 +354,19 @@ class NvmfTarget:
         self.genctr = 0
         self.controllers: dict[tuple[str, int], Controller] = {}
         self.qpairs: set[QueuePair] = set()
-        self.stats = {"admin_qpairs": 0, "io_qpairs": 0, "completed_nvme_io": 0}
+        self.stats = {
+            "admin_qpairs": 0,
+            "io_qpairs": 0,
+            "completed_nvme_io": 0,
+            # hostile hosts (issue 8)
+            "qpair_exceptions": 0,  # handler exceptions contained (connection closed)
+            "connect_timeouts": 0,  # no ICReq + Connect in time
+            "h2c_timeouts": 0,  # R2T transfers whose data never came
+            "refused_connections": 0,  # over max_connections_per_reactor
+            "iobuf_waits": 0,  # R2T transfers that queued for pool buffers
+            "admin_data_bytes": 0,  # admin payload bytes built
+        }
+        self.clock: Callable[[], float] = time.monotonic  # tests substitute a fake clock
         self.stopping = False  # reactor shutdown: no messages to the supervisor
         self.apply_config(getattr(ctx, "nvmf_config", None) or {})
 
@@ -477,8 +510,23 @@ class NvmfTarget:
             "current_io_qpairs": sum(1 for q in self.qpairs if q.qid > 0),
             "pending_bdev_io": 0,
             "completed_nvme_io": self.stats["completed_nvme_io"],
+            "qpair_exceptions": self.stats["qpair_exceptions"],
+            "connect_timeouts": self.stats["connect_timeouts"],
+            "h2c_timeouts": self.stats["h2c_timeouts"],
+            "refused_connections": self.stats["refused_connections"],
+            "iobuf_waits": self.stats["iobuf_waits"],
             "transports": [{"trtype": "TCP"}],
         }
+
+    def set_write_through(self, nqn: str, cntlid: int, on: bool) -> int:
+        """Volatile Write Cache changed on a controller: switch its I/O queues here."""
+        n = 0
+        for qp in self.qpairs:
+            if qp.qid > 0 and qp.subsys is not None and qp.subsys.nqn == nqn:
+                if qp.cntlid == cntlid:
+                    qp.write_through = on
+                    n += 1
+        return n
 
     def shutdown(self) -> None:
         self.stopping = True

@@ -14,6 +14,14 @@ the supervisor's broadcasts and queries:
 * "nvmf.get_controllers" {nqn?}                 -> [controller description]
 * "nvmf.stats" {}                               -> poll group statistics
 * "nvmf.counters" {nqn, cntlid}                 -> {read_bytes, write_bytes, read_cmds, write_cmds}
+* "nvmf.set_vwc" {nqn, cntlid, vwc}             -> number of I/O queues switched
+
+Backpressure: while more than ``max_unsent_bytes`` of a connection's output
+is unsent the queue pair stops parsing (``qp.paused``) and the connection is
+taken off EPOLLIN; it is resumed once the output drained below half the
+bound. A reactor accepts at most ``max_connections_per_reactor`` connections
+(one rate-limited log line per refusal burst). An exception escaping a
+connection's event handler closes that connection only (``qp.crash``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 
 from ...actors.context import ReactorContext
 from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from ...control.hostlog import HostLog
 from ..base import register_driver
 from .core import NvmfTarget
 from .tcp import TcpQpair
@@ -47,6 +56,8 @@ class TcpConnection:
         "flush_scheduled",
         "reading",
         "driver",
+        "pending_bytes",
+        "sent_total",
     )
 
     def __init__(
@@ -66,6 +77,8 @@ class TcpConnection:
         except OSError:
             peer = "?"
         self.pending: list[Any] = []  # buffers not yet accepted by the kernel
+        self.pending_bytes = 0
+        self.sent_total = 0
         self.closed = False
         self.flush_scheduled = False
         self.reading = False
@@ -75,14 +88,19 @@ class TcpConnection:
 
     # -- events ------------------------------------------------------------------
     def _on_events(self, ev: int) -> None:
-        if ev & EPOLLIN:
-            self._read()
-        if self.closed:
-            return
-        if ev & EPOLLOUT:
-            self._flush()
-        elif ev & (EPOLLERR | EPOLLHUP) and not ev & EPOLLIN:
-            self.close()
+        try:
+            if ev & EPOLLIN:
+                self._read()
+            if self.closed:
+                return
+            if ev & EPOLLOUT:
+                self._flush()
+            elif ev & (EPOLLERR | EPOLLHUP) and not ev & EPOLLIN:
+                self.close()
+        except Exception as e:  # containment: this connection only
+            self.qp.crash(e, "socket events")
+            if not self.closed:
+                self._final_close()
 
     def _read(self) -> None:
         qp = self.qp
@@ -110,7 +128,7 @@ class TcpConnection:
                 qp.received(n)
             finally:
                 self.reading = False
-            if qp.want_close or n < want:
+            if qp.want_close or qp.paused or n < want:
                 break
         self._flush()
 
@@ -125,8 +143,46 @@ class TcpConnection:
         if self.closed:
             return
         qp = self.qp
+        try:
+            while True:
+                self._send()
+                if self.closed:
+                    return
+                qp.backlog = self.pending_bytes
+                if not (qp.paused and self.pending_bytes <= qp.opts.max_unsent_bytes // 2):
+                    break
+                qp.resume()  # drained: parse what is buffered, then read again
+                if not qp.out:
+                    break
+        except Exception as e:
+            qp.crash(e, "output")
+            self._final_close()
+            return
+        if self.closed:
+            return
+        mask = 0 if qp.paused else EPOLLIN
+        if self.pending:
+            self._set_mask(mask | EPOLLOUT)
+        else:
+            self._set_mask(mask)
+            if qp.want_close:
+                self.close()
+
+    def _send(self) -> None:
+        qp = self.qp
         if qp.out:
             self.pending.extend(qp.take_output())
+            self.pending_bytes += qp.last_taken
+        before = self.pending_bytes
+        try:
+            self._sendmsg()
+        finally:
+            self.sent_total += before - self.pending_bytes
+            if qp._held:
+                qp.sent_upto(self.sent_total)
+
+    def _sendmsg(self) -> None:
+        qp = self.qp
         pending = self.pending
         sendmsg = self.sock.sendmsg
         while pending:
@@ -143,7 +199,9 @@ class TcpConnection:
                 break
             if sent == sum(map(len, batch)) and batch is pending:
                 pending.clear()  # the usual case: everything went out
+                self.pending_bytes = 0
                 break
+            self.pending_bytes -= sent
             if batch is pending:
                 batch = pending[:]
             # drop what went out, keep the unsent tail of a partial buffer
@@ -162,12 +220,8 @@ class TcpConnection:
             if i < nb:
                 pending[0] = batch[i]
                 break
-        if pending:
-            self._set_mask(EPOLLIN | EPOLLOUT)
-        else:
-            self._set_mask(EPOLLIN)
-            if qp.want_close:
-                self.close()
+        if not pending:
+            self.pending_bytes = 0
 
     def _set_mask(self, mask: int) -> None:
         if mask != self.mask:
@@ -181,6 +235,7 @@ class TcpConnection:
         if not self.closed:
             if qp.out:
                 self.pending.extend(qp.take_output())
+                self.pending_bytes += qp.last_taken
             self.ctx.loop.call_soon(self._final_close)
 
     def _final_close(self) -> None:
@@ -199,6 +254,7 @@ class TcpConnection:
             return
         self.closed = True
         self.pending.clear()
+        self.pending_bytes = 0
         self.ctx.loop.remove_fd(self.fd)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -208,6 +264,7 @@ class TcpConnection:
         self.driver.conns.discard(self)
         if not self.qp.closed:
             self.qp.close("connection closed")
+        self.qp.release_tx()  # the socket is gone: no buffer is being sent any more
 
 
 class NvmfTcpDriver:
@@ -216,6 +273,7 @@ class NvmfTcpDriver:
     def __init__(self) -> None:
         self.targets: dict[int, NvmfTarget] = {}
         self.conns: set[TcpConnection] = set()
+        self.refusals: dict[int, HostLog] = {}
 
     def target(self, ctx: ReactorContext) -> NvmfTarget:
         t = self.targets.get(id(ctx))
@@ -228,6 +286,24 @@ class NvmfTcpDriver:
         self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b""
     ) -> None:
         target = self.target(ctx)
+        cap = target.opts.max_connections
+        if len(target.qpairs) >= cap:
+            target.stats["refused_connections"] += 1
+            hl = self.refusals.get(id(ctx))
+            if hl is None:
+                hl = self.refusals[id(ctx)] = HostLog(log, f"nvmf-tcp reactor {ctx.reactor_id}")
+            hl.event(
+                logging.WARNING,
+                "connection from %s refused: this reactor already has %d connections "
+                "(max_connections_per_reactor)",
+                _peer(sock),
+                cap,
+            )
+            try:
+                sock.close()
+            except OSError:
+                pass
+            return
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -265,6 +341,8 @@ class NvmfTcpDriver:
             return t.get_stats()
         if op == "nvmf.counters":
             return t.counters_for(str(nqn), int(args["cntlid"]))
+        if op == "nvmf.set_vwc":
+            return t.set_write_through(str(nqn), int(args["cntlid"]), not int(args["vwc"]))
         log.debug("nvmf: unknown event %s", op)
         return None
 
@@ -276,6 +354,13 @@ class NvmfTcpDriver:
             c.close()
         if t is not None:
             t.shutdown()
+
+
+def _peer(sock: socket.socket) -> str:
+    try:
+        return "{}:{}".format(*sock.getpeername()[:2])
+    except OSError:
+        return "?"
 
 
 DRIVER = NvmfTcpDriver()

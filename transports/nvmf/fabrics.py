@@ -43,6 +43,14 @@ def execute(req: Request) -> None:
     req.complete(spec.ST_INVALID_OPCODE)
 
 
+def _hostlog(qp: Any, msg: str, *args: object) -> None:
+    hl = getattr(qp, "hlog", None)
+    if hl is not None:
+        hl.event(logging.INFO, msg, *args)
+    else:
+        log.info("nvmf: " + msg, *args)
+
+
 def _invalid(req: Request, offset: int, in_data: bool) -> None:
     req.complete(spec.ST_CONNECT_INVALID_PARAM, spec.connect_ipo(offset, in_data))
 
@@ -73,15 +81,19 @@ def connect(req: Request) -> None:
         return _invalid(req, spec.CONNECT_DATA_OFF_HOSTNQN, True)
     subnqn = raw_sub[: raw_sub.index(b"\0")].decode("utf-8", "replace")
     hostnqn = raw_host[: raw_host.index(b"\0")].decode("utf-8", "replace")
+    # everything is copied out: drop the view so that waiting for the
+    # supervisor does not pin the connection's receive buffer
+    req.data = None
+    del data
     opts = target.opts
     if sqsize == 0 or sqsize >= (opts.max_aq_depth if qid == 0 else opts.max_queue_depth):
         return _invalid(req, spec.CONNECT_OFF_SQSIZE, False)
     ss = target.subsystem(subnqn)
     if ss is None or not ss.listener_allowed(qp.listener):
-        log.info("nvmf: connect to unknown subsystem %r (or not on %s)", subnqn, qp.listener)
+        _hostlog(qp, "connect to unknown subsystem %r (or not on %s)", subnqn, qp.listener)
         return _invalid(req, spec.CONNECT_DATA_OFF_SUBNQN, True)
     if not ss.host_allowed(hostnqn):
-        log.info("nvmf: host %r may not access %s", hostnqn, subnqn)
+        _hostlog(qp, "host %r may not access %s", hostnqn, subnqn)
         return req.complete(
             spec.ST_CONNECT_INVALID_HOST, spec.connect_ipo(spec.CONNECT_DATA_OFF_HOSTNQN, True)
         )
@@ -178,6 +190,7 @@ def _connect_io(
         qp.subsys = target.subsystem(ss.nqn) or ss
         qp.cntlid = cntlid
         qp.hostnqn = hostnqn
+        qp.write_through = not int(result.get("vwc", 1))
         ctrl = target.find_local_ctrlr(ss.nqn, cntlid)
         if ctrl is not None:
             ctrl.io_qpairs.add(qp)
@@ -255,7 +268,7 @@ def set_cc(ctrl: Controller, new: int) -> None:
             ctrl.csts = (ctrl.csts & ~spec.CSTS_CFS) | spec.CSTS_RDY
             target.ctx.call("nvmf.ctrlr_state", {**args, "enabled": True}, lambda ok, r: None)
         else:
-            log.warning("nvmf: CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
+            _hostlog(ctrl.admin_qp, "CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
             ctrl.csts |= spec.CSTS_CFS
     elif not new & spec.CC_EN and old & spec.CC_EN:
         # controller reset: I/O queues go on every reactor, AERs are dropped

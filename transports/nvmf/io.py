@@ -7,14 +7,25 @@ LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
 Command Opcode. Read data is handed to the transport as the channel's
 memoryview (zero copy).
+
+Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
+write half of a fused Compare-and-Write, and every write of a queue whose
+controller has the Volatile Write Cache off (``qp.write_through``), reaches
+the channel as ``fua=True`` (Write Zeroes: the zeroes, then a flush), so
+the data is durable before the command completes. Flush flushes.
+Compare-and-Write is the channel's atomic ``compare_and_write`` (a range
+lock every reactor honours); a miscompare writes nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import IoChannel, IoStatus
+from ...shm.iobuf import CHUNK, IoVec
 from . import spec
 
 if TYPE_CHECKING:
@@ -41,18 +52,33 @@ def status_of(st: IoStatus, is_read: bool = False) -> int:
     return spec.ST_READ_ERROR if is_read else spec.ST_WRITE_FAULT
 
 
+def _open(ns: Any, ctx: Any) -> None:
+    bdev = ns.bdev = ctx.bdev(ns.bdev_name)
+    ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
+    ns.copies = ch is not None and copies_reads(ch)
+
+
+def async_copying_ns(qp: Any, nsid: int) -> bool:
+    """The namespace's bdev copies and completes later (aio, nvme): data the
+    host sent in the capsule must not stay in the receive buffer meanwhile."""
+    ns = qp.subsys.namespaces.get(nsid) if qp.subsys is not None else None
+    if ns is None:
+        return False
+    if ns.chan is None:
+        _open(ns, qp.target.ctx)
+    return bool(ns.copies)
+
+
 def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
     """(channel, block_size, num_blocks) or (None, status, 0)."""
     ss = req.qp.subsys
     ns = ss.namespaces.get(req.nsid) if ss is not None else None
     if ns is None:
         return None, spec.ST_INVALID_NS, 0
+    if ns.chan is None:
+        _open(ns, req.qp.target.ctx)
     ch = ns.chan
     bdev = ns.bdev
-    if ch is None:
-        ctx = req.qp.target.ctx
-        bdev = ns.bdev = ctx.bdev(ns.bdev_name)
-        ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
     if ch is None or bdev is None or bdev.removed or ch.removed:
         ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
@@ -92,6 +118,23 @@ def execute(req: Request) -> None:
     h(req)
 
 
+ZERO_COPY_MODULES = (".malloc", ".null")
+
+
+def copies_reads(ch: IoChannel) -> bool:
+    """True when the channel copies read data into a buffer we give it
+    (``read(..., into=)``: aio, nvme); malloc/null hand out their own memory."""
+    declared = getattr(ch, "zero_copy_reads", None)
+    if declared is not None:
+        return not declared
+    if type(ch).__module__.endswith(ZERO_COPY_MODULES):
+        return False
+    try:
+        return "into" in inspect.signature(ch.read).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def read(req: Request) -> None:
     r = _ranged(req)
     if r is None:
@@ -100,7 +143,8 @@ def read(req: Request) -> None:
     n = nlb * bs
     if n > req.sgl_len:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.read_cmds += 1
     c.read_bytes += n
 
@@ -109,9 +153,22 @@ def read(req: Request) -> None:
             return req.complete(status_of(status, True))
         if data is None or len(data) < n:
             return req.complete(spec.ST_DATA_TRANSFER_ERROR)
+        iov = req.iov
+        if iov is None or qp.closed:
+            return req.complete_with_data(data)
+        req.iov = None  # from here the buffer belongs to the output, until sent
         req.complete_with_data(data)
+        qp.hold_tx(iov)
 
-    ch.read(slba, nlb, done)
+    iob = qp.iobufs
+    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if iob is None or ns is None or not ns.copies or n > CHUNK:
+        return ch.read(slba, nlb, done)
+
+    def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
+        ch.read(slba, nlb, done, into=iov.views[0])
+
+    qp.acquire(req, n, got)
 
 
 def write(req: Request) -> None:
@@ -121,14 +178,43 @@ def write(req: Request) -> None:
     ch, bs, slba, nlb = r
     n = nlb * bs
     data = req.data
-    if data is None or len(data) < n:
+    iov = req.iov
+    multi = data is None and iov is not None and len(iov.views) > 1
+    have = iov.nbytes if multi else (0 if data is None else len(data))  # type: ignore[union-attr]
+    if have < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    if len(data) > n:
-        data = data[:n]
-    c = req.qp.counters
+    qp = req.qp
+    c = qp.counters
     c.write_cmds += 1
     c.write_bytes += n
-    ch.write(slba, data, lambda s: req.complete(status_of(s)))
+    fua = req.fua
+    if multi:
+        assert iov is not None
+        # an R2T transfer in several pool chunks: one channel write per chunk
+        ops: list[Callable[[Any], None]] = []
+        off = 0
+        for v in iov.views:
+            if off >= n:
+                break
+            part = v[: n - off] if off + len(v) > n else v
+            ops.append(_chunk_op(ch, slba + off // bs, part, fua))
+            off += len(part)
+        return _fan_out(req, ops)
+    assert data is not None
+    if len(data) > n:
+        data = data[:n]
+    _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
+
+
+def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable[[Any], None]:
+    return lambda cb: _write(ch, slba, part, cb, fua)
+
+
+def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
+    if fua:
+        ch.write(slba, data, cb, fua=True)
+    else:
+        ch.write(slba, data, cb)
 
 
 def flush(req: Request) -> None:
@@ -152,7 +238,15 @@ def write_zeroes(req: Request) -> None:
     if r is None:
         return
     ch, bs, slba, nlb = r
-    ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
+    if not req.fua:
+        return ch.write_zeroes(slba, nlb, lambda s: req.complete(status_of(s)))
+
+    def zeroed(s: IoStatus) -> None:
+        if s:
+            return req.complete(status_of(s))
+        ch.flush(lambda fs: req.complete(status_of(fs)))  # FUA: durable before completion
+
+    ch.write_zeroes(slba, nlb, zeroed)
 
 
 def dataset_management(req: Request) -> None:
@@ -204,7 +298,7 @@ def compare(req: Request) -> None:
     data = req.data
     if data is None or len(data) < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
-    ch.compare(slba, data[:n], lambda s: req.complete(status_of(s)))
+    ch.compare(slba, data[:n], lambda s, *_first_diff: req.complete(status_of(s)))
 
 
 # ------------------------------------------------------------------ fused
@@ -253,7 +347,9 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
     c.write_cmds += 1
     c.write_bytes += n
 
-    def done(s: IoStatus) -> None:
+    def done(s: IoStatus, first_diff: int = -1) -> None:
+        # cb(status, first_diff) per the bdev contract (first_diff unused:
+        # NVMe's Compare Failure carries no offset)
         if s == IoStatus.MISCOMPARE:
             cmp.complete(spec.ST_COMPARE_FAILURE)
             wr.complete(spec.ST_FUSED_FAIL)
@@ -264,7 +360,10 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
             cmp.complete(0)
             wr.complete(0)
 
-    ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
+    if wr.fua:
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)
+    else:
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
 
 
 HANDLERS = {

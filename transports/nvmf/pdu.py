@@ -239,6 +239,22 @@ class PduReader:
             self._buf = nb
         self._start, self._end = 0, pending
 
+    def reserve(self, size: int) -> None:
+        """Grow the buffer to ``size`` bytes (keeping unparsed bytes); a
+        connection starts small and grows once the IC exchange is done, so an
+        idle or half-open connection holds only a few KiB."""
+        if size <= len(self._buf):
+            return
+        pending = self._end - self._start
+        nb = bytearray(size)
+        nb[:pending] = self._buf[self._start : self._end]
+        self._buf = nb
+        self._start, self._end = 0, pending
+
+    @property
+    def capacity(self) -> int:
+        return len(self._buf)
+
     def get_buffer(self) -> memoryview:
         """Writable view of the free space (drop it before the next call)."""
         if self._start == self._end and self._start:

@@ -54,6 +54,10 @@ _TCP_OPTS: dict[str, tuple[type, int | None, int | None]] = {
     "disable_command_passthru": (bool, None, None),
     "kas": (int, 0, 65535),
     "min_kato": (int, 1, None),
+    "connect_timeout_ms": (int, 0, 3_600_000),
+    "h2c_data_timeout_ms": (int, 0, 3_600_000),
+    "max_unsent_bytes": (int, 65536, 1 << 30),
+    "max_connections_per_reactor": (int, 1, 1 << 20),
 }
 # RDMA / vfio-user only options SPDK's rpc.py may send: accepted, ignored
 _IGNORED_TRANSPORT = (

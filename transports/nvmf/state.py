@@ -63,6 +63,16 @@ TCP_DEFAULTS: dict[str, Any] = {
     # up to a multiple of it, like SPDK (default 100 = 10 s)
     "kas": 100,
     "min_kato": 10000,
+    # blockfabric extensions (hostile hosts, issue 8); 0 disables a timeout
+    # a connection must complete ICReq + admin/I/O Connect within this time
+    "connect_timeout_ms": 10000,
+    # an R2T whose H2CData has not all arrived within this time fails its
+    # command and closes the connection
+    "h2c_data_timeout_ms": 10000,
+    # stop reading a connection while this many response bytes are unsent
+    "max_unsent_bytes": 4 << 20,
+    # connections one reactor accepts (beyond: refused with a log line)
+    "max_connections_per_reactor": 1024,
 }
 
 DEFAULT_SERIAL = "00000000000000000000"
@@ -81,6 +91,7 @@ class CtrlrEntry:
     admin_reactor: int
     kato_ms: int = 0
     enabled: bool = False
+    vwc: int = 1  # Volatile Write Cache feature (0: write-through on every I/O queue)
     qpairs: dict[int, int] = field(default_factory=dict)  # qid -> reactor id
 
     def describe(self) -> dict[str, Any]:
@@ -92,6 +103,7 @@ class CtrlrEntry:
             "admin_reactor": self.admin_reactor,
             "kato_ms": self.kato_ms,
             "enabled": self.enabled,
+            "vwc": self.vwc,
             "io_qpairs": dict(self.qpairs),
         }
 
@@ -260,6 +272,17 @@ class NvmfState:
             if n == nqn and (hostnqn is None or e.hostnqn == hostnqn)
         ]
 
+    def on_reactor_died(self, ctx: RpcContext, reactor_id: int) -> None:
+        """A reactor died (the supervisor restarts it): the controllers whose
+        admin queue it held are gone (cntlids freed, every reactor closes their
+        I/O queues); I/O queues it held of other controllers are forgotten."""
+        for (nqn, cntlid), e in list(self.ctrlrs.items()):
+            if e.admin_reactor == reactor_id:
+                self.drop_ctrlr(ctx, nqn, cntlid)
+            else:
+                for qid in [q for q, r in e.qpairs.items() if r == reactor_id]:
+                    del e.qpairs[qid]
+
     def drop_ctrlr(
         self, ctx: RpcContext | None, nqn: str, cntlid: int, notify: bool = True
     ) -> bool:
@@ -323,7 +346,7 @@ def op_find_ctrlr(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> dic
     if not e.enabled:
         return {"error": "not_enabled"}
     e.qpairs[qid] = reactor_id
-    return {"admin_reactor": e.admin_reactor}
+    return {"admin_reactor": e.admin_reactor, "vwc": e.vwc}
 
 
 @supervisor_op("nvmf.qpair_added")
@@ -352,6 +375,19 @@ def op_ctrlr_state(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> bo
     e.enabled = bool(args["enabled"])
     if "kato_ms" in args:
         e.kato_ms = int(args["kato_ms"])
+    return True
+
+
+@supervisor_op("nvmf.ctrlr_vwc")
+def op_ctrlr_vwc(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> bool:
+    """Set Features Volatile Write Cache: record it (new I/O queues inherit
+    it) and switch the controller's I/O queues on every reactor before the
+    admin command completes."""
+    e = _state(ctx).ctrlrs.get((args["nqn"], int(args["cntlid"])))
+    if e is None:
+        return False
+    e.vwc = int(args["vwc"]) & 1
+    ctx.gather("nvmf.set_vwc", {"nqn": e.nqn, "cntlid": e.cntlid, "vwc": e.vwc})
     return True
 
 

@@ -13,16 +13,37 @@ closes the socket once ``want_close`` is set and the output is drained.
 from asynchronous bdevs or supervisor replies).
 
 Read data goes out as the memoryview the bdev channel returned: no copy.
+
+Hostile hosts (issue 8): every buffer a host can make us hold is bounded.
+R2T transfers take their buffer from the reactor's pool (``ctx.iobufs``)
+before the R2T goes out; when the pool is empty the command waits (FIFO) and
+gets its R2T once a buffer is free. The receive buffer is 8 KiB until the IC
+exchange is done. A connection that has not completed ICReq + Connect within
+``connect_timeout_ms`` is closed, and so is one whose H2CData does not arrive
+within ``h2c_data_timeout_ms`` of the R2T (the command fails first). Parsing
+stops while more than ``max_unsent_bytes`` of output wait for the socket (the
+driver then stops reading, `paused`). An unexpected exception in a handler,
+a completion or a timer closes only this connection (`crash`).
+
+Memory one connection can make the reactor hold, outside the pool: the
+receive buffer (``2 * (max_io_size + 256)``, 257 KiB by default), at most
+``max_unsent_bytes`` + one command's data (MDTS) of unsent output, and the
+queue-depth-bounded request objects; inside the pool: at most queue depth x
+MDTS of R2T buffers, shared FIFO with every other connection of the reactor.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ...bdevs.base import IoStatus
+from ...control.hostlog import HostLog
+from ...shm.iobuf import CHUNK, IoBufs, IoVec, IoWait
 from . import admin, fabrics, io, spec
 from . import pdu as P
 from .core import NvmfTarget, QueuePair
@@ -31,6 +52,8 @@ log = logging.getLogger(__name__)
 
 HPDA_MAX = 31
 XFER_NONE, XFER_H2C, XFER_C2H = 0, 1, 2
+IC_BUFSIZE = 8192  # receive buffer before the IC exchange (an ICReq is 128 bytes)
+FUA = 1 << 30  # CDW12 bit 30 of Write / Write Zeroes / Compare
 
 
 class Request:
@@ -52,6 +75,9 @@ class Request:
         "ddgst_err",
         "fused",
         "ctx",
+        "iov",
+        "wait",
+        "deadline",
     )
 
     def __init__(
@@ -75,6 +101,9 @@ class Request:
         self.ddgst_err = False
         self.fused: Request | None = None
         self.ctx: Any = None  # command-specific state (e.g. connect)
+        self.iov: IoVec | None = None  # pool buffers of an R2T transfer
+        self.wait: IoWait | None = None  # queued for pool buffers
+        self.deadline = 0.0  # H2CData must have arrived by then
 
     def complete(self, status: int = 0, result: int = 0) -> None:
         self.qp.complete(self, status, result)
@@ -82,18 +111,37 @@ class Request:
     def complete_with_data(
         self, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
     ) -> None:
-        self.qp.complete_with_data(self, data, status, result)
+        qp = self.qp
+        if qp.qid <= 0:  # admin payloads built: what the bounds tests count
+            qp.target.stats["admin_data_bytes"] += len(data)
+        qp.complete_with_data(self, data, status, result)
+
+    @property
+    def fua(self) -> bool:
+        """FUA asked (CDW12 bit 30) or the controller is in write-through (VWC = 0)."""
+        return bool(self.sqe.cdw12 & FUA) or self.qp.write_through
 
     # bound-method callbacks of the fast path (no closure per command)
     def read_done(self, status: IoStatus, data: memoryview | None) -> None:
-        if status:
-            return self.qp.complete(self, io.status_of(status, True))
-        if data is None or len(data) < self.sgl_len:
-            return self.qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
-        self.qp.complete_with_data(self, data)
+        try:
+            if status:
+                return self.qp.complete(self, io.status_of(status, True))
+            if data is None or len(data) < self.sgl_len:
+                return self.qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
+            self.qp.complete_with_data(self, data)
+        except Exception as e:
+            self.qp.crash(e, "a read completion")
 
     def write_done(self, status: IoStatus) -> None:
-        self.qp.complete(self, io.status_of(status) if status else 0)
+        try:
+            self.qp.complete(self, io.status_of(status) if status else 0)
+        except Exception as e:
+            self.qp.crash(e, "a write completion")
+
+    def got_iov(self, iov: IoVec) -> None:
+        """The pool granted this R2T transfer its buffers: ask for the data."""
+        self.qp._send_r2t(self)
+        self.qp._wake()
 
 
 _FAST_SQE = spec.Sqe(0, 0, 0, 0, 0, 0, 0, bytes(16), 0, 0, 0, 0, 0, 0)
@@ -126,10 +174,11 @@ class TcpQpair(QueuePair):
         self.opts = opts
         self.maxh2cdata = opts.max_io_size
         self.c2h_unit = max(4096, min(opts.io_unit_size, opts.max_io_size))
+        self.bufsize = max(1 << 18, 2 * (opts.max_io_size + 256))
         self.reader = P.PduReader(
             P.CONTROLLER,
             max_data={P.CAPSULE_CMD: opts.admin_icd, P.H2C_DATA: self.maxh2cdata},
-            bufsize=max(1 << 18, 2 * (opts.max_io_size + 256)),
+            bufsize=IC_BUFSIZE,
         )
         self.hdgst = False
         self.ddgst = False
@@ -147,6 +196,25 @@ class TcpQpair(QueuePair):
         self._pool: list[bytearray] = []
         self.fused_first: Request | None = None
         self.close_reason = ""
+        ctx = target.ctx
+        self.iobufs: IoBufs | None = getattr(ctx, "iobufs", None)
+        self.hlog = HostLog(log, f"nvmf-tcp {peer}")
+        self.write_through = False  # VWC = 0 on this queue's controller: every write FUA
+        # backpressure: response bytes produced since take_output / held unsent by the driver
+        self.out_bytes = 0
+        self.backlog = 0
+        self.paused = False
+        self.crashed = False
+        self._h2c_timer: Any = None
+        self._conn_timer: Any = None
+        # pool buffers whose bytes are queued for the socket: released once
+        # the driver reports them sent (byte marks of the taken output)
+        self.taken_total = 0
+        self.last_taken = 0
+        self._hold_now: list[IoVec] = []
+        self._held: deque[tuple[int, list[IoVec]]] = deque()
+        if opts.connect_timeout > 0:
+            self._conn_timer = ctx.loop.call_later(opts.connect_timeout, self._connect_timeout)
         target.qpairs.add(self)
 
     # ------------------------------------------------------------ input side
@@ -169,22 +237,112 @@ class TcpQpair(QueuePair):
             self.received(n)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """Feed bytes, return the output produced (sans-I/O tests)."""
-        self.feed_input(data)
-        return self.take_output()
+        """Feed bytes, return the output produced (sans-I/O tests; the output
+        counts as sent at once, so backpressure pauses are resumed here)."""
+        out: list[Any] = []
+        mv = memoryview(data)
+        while mv and not self.want_close:
+            buf = self.get_buffer()
+            n = min(len(buf), len(mv))
+            buf[:n] = mv[:n]
+            del buf
+            mv = mv[n:]
+            self.received(n)
+            while self.paused and not self.want_close:
+                out += self.take_output()
+                self.resume()
+        return out + self.take_output()
 
     def take_output(self) -> list[Any]:
         out, self.out = self.out, []
+        self.out_bytes = 0
+        n = self.last_taken = sum(map(len, out))
+        self.taken_total += n
+        if self._hold_now:
+            self._held.append((self.taken_total, self._hold_now))
+            self._hold_now = []
+        if self.wake is None:  # no driver (sans-I/O use): taken counts as sent
+            self.sent_upto(self.taken_total)
         return out
 
+    # -- pool buffers -----------------------------------------------------------------
+    def acquire(self, req: Request, nbytes: int, fn: Callable[[IoVec], None]) -> None:
+        """Pool buffers for ``req`` (``req.iov``), then ``fn(iov)``: now, or
+        first come first served once buffers are released (possibly from
+        another connection's completion). A grant for a request that finished
+        or a closed connection goes straight back; an exception in ``fn`` is
+        contained to this connection. Raises ValueError when the whole pool
+        could never hold ``nbytes``."""
+        iob = self.iobufs
+        assert iob is not None
+
+        def grant(iov: IoVec) -> None:
+            req.wait = None
+            if req.done or self.closed:
+                return iob.release(iov)
+            req.iov = iov
+            try:
+                fn(iov)
+            except Exception as e:
+                if req.iov is iov:
+                    req.iov = None
+                    iob.release(iov)
+                self.crash(e, "a pool buffer grant")
+
+        w = iob.acquire(nbytes, grant)
+        if w is not None:
+            req.wait = w
+            self.target.stats["iobuf_waits"] += 1
+
+    # -- transmit buffers from the pool -------------------------------------------
+    def hold_tx(self, iov: IoVec) -> None:
+        """``iov``'s bytes were just queued in ``out``: keep the buffers until sent."""
+        if self.closed:
+            assert self.iobufs is not None
+            self.iobufs.release(iov)
+        else:
+            self._hold_now.append(iov)
+
+    def sent_upto(self, total: int) -> None:
+        """The driver has sent ``total`` bytes of taken output in all."""
+        held = self._held
+        while held and held[0][0] <= total:
+            for iov in held.popleft()[1]:
+                self.iobufs.release(iov)  # type: ignore[union-attr]
+
+    def release_tx(self) -> None:
+        """Nothing more will be sent (the socket is closed): free what was held."""
+        for _mark, iovs in self._held:
+            for iov in iovs:
+                self.iobufs.release(iov)  # type: ignore[union-attr]
+        self._held.clear()
+        for iov in self._hold_now:
+            self.iobufs.release(iov)  # type: ignore[union-attr]
+        self._hold_now = []
+
+    @property
+    def over_limit(self) -> bool:
+        return self.out_bytes + self.backlog > self.opts.max_unsent_bytes
+
+    def resume(self) -> None:
+        """The driver drained our output below the bound: parse what is buffered."""
+        if self.paused:
+            self.paused = False
+            self.process()
+
     def process(self) -> None:
-        if self.want_close or self.closed:
+        if self.want_close or self.closed or self.paused:
             return
         reader = self.reader
         try:
             while True:
                 if self.fast_ok:
                     self._fast_loop()
+                    if self.paused or self.want_close:
+                        return
+                if self.over_limit:
+                    self.paused = True  # stop parsing until the output drains
+                    return
                 pdu = reader.next_pdu()
                 if pdu is None:
                     return
@@ -193,6 +351,95 @@ class TcpQpair(QueuePair):
                     return
         except P.PduError as e:
             self.fatal(e.fes, e.fei, e.msg, e.header)
+        except Exception as e:
+            self.crash(e, "a PDU")
+
+    def crash(self, exc: BaseException, what: str) -> None:
+        """Containment: an unexpected exception while handling ``what`` closes
+        this connection only (C2HTermReq, requests and buffers freed), logs
+        the traceback once and counts it (nvmf_get_stats)."""
+        if self.crashed:
+            return
+        self.crashed = True
+        self.target.stats["qpair_exceptions"] += 1
+        self.hlog.event(
+            logging.ERROR,
+            "internal error while handling %s (%s: %s): closing the connection",
+            what,
+            type(exc).__name__,
+            exc,
+            exc_info=True,
+        )
+        try:
+            if not self.want_close:
+                self.out.append(P.encode_term_req(P.C2H_TERM_REQ, P.FES_PDU_SEQUENCE_ERROR, 0, b""))
+                self.want_close = True
+            self.close_reason = self.close_reason or f"internal error: {exc!r}"
+            self.close(self.close_reason)
+        except Exception:  # never let teardown itself escape
+            log.exception("nvmf-tcp %s: teardown after an internal error failed", self.peer)
+            self.closed = True
+
+    # -- timers ----------------------------------------------------------------
+    def _clock(self) -> float:
+        clock: Callable[[], float] = getattr(self.target, "clock", time.monotonic)
+        return clock()
+
+    def _connect_timeout(self) -> None:
+        self._conn_timer = None
+        try:
+            if self.closed or self.qid >= 0:
+                return
+            if self.connect_pending:
+                # the supervisor is answering our Connect: look again shortly
+                self._conn_timer = self.target.ctx.loop.call_later(1.0, self._connect_timeout)
+                return
+            self.target.stats["connect_timeouts"] += 1
+            self.hlog.event(
+                logging.WARNING,
+                "no ICReq + Connect within %.1f s: closing the connection",
+                self.opts.connect_timeout,
+            )
+            self.close("connect timeout")
+        except Exception as e:
+            self.crash(e, "the connect timer")
+
+    def _arm_h2c_timer(self) -> None:
+        t = self.opts.h2c_data_timeout
+        if self._h2c_timer is not None or t <= 0 or not self.ttags or self.closed:
+            return
+        first = min(r.deadline for r in self.ttags.values())
+        delay = max(0.0, first - self._clock())
+        self._h2c_timer = self.target.ctx.loop.call_later(delay, self.check_h2c_timeouts)
+
+    def check_h2c_timeouts(self) -> None:
+        """Fail every R2T transfer whose data is overdue and close the
+        connection (the host stalled); re-arm for the next deadline."""
+        self._h2c_timer = None
+        try:
+            if self.closed or self.want_close:
+                return
+            now = self._clock()
+            late = [r for r in self.ttags.values() if r.deadline <= now]
+            if not late:
+                return self._arm_h2c_timer()
+            self.target.stats["h2c_timeouts"] += len(late)
+            self.hlog.event(
+                logging.WARNING,
+                "H2CData for %d command(s) not received within %.1f s of the R2T "
+                "(first CID %d): failing them and closing the connection",
+                len(late),
+                self.opts.h2c_data_timeout,
+                late[0].cid,
+            )
+            for r in late:
+                self.complete(r, spec.ST_TRANSIENT_TRANSPORT_ERROR)
+            self.close_reason = "H2CData timeout"
+            self.want_close = True
+            self.reader.failed = self.reader.failed or P.PduError(0, 0, "H2CData timeout")
+            self._wake()
+        except Exception as e:
+            self.crash(e, "the H2CData timer")
 
     def _fast_loop(self) -> None:
         """Read/Write commands on an I/O queue, straight from the receive
@@ -211,9 +458,14 @@ class TcpQpair(QueuePair):
         max_io = self.opts.max_io_size
         ch_unpack = P.CH.unpack_from
         rw_unpack = _RW.unpack_from
+        limit_out = self.opts.max_unsent_bytes - self.backlog
+        wt = self.write_through
         n_io = 0
         try:
             while end - s >= 72:
+                if self.out_bytes > limit_out:
+                    self.paused = True  # backpressure: stop until the output drains
+                    return
                 t, fl, hl, pdo, plen = ch_unpack(buf, s)
                 if t != 4 or fl or hl != 72:
                     return
@@ -222,8 +474,8 @@ class TcpQpair(QueuePair):
                     return
                 # what io._channel checks, for a namespace whose channel is open
                 ns = namespaces.get(nsid)
-                if ns is None:
-                    return
+                if ns is None or ns.copies:
+                    return  # (a copying bdev reads into pool buffers: general path)
                 ch = ns.chan
                 bdev = ns.bdev
                 if ch is None or bdev is None or ch.removed or bdev.removed:
@@ -274,7 +526,10 @@ class TcpQpair(QueuePair):
                     c.write_cmds += 1
                     c.write_bytes += n
                     n_io += 1
-                    ch.write(slba, req.data, req.write_done)
+                    if wt or c12 & FUA:
+                        ch.write(slba, req.data, req.write_done, fua=True)
+                    else:
+                        ch.write(slba, req.data, req.write_done)
                 else:
                     return
                 if self.want_close:
@@ -300,7 +555,7 @@ class TcpQpair(QueuePair):
         """Send a C2HTermReq and close after it is flushed."""
         if self.want_close:
             return
-        log.warning("nvmf-tcp %s: fatal error (FES %#x, FEI %d): %s", self.peer, fes, fei, msg)
+        self.hlog.event(logging.WARNING, "fatal error (FES %#x, FEI %d): %s", fes, fei, msg)
         self.out.append(P.encode_term_req(P.C2H_TERM_REQ, fes, fei, header))
         self.close_reason = msg
         self.want_close = True
@@ -321,8 +576,8 @@ class TcpQpair(QueuePair):
             self._icreq(pdu)
         elif t == P.H2C_TERM_REQ:
             fes, fei = P.parse_term(pdu.hdr)
-            log.info(
-                "nvmf-tcp %s: host terminated the connection (FES %#x FEI %d)", self.peer, fes, fei
+            self.hlog.event(
+                logging.INFO, "host terminated the connection (FES %#x FEI %d)", fes, fei
             )
             self.close_reason = "H2CTermReq"
             self.want_close = True
@@ -345,6 +600,7 @@ class TcpQpair(QueuePair):
         r = self.reader
         r.ic_done = True
         r.hdgst, r.ddgst, r.rx_pda = self.hdgst, self.ddgst, self.cpda
+        r.reserve(self.bufsize)  # now the host may send full-size PDUs
         self.ic_done = True
 
     # -- commands ------------------------------------------------------------
@@ -394,6 +650,13 @@ class TcpQpair(QueuePair):
             req.sgl_len = sgl.length
             if sgl.length and data is not None:
                 req.data = data[sgl.address : sgl.address + sgl.length]
+                if (
+                    self.qid > 0
+                    and self.iobufs is not None
+                    and sgl.length <= CHUNK
+                    and io.async_copying_ns(self, req.nsid)
+                ):
+                    return self._stage_incapsule(req)
             return self._execute(req)
         if ident == spec.SGL_TYPE_TRANSPORT:
             if data is not None:
@@ -402,11 +665,27 @@ class TcpQpair(QueuePair):
                 return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
             req.sgl_len = sgl.length
             if req.xfer & XFER_H2C and sgl.length:
-                return self._send_r2t(req)
+                return self._start_h2c(req)
             return self._execute(req)
         if sgl.length == 0 and ident == 0:
             return self._execute(req)  # an all-zero descriptor: no data
         return self.complete(req, spec.ST_SGL_INVALID_TYPE)
+
+    def _stage_incapsule(self, req: Request) -> None:
+        """In-capsule data for an asynchronous bdev moves to a pool buffer
+        (FIFO, so commands that wait keep their order, fused pairs included),
+        so the receive buffer is never pinned by commands in flight."""
+        view = req.data
+        assert view is not None
+
+        def got(iov: IoVec) -> None:
+            v = iov.views[0]
+            v[:] = view
+            req.data = v
+            self._execute(req)
+            self._wake()
+
+        self.acquire(req, len(view), got)
 
     def _execute(self, req: Request) -> None:
         if self.fused_first is not None or req.sqe.fuse:
@@ -414,17 +693,30 @@ class TcpQpair(QueuePair):
             return
         dispatch(req)
 
+    def _start_h2c(self, req: Request) -> None:
+        """Buffers first (from the pool, FIFO when it is empty), then the R2T."""
+        iob = self.iobufs
+        if iob is None:
+            return self._send_r2t(req)  # no pool on this reactor: bounded bytearrays
+        try:
+            self.acquire(req, req.sgl_len, req.got_iov)
+        except ValueError:  # the whole pool could never hold it
+            return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
+
     def _send_r2t(self, req: Request) -> None:
         ttag = self._next_ttag
         while True:
             ttag = (ttag + 1) & 0xFFFF
-            if ttag not in self.ttags:
+            if ttag and ttag not in self.ttags:  # 0 means "no R2T" (req.ttag)
                 break
         self._next_ttag = ttag
         req.ttag = ttag
         self.ttags[ttag] = req
         # one R2T for the whole transfer (max_io_size == MAXH2CDATA)
         self.out.extend(P.encode_r2t(req.cid, ttag, 0, req.sgl_len, self.hdgst))
+        if self.opts.h2c_data_timeout > 0:
+            req.deadline = self._clock() + self.opts.h2c_data_timeout
+            self._arm_h2c_timer()
 
     def _h2c_data(self, pdu: P.Pdu) -> None:
         cccid, ttag, datao, datal = P.parse_data_hdr(pdu.hdr)
@@ -449,7 +741,10 @@ class TcpQpair(QueuePair):
         assert pdu.data is not None
         if not pdu.ddgst_ok:
             req.ddgst_err = True
-        if datao == 0 and datal == req.sgl_len:
+        iov = req.iov
+        if iov is not None:
+            _copy_in(iov, datao, pdu.data)  # into the pool buffers
+        elif datao == 0 and datal == req.sgl_len:
             req.data = pdu.data  # zero copy: the whole transfer in one PDU
         else:
             if req.buf is None:
@@ -459,7 +754,14 @@ class TcpQpair(QueuePair):
         if req.h2c_off < req.sgl_len:
             return
         del self.ttags[ttag]
-        if req.buf is not None:
+        if iov is not None:
+            if len(iov.views) == 1:
+                req.data = iov.views[0][: req.sgl_len]
+            elif req.opcode != spec.IO_WRITE or self.qid <= 0:
+                # only Write moves chunk by chunk; other commands with more
+                # than one chunk (Compare above 128 KiB) get one MDTS-bounded copy
+                req.data = memoryview(b"".join(iov.views))[: req.sgl_len]
+        elif req.buf is not None:
             req.data = memoryview(req.buf)[: req.sgl_len]
         if req.ddgst_err:
             return self.complete(req, spec.ST_TRANSIENT_TRANSPORT_ERROR)
@@ -472,6 +774,15 @@ class TcpQpair(QueuePair):
 
     def _release(self, req: Request) -> None:
         req.data = None
+        if req.iov is not None or req.wait is not None:
+            iob = self.iobufs
+            assert iob is not None
+            if req.wait is not None:
+                iob.cancel(req.wait)
+                req.wait = None
+            if req.iov is not None:
+                iob.release(req.iov)
+                req.iov = None
         if req.buf is not None:
             if len(self._pool) < 8 and len(req.buf) == self.opts.max_io_size:
                 self._pool.append(req.buf)
@@ -481,6 +792,7 @@ class TcpQpair(QueuePair):
 
     # ------------------------------------------------------------ output side
     def _send_resp(self, cid: int, status: int, result: int) -> None:
+        self.out_bytes += 24
         if not self.hdgst:
             self.out.append(
                 _RESP_PACK(
@@ -493,28 +805,45 @@ class TcpQpair(QueuePair):
         )
 
     def _finish(self, req: Request, status: int) -> bool:
-        if req.done or self.closed:
+        if req.done:
             return False
         req.done = True
         if self.reqs.get(req.cid) is req:
             del self.reqs[req.cid]
-        self._release(req)
+        self._release(req)  # also after close: a bdev finished with the buffers
+        if self.closed:
+            return False
         if status and self.ctrl is not None:
             self.ctrl.record_error(max(self.qid, 0), req.cid, status, req.nsid)
         return True
 
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
-        if not self._finish(req, status):
-            return
-        self._send_resp(req.cid, status, result)
-        self._wake()
+        try:
+            if not self._finish(req, status):
+                return
+            self._send_resp(req.cid, status, result)
+            self._wake()
+        except Exception as e:
+            self.crash(e, "a completion")
 
     def complete_with_data(
         self, req: Request, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
     ) -> None:
-        if req.done or self.closed:
+        try:
+            self._complete_with_data(req, data, status, result)
+        except Exception as e:
+            self.crash(e, "a completion with data")
+
+    def _complete_with_data(
+        self, req: Request, data: bytes | bytearray | memoryview, status: int, result: int
+    ) -> None:
+        if req.done:
+            return
+        if self.closed:
+            self._finish(req, status)
             return
         n = min(len(data), req.sgl_len)
+        self.out_bytes += n
         mv = data if isinstance(data, memoryview) else memoryview(data)
         if n < len(mv):
             mv = mv[:n]
@@ -580,17 +909,46 @@ class TcpQpair(QueuePair):
         self.closed = True
         self.want_close = True
         self.close_reason = self.close_reason or reason
+        for t in (self._conn_timer, self._h2c_timer):
+            if t is not None:
+                t.cancel()
+        self._conn_timer = self._h2c_timer = None
+        # requests still waiting for data or pool buffers free them now; one
+        # that a bdev (or the supervisor) is working on frees them when it
+        # completes, so no buffer is reused under an in-flight write
+        idle = set(map(id, self.ttags.values()))
+        if self.fused_first is not None:
+            idle.add(id(self.fused_first))
+            self.fused_first = None
         for req in list(self.reqs.values()):
-            req.done = True
-            req.data = None
+            if id(req) in idle or req.wait is not None or req.iov is None:
+                req.done = True
+                self._release(req)
         self.reqs.clear()
         self.ttags.clear()
+        if self.wake is None:
+            self.release_tx()  # sans-I/O: nothing is still being sent
+        self.hlog.close()
         self.target.qpair_closed(self)
         if self.on_close is not None:
             self.on_close(self)
 
     def __repr__(self) -> str:
         return f"<TcpQpair {self.peer} qid={self.qid} cntlid={self.cntlid}>"
+
+
+def _copy_in(iov: IoVec, off: int, data: memoryview) -> None:
+    """Copy ``data`` to byte ``off`` of a transfer's pool chunks."""
+    i, o = divmod(off, CHUNK)
+    pos, n = 0, len(data)
+    views = iov.views
+    while pos < n:
+        v = views[i]
+        k = min(len(v) - o, n - pos)
+        v[o : o + k] = data[pos : pos + k]
+        pos += k
+        i += 1
+        o = 0
 
 
 def dispatch(req: Request) -> None:

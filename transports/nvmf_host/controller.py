@@ -531,11 +531,14 @@ class Controller:
         bq.execute(lambda cb: bq.q.read(nsid, slba, nlb, buf, cb), f"Read LBA {slba}")
         return bytes(buf)
 
-    def write(self, nsid: int, slba: int, data: bytes, block_size: int, q: int = 0) -> None:
+    def write(
+        self, nsid: int, slba: int, data: bytes, block_size: int, q: int = 0, fua: bool = False
+    ) -> None:
         bq = self._ioq(q)
         mv = memoryview(data)
         bq.execute(
-            lambda cb: bq.q.write(nsid, slba, len(data) // block_size, mv, cb), f"Write LBA {slba}"
+            lambda cb: bq.q.write(nsid, slba, len(data) // block_size, mv, cb, fua=fua),
+            f"Write LBA {slba}",
         )
 
     def flush(self, nsid: int, q: int = 0) -> None:

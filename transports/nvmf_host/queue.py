@@ -370,7 +370,9 @@ class HostQueue:
         data: memoryview,
         cb: Completion | None,
         ctx: Any = None,
+        fua: bool = False,
     ) -> Request:
+        """Write; ``fua`` sets Force Unit Access (CDW12 bit 30)."""
         r = self._alloc(cb, ctx)
         n = len(data)
         inc = n <= self.icd_max
@@ -392,7 +394,7 @@ class HostQueue:
             _SGL_INCAPSULE if inc else _SGL_TRANSPORT,
             slba & 0xFFFFFFFF,
             slba >> 32,
-            nlb - 1,
+            (nlb - 1) | (0x40000000 if fua else 0),
             0,
             0,
             0,

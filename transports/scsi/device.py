@@ -109,11 +109,23 @@ class ScsiDevice:
         for lun in self.luns.values():
             lun.abort_task_set(initiator_port)
 
-    def target_reset(self) -> None:
-        for lun in self.luns.values():
-            lun.abort_task_set(None)
+    def target_reset(self, on_done: Callable[[], None] | None = None) -> None:
+        """TARGET WARM RESET: every task of every LUN aborted, SPC-2
+        reservations dropped, a power-on unit attention for everyone;
+        ``on_done`` once every aborted task has finished."""
+        luns = list(self.luns.values())
+        left = [len(luns) + 1]
+
+        def one() -> None:
+            left[0] -= 1
+            if left[0] == 0 and on_done is not None:
+                on_done()
+
+        for lun in luns:
+            lun.abort_task_set(None, one)
             self.pr_store.lun_reset(lun.lun_id)
             self.establish_ua(lun.lun_id, None, ASC_POWER_ON_RESET)
+        one()
 
     def apply_pr_result(self, r: PrResult) -> None:
         for note in r.notices:

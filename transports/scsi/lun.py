@@ -4,7 +4,7 @@ in-flight tracking for task management and hot-remove."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blockfabric.bdevs.base import Bdev, IoChannel, IoStatus
 
@@ -57,6 +57,14 @@ def _sync(fn: Callable[[ScsiLun, ScsiTask], None]) -> Handler:
     return h
 
 
+# bytes of one READ/WRITE (Block Limits VPD); libiscsi's WRITE SAME tests
+# write 65536 blocks of 512 bytes in one command
+DEFAULT_MAX_TRANSFER = 32 * 1024 * 1024
+CAW_BUFFER = 128 * 1024  # compare + write data of one COMPARE AND WRITE (one pool chunk)
+
+Key = tuple[str, int, int]  # (initiator port, tag, offset of a piece of the transfer)
+
+
 class ScsiLun:
     # limits reported in the Block Limits VPD page
     max_caw_blocks = 255
@@ -71,6 +79,8 @@ class ScsiLun:
         bdev: Bdev,
         channel_getter: Callable[[], IoChannel | None],
         device: ScsiDevice,
+        iobufs: Any = None,
+        max_transfer_bytes: int = DEFAULT_MAX_TRANSFER,
     ) -> None:
         self.lun_id = lun_id
         self.bdev = bdev
@@ -79,9 +89,19 @@ class ScsiLun:
         self.mode = ModePages()
         self.read_only = False
         self.removed = False
-        self.inflight: dict[tuple[str, int], ScsiTask] = {}
+        self.inflight: dict[Key, ScsiTask] = {}
         self._on_gone: Callable[[], None] | None = None
-        self.optimal_transfer_blocks = max(1, (1 << 20) // bdev.block_size)
+        # task-management waits: (which tasks, callback once none is in flight)
+        self._idle_waiters: list[tuple[Callable[[Key], bool], Callable[[], None]]] = []
+        bs = bdev.block_size
+        self.optimal_transfer_blocks = max(1, (1 << 20) // bs)
+        self.max_transfer_blocks = max(1, max_transfer_bytes // bs)
+        # the compare and the write data of one COMPARE AND WRITE fit one chunk
+        self.max_caw_blocks = max(1, min(255, CAW_BUFFER // (2 * bs)))
+        # transfer buffers from the shared pool (shm/iobuf.IoBufs); reads of a
+        # bdev that copies (aio, nvme) are staged there, malloc stays zero-copy
+        self.iobufs = iobufs
+        self.stage_reads = iobufs is not None and bdev.MODULE in ("aio", "nvme")
 
     # ----------------------------------------------------------- helpers
     def channel(self) -> IoChannel:
@@ -127,7 +147,7 @@ class ScsiLun:
                 raise invalid_cdb(0)
             nexus = (task.initiator_port, task.target_port)
             dev = self.device
-            if op not in _UA_EXEMPT:
+            if op not in _UA_EXEMPT and not task.offset:
                 ua = dev.pop_ua(self.lun_id, nexus)
                 if ua is not None:
                     task.check_condition(build_sense(UNIT_ATTENTION, *ua))
@@ -141,15 +161,17 @@ class ScsiLun:
             task.check_condition(e.sense)
             done(task)
             return
-        key = (task.initiator_port, task.tag)
+        key = (task.initiator_port, task.tag, task.offset)
         self.inflight[key] = task
 
-        def fin(t: ScsiTask, _done: Done = done, _key: tuple[str, int] = key) -> None:
+        def fin(t: ScsiTask, _done: Done = done, _key: Key = key) -> None:
             if self.inflight.get(_key) is t:
                 del self.inflight[_key]
             if t.aborted:
                 t.status, t.sense, t.data_in = TASK_ABORTED, b"", []
             _done(t)
+            if self._idle_waiters:
+                self._wake_idle()
             if self.removed and not self.inflight:
                 self._gone()
 
@@ -164,27 +186,57 @@ class ScsiLun:
                 fin(task)
 
     # ------------------------------------------------- task management
-    def abort_task(self, tag: int, initiator_port: str) -> bool:
-        """ABORT TASK: the task completes with TASK ABORTED status when its I/O
-        returns (the transport may then drop the response). False if unknown."""
-        t = self.inflight.get((initiator_port, tag))
-        if t is None:
-            return False
-        t.aborted = True
-        return True
+    def abort_task(
+        self, tag: int, initiator_port: str, on_done: Callable[[], None] | None = None
+    ) -> bool:
+        """ABORT TASK: the task (every piece of it) completes with TASK ABORTED
+        status when its I/O returns (the transport may then drop the
+        response); ``on_done`` runs once none of it is in flight any more, so
+        "function complete" goes out only after the medium saw its last
+        write (RFC 7143 11.5). False if unknown (``on_done`` runs at once)."""
 
-    def abort_task_set(self, initiator_port: str | None = None) -> int:
+        def match(k: Key) -> bool:
+            return k[0] == initiator_port and k[1] == tag
+
+        return self._abort(match, on_done) > 0
+
+    def abort_task_set(
+        self, initiator_port: str | None = None, on_done: Callable[[], None] | None = None
+    ) -> int:
+        """ABORT TASK SET (one initiator) or every task (None); ``on_done``
+        once none of them is in flight."""
+
+        def match(k: Key) -> bool:
+            return initiator_port is None or k[0] == initiator_port
+
+        return self._abort(match, on_done)
+
+    def _abort(self, match: Callable[[Key], bool], on_done: Callable[[], None] | None) -> int:
         n = 0
-        for (ip, _), t in self.inflight.items():
-            if initiator_port is None or ip == initiator_port:
+        for k, t in self.inflight.items():
+            if match(k):
                 t.aborted = True
                 n += 1
+        if on_done is not None:
+            if n:
+                self._idle_waiters.append((match, on_done))
+            else:
+                on_done()
         return n
 
-    def reset(self) -> None:
+    def _wake_idle(self) -> None:
+        ready = [w for w in self._idle_waiters if not any(w[0](k) for k in self.inflight)]
+        if not ready:
+            return
+        self._idle_waiters = [w for w in self._idle_waiters if w not in ready]
+        for _, cb in ready:
+            cb()
+
+    def reset(self, on_done: Callable[[], None] | None = None) -> None:
         """LOGICAL UNIT RESET: abort every task, drop SPC-2 reservations (persistent
-        ones survive), and tell every I_T nexus with a unit attention 29h/03h."""
-        self.abort_task_set(None)
+        ones survive), and tell every I_T nexus with a unit attention 29h/03h;
+        ``on_done`` once every aborted task has finished."""
+        self.abort_task_set(None, on_done)
         self.device.pr_store.lun_reset(self.lun_id)
         self.device.establish_ua(self.lun_id, None, ASC_BUS_DEVICE_RESET)
 

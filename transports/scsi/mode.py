@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from .cdb import MODE_SELECT_10, MODE_SENSE_10, be
 from .sense import (
-    ASC_SAVING_NOT_SUPPORTED,
-    ILLEGAL_REQUEST,
-    SenseError,
     invalid_cdb,
     invalid_param,
     param_list_length,
@@ -51,10 +48,14 @@ _DEFAULTS = {k: bytes(v) for k, v in _default_pages().items()}
 
 
 class ModePages:
-    """Current mode page values of one LUN (shared by every I_T nexus)."""
+    """Mode page values of one LUN, shared by every I_T nexus (SPC-4 allows
+    one set per LU): current values (MODE SELECT changes them; WCE = 0 makes
+    every write write-through) and saved values (MODE SELECT with SP = 1;
+    they live as long as the LUN)."""
 
     def __init__(self) -> None:
         self.pages = _default_pages()
+        self.saved = _default_pages()
 
     @property
     def wce(self) -> bool:
@@ -69,6 +70,8 @@ class ModePages:
             return _CHANGEABLE[code]
         if pc == PC_DEFAULT:
             return _DEFAULTS[code]
+        if pc == PC_SAVED:
+            return bytes(self.saved[code])
         return bytes(self.pages[code])
 
     def sense(self, cdb: bytes, block_size: int, num_blocks: int, write_protected: bool) -> bytes:
@@ -79,8 +82,6 @@ class ModePages:
         pc = cdb[2] >> 6
         code = cdb[2] & 0x3F
         sub = cdb[3]
-        if pc == PC_SAVED:
-            raise SenseError(ILLEGAL_REQUEST, ASC_SAVING_NOT_SUPPORTED)
         if code == PAGE_ALL:
             if sub not in (0x00, 0xFF):
                 raise invalid_cdb(3)
@@ -116,8 +117,7 @@ class ModePages:
     def select(self, cdb: bytes, param: bytes | memoryview, block_size: int) -> bool:
         """Apply MODE SELECT(6)/(10); True when a current value changed."""
         ten = cdb[0] == MODE_SELECT_10
-        if cdb[1] & 0x01:
-            raise invalid_cdb(1, 0)  # SP: saved pages are not supported
+        save = bool(cdb[1] & 0x01)  # SP: also make the values the saved ones
         plen = be(cdb, 7, 2) if ten else cdb[4]
         if plen == 0:
             return False
@@ -166,4 +166,6 @@ class ModePages:
             if page[2:] != new[2:]:
                 page[2:] = new[2:]
                 changed = True
+            if save:
+                self.saved[code][2:] = new[2:]
         return changed

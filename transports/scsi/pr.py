@@ -173,6 +173,27 @@ def transport_id(initiator_port: str) -> bytes:
     return bytes((0x40 | ISCSI_PROTOCOL_ID, 0)) + len(name).to_bytes(2, "big") + name
 
 
+def durable_replace(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a power loss leaves either the
+    old or the new file: write a temporary file, fsync it, rename it over
+    the old one, fsync the folder (the rename itself)."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 class PrStore:
     def __init__(self, aptpl_path: str | None = None, relative_port_id: int = 1) -> None:
         self.aptpl_path = aptpl_path
@@ -197,10 +218,7 @@ class PrStore:
         if not self.aptpl_path:
             return
         data = {"luns": {str(k): v.to_json() for k, v in self.luns.items() if v.aptpl}}
-        tmp = self.aptpl_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.aptpl_path)
+        durable_replace(self.aptpl_path, json.dumps(data).encode())
 
     def state(self, lun: int) -> LunPr:
         st = self.luns.get(lun)

@@ -7,6 +7,7 @@ I/O is issued or arranges for `fin(task)` to be called exactly once.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,16 +69,117 @@ def miscompare(offset: int) -> bytes:
     return build_sense(MISCOMPARE, *ASC_MISCOMPARE_VERIFY, info=offset)
 
 
+# byte of the TRANSFER LENGTH field per CDB group (6, 10, 12 and 16 bytes)
+_TL_BYTE = {0: 4, 1: 7, 2: 7, 4: 10, 5: 6}
+
+
+def _check_transfer(lun: ScsiLun, cdb: bytes, n: int) -> None:
+    """READ/WRITE above the Block Limits MAXIMUM TRANSFER LENGTH (SBC-3 6.5.3)."""
+    mx = lun.max_transfer_blocks
+    if mx and n > mx:
+        raise invalid_cdb(_TL_BYTE.get(cdb[0] >> 5, 0))
+
+
+def wants_fua(lun: ScsiLun, cdb: bytes) -> bool:
+    """Must this write be durable before GOOD? Always with the write cache
+    disabled (WCE = 0: write-through); else when the CDB sets FUA or FUA_NV
+    (treated as FUA). WRITE(6) has neither bit."""
+    if not lun.mode.wce:
+        return True
+    return cdb[0] >> 5 != 0 and bool(cdb[1] & 0x0A)
+
+
+_KW_CACHE: dict[tuple[type, str, str], bool] = {}
+
+
+def takes(ch: Any, method: str, kw: str) -> bool:
+    """Does this channel's ``method`` take keyword ``kw``? (bdev modules move
+    to the FUA / read-into interface one by one; cached per class)."""
+    key = (type(ch), method, kw)
+    got = _KW_CACHE.get(key)
+    if got is None:
+        try:
+            got = kw in inspect.signature(getattr(ch, method)).parameters
+        except (TypeError, ValueError):
+            got = False
+        _KW_CACHE[key] = got
+    return got
+
+
+def bdev_write(
+    ch: Any, lba: int, data: memoryview, cb: Callable[[IoStatus], None], fua: bool
+) -> None:
+    if not fua:
+        ch.write(lba, data, cb)
+    elif takes(ch, "write", "fua"):
+        ch.write(lba, data, cb, fua=True)
+    else:
+        # a module without FUA: a flush after the write gives the same promise
+        def _written(st: IoStatus) -> None:
+            if st:
+                cb(st)
+            else:
+                ch.flush(cb)
+
+        ch.write(lba, data, _written)
+
+
+class _Steps:
+    """Run asynchronous steps one after another without recursing when the
+    channel completes synchronously (malloc, null): a loop of any length
+    uses constant stack. ``step(cb)`` issues one I/O and returns False when
+    there is nothing left; ``end(status)`` runs once."""
+
+    def __init__(
+        self, step: Callable[[Callable[[IoStatus], None]], bool], end: Callable[[IoStatus], None]
+    ) -> None:
+        self.step = step
+        self.end = end
+        self._sync = False
+        self._box: list[IoStatus] = []
+
+    def start(self) -> None:
+        self._run(IoStatus.SUCCESS)
+
+    def _cb(self, st: IoStatus, *_: Any) -> None:
+        if self._sync:
+            self._box.append(st)
+        else:
+            self._run(st)
+
+    def _run(self, st: IoStatus) -> None:
+        while True:
+            if st:
+                self.end(st)
+                return
+            self._box.clear()
+            self._sync = True
+            try:
+                more = self.step(self._cb)
+            finally:
+                self._sync = False
+            if not more:
+                self.end(IoStatus.SUCCESS)
+                return
+            if not self._box:
+                return  # completes later through _cb
+            st = self._box[0]
+
+
 # ------------------------------------------------------------------ read
 def read(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     cdb = task.cdb
     lba, n, _ = C.parse_rw(cdb)
     _protect_field(cdb)
     check_range(lun, lba, n)
+    _check_transfer(lun, cdb, n)
     if n == 0:
         fin(task)
         return
     ch = lun.channel()
+    if lun.stage_reads and lun.iobufs is not None:
+        _staged_read(lun, task, fin, ch, lba, n)
+        return
 
     def _done(st: IoStatus, data: memoryview | None) -> None:
         if st:
@@ -89,46 +191,87 @@ def read(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     ch.read(lba, n, _done)
 
 
+def _staged_read(lun: ScsiLun, task: ScsiTask, fin: Fin, ch: Any, lba: int, n: int) -> None:
+    """A bdev that copies (aio, nvme) reads into pool buffers, one chunk per
+    bdev call; the transport releases them (task.iovs) once the data is sent."""
+    assert lun.iobufs is not None
+    bs = lun.bdev.block_size
+    iobufs = lun.iobufs
+
+    def _granted(iov: Any) -> None:
+        task.iovs.append(iov)
+        views = iov.views
+        pos = [0, lba]  # chunk index, next LBA
+        got: list[memoryview] = []
+
+        def step(cb: Callable[[IoStatus], None]) -> bool:
+            i = pos[0]
+            if i >= len(views):
+                return False
+            into = views[i]
+            k = len(into) // bs
+            start = pos[1]
+            pos[0] += 1
+            pos[1] += k
+
+            def _chunk(st: IoStatus, data: memoryview | None) -> None:
+                if not st:
+                    got.append(data if data is not None else into)
+                cb(st if st or data is not None else IoStatus.FAILED)
+
+            if takes(ch, "read", "into"):
+                ch.read(start, k, _chunk, into=into)
+            else:
+                ch.read(start, k, _chunk)
+            return True
+
+        def end(st: IoStatus) -> None:
+            if st:
+                for v in task.iovs:
+                    iobufs.release(v)
+                task.iovs.clear()
+                lun.io_error(task, st, read=True)
+            else:
+                task.data_in = got
+            fin(task)
+
+        _Steps(step, end).start()
+
+    iobufs.acquire(n * bs, _granted)
+
+
 # ------------------------------------------------------------------ write
-def write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
+def write(lun: ScsiLun, task: ScsiTask, fin: Fin, fua: bool = False) -> None:
+    """WRITE(6/10/12/16), or one piece of it: a transport that receives the
+    data burst by burst runs one task per piece, ``task.offset`` bytes into
+    the transfer (block aligned); every piece checks the CDB again."""
     cdb = task.cdb
-    lba, n, flags = C.parse_rw(cdb)
+    lba, n, _ = C.parse_rw(cdb)
     _protect_field(cdb)
     check_range(lun, lba, n)
+    _check_transfer(lun, cdb, n)
     _check_writable(lun)
     bs = lun.bdev.block_size
     task.transfer_length = n * bs
+    skip = task.offset // bs
     # iSCSI EDTL smaller than the CDB's length: write only the whole blocks sent
-    have = task.data_out_length() // bs
-    n = min(n, have)
-    if n == 0:
+    k = min(n - skip, task.data_out_length() // bs)
+    if k <= 0:
         fin(task)
         return
     assert task.data_out is not None
-    data = task.data_out[: n * bs]
-    fua = bool(flags & 0x08) and cdb[0] >> 5 != 0
+    data = task.data_out[: k * bs]
     ch = lun.channel()
+    bdev_write(ch, lba + skip, data, _write_done(lun, task, fin), fua or wants_fua(lun, cdb))
 
-    ch.write(lba, data, _write_done(lun, task, ch, fua, fin))
 
-
-def _write_done(
-    lun: ScsiLun, task: ScsiTask, ch: Any, fua: bool, fin: Fin
-) -> Callable[[IoStatus], None]:
-    """Completion of a write: sense on error; with FUA and a volatile write
-    cache enabled (WCE), a flush before GOOD."""
-
-    def flushed(st: IoStatus) -> None:
-        if st:
-            lun.io_error(task, st, read=False)
-        fin(task)
+def _write_done(lun: ScsiLun, task: ScsiTask, fin: Fin) -> Callable[[IoStatus], None]:
+    """Completion of a write: sense on error. Durability (FUA, WCE = 0) is
+    the bdev's job: the write was issued with fua=True when it must be."""
 
     def done(st: IoStatus) -> None:
         if st:
             lun.io_error(task, st, read=False)
-        elif fua and lun.mode.wce:
-            ch.flush(flushed)
-            return
         fin(task)
 
     return done
@@ -139,9 +282,10 @@ def orwrite(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     """ORWRITE(16) (SBC-3 5.8): medium := medium OR data-out, as one read and
     one write with no yield in between (the reactor runs nothing else)."""
     cdb = task.cdb
-    lba, n, flags = C.parse_rw(cdb)
+    lba, n, _ = C.parse_rw(cdb)
     _protect_field(cdb)
     check_range(lun, lba, n)
+    _check_transfer(lun, cdb, n)
     _check_writable(lun)
     bs = lun.bdev.block_size
     task.transfer_length = n * bs
@@ -151,10 +295,10 @@ def orwrite(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
         return
     assert task.data_out is not None
     data = task.data_out[: n * bs]
-    fua = bool(flags & 0x08)
+    fua = wants_fua(lun, cdb)
     ch = lun.channel()
 
-    _written = _write_done(lun, task, ch, fua, fin)
+    _written = _write_done(lun, task, fin)
 
     def _read(st: IoStatus, cur: memoryview | None) -> None:
         if st or cur is None:
@@ -163,7 +307,7 @@ def orwrite(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
             return
         size = n * bs
         merged = int.from_bytes(cur, "little") | int.from_bytes(data, "little")
-        ch.write(lba, memoryview(merged.to_bytes(size, "little")), _written)
+        bdev_write(ch, lba, memoryview(merged.to_bytes(size, "little")), _written, fua)
 
     ch.read(lba, n, _read)
 
@@ -210,7 +354,8 @@ def verify(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
 def write_verify(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     if task.cdb[1] & 0x04 and task.cdb[1] & 0x02:
         raise invalid_cdb(1, 2)
-    write(lun, task, fin)
+    # the data is verified on the medium: it must be there, not in a cache
+    write(lun, task, fin, fua=True)
 
 
 # ------------------------------------------------------- compare and write
@@ -238,24 +383,40 @@ def compare_and_write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     expect = task.data_out[: n * bs]
     new = task.data_out[n * bs : 2 * n * bs]
     ch = lun.channel()
+    fua = wants_fua(lun, cdb)
 
-    def _written(st: IoStatus) -> None:
-        if st:
+    def _located(st: IoStatus, cur: memoryview | None) -> None:
+        # a channel that did not say where: find the first differing byte
+        off = first_diff(expect, cur) if not st and cur is not None else 0
+        task.check_condition(miscompare(off))
+        fin(task)
+
+    def _done(st: IoStatus, diff: int = -1) -> None:
+        if st == IoStatus.MISCOMPARE:
+            # nothing was written; INFORMATION: offset of the first differing byte
+            if diff < 0:
+                ch.read(lba, n, _located)
+                return
+            task.check_condition(miscompare(diff))
+        elif st:
             lun.io_error(task, st, read=False)
         fin(task)
 
-    def _read(st: IoStatus, cur: memoryview | None) -> None:
-        if st or cur is None:
-            lun.io_error(task, st or IoStatus.FAILED, read=True)
-            fin(task)
-        elif cur != expect:
-            task.check_condition(miscompare(first_diff(expect, cur)))
-            fin(task)
-        else:
-            # no yield between the compare and the write submission
-            ch.write(lba, new, _written)
+    # atomic against every write to the range from every reactor (range lock)
+    caw: Any = ch.compare_and_write
+    if not fua:
+        caw(lba, expect, new, _done)
+    elif takes(ch, "compare_and_write", "fua"):
+        caw(lba, expect, new, _done, fua=True)
+    else:
 
-    ch.read(lba, n, _read)
+        def _then_flush(st: IoStatus, diff: int = -1) -> None:
+            if st:
+                _done(st, diff)
+            else:
+                ch.flush(lambda fst: _done(fst, -1))
+
+        caw(lba, expect, new, _then_flush)
 
 
 # ------------------------------------------------------------------ unmap
@@ -303,7 +464,12 @@ def unmap(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
 
 
 def _run_ranges(
-    lun: ScsiLun, task: ScsiTask, fin: Fin, ranges: list[tuple[int, int]], unmap: bool
+    lun: ScsiLun,
+    task: ScsiTask,
+    fin: Fin,
+    ranges: list[tuple[int, int]],
+    unmap: bool,
+    durable: bool = False,
 ) -> None:
     if not ranges:
         fin(task)
@@ -312,35 +478,31 @@ def _run_ranges(
     it = iter(ranges)
 
     # one range at a time: bounded work per callback, first error stops the rest
-    def _next(st: IoStatus = IoStatus.SUCCESS) -> None:
-        while True:
-            if st:
-                lun.io_error(task, st, read=False)
-                fin(task)
-                return
-            nxt = next(it, None)
-            if nxt is None:
-                fin(task)
-                return
-            box: list[IoStatus] = []
-            sync = [True]
+    def step(cb: Callable[[IoStatus], None]) -> bool:
+        nxt = next(it, None)
+        if nxt is None:
+            return False
+        if unmap:
+            ch.unmap(nxt[0], nxt[1], cb)
+        else:
+            ch.write_zeroes(nxt[0], nxt[1], cb)
+        return True
 
-            def cb(s: IoStatus, box: list[IoStatus] = box, sync: list[bool] = sync) -> None:
-                if sync[0]:
-                    box.append(s)
-                else:
-                    _next(s)
+    def end(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        elif durable:
+            # no FUA on unmap / write zeroes: a flush makes them durable
+            ch.flush(flushed)
+            return
+        fin(task)
 
-            if unmap:
-                ch.unmap(nxt[0], nxt[1], cb)
-            else:
-                ch.write_zeroes(nxt[0], nxt[1], cb)
-            sync[0] = False
-            if not box:
-                return  # completes later through cb -> _next
-            st = box[0]
+    def flushed(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
 
-    _next()
+    _Steps(step, end).start()
 
 
 # ------------------------------------------------------------- write same
@@ -385,29 +547,32 @@ def write_same(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
     # UNMAP=1 deallocates whatever the data block holds (as LIO and tgt do):
     # with LBPRZ=1 the blocks then read back as zeros
     if unmap_bit or block is None or not any(block):
-        _run_ranges(lun, task, fin, [(lba, n)], unmap=unmap_bit)
+        _run_ranges(lun, task, fin, [(lba, n)], unmap=unmap_bit, durable=wants_fua(lun, cdb))
         return
     assert block is not None
     per = max(1, WRITE_SAME_CHUNK // bs)
     chunk = memoryview(bytes(block) * min(per, n))
     ch = lun.channel()
     state = [lba, n]
+    fua = wants_fua(lun, cdb)
 
-    def _next(st: IoStatus = IoStatus.SUCCESS) -> None:
-        if st:
-            lun.io_error(task, st, read=False)
-            fin(task)
-            return
+    # iterate, never recurse: a LUN of any size is one loop
+    def step(cb: Callable[[IoStatus], None]) -> bool:
         if state[1] == 0:
-            fin(task)
-            return
+            return False
         k = min(per, state[1])
         start = state[0]
         state[0] += k
         state[1] -= k
-        ch.write(start, chunk[: k * bs], _next)
+        bdev_write(ch, start, chunk[: k * bs], cb, fua)
+        return True
 
-    _next()
+    def end(st: IoStatus) -> None:
+        if st:
+            lun.io_error(task, st, read=False)
+        fin(task)
+
+    _Steps(step, end).start()
 
 
 # ------------------------------------------------------- cache & capacity

@@ -7,7 +7,7 @@ the bdev's own memory (malloc shared memory) straight to sendmsg.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from .sense import GOOD
 
@@ -31,6 +31,8 @@ class ScsiTask:
         "aborted",
         "transport_ctx",
         "transfer_length",
+        "offset",
+        "iovs",
     )
 
     def __init__(
@@ -62,6 +64,13 @@ class ScsiTask:
         # bytes of data-out the CDB asked for (writes), so the transport can
         # compute the residual against EDTL; -1 when it does not apply
         self.transfer_length = -1
+        # bytes into the command's data transfer this task covers: a transport
+        # that moves a WRITE burst by burst runs one task per piece (block
+        # aligned); only the piece at 0 reports a unit attention
+        self.offset = 0
+        # pool buffers (shm/iobuf.IoVec) behind data_in; the transport
+        # releases them once the data has been sent
+        self.iovs: list[Any] = []
 
     def data_in_length(self) -> int:
         return sum(len(m) for m in self.data_in)

@@ -39,15 +39,21 @@ class FakeLun:
         self.aborted: list[tuple[int, str]] = []
         self.resets = 0
 
-    def abort_task(self, tag: int, ip: str) -> bool:
+    def abort_task(self, tag: int, ip: str, on_done: Any = None) -> bool:
         self.aborted.append((tag, ip))
+        if on_done is not None:
+            on_done()
         return True
 
-    def abort_task_set(self, ip: str | None = None) -> int:
+    def abort_task_set(self, ip: str | None = None, on_done: Any = None) -> int:
+        if on_done is not None:
+            on_done()
         return 0
 
-    def reset(self) -> None:
+    def reset(self, on_done: Any = None) -> None:
         self.resets += 1
+        if on_done is not None:
+            on_done()
 
 
 class FakeDevice:
@@ -63,6 +69,12 @@ class FakeDevice:
 
     def nexus_lost(self, ip: str, tp: str) -> None:
         self.lost.append((ip, tp))
+
+    def target_reset(self, on_done: Any = None) -> None:
+        for lun in self.luns.values():
+            lun.reset()
+        if on_done is not None:
+            on_done()
 
     def execute(self, task: ScsiTask, done: Any) -> None:
         self.executed.append(task)

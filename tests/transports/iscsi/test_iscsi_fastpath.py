@@ -147,14 +147,17 @@ def test_async_completion_and_abort(kit: Any) -> None:
     # a duplicate ITT while the read is outstanding is rejected
     r = h.cmd(kit.read10(2, 1), BS, read=True, itt=0x50)
     assert r[0].opcode == P.OP_REJECT
-    # ABORT TASK 0x51: its late completion sends nothing
+    # ABORT TASK 0x51: "function complete" only once its read has finished
+    # (RFC 7143 11.5); its late completion sends no data
     w = (0x51, h.cmdsn, 0, 0, 0, 0, 0)
     r = h.feed(P.encode_request(P.OP_TMF_REQ, 0x81, 0, 0x99, w, immediate=True))
-    assert r[0].opcode == P.OP_TMF_RESP and r[0].b2 == 0
+    assert r == []
     n = len(h.out)
     first, second = ch.pending
     second()
-    assert len(h.out) == n
+    assert len(h.out) == n + 1
+    r0 = kit.decode(h.out[-1])
+    assert r0.opcode == P.OP_TMF_RESP and r0.b2 == 0 and r0.itt == 0x99
     first()
     p = kit.decode(h.out[-1])
     assert (

@@ -240,15 +240,22 @@ def test_task_management(kit: Any) -> None:
     h.login()
     h.env.dev.defer = True
     h.cmd(kit.read10(0, 1), 512, read=True, itt=0x42)
-    r = _tmf(h, 1, ref=0x42)
-    assert r.opcode == P.OP_TMF_RESP and r.b2 == 0
-    assert h.env.dev.luns[0].aborted == [(0x42, h.conn.session.initiator_port)]
-    # the aborted command's completion produces no response
-    task, done = h.env.dev.pending.pop()
     n = len(h.out)
+    h.feed(
+        P.encode_request(
+            P.OP_TMF_REQ, 0x81, 0, 0x4343, (0x42, h.cmdsn, 0, 0, 0, 0, 0), immediate=True
+        )
+    )
+    # "function complete" waits until the aborted task has really finished
+    assert len(h.out) == n
+    assert h.env.dev.luns[0].aborted == [(0x42, h.conn.session.initiator_port)]
+    task, done = h.env.dev.pending.pop()
     h.env.dev.run(task)
     done(task)
-    assert len(h.out) == n
+    # ... and the aborted command's completion produces no response of its own
+    assert len(h.out) == n + 1
+    r = kit.decode(h.out[-1])
+    assert r.opcode == P.OP_TMF_RESP and r.b2 == 0 and r.itt == 0x4343
     # unknown task with RefCmdSN outside the window -> task does not exist
     assert _tmf(h, 1, ref=0x4242, refcmdsn=h.cmdsn + 1000).b2 == 1
     # a command that already completed (RefCmdSN < ExpCmdSN) -> task does not exist

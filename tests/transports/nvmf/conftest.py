@@ -45,6 +45,8 @@ SUBNQN = "nqn.2016-06.io.spdk:cnode1"
 
 # ----------------------------------------------------------------- bdev
 class MemChannel(IoChannel):
+    zero_copy_reads = True  # reads hand out views of the storage, like malloc
+
     def __init__(self, bdev: MemBdev) -> None:
         super().__init__(bdev)
         self.mem = memoryview(bdev.storage)
@@ -57,11 +59,16 @@ class MemChannel(IoChannel):
         else:
             fn()
 
-    def _do_read(self, off: int, n: int, cb: Any) -> None:
+    def write(self, offset_blocks: int, data: memoryview, cb: Any, fua: bool = False) -> None:  # type: ignore[override]
+        # the new channel contract (fua); every write's flag is recorded
+        self.mbdev.fua_log.append((offset_blocks, fua))
+        super().write(offset_blocks, data, cb)
+
+    def _do_read(self, off: int, n: int, cb: Any, into: Any = None) -> None:
         view = self.mem[off * self.bs : (off + n) * self.bs]
         self._later(lambda: cb(IoStatus.SUCCESS, view))
 
-    def _do_write(self, off: int, data: memoryview, cb: Any) -> None:
+    def _do_write(self, off: int, data: memoryview, cb: Any, fua: bool = False) -> None:
         def run() -> None:
             self.mem[off * self.bs : off * self.bs + len(data)] = data
             cb(IoStatus.SUCCESS)
@@ -89,6 +96,7 @@ class MemBdev(Bdev):
         self.storage = bytearray(num_blocks * block_size)
         self.loop = async_loop
         self.zeroed: list[tuple[int, int]] = []
+        self.fua_log: list[tuple[int, bool]] = []  # (offset, fua) of every write
 
     def open_channel(self) -> IoChannel:
         return MemChannel(self)

@@ -253,7 +253,7 @@ def test_cntlid_allocation_round_robin_and_reuse(rpc) -> None:  # type: ignore[n
     q = {"nqn": NQN, "cntlid": 6, "hostnqn": args["hostnqn"], "hostid": "00" * 16, "qid": 1}
     assert f(rpc, 1, q) == {"error": "not_enabled"}
     SUPERVISOR_OPS["nvmf.ctrlr_state"](rpc, 1, {"nqn": NQN, "cntlid": 6, "enabled": True})
-    assert f(rpc, 0, q) == {"admin_reactor": 1}
+    assert f(rpc, 0, q) == {"admin_reactor": 1, "vwc": 1}
     assert f(rpc, 0, q) == {"error": "qid"}
     assert f(rpc, 0, {**q, "qid": 2, "hostnqn": "nqn.2016-06.io.spdk:x"}) == {"error": "hostnqn"}
     assert f(rpc, 0, {**q, "cntlid": 99}) == {"error": "cntlid"}

@@ -90,21 +90,24 @@ def _cmds(spec_list: list[tuple[Any, ...]]) -> bytes:
             raw += _capsule(spec.IO_READ, cid, 1, (slba, 0, nlb - 1), None, *extra)
         else:
             data = bytes([(cid * 7 + i) & 0xFF for i in range(256)]) * (2 * nlb)
-            raw += _capsule(spec.IO_WRITE, cid, 1, (slba, 0, nlb - 1), data)
+            fua = 1 << 30 if extra and extra[0] > 0 else 0  # FUA (CDW12 bit 30)
+            raw += _capsule(spec.IO_WRITE, cid, 1, (slba, 0, (nlb - 1) | fua), data)
     return raw
 
 
 def _run(
-    h: Any, raw: bytes, fast: bool, monkeypatch: Any, cattr: int = 0
-) -> tuple[bytes, bytes, int]:
+    h: Any, raw: bytes, fast: bool, monkeypatch: Any, cattr: int = 0, wt: bool = False
+) -> tuple[bytes, bytes, int, list[tuple[int, bool]]]:
     io = Io(h, cattr)
+    io.qp.write_through = wt  # Volatile Write Cache off on the controller
     try:
         with monkeypatch.context() as m:
             if not fast:
                 m.setattr(TcpQpair, "fast_ok", property(lambda self: False))
             before = io.target.stats["completed_nvme_io"]
             out = io.burst(raw)
-            return out, bytes(io.storage), io.target.stats["completed_nvme_io"] - before
+            fua = io.rpc.bdevs["Malloc0"].fua_log
+            return out, bytes(io.storage), io.target.stats["completed_nvme_io"] - before, fua
     finally:
         io.close()
 
@@ -121,17 +124,23 @@ _cmd = st.tuples(
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(cmds=st.lists(_cmd, min_size=1, max_size=12), cattr=st.sampled_from([0, 4]))
-def test_fast_path_output_identical(h, monkeypatch, cmds, cattr) -> None:  # type: ignore[no-untyped-def]
+@given(
+    cmds=st.lists(_cmd, min_size=1, max_size=12),
+    cattr=st.sampled_from([0, 4]),
+    wt=st.booleans(),
+)
+def test_fast_path_output_identical(h, monkeypatch, cmds, cattr, wt) -> None:  # type: ignore[no-untyped-def]
     raw = _cmds([(k, i + 1, slba, nlb, x) for i, (k, slba, nlb, x) in enumerate(cmds)])
-    fast = _run(h, raw, True, monkeypatch, cattr)
-    slow = _run(h, raw, False, monkeypatch, cattr)
+    fast = _run(h, raw, True, monkeypatch, cattr, wt)
+    slow = _run(h, raw, False, monkeypatch, cattr, wt)
     assert fast == slow
+    if wt:  # write-through: every write reached the channel as FUA
+        assert all(f for _off, f in fast[3])
 
 
 def test_burst_reads_writes_and_errors(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     raw = _cmds([("w", 1, 4, 2), ("r", 2, 4, 2), ("r", 3, BLOCKS, 1), ("r", 4, 0, 1)])
-    out, storage, n = _run(h, raw, True, monkeypatch)
+    out, storage, n, _fua = _run(h, raw, True, monkeypatch)
     pdus = P.PduReader(P.HOST)
     pdus.ic_done = True
     got = pdus.feed(out)
@@ -148,7 +157,7 @@ def test_burst_reads_writes_and_errors(h, monkeypatch) -> None:  # type: ignore[
 
 
 def test_success_flag_without_sq_flow_control(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    out, _s, _n = _run(h, _cmds([("r", 1, 0, 1), ("r", 2, 1, 1)]), True, monkeypatch, cattr=4)
+    out, _s, _n, _f = _run(h, _cmds([("r", 1, 0, 1), ("r", 2, 1, 1)]), True, monkeypatch, cattr=4)
     r = P.PduReader(P.HOST)
     r.ic_done = True
     got = r.feed(out)

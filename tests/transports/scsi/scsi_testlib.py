@@ -10,13 +10,21 @@ I2 = ("iqn.2024-01.test:host2,i,0x000000000002", "iqn.2024-01.test:tgt,t,0x0001"
 
 
 class MemChannel(IoChannel):
-    """bytearray-backed channel; with `deferred` completions wait for run()."""
+    """bytearray-backed channel with the new bdev I/O interface (fua on
+    writes, read ``into``, flush, compare_and_write with first_diff); it
+    records what it was asked. With `deferred` completions wait for run()."""
 
-    def __init__(self, bdev: Bdev, deferred: bool = False) -> None:
+    def __init__(self, bdev: Bdev, deferred: bool = False, copies: bool = False) -> None:
         super().__init__(bdev)
         self.mem = bytearray(bdev.block_size * bdev.num_blocks)
         self.deferred = deferred
+        self.copies = copies  # read into `into` (aio/nvme) instead of zero-copy
         self.pending: list = []
+        self.writes: list[tuple[int, int, bool]] = []  # (lba, blocks, fua)
+        self.flushes = 0
+        self.flush_status = IoStatus.SUCCESS
+        self.caw: list[tuple[int, bool]] = []
+        self.reads_into = 0
 
     def _complete(self, fn, *args) -> None:
         if self.deferred:
@@ -29,14 +37,52 @@ class MemChannel(IoChannel):
             fn, args = self.pending.pop(0)
             fn(*args)
 
+    def read(self, off, n, cb, into=None):  # type: ignore[override]
+        st = self._check(off, n)
+        if st:
+            cb(st, None)
+            return
+        bs = self.bdev.block_size
+        src = memoryview(self.mem)[off * bs : (off + n) * bs]
+        if self.copies and into is not None:
+            self.reads_into += 1
+            into[: len(src)] = src
+            self._complete(cb, IoStatus.SUCCESS, into[: len(src)])
+            return
+        self._complete(cb, IoStatus.SUCCESS, src)
+
     def _do_read(self, off, n, cb):
         bs = self.bdev.block_size
         self._complete(cb, IoStatus.SUCCESS, memoryview(self.mem)[off * bs : (off + n) * bs])
 
-    def _do_write(self, off, data, cb):
+    def write(self, off, data, cb, fua=False):  # type: ignore[override]
         bs = self.bdev.block_size
+        st = self._check(off, len(data) // bs)
+        if st or len(data) % bs:
+            cb(st or IoStatus.FAILED)
+            return
+        self.writes.append((off, len(data) // bs, fua))
         self.mem[off * bs : off * bs + len(data)] = data
         self._complete(cb, IoStatus.SUCCESS)
+
+    def _do_write(self, off, data, cb):
+        self.write(off, data, cb)
+
+    def flush(self, cb):  # type: ignore[override]
+        self.flushes += 1
+        self._complete(cb, self.flush_status)
+
+    def compare_and_write(self, off, cmp, wr, cb, fua=False):  # type: ignore[override]
+        bs = self.bdev.block_size
+        cur = bytes(self.mem[off * bs : off * bs + len(cmp)])
+        self.caw.append((off, fua))
+        if cur != bytes(cmp):
+            diff = next(i for i in range(len(cmp)) if cur[i] != cmp[i])
+            self._complete(cb, IoStatus.MISCOMPARE, diff)
+            return
+        self.mem[off * bs : off * bs + len(wr)] = wr
+        self.writes.append((off, len(wr) // bs, fua))
+        self._complete(cb, IoStatus.SUCCESS, -1)
 
     def _do_write_zeroes(self, off, n, cb):
         bs = self.bdev.block_size

@@ -91,8 +91,11 @@ def test_compare_and_write_multi_block(env: Env) -> None:
 
 def test_compare_and_write_bad_lengths(env: Env) -> None:
     assert key(env.run(caw(0, 1), data=bytes(4 * BS))) == (5, 0x24, 0)
-    t = env.run(caw(0, 255), data=bytes(510 * BS))
+    mx = env.lun.max_caw_blocks  # compare + write data fit one 128 KiB pool chunk
+    assert mx == 128
+    t = env.run(caw(0, mx), data=bytes(2 * mx * BS))
     assert t.status == 0
+    assert key(env.run(caw(0, mx + 1), data=bytes(2 * (mx + 1) * BS))) == (5, 0x24, 0)
     assert key(env.run(caw(NB, 1), data=bytes(2 * BS))) == (5, 0x21, 0)
 
 
@@ -171,7 +174,7 @@ def test_hot_remove_with_inflight(tmp_path) -> None:
 
     t = ScsiTask(lun=0, cdb=rw10(0x28, 0, 1), initiator_port="i", target_port="t", tag=9)
     e.dev.execute(t, out.append)
-    assert out == [] and ("i", 9) in e.lun.inflight
+    assert out == [] and ("i", 9, 0) in e.lun.inflight
     gone: list = []
     e.lun.hot_remove(lambda: gone.append(1))
     assert gone == []
@@ -197,7 +200,7 @@ def test_abort_task(tmp_path) -> None:
 def test_compare_and_write_count_zero_with_data_is_invalid(env: Env) -> None:
     # libiscsi CompareAndWrite.Simple: 256 blocks wraps the 1-byte count to 0
     # while 2*256 blocks of data follow; that must not complete GOOD
-    assert env.lun.max_caw_blocks == 255
+    assert env.lun.max_caw_blocks == 128
     env.run(rw10(0x2A, 0, 4), data=b"A" * 4 * BS)
     t = env.run(caw(0, 0), data=b"A" * 2 * BS)
     assert key(t) == (5, 0x24, 0) and t.sense[15:18] == b"\xc0\x00\x0d"

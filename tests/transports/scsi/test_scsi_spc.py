@@ -45,7 +45,9 @@ def test_vpd_pages(env: Env) -> None:
     assert di[9:24] == bytes.fromhex("345678123456789abcdef012345678")
     assert b"iqn.2024-01.test:tgt,t,0x0001\x00" in di
     bl = env.data(env.run([0x12, 1, 0xB0, 0, 255, 0]))
-    assert bl[3] == 0x3C and bl[5] == 255
+    assert bl[3] == 0x3C and bl[5] == 128  # MAXIMUM COMPARE AND WRITE LENGTH
+    # MAXIMUM TRANSFER LENGTH: 32 MiB of 512-byte blocks
+    assert struct.unpack(">I", bl[8:12])[0] == 32 * 1024 * 1024 // 512
     assert struct.unpack(">I", bl[20:24])[0] == 0xFFFFFFFF
     assert env.data(env.run([0x12, 1, 0xB1, 0, 255, 0]))[4:6] == b"\x00\x01"
     assert env.data(env.run([0x12, 1, 0xB2, 0, 255, 0]))[4:8] == b"\x00\xe4\x02\x00"
@@ -106,8 +108,8 @@ def test_mode_sense_pages(env: Env) -> None:
     assert pages[0] == 1 and pages[12] == 8 and pages[32] == 0x0A and len(pages) == 44
     d = env.data(env.run([0x5A, 0x08, 0x08, 0, 0, 0, 0, 1, 0, 0]))
     assert struct.unpack(">H", d[:2])[0] == len(d) - 2 and d[8] == 8 and d[10] & 4
-    t = env.run([0x1A, 0, 0xC8, 0, 255, 0])
-    assert key(t) == (5, 0x39, 0)
+    saved = env.data(env.run([0x1A, 8, 0xC8, 0, 255, 0]))  # PC 3: saved values
+    assert saved[4:6] == b"\x08\x12" and saved[6] & 0x04
     t = env.run([0x1A, 0, 0x05, 0, 255, 0])
     assert key(t) == (5, 0x24, 0) and t.sense[15:18] == b"\xcd\x00\x02"
     ch = env.data(env.run([0x1A, 8, 0x48, 0, 255, 0]))
@@ -132,7 +134,7 @@ def test_mode_select_swp_write_protect(env: Env) -> None:
     t = env.run([0x15, 0x10, 0, 0, len(param), 0], data=param)
     assert key(t) == (5, 0x26, 0) and t.sense[15:18] == b"\x80\x00\x06"
     t = env.run([0x15, 0x11, 0, 0, len(param), 0], data=param)
-    assert key(t) == (5, 0x24, 0)
+    assert key(t) == (5, 0x26, 0)  # SP=1 is accepted, the bad bit is not
 
 
 def test_rsoc(env: Env) -> None:
