@@ -365,3 +365,29 @@ def test_r2t_phase_is_capped_per_connection(kit: Any, pool: IoBufs) -> None:
     new = [kit.decode(b) for b in h.out[n:]]
     # the first finished (its response) or moved on; either way a waiting one got its R2T
     assert any(p.opcode == P.OP_R2T and p.itt == 0xB00 + limit for p in new)
+
+
+def test_staged_reads_share_a_per_connection_budget(kit: Any, pool: IoBufs) -> None:
+    from blockfabric.transports.iscsi.connection import STAGED_READ_BUDGET
+
+    h, ch, dev = _setup(kit, pool)
+    ch.copies = True
+    ch.deferred = True
+    dev.luns[0].stage_reads = True  # as for aio / nvme
+    n = 4 * MIB_BLOCKS  # 4 MiB per READ(10)
+    for _ in range(4):
+        h.cmd(bytes([0x28, 0, 0, 0, 0, 0, 0]) + n.to_bytes(2, "big") + b"\0", n * BS, read=True)
+    # 8 MiB budget: two run (their pool buffers held), two wait without any
+    assert (
+        len(ch.pending) == 2 * (4 * 1024 * 1024 // CHUNK) or pool.in_use_bytes <= STAGED_READ_BUDGET
+    )
+    assert pool.in_use_bytes == STAGED_READ_BUDGET
+    assert len(h.conn._staged_waiting) == 2
+    while ch.pending:
+        ch.run()
+    responses = [kit.decode(b) for b in h.out if kit.decode(b).opcode == P.OP_DATA_IN]
+    assert sum(1 for p in responses if p.f1 & P.F_STATUS) == 4
+    assert pool.in_use == 0 and not h.conn._staged_waiting
+
+
+MIB_BLOCKS = 1024 * 1024 // BS
