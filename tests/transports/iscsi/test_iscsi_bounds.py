@@ -391,3 +391,22 @@ def test_staged_reads_share_a_per_connection_budget(kit: Any, pool: IoBufs) -> N
 
 
 MIB_BLOCKS = 1024 * 1024 // BS
+
+
+def test_text_sequence_is_capped(kit: Any) -> None:
+    h = kit.Harness()
+    h.login()
+    ttt = P.RSVD_TAG
+    chunk = b"X-a=" + b"b" * 250 + b"\0"
+    sent = 0
+    for _ in range(400):
+        w = (ttt, h.cmdsn, 0, 0, 0, 0, 0)
+        sent += len(chunk) * 32
+        out = h.feed(P.encode_request(P.OP_TEXT_REQ, 0x40, 0, 0x77, w, chunk * 32, immediate=True))
+        if out[0].opcode == P.OP_REJECT:
+            break
+        assert out[0].opcode == P.OP_TEXT_RESP
+        ttt = out[0].w20
+    else:
+        raise AssertionError("an endless Text sequence was accepted")
+    assert sent <= 96 * 1024 and len(h.conn._text_pending) == 0
