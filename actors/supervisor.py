@@ -121,6 +121,7 @@ class ReactorProc:
     restarting: bool = False
     spawned_at: float = field(default_factory=time.monotonic)
     hb_sent: float = 0.0  # monotonic time of the oldest unanswered heartbeat, 0: none
+    hb_pinged: float = 0.0  # monotonic time of the last heartbeat sent
     kill_reason: str = ""  # why the supervisor killed it (heartbeat), for the log
     restarts: int = 0
     restart_times: list[float] = field(default_factory=list)
@@ -174,6 +175,18 @@ class Supervisor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.instance = names.validate_instance(opts.name)
+        for what, v, lo in (
+            ("--max-restarts", opts.max_restarts, 0),
+            ("--restart-window", opts.restart_window_s, 0),
+            ("--heartbeat-interval", opts.heartbeat_s, 0.01),
+            ("--heartbeat-timeout", opts.heartbeat_timeout_s, 0.1),
+            ("--log-max-mb", opts.log_max_mb, 0.004),
+            ("--log-count", opts.log_count, 0),
+        ):
+            if not v >= lo:
+                raise StartupError(f"{what} must be >= {lo}, not {v}")
+        if opts.heartbeat_timeout_s <= opts.heartbeat_s:
+            raise StartupError("--heartbeat-timeout must be longer than --heartbeat-interval")
         self.hugepages = opts.hugepages
         self.cores = parse_core_mask(opts.core_mask)
         self.num_reactors = len(self.cores)
@@ -200,6 +213,7 @@ class Supervisor:
         self._aio_timer: Any = None
         self._hb_timer: Any = None
         self._hb_corrs: dict[int, int] = {}  # heartbeat corr -> reactor id
+        self._hb_checked = time.monotonic()
         self.pool_options: dict[str, Any] = {}
         self._up = False  # start-up done: from now on a dead reactor is restarted
 
@@ -270,6 +284,11 @@ class Supervisor:
             zmq_context=self.zctx,
         )
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
+        dead = [r for r in self.reactors if r.proc.poll() is not None]
+        if dead:
+            raise StartupError(
+                f"reactor {dead[0].rid} exited during start-up (status {dead[0].proc.returncode})"
+            )
         self._hb_timer = self.loop.call_every(self.opts.heartbeat_s, self._heartbeat)
         self._up = True
         log.info(
@@ -510,6 +529,8 @@ class Supervisor:
             poller.register(fd, zmq.POLLIN)
         while want:
             self._check_heartbeats()
+            if self._up:
+                self._send_heartbeats()
             for fd, _ in poller.poll(0) if pidfds else ():
                 if fd in pidfds:
                     dead = pidfds.pop(fd)
@@ -835,15 +856,31 @@ class Supervisor:
         """Ping every reactor; one that has not answered for
         heartbeat_timeout_s (or did not start in time) is SIGKILLed and then
         restarted like a reactor that died."""
+        for rp in self.reactors:
+            # reap promptly, and handle the exit even if a pidfd event were missed
+            if rp.proc.poll() is not None and rp.pidfd >= 0:
+                self._on_reactor_exit(rp)
+        if self.router is not None:
+            self._drain_router()  # answers that are already here count
         self._check_heartbeats()
+        self._send_heartbeats()
+
+    def _send_heartbeats(self) -> None:
+        """A ping to every ready reactor that has none outstanding and was
+        not pinged for an interval (also called while waiting for replies)."""
         now = time.monotonic()
         for rp in self.reactors:
-            if rp.ready and rp.hb_sent == 0.0 and rp.proc.returncode is None:
+            if (
+                rp.ready
+                and rp.hb_sent == 0.0
+                and rp.proc.returncode is None
+                and now - rp.hb_pinged >= self.opts.heartbeat_s * 0.9
+            ):
                 corr = next(self._corr)
                 if len(self._hb_corrs) > 4096:
                     self._hb_corrs.clear()
                 self._hb_corrs[corr] = rp.rid
-                rp.hb_sent = now
+                rp.hb_sent = rp.hb_pinged = now
                 self._send(rp.rid, m.Ping(time.perf_counter_ns()), corr)
 
     def _check_heartbeats(self) -> None:
@@ -851,6 +888,16 @@ class Supervisor:
             return
         now = time.monotonic()
         limit = self.opts.heartbeat_timeout_s
+        gap = now - self._hb_checked
+        self._hb_checked = now
+        if gap > max(1.0, 2 * self.opts.heartbeat_s):
+            # the supervisor itself was busy (a long RPC): answers may be
+            # waiting unread, so nobody is judged on this round
+            for rp in self.reactors:
+                if rp.hb_sent:
+                    rp.hb_sent = now
+                rp.spawned_at = max(rp.spawned_at, now - 1.0) if not rp.ready else rp.spawned_at
+            return
         for rp in self.reactors:
             if rp.kill_reason or rp.proc.returncode is not None or rp.pidfd < 0:
                 continue
@@ -908,6 +955,10 @@ class Supervisor:
                 self.rpc.close()
             self.rpc = None
         alive = [r for r in self.reactors if r.proc.poll() is None]
+        for r in [r for r in alive if not r.ready]:  # (re)starting: no mailbox yet
+            with contextlib.suppress(ProcessLookupError):
+                r.proc.terminate()
+        alive = [r for r in alive if r.ready]
         if alive and self.router is not None:
             with contextlib.suppress(Exception):
                 self.request_all(

@@ -275,12 +275,14 @@ class AioChannel(IoChannel):
 
     # -- IoChannel hooks ----------------------------------------------------
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         bs = self.bs
         self._submit(self._pread, cb, _READ_FAIL, offset_blocks * bs, num_blocks * bs, into)
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         self._submit(self._pwrite, cb, _FAIL, offset_blocks * self.bs, data, fua)
 
     def _do_compare(self, offset_blocks: int, data: memoryview, cb: CompareCallback) -> None:

@@ -45,17 +45,22 @@ CompareCallback = Callable[[IoStatus, int], None]
 
 
 def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
-    """Offset of the first byte where ``a`` and ``b`` differ, -1 if equal."""
+    """Offset of the first byte where ``a`` and ``b`` differ, -1 if equal.
+
+    (bytes comparison is memcmp; memoryview == memoryview compares element by
+    element and is ~40x slower: 128 KiB in 7 us against 300+ us.)"""
     a, b = memoryview(a).cast("B"), memoryview(b).cast("B")
     n = min(len(a), len(b))
+    if a[:n].tobytes() == b[:n].tobytes():
+        return -1 if len(a) == len(b) else n
     step = 4096
     for off in range(0, n, step):
-        x, y = a[off : off + step], b[off : off + step]
+        x, y = a[off : off + step].tobytes(), b[off : off + step].tobytes()
         if x != y:
             for i in range(len(x)):
                 if x[i] != y[i]:
                     return off + i
-    return -1 if len(a) == len(b) else n
+    return n  # not reached
 
 
 @dataclass
@@ -90,6 +95,10 @@ class IoChannel:
     precise status); nothing raises into the caller.
     """
 
+    # True when reads complete with the bdev's own memory and never touch
+    # ``into`` (malloc, null): callers then need not stage a buffer
+    zero_copy_reads = False
+
     def __init__(self, bdev: Bdev) -> None:
         self.bdev = bdev
         self.stats = IoStats()
@@ -121,7 +130,12 @@ class IoChannel:
             return
         self.stats.num_read_ops += 1
         self.stats.bytes_read += num_blocks * self.bdev.block_size
-        self._do_read(offset_blocks, num_blocks, cb, into)
+        # hooks take ``into``/``fua`` as optional trailing arguments, so
+        # modules (and test doubles) written before them keep working
+        if into is None:
+            self._do_read(offset_blocks, num_blocks, cb)
+        else:
+            self._do_read(offset_blocks, num_blocks, cb, into)
 
     def write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False) -> None:
         bs = self.bdev.block_size
@@ -136,7 +150,10 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(data)
-        self._do_write(offset_blocks, data, cb, fua or self.write_through)
+        if fua or self.write_through:
+            self._do_write(offset_blocks, data, cb, True)
+        else:
+            self._do_write(offset_blocks, data, cb)
 
     def _check_cmp(self, offset_blocks: int, *bufs: memoryview) -> IoStatus:
         bs = self.bdev.block_size
@@ -199,11 +216,17 @@ class IoChannel:
 
     # --- module hooks -----------------------------------------------------
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self,
+        offset_blocks: int,
+        num_blocks: int,
+        cb: ReadCallback,
+        into: memoryview | None = None,
     ) -> None:
         raise NotImplementedError
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         raise NotImplementedError
 
     def _do_compare(self, offset_blocks: int, data: memoryview, cb: CompareCallback) -> None:
@@ -214,7 +237,7 @@ class IoChannel:
             d = first_difference(cur[: len(data)], data)
             cb(IoStatus.MISCOMPARE if d >= 0 else IoStatus.SUCCESS, d)
 
-        self._do_read(offset_blocks, len(data) // self.bdev.block_size, _cmp, None)
+        self._do_read(offset_blocks, len(data) // self.bdev.block_size, _cmp)
 
     def _do_compare_and_write(
         self,
@@ -231,7 +254,10 @@ class IoChannel:
             if st:
                 cb(st, diff)
             else:
-                self._do_write(offset_blocks, write, lambda s: cb(s, -1), fua)
+                if fua:
+                    self._do_write(offset_blocks, write, lambda s: cb(s, -1), True)
+                else:
+                    self._do_write(offset_blocks, write, lambda s: cb(s, -1))
 
         self._do_compare(offset_blocks, compare, _after_cmp)
 

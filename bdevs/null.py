@@ -10,8 +10,10 @@ _ZEROS = memoryview(bytes(4 << 20))  # read source, shared by every null channel
 
 
 class NullChannel(IoChannel):
+    zero_copy_reads = True
+
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         n = num_blocks * self.bdev.block_size
         if n <= len(_ZEROS):
@@ -19,7 +21,9 @@ class NullChannel(IoChannel):
         else:
             cb(IoStatus.SUCCESS, memoryview(bytes(n)))
 
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         cb(IoStatus.SUCCESS)
 
     def _do_write_zeroes(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:

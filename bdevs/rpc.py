@@ -193,7 +193,7 @@ def bdev_aio_delete(ctx: Any, name: str) -> bool:
     "bdev_wcache_create",
     Param("base_bdev_name", str),
     Param("name", str),
-    Param("max_dirty_mb", int, required=False, min=1, max=4096),
+    Param("max_dirty_mb", int, required=False, min=1, max=1024),
     Param("ignore_fua", bool, required=False),
     Param("uuid", str, required=False),
 )

@@ -60,6 +60,7 @@ import posix_ipc
 
 from ..shm import names
 from ..shm.manifest import Manifest
+from ..shm.procs import pid_alive
 from ..shm.segment import SharedSegment
 from .base import (
     Bdev,
@@ -70,7 +71,7 @@ from .base import (
     ReadCallback,
     first_difference,
 )
-from .locks import STEAL_AFTER_S, pid_alive
+from .locks import STEAL_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class WcacheChannel(IoChannel):
 
     # -------------------------------------------------------------- reads
     def _do_read(
-        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None
+        self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
         self._read(offset_blocks, num_blocks, into, lambda st, v, _c: cb(st, v), 0)
 
@@ -344,7 +345,9 @@ class WcacheChannel(IoChannel):
         self._read(offset_blocks, nblocks, None, done, 0, under_lock)
 
     # ------------------------------------------------------------- writes
-    def _do_write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool) -> None:
+    def _do_write(
+        self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
+    ) -> None:
         if len(data) > PIECE:
             # one entry per piece; done when all are
             pieces = [(off, data[off : off + PIECE]) for off in range(0, len(data), PIECE)]
@@ -456,14 +459,16 @@ class WcacheChannel(IoChannel):
         self._settle()
         if not self.waiters:
             return
-        if not self.cache.try_own(self.token):
-            # another reactor destages: look again shortly
-            if self.loop is None:
-                time.sleep(OWNER_POLL_S)
-                self._kick()
-            elif self._timer is None:
-                self._timer = self.loop.call_later(OWNER_POLL_S, self._retry_kick)
-            return
+        while not self.cache.try_own(self.token):
+            # another reactor (or the supervisor's power_fail) destages
+            if self.loop is not None:
+                if self._timer is None:
+                    self._timer = self.loop.call_later(OWNER_POLL_S, self._retry_kick)
+                return
+            time.sleep(OWNER_POLL_S)  # no loop: a synchronous caller waits
+            self._settle()
+            if not self.waiters:
+                return
         c = self.cache
         with c.mutex:
             self._job_i, self._job_end, self._job_gen = c.h[H_HEAD], c.h[H_TAIL], c.h[H_GEN]
@@ -512,6 +517,9 @@ class WcacheChannel(IoChannel):
     def _finish(self, st: IoStatus) -> None:
         self.cache.disown(self.token)
         self.destaging = False
+        if self.closed:
+            self.wb.detach()
+            return
         if st:
             log.error(
                 "wcache %s: destage to %s failed: %s", self.bdev.name, self.wb.base_name, st.name
@@ -530,8 +538,11 @@ class WcacheChannel(IoChannel):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        with contextlib.suppress(Exception):
-            self.cache.disown(self.token)
+        if not self.destaging:
+            # (a destage in flight keeps the ownership until its base I/O is
+            # back, so no second destager can overtake its last writes)
+            with contextlib.suppress(Exception):
+                self.cache.disown(self.token)
         waiters, self.waiters = self.waiters, []
         for _t, _g, cb in waiters:
             cb(IoStatus.FAILED)
@@ -539,7 +550,8 @@ class WcacheChannel(IoChannel):
         for *_x, cb in waitq:
             cb(IoStatus.FAILED)
         self.base.close()
-        self.wb.detach()
+        if not self.destaging:
+            self.wb.detach()
 
 
 class WcacheBdev(Bdev):

@@ -3,10 +3,12 @@ through NVMe/TCP with our host library on two reactors, power-failed by RPC."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
 import pytest
+from bftest import shm_objects
 
 from blockfabric.control.client import RpcClientError as RpcError
 from blockfabric.transports.nvmf_host.controller import Controller
@@ -43,11 +45,17 @@ def _export(d, bdevs):
     return port
 
 
-def test_wcache_power_fail_over_nvmf(daemon_factory):
+@pytest.mark.parametrize("kind", ["malloc", "aio"])
+def test_wcache_power_fail_over_nvmf(daemon_factory, kind):
     ncpu = len(os.sched_getaffinity(0))
     d = daemon_factory(mask="0x3" if ncpu >= 2 else "0x1").start()
     for base in ("Base0", "Base1"):
-        d.rpc("bdev_malloc_create", {"name": base, "num_blocks": 4096, "block_size": BS})
+        if kind == "malloc":
+            d.rpc("bdev_malloc_create", {"name": base, "num_blocks": 4096, "block_size": BS})
+        else:
+            f = d.run_dir / f"{d.name}.{base}.img"
+            f.write_bytes(bytes(4096 * BS))
+            d.rpc("bdev_aio_create", {"name": base, "filename": str(f), "block_size": BS})
     # the CLI form, as a user types it
     d.cli("rpc", "-s", d.rpc_addr, "bdev_wcache_create", "-b", "Base0", "-p", "WC0")
     d.rpc(
@@ -64,9 +72,9 @@ def test_wcache_power_fail_over_nvmf(daemon_factory):
         for e in s["config"]
     ]
     methods = [e["method"] for e in cfg]
-    assert methods.index("bdev_wcache_create") > methods.index("bdev_malloc_create")
+    assert methods.index("bdev_wcache_create") > methods.index(f"bdev_{kind}_create")
     with pytest.raises(RpcError) as ei:
-        d.rpc("bdev_malloc_delete", {"name": "Base0"})  # claimed by WC0
+        d.rpc(f"bdev_{kind}_delete", {"name": "Base0"})  # claimed by WC0
     assert ei.value.code == -16
     with pytest.raises(RpcError):
         d.rpc("bdev_wcache_create", {"base_bdev_name": "Base0", "name": "WC2"})
@@ -98,6 +106,20 @@ def test_wcache_power_fail_over_nvmf(daemon_factory):
         assert st["power_fails"] == 1 and st["dirty_writes"] == 0
     finally:
         c.close()
+    # save_config reproduces the cache on a restart
+    saved = d.rpc("save_config")
+    cfg_file = d.run_dir / "wc.json"
+    cfg_file.write_text(json.dumps(saved))
     d.rpc("nvmf_delete_subsystem", {"nqn": NQN})
     assert d.rpc("bdev_wcache_delete", {"name": "WC0"}) is True
-    assert d.rpc("bdev_malloc_delete", {"name": "Base0"}) is True
+    assert d.rpc(f"bdev_{kind}_delete", {"name": "Base0"}) is True
+    assert not [o for o in shm_objects(d.name) if "wcache.WC0" in o]
+    d.stop()
+    assert shm_objects(d.name) == []
+    d2 = daemon_factory(extra=["--json", str(cfg_file)]).start()
+    got = {b["name"]: b for b in d2.rpc("bdev_get_bdevs")}
+    assert got["WC0"]["driver_specific"]["wcache"]["base_bdev_name"] == "Base0"
+    assert got["WC1"]["driver_specific"]["wcache"]["ignore_fua"] is True
+    assert got["WC0"]["uuid"] == info["WC0"]["uuid"]
+    d2.stop()
+    assert shm_objects(d2.name) == []

@@ -218,19 +218,15 @@ def _send_log(req: Request, page: bytes | bytearray, length: int, offset: int) -
         return req.complete_with_data(out)
 
     def got(iov: IoVec) -> None:  # zero-filled past the log's end, in a pool buffer
-        req.wait = None
-        if req.done or qp.closed:
-            return iob.release(iov)
         v = iov.views[0]
         k = len(chunk)
         v[:k] = chunk
         v[k:] = _ZEROS[: length - k]
+        req.iov = None  # the output owns it now, until sent
         req.complete_with_data(v)
         qp.hold_tx(iov)
 
-    w = iob.acquire(length, got)
-    if w is not None:
-        req.wait = w
+    qp.acquire(req, length, got)
 
 
 def get_log_page(req: Request, ctrl: Controller) -> None:

@@ -267,12 +267,12 @@ class Controller:
         deadline = self.last_ka + self.kato_ms / 1000.0
         now = time.monotonic()
         if now >= deadline:
-            log.warning(
-                "nvmf: keep-alive timeout (%d ms) for %s cntlid %d: tearing down",
-                self.kato_ms,
-                self.subsys.nqn,
-                self.cntlid,
-            )
+            msg = "keep-alive timeout (%d ms) for %s cntlid %d: tearing down"
+            hl = getattr(self.admin_qp, "hlog", None)
+            if hl is not None:
+                hl.event(logging.WARNING, msg, self.kato_ms, self.subsys.nqn, self.cntlid)
+            else:
+                log.warning("nvmf: " + msg, self.kato_ms, self.subsys.nqn, self.cntlid)
             self.target.destroy_controller(self, "keep-alive timeout")
         else:
             self._timer = self.target.ctx.loop.call_later(deadline - now, self._check_kato)

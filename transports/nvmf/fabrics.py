@@ -81,6 +81,10 @@ def connect(req: Request) -> None:
         return _invalid(req, spec.CONNECT_DATA_OFF_HOSTNQN, True)
     subnqn = raw_sub[: raw_sub.index(b"\0")].decode("utf-8", "replace")
     hostnqn = raw_host[: raw_host.index(b"\0")].decode("utf-8", "replace")
+    # everything is copied out: drop the view so that waiting for the
+    # supervisor does not pin the connection's receive buffer
+    req.data = None
+    del data
     opts = target.opts
     if sqsize == 0 or sqsize >= (opts.max_aq_depth if qid == 0 else opts.max_queue_depth):
         return _invalid(req, spec.CONNECT_OFF_SQSIZE, False)
@@ -264,7 +268,7 @@ def set_cc(ctrl: Controller, new: int) -> None:
             ctrl.csts = (ctrl.csts & ~spec.CSTS_CFS) | spec.CSTS_RDY
             target.ctx.call("nvmf.ctrlr_state", {**args, "enabled": True}, lambda ok, r: None)
         else:
-            log.warning("nvmf: CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
+            _hostlog(ctrl.admin_qp, "CC %#x has invalid IOSQES/IOCQES/MPS/CSS/AMS", new)
             ctrl.csts |= spec.CSTS_CFS
     elif not new & spec.CC_EN and old & spec.CC_EN:
         # controller reset: I/O queues go on every reactor, AERs are dropped

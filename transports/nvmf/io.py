@@ -52,19 +52,33 @@ def status_of(st: IoStatus, is_read: bool = False) -> int:
     return spec.ST_READ_ERROR if is_read else spec.ST_WRITE_FAULT
 
 
+def _open(ns: Any, ctx: Any) -> None:
+    bdev = ns.bdev = ctx.bdev(ns.bdev_name)
+    ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
+    ns.copies = ch is not None and copies_reads(ch)
+
+
+def async_copying_ns(qp: Any, nsid: int) -> bool:
+    """The namespace's bdev copies and completes later (aio, nvme): data the
+    host sent in the capsule must not stay in the receive buffer meanwhile."""
+    ns = qp.subsys.namespaces.get(nsid) if qp.subsys is not None else None
+    if ns is None:
+        return False
+    if ns.chan is None:
+        _open(ns, qp.target.ctx)
+    return bool(ns.copies)
+
+
 def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
     """(channel, block_size, num_blocks) or (None, status, 0)."""
     ss = req.qp.subsys
     ns = ss.namespaces.get(req.nsid) if ss is not None else None
     if ns is None:
         return None, spec.ST_INVALID_NS, 0
+    if ns.chan is None:
+        _open(ns, req.qp.target.ctx)
     ch = ns.chan
     bdev = ns.bdev
-    if ch is None:
-        ctx = req.qp.target.ctx
-        bdev = ns.bdev = ctx.bdev(ns.bdev_name)
-        ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
-        ns.copies = ch is not None and copies_reads(ch)
     if ch is None or bdev is None or bdev.removed or ch.removed:
         ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
@@ -152,16 +166,9 @@ def read(req: Request) -> None:
         return ch.read(slba, nlb, done)
 
     def got(iov: IoVec) -> None:  # C2H staging from the pool (FIFO when empty)
-        req.wait = None
-        if req.done or qp.closed:
-            return iob.release(iov)
-        req.iov = iov
-        ch.read(slba, nlb, done, into=iov.views[0])  # type: ignore[call-arg]
+        ch.read(slba, nlb, done, into=iov.views[0])
 
-    w = iob.acquire(n, got)
-    if w is not None:
-        req.wait = w
-        qp.target.stats["iobuf_waits"] += 1
+    qp.acquire(req, n, got)
 
 
 def write(req: Request) -> None:
@@ -196,26 +203,6 @@ def write(req: Request) -> None:
     assert data is not None
     if len(data) > n:
         data = data[:n]
-    iob = qp.iobufs
-    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
-    if iov is None and iob is not None and ns is not None and ns.copies and n <= CHUNK:
-        # an asynchronous (copying) bdev would pin the receive buffer under
-        # in-capsule data until it completes: move the data to the pool first
-        def got(piov: IoVec) -> None:
-            req.wait = None
-            if req.done or qp.closed:
-                return iob.release(piov)
-            v = piov.views[0]
-            v[:] = data
-            req.iov = piov
-            req.data = None
-            _write(ch, slba, v, lambda s: req.complete(status_of(s)), fua)
-
-        w = iob.acquire(n, got)
-        if w is not None:
-            req.wait = w
-            qp.target.stats["iobuf_waits"] += 1
-        return
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 
@@ -225,7 +212,7 @@ def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable
 
 def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
     if fua:
-        ch.write(slba, data, cb, fua=True)  # type: ignore[call-arg]
+        ch.write(slba, data, cb, fua=True)
     else:
         ch.write(slba, data, cb)
 
@@ -374,9 +361,9 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
             wr.complete(0)
 
     if wr.fua:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)  # type: ignore[call-arg,arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done, fua=True)
     else:
-        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)  # type: ignore[arg-type]
+        ch.compare_and_write(slba, cmp.data[:n], wr.data[:n], done)
 
 
 HANDLERS = {

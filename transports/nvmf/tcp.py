@@ -140,15 +140,8 @@ class Request:
 
     def got_iov(self, iov: IoVec) -> None:
         """The pool granted this R2T transfer its buffers: ask for the data."""
-        qp = self.qp
-        self.wait = None
-        if self.done or qp.closed:
-            assert qp.iobufs is not None
-            qp.iobufs.release(iov)
-            return
-        self.iov = iov
-        qp._send_r2t(self)
-        qp._wake()
+        self.qp._send_r2t(self)
+        self.qp._wake()
 
 
 _FAST_SQE = spec.Sqe(0, 0, 0, 0, 0, 0, 0, bytes(16), 0, 0, 0, 0, 0, 0)
@@ -271,6 +264,35 @@ class TcpQpair(QueuePair):
         if self.wake is None:  # no driver (sans-I/O use): taken counts as sent
             self.sent_upto(self.taken_total)
         return out
+
+    # -- pool buffers -----------------------------------------------------------------
+    def acquire(self, req: Request, nbytes: int, fn: Callable[[IoVec], None]) -> None:
+        """Pool buffers for ``req`` (``req.iov``), then ``fn(iov)``: now, or
+        first come first served once buffers are released (possibly from
+        another connection's completion). A grant for a request that finished
+        or a closed connection goes straight back; an exception in ``fn`` is
+        contained to this connection. Raises ValueError when the whole pool
+        could never hold ``nbytes``."""
+        iob = self.iobufs
+        assert iob is not None
+
+        def grant(iov: IoVec) -> None:
+            req.wait = None
+            if req.done or self.closed:
+                return iob.release(iov)
+            req.iov = iov
+            try:
+                fn(iov)
+            except Exception as e:
+                if req.iov is iov:
+                    req.iov = None
+                    iob.release(iov)
+                self.crash(e, "a pool buffer grant")
+
+        w = iob.acquire(nbytes, grant)
+        if w is not None:
+            req.wait = w
+            self.target.stats["iobuf_waits"] += 1
 
     # -- transmit buffers from the pool -------------------------------------------
     def hold_tx(self, iov: IoVec) -> None:
@@ -628,6 +650,13 @@ class TcpQpair(QueuePair):
             req.sgl_len = sgl.length
             if sgl.length and data is not None:
                 req.data = data[sgl.address : sgl.address + sgl.length]
+                if (
+                    self.qid > 0
+                    and self.iobufs is not None
+                    and sgl.length <= CHUNK
+                    and io.async_copying_ns(self, req.nsid)
+                ):
+                    return self._stage_incapsule(req)
             return self._execute(req)
         if ident == spec.SGL_TYPE_TRANSPORT:
             if data is not None:
@@ -642,6 +671,22 @@ class TcpQpair(QueuePair):
             return self._execute(req)  # an all-zero descriptor: no data
         return self.complete(req, spec.ST_SGL_INVALID_TYPE)
 
+    def _stage_incapsule(self, req: Request) -> None:
+        """In-capsule data for an asynchronous bdev moves to a pool buffer
+        (FIFO, so commands that wait keep their order, fused pairs included),
+        so the receive buffer is never pinned by commands in flight."""
+        view = req.data
+        assert view is not None
+
+        def got(iov: IoVec) -> None:
+            v = iov.views[0]
+            v[:] = view
+            req.data = v
+            self._execute(req)
+            self._wake()
+
+        self.acquire(req, len(view), got)
+
     def _execute(self, req: Request) -> None:
         if self.fused_first is not None or req.sqe.fuse:
             io.fused_gate(req)
@@ -654,18 +699,15 @@ class TcpQpair(QueuePair):
         if iob is None:
             return self._send_r2t(req)  # no pool on this reactor: bounded bytearrays
         try:
-            w = iob.acquire(req.sgl_len, req.got_iov)
+            self.acquire(req, req.sgl_len, req.got_iov)
         except ValueError:  # the whole pool could never hold it
             return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-        if w is not None:
-            req.wait = w
-            self.target.stats["iobuf_waits"] += 1
 
     def _send_r2t(self, req: Request) -> None:
         ttag = self._next_ttag
         while True:
             ttag = (ttag + 1) & 0xFFFF
-            if ttag not in self.ttags:
+            if ttag and ttag not in self.ttags:  # 0 means "no R2T" (req.ttag)
                 break
         self._next_ttag = ttag
         req.ttag = ttag

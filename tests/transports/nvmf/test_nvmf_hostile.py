@@ -684,3 +684,84 @@ def test_r2t_transfer_in_several_pool_chunks(h) -> None:  # type: ignore[no-unty
     finally:
         rpc.stop()
         pool.destroy()
+
+
+def test_exception_in_a_pool_grant_stays_with_its_connection(h, pooled, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """B's completion frees the buffer A waits for; A's grant fails: only A closes."""
+    rpc, key, iob = pooled
+    _a, cntlid = _admin(h, rpc, key)
+    b = _io(h, rpc, key, cntlid, qid=1)
+    a = _io(h, rpc, key, cntlid, qid=2)
+    n = 65536
+    r2ts = []
+    for cid in (1, 2):
+        r2ts += b.cmd(
+            spec.IO_WRITE, cid=cid, nsid=1, cdws=_rw(cid * 128, n), data=bytes(n), incapsule=False
+        )
+    a.cmd(spec.IO_WRITE, cid=7, nsid=1, cdws=_rw(0, n), data=bytes(n), incapsule=False)
+    assert iob.queued == 1
+    monkeypatch.setattr(a.qp, "_send_r2t", lambda req: 1 / 0)
+    _c, ttag, _o, _l = P.parse_data_hdr(r2ts[0].hdr)
+    pdus = b.send(_j(P.encode_data(P.H2C_DATA, 1, ttag, 0, bytes(n))))
+    assert b.resp(pdus).status == 0 and not b.qp.closed
+    a.raw += a.qp.take_output()
+    assert a.qp.closed and a.term() is not None
+    assert iob.in_use == 1  # B's second transfer only: A's grant went back
+
+
+def test_exception_in_a_timer_is_contained(h, tgt, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rpc, key = tgt
+    a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    clock = Clock()
+    q.qp.target.clock = clock
+    q.cmd(spec.IO_WRITE, cid=9, nsid=1, cdws=_rw(0, 8192), data=bytes(8192), incapsule=False)
+    clock.t += 11
+    monkeypatch.setattr(q.qp, "_clock", lambda: 1 / 0)
+    q.qp.check_h2c_timeouts()  # must not raise into the loop
+    assert q.qp.closed and not q.qp.ttags
+    assert q.qp.target.stats["qpair_exceptions"] == 1
+    assert a.resp(a.cmd(spec.ADMIN_KEEP_ALIVE, cid=3)).status == 0
+
+
+def test_ttag_never_zero_after_wrap(h, tgt) -> None:  # type: ignore[no-untyped-def]
+    """TTAG 0 marks "no R2T": after 65535 R2Ts the tag wraps to 1, so a failed
+    transfer is always removed from the tag table."""
+    rpc, key = tgt
+    _a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    q.qp._next_ttag = 0xFFFF
+    clock = Clock()
+    q.qp.target.clock = clock
+    [r2t] = q.cmd(
+        spec.IO_WRITE, cid=9, nsid=1, cdws=_rw(0, 8192), data=bytes(8192), incapsule=False
+    )
+    assert P.parse_data_hdr(r2t.hdr)[1] == 1
+    clock.t += 11
+    q.qp.check_h2c_timeouts()
+    assert not q.qp.ttags and not q.qp.reqs
+
+
+def test_incapsule_data_for_async_bdev_never_pins_the_receive_buffer(h, pooled) -> None:  # type: ignore[no-untyped-def]
+    rpc, key, iob = pooled
+    rpc.bdevs["Malloc0"] = IntoBdev("Malloc0", 2048, async_loop=rpc.loop)
+    _a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    qp = q.qp
+    # a Write, a Compare and a fused Compare-and-Write, all in-capsule, all in flight
+    raw = (
+        q.capsule(spec.IO_WRITE, cid=1, nsid=1, cdws=_rw(0, 512), data=b"\x01" * 512)
+        + q.capsule(spec.IO_COMPARE, cid=2, nsid=1, cdws=_rw(8, 512), data=bytes(512))
+        + q.capsule(spec.IO_COMPARE, cid=3, nsid=1, cdws=_rw(16, 512), data=bytes(512), fuse=1)
+        + q.capsule(spec.IO_WRITE, cid=4, nsid=1, cdws=_rw(16, 512), data=b"\x04" * 512, fuse=2)
+    )
+    qp.feed_input(raw)
+    assert len(qp.reqs) == 4 and iob.in_use == 4
+    assert not qp.reader._exported()  # no view of the receive buffer is alive
+    rpc.pump()
+    got = q.reader.feed(_j(qp.take_output()))
+    st = {c.cid: c.status for c in (spec.unpack_cqe(p.hdr, 8) for p in got)}
+    assert st == {1: 0, 2: 0, 3: 0, 4: 0}
+    storage = rpc.bdevs["Malloc0"].storage
+    assert storage[:512] == b"\x01" * 512 and storage[16 * 512 : 17 * 512] == b"\x04" * 512
+    assert iob.in_use == 0

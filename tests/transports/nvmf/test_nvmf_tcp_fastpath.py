@@ -96,9 +96,10 @@ def _cmds(spec_list: list[tuple[Any, ...]]) -> bytes:
 
 
 def _run(
-    h: Any, raw: bytes, fast: bool, monkeypatch: Any, cattr: int = 0
+    h: Any, raw: bytes, fast: bool, monkeypatch: Any, cattr: int = 0, wt: bool = False
 ) -> tuple[bytes, bytes, int, list[tuple[int, bool]]]:
     io = Io(h, cattr)
+    io.qp.write_through = wt  # Volatile Write Cache off on the controller
     try:
         with monkeypatch.context() as m:
             if not fast:
@@ -123,12 +124,18 @@ _cmd = st.tuples(
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(cmds=st.lists(_cmd, min_size=1, max_size=12), cattr=st.sampled_from([0, 4]))
-def test_fast_path_output_identical(h, monkeypatch, cmds, cattr) -> None:  # type: ignore[no-untyped-def]
+@given(
+    cmds=st.lists(_cmd, min_size=1, max_size=12),
+    cattr=st.sampled_from([0, 4]),
+    wt=st.booleans(),
+)
+def test_fast_path_output_identical(h, monkeypatch, cmds, cattr, wt) -> None:  # type: ignore[no-untyped-def]
     raw = _cmds([(k, i + 1, slba, nlb, x) for i, (k, slba, nlb, x) in enumerate(cmds)])
-    fast = _run(h, raw, True, monkeypatch, cattr)
-    slow = _run(h, raw, False, monkeypatch, cattr)
+    fast = _run(h, raw, True, monkeypatch, cattr, wt)
+    slow = _run(h, raw, False, monkeypatch, cattr, wt)
     assert fast == slow
+    if wt:  # write-through: every write reached the channel as FUA
+        assert all(f for _off, f in fast[3])
 
 
 def test_burst_reads_writes_and_errors(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
