@@ -3,10 +3,12 @@ in-flight tracking for task management and hot-remove."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blockfabric.bdevs.base import Bdev, IoChannel, IoStatus
+from blockfabric.control.hostlog import HostLog
 
 from . import cdb as C
 from . import inquiry, sbc, spc
@@ -41,6 +43,8 @@ from .task import ScsiTask
 
 if TYPE_CHECKING:
     from .device import ScsiDevice
+
+log = logging.getLogger(__name__)
 
 Done = Callable[[ScsiTask], None]
 Handler = Callable[["ScsiLun", ScsiTask, Done], None]
@@ -93,6 +97,9 @@ class ScsiLun:
         self._on_gone: Callable[[], None] | None = None
         # task-management waits: (which tasks, callback once none is in flight)
         self._idle_waiters: list[tuple[Callable[[Key], bool], Callable[[], None]]] = []
+        # internal errors while executing a command: logged rate-limited (a
+        # host that can trigger one must not flood the log)
+        self.errors = HostLog(log, f"scsi {device.name} lun {lun_id}")
         bs = bdev.block_size
         self.optimal_transfer_blocks = max(1, (1 << 20) // bs)
         self.max_transfer_blocks = max(1, max_transfer_bytes // bs)
@@ -181,6 +188,7 @@ class ScsiLun:
             task.check_condition(e.sense)
             fin(task)
         except Exception:  # never let a command take the reactor down
+            self.errors.event(logging.ERROR, "internal error in %s", task, exc_info=True)
             if self.inflight.get(key) is task:
                 task.check_condition(build_sense(HARDWARE_ERROR, *ASC_INTERNAL_TARGET_FAILURE))
                 fin(task)

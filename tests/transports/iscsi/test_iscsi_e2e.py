@@ -28,10 +28,10 @@ class RamChannel(IoChannel):
         super().__init__(bdev)
         self.mem = memoryview(bdev.mem)
 
-    def _do_read(self, off: int, n: int, cb: Any, into: Any) -> None:
+    def _do_read(self, off: int, n: int, cb: Any, into: Any = None) -> None:
         cb(IoStatus.SUCCESS, self.mem[off * 512 : (off + n) * 512])
 
-    def _do_write(self, off: int, data: memoryview, cb: Any, fua: bool) -> None:
+    def _do_write(self, off: int, data: memoryview, cb: Any, fua: bool = False) -> None:
         self.mem[off * 512 : off * 512 + len(data)] = data
         cb(IoStatus.SUCCESS)
 
