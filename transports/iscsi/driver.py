@@ -136,6 +136,11 @@ class ReactorIscsi:
 
         ctx = self.ctx
         mtl = int(self.view.options.get("max_transfer_length", DEFAULT_MAX_TRANSFER))
+        sd = getattr(ctx, "state_dir", None)
+        mode_path = None
+        if sd and isinstance(sd, str):
+            safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{dev.name}-{bname}")
+            mode_path = os.path.join(sd, f"iscsi-mode-{safe}-lun{lid}.json")
         dev.add_lun(
             ScsiLun(
                 lid,
@@ -144,6 +149,7 @@ class ReactorIscsi:
                 dev,
                 iobufs=self.iobufs,
                 max_transfer_bytes=mtl,
+                mode_path=mode_path,
             )
         )
 

@@ -85,12 +85,14 @@ class ScsiLun:
         device: ScsiDevice,
         iobufs: Any = None,
         max_transfer_bytes: int = DEFAULT_MAX_TRANSFER,
+        mode_path: str | None = None,
     ) -> None:
         self.lun_id = lun_id
         self.bdev = bdev
         self.channel_getter = channel_getter
         self.device = device
-        self.mode = ModePages()
+        # mode pages; saved values (MODE SELECT SP=1, e.g. WCE) persist in mode_path
+        self.mode = ModePages(mode_path)
         self.read_only = False
         self.removed = False
         self.inflight: dict[Key, ScsiTask] = {}

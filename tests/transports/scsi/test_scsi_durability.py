@@ -267,3 +267,24 @@ def test_fua_on_a_module_without_fua_flushes(tmp_path) -> None:
     assert t.status == 0 and ch.log[-1] == "flush" and ch.mem[:BS] == b"\x01" * BS
     t = run(caw(0, 1), bytes(BS) + b"\x02" * BS)  # miscompare: no offset from old channels
     assert key(t) == (0xE, 0x1D, 0) and struct.unpack(">I", t.sense[3:7])[0] == 0
+
+
+def test_saved_wce_survives_a_restart(tmp_path) -> None:
+    path = str(tmp_path / "mode.json")
+    env = Env(tmp_path)
+    env.lun.mode = type(env.lun.mode)(path)
+    set_wce(env, False)  # current only: not saved
+    assert not os.path.exists(path)
+    set_wce(env, False, save=True)
+    assert os.path.exists(path)
+    # a new LUN object (target restart) starts from the saved values
+    env2 = Env(tmp_path)
+    env2.lun.mode = type(env2.lun.mode)(path)
+    assert not env2.lun.mode.wce and not wce_of(env2, 0) and not wce_of(env2, 3)
+    assert wce_of(env2, 2)  # the default is still WCE=1
+    env2.run(rw10(0x2A, 0, 1), data=bytes(BS))
+    assert env2.ch.writes == [(0, 1, True)]  # write-through after the restart
+    # a damaged file gives the defaults
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert type(env2.lun.mode)(path).wce
