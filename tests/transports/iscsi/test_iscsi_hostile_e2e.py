@@ -171,6 +171,8 @@ def test_immediate_command_flood_is_bounded_by_the_window(daemon: Any) -> None:
             r2ts += p.opcode == P.OP_R2T
     except (TimeoutError, OSError):
         pass
+    st = daemon.rpc("iscsi_get_stats")
+    assert sum(r["immediate_refused"] for r in st) == flood - 64
     print(
         f"\nimmediate flood: {flood - full} accepted (the window), {r2ts} of them with burst"
         f" buffers (R2T), {full} TASK SET FULL; reactor RSS +{grown / MIB:.1f} MiB"
