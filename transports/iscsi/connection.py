@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 MAX_EDTL = 64 * 1024 * 1024  # biggest write buffer one command may ask for
 STAGED_READ_BUDGET = 8 * 1024 * 1024  # pool bytes of staged READs per connection
+LOGIN_READER_SIZE = 0  # receive buffer before login: two maximal login PDUs
+FFP_READER_SIZE = 256 * 1024  # receive buffer in full feature phase
 _READ_OPS = frozenset({0x08, 0x28, 0xA8, 0x88})
 
 # TMF functions and responses (RFC 7143 11.5, 11.6)
@@ -204,7 +206,9 @@ class Connection:
         self.local_addr = local_addr
         self._send = send
         self._on_close = on_close
-        self.reader = P.PduReader(8192)
+        # small while logging in (a login PDU carries at most 8 KiB of text):
+        # a host that never completes its login holds ~20 KiB, not 256 KiB
+        self.reader = P.PduReader(8192, min_size=LOGIN_READER_SIZE)
         self.login: Login | None = Login(env.view, env.sessions, listener, peer_addr)
         self.state = "login"
         self.session: Session | None = None
@@ -421,7 +425,9 @@ class Connection:
         self.login = None
         self.state = "ffp"
         self.send(out)
-        # digests and the receive limit apply from the first FFP PDU
+        # digests and the receive limit apply from the first FFP PDU; the
+        # full-size receive buffer only now
+        self.reader.grow_to(FFP_READER_SIZE)
         self.reader.set_limits(self.cp.max_recv_dlen, self.cp.header_digest, self.cp.data_digest)
 
     # ----------------------------------------------------------------- ffp

@@ -242,7 +242,7 @@ class SockConn:
 
     def _route_read(self) -> None:
         try:
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(ROUTE_MAX)  # the first PDU is all routing needs
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
