@@ -11,6 +11,19 @@ this class runs the full feature phase (RFC 7143 sections 3-4, 11):
 * NOP-Out/NOP-In (and target pings via `idle_check`), Task Management, Text
   (SendTargets, FFP negotiation), Logout, Reject for bad PDUs. ERL 0 only:
   sequence errors fail the connection.
+
+Bounds against hostile hosts (issue 8):
+
+* the CmdSN window: MaxCmdSN moves when commands finish (session.py);
+  immediate SCSI commands count too (TASK SET FULL beyond queue_depth);
+* write data lands in pool buffers (xfer.py), region by region, never the
+  whole EDTL; WRITEs are written chunk by chunk as their data arrives; at
+  most max_r2t_per_connection commands hold burst buffers, staged READs
+  share STAGED_READ_BUDGET; a command that finds the pool empty waits
+  (FIFO) and, if its data is already arriving, stops the input;
+* task management answers once the affected tasks really finished;
+* an exception closes only this connection (`crash`), counted and logged
+  through HostLog like every host-caused error.
 """
 
 from __future__ import annotations
