@@ -289,6 +289,13 @@ class Connection:
                 s.closed = True
                 self.env.sessions.remove(s)
                 self._nexus_lost(s)
+        # what a dead connection no longer needs goes at once, not when the
+        # cyclic garbage collector finds it (a login flood makes thousands)
+        self.reader.release()
+        self.login = None
+        self._backlog.clear()
+        self._text_pending = bytearray()
+        self._text_rest = b""
         self._on_close(reason)
 
     def _nexus_lost(self, s: Session) -> None:
@@ -663,16 +670,20 @@ class Connection:
             return True
         t.last_rx = self.now()
         bs = _block_size(self.env.device(s.target_name), t.lun)
-        if edtl > CHUNK:
-            if not bs or not t.cdb or t.cdb[0] not in STREAM_OPS:
-                # the SCSI core needs this command's data in one piece, and
-                # no parameter list or CAW buffer is this long
-                self._drop_task(t)
-                self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-                return True
+        first = len(imm) if pdu.final else min(edtl, sp.first_burst_length)
+        streamable = bool(bs and t.cdb and t.cdb[0] in STREAM_OPS)
+        if edtl > CHUNK and not streamable:
+            # the SCSI core needs this command's data in one piece, and
+            # no parameter list or CAW buffer is this long
+            self._drop_task(t)
+            self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
+            return True
+        if streamable and (edtl > CHUNK or edtl > first):
+            # WRITEs whose data does not all come unsolicited go piece by
+            # piece: only the first burst is held before the R2T phase
+            # (which max_r2t_per_connection bounds)
             t.stream = True
             t.bs = bs
-        first = len(imm) if pdu.final else min(edtl, sp.first_burst_length)
         if not pdu.final:
             t.unsol_open = True
             t.unsol_limit = first

@@ -154,6 +154,14 @@ class ReactorIscsi:
         )
 
 
+def _discard(*_: Any) -> None:
+    pass
+
+
+def _run_now(cb: Any) -> None:
+    cb()
+
+
 class _Sent:
     """A marker in the output queue: run cb once what precedes it was sent."""
 
@@ -264,6 +272,8 @@ class SockConn:
         if t is not None and t.home_reactor != ctx.reactor_id and hasattr(ctx, "handoff"):
             # all of a target's sessions live on its home reactor
             self._detach()
+            self.conn.reader.release()
+            self._unlink()
             try:
                 ctx.handoff(self.sock, t.home_reactor, "iscsi", self.listener, data)  # type: ignore[attr-defined]
             except Exception:
@@ -389,10 +399,20 @@ class SockConn:
         self.out.clear()
         self.out_bytes = 0
         self.conn.hostlog.close()
+        self._unlink()
         try:
             self.sock.close()
         except OSError:
             pass
+
+    def _unlink(self) -> None:
+        """Break the SockConn <-> Connection reference cycle so both are freed
+        when the last reference goes (not at the next full GC)."""
+        c = self.conn
+        c._send = _discard
+        c._on_close = _discard
+        c.after_sent = _run_now
+        c.on_flow = None
 
 
 class IscsiDriver:

@@ -350,6 +350,14 @@ class PduReader:
     def _needed_size(self) -> int:
         return max(self._min_size, 2 * self._max_pdu())
 
+    def release(self) -> None:
+        """Give the receive buffer back (the connection is gone)."""
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._min_size = 0
+        self.broken = True
+
     def grow_to(self, min_size: int) -> None:
         """Raise the buffer's minimum size (applied by the next set_limits)."""
         self._min_size = max(self._min_size, min_size)
