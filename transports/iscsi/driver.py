@@ -189,6 +189,7 @@ class SockConn:
         self.out: deque[P.Buffer | _Sent] = deque()
         self.out_bytes = 0  # queued, not yet sent
         self.reading = True  # EPOLLIN armed
+        self._close_timer: Any = None
         self.flush_scheduled = False
         self.closing = False
         self.closed = False
@@ -374,7 +375,9 @@ class SockConn:
             self._drop(reason)
         else:
             self.schedule_flush()
-            self.rs.ctx.loop.call_later(5.0, lambda: self._drop("close timeout"))
+            self._close_timer = self.rs.ctx.loop.call_later(
+                5.0, lambda: self._drop("close timeout")
+            )
 
     def _detach(self) -> None:
         self.closed = True
@@ -400,6 +403,9 @@ class SockConn:
         self.out_bytes = 0
         self.conn.hostlog.close()
         self._unlink()
+        if self._close_timer is not None:
+            self._close_timer.cancel()  # drops its reference to us now
+            self._close_timer = None
         try:
             self.sock.close()
         except OSError:
