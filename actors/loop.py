@@ -86,6 +86,10 @@ class _ErrLog:
             st[2] = now
 
 
+def _noop() -> None:
+    pass
+
+
 class TimerHandle:
     __slots__ = ("when", "seq", "cb", "cancelled")
 
@@ -97,6 +101,9 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # drop the callback now: it may hold a closed connection (and its
+        # buffers) that would otherwise stay alive until the timer's time
+        self.cb = _noop
 
     def __lt__(self, other: TimerHandle) -> bool:
         return (self.when, self.seq) < (other.when, other.seq)

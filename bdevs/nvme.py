@@ -30,7 +30,15 @@ from collections import deque
 from typing import Any
 
 from ..transports.nvmf import spec as S
-from .base import Bdev, Callback, IoChannel, IoStatus, ReadCallback
+from .base import (
+    Bdev,
+    Callback,
+    CompareCallback,
+    IoChannel,
+    IoStatus,
+    ReadCallback,
+    first_difference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,45 @@ class _Join:
         self.left -= 1
         if self.left == 0:
             self.cb(self.status)
+
+
+FUA_BIT = 1 << 30  # Write CDW12
+
+
+class _Fused:
+    """The two halves of a fused Compare-and-Write; completes once both are back."""
+
+    __slots__ = ("ch", "cb", "lba", "nlb", "cmp", "st")
+
+    def __init__(self, ch: NvmeChannel, cb: CompareCallback, lba: int, nlb: int, cmp: memoryview):
+        self.ch = ch
+        self.cb = cb
+        self.lba = lba
+        self.nlb = nlb
+        self.cmp = cmp
+        self.st: list[int | None] = [None, None]
+
+    def done(self, half: int, status: int) -> None:
+        self.st[half] = status
+        if None in self.st:
+            return
+        cst, wst = _io_status(self.st[0] or 0), _io_status(self.st[1] or 0)
+        if cst == IoStatus.MISCOMPARE:
+            self._locate()
+        elif cst or wst:
+            self.ch.stats.io_errors += 1
+            self.cb(cst or wst, -1)
+        else:
+            self.cb(IoStatus.SUCCESS, -1)
+
+    def _locate(self) -> None:
+        """The remote says only "compare failure": read to find the offset."""
+
+        def got(st: IoStatus, data: memoryview | None) -> None:
+            d = first_difference(data, self.cmp) if not st and data is not None else -1
+            self.cb(IoStatus.MISCOMPARE, max(d, 0))
+
+        self.ch.read(self.lba, self.nlb, got)
 
 
 class NvmeChannel(IoChannel):
@@ -189,8 +236,17 @@ class NvmeChannel(IoChannel):
         kind, cb = op[0], op[1]
         if kind == "read":
             cb(IoStatus.FAILED, None)
+        elif kind == "caw":
+            cb(IoStatus.FAILED, -1)
         else:
             cb(IoStatus.FAILED)
+
+    @staticmethod
+    def _fits(q: Any, op: tuple[Any, ...]) -> bool:
+        """Room for ``op`` on the queue: a fused pair needs two slots at once."""
+        if op[0] == "caw":
+            return bool(q.can_submit) and q.max_outstanding - q.outstanding >= 2
+        return bool(q.can_submit)
 
     # ---------------------------------------------------------- submission
     def _usable(self) -> bool:
@@ -222,7 +278,7 @@ class NvmeChannel(IoChannel):
             self._fail_op(op)
             return
         lq = self.lq
-        if lq is None or not lq.ready or not lq.q.can_submit or self.waiting:
+        if lq is None or not lq.ready or not self._fits(lq.q, op) or self.waiting:
             self.waiting.append(op)
             return
         self._issue(op)
@@ -242,6 +298,27 @@ class NvmeChannel(IoChannel):
             q.write(nsid, lba, len(data) // self.bdev.block_size, data, self._done, op, fua=fua)
         elif kind == "flush":
             q.submit(S.IO_FLUSH, nsid, cb=self._done, ctx=op)
+        elif kind == "caw":
+            # fused Compare + Write, back to back on this queue: the remote
+            # controller runs them atomically (against every host and queue)
+            _, cb, lba, cmp, wr, fua = op
+            nlb = len(wr) // self.bdev.block_size
+            cdws = (lba & 0xFFFFFFFF, lba >> 32, nlb - 1, 0, 0, 0)
+            wcdws = (lba & 0xFFFFFFFF, lba >> 32, (nlb - 1) | (FUA_BIT if fua else 0), 0, 0, 0)
+            pair = _Fused(self, cb, lba, nlb, cmp)
+            q.submit_sqe(
+                S.pack_sqe(S.IO_COMPARE, 0, nsid, cdws, flags=(S.PSDT_SGL << 6) | S.FUSE_FIRST),
+                self._done_fused,
+                (pair, 0),
+                write_from=cmp,
+            )
+            q.submit_sqe(
+                S.pack_sqe(S.IO_WRITE, 0, nsid, wcdws, flags=(S.PSDT_SGL << 6) | S.FUSE_SECOND),
+                self._done_fused,
+                (pair, 1),
+                write_from=wr,
+            )
+            self.in_flight += 1  # two commands
         elif kind == "zeroes":
             _, _, lba, nlb = op
             q.submit(
@@ -274,7 +351,7 @@ class NvmeChannel(IoChannel):
 
     def _drain_waiting(self) -> None:
         lq = self.lq
-        while self.waiting and lq is not None and lq.ready and lq.q.can_submit:
+        while self.waiting and lq is not None and lq.ready and self._fits(lq.q, self.waiting[0]):
             self._issue(self.waiting.popleft())
 
     def _requeue(self, op: tuple[Any, ...], status: int) -> bool:
@@ -297,6 +374,27 @@ class NvmeChannel(IoChannel):
         op[1](st)
         if self.waiting:
             self._drain_waiting()
+
+    def _done_fused(self, r: Any, status: int, _res: int) -> None:
+        self.in_flight -= 1
+        pair, half = r.ctx
+        pair.done(half, status)
+        if self.waiting:
+            self._drain_waiting()
+
+    def _do_compare_and_write(
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool,
+    ) -> None:
+        mb = self._max_blocks()
+        if mb and len(write) > mb * self.bdev.block_size:
+            cb(IoStatus.FAILED, -1)  # a fused pair cannot be split
+            return
+        self._start(("caw", cb, offset_blocks, compare, write, fua))
 
     def _done_read(self, r: Any, status: int, _res: int) -> None:
         self.in_flight -= 1

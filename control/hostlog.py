@@ -61,7 +61,5 @@ class HostLog:
     def close(self) -> None:
         """Flush the suppressed count (call when the connection goes)."""
         if self._suppressed:
-            self.log.log(
-                logging.INFO, "%s: %d host errors not logged", self.what, self._suppressed
-            )
+            self.log.log(logging.INFO, "%s: %d host errors not logged", self.what, self._suppressed)
             self._suppressed = 0

@@ -9,7 +9,9 @@ JSON-RPC error object:
 * -32600 invalid request: wrong ``jsonrpc``/``method``/``params``/``id``, empty
   batch, request over `MAX_REQUEST_BYTES`
 * -32601 / -32602: raised by ``dispatch`` (the registry) as RpcError
-* -32603: any other exception in ``dispatch``, or a result that cannot be encoded
+* -32603: any other exception in ``dispatch``, a result that cannot be encoded,
+  or an answer larger than ``max_result`` bytes (`MAX_RESULT_BYTES` by default:
+  the error names the limit; see `bounded_encode`)
 
 `JsonStreamDecoder` splits SPDK's unix-socket stream (JSON texts concatenated
 with no framing, as SPDK's rpc.py writes them) into one request per object.
@@ -30,6 +32,13 @@ from .errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 # Largest request we accept: 4 MiB. A full SPDK load_config of a large target is
 # well under 1 MiB; the limit bounds the memory one client can make us buffer.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+# Largest answer we build for one request (a batch counts as one): 16 MiB. A
+# bdev_get_bdevs on 10 000 bdevs is about 6 MiB of JSON. The supervisor sets it
+# from BLOCKFABRIC_RPC_MAX_RESULT_BYTES (control/server.py).
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+# deepest result structure we encode (json and msgpack both recurse)
+MAX_RESULT_DEPTH = 256
 
 Encoding = Literal["json", "msgpack"]
 Dispatch = Callable[[str, Any], Any]
@@ -65,6 +74,59 @@ def encode(obj: Any, encoding: Encoding) -> bytes:
     if encoding == "msgpack":
         return msgpack.packb(obj, use_bin_type=True)
     return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+
+
+class ResultTooLarge(ValueError):
+    def __init__(self, limit: int, what: str = "result") -> None:
+        super().__init__(
+            f"{what} too large: over the {limit}-byte RPC result limit "
+            "(BLOCKFABRIC_RPC_MAX_RESULT_BYTES)"
+        )
+        self.limit = limit
+
+
+def _size_at_least(obj: Any, limit: int) -> int:
+    """A lower bound of ``obj``'s encoded size in either encoding, computed
+    without encoding it and abandoned as soon as it passes ``limit`` (so the
+    walk costs O(limit), not O(result)); raises ValueError when too deep."""
+    total = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        o, depth = stack.pop()
+        if depth > MAX_RESULT_DEPTH:
+            raise ValueError(f"result nested deeper than {MAX_RESULT_DEPTH}")
+        if isinstance(o, str | bytes | bytearray | memoryview):
+            total += len(o) + 1
+        elif isinstance(o, dict):
+            total += 1 + len(o)
+            if total > limit:  # before pushing its items: O(limit) work at most
+                return total
+            for k, v in o.items():
+                stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+        elif isinstance(o, list | tuple):
+            total += 1 + len(o)
+            if total > limit:
+                return total
+            stack.extend((v, depth + 1) for v in o)
+        else:
+            total += 1
+        if total > limit:
+            return total
+    return total
+
+
+def bounded_encode(obj: Any, encoding: Encoding, limit: int, what: str = "result") -> bytes:
+    """Encode ``obj`` unless its encoding would exceed ``limit`` bytes
+    (ResultTooLarge). The size is bounded from below before anything is
+    built, so a huge result is refused without building its encoding; the
+    exact size of what was built is checked after (escapes can grow JSON)."""
+    if _size_at_least(obj, limit) > limit:
+        raise ResultTooLarge(limit, what)
+    out = encode(obj, encoding)
+    if len(out) > limit:
+        raise ResultTooLarge(limit, what)
+    return out
 
 
 def error_response(code: int, message: str, req_id: Any = None, data: Any = None) -> dict[str, Any]:
@@ -109,26 +171,38 @@ def _call_one(req: Any, dispatch: Dispatch) -> dict[str, Any] | None:
     return resp if has_id else None
 
 
-def _checked(resp: dict[str, Any], encoding: Encoding) -> dict[str, Any]:
-    """Replace a response whose result/error data cannot be encoded."""
+def _checked(resp: dict[str, Any], encoding: Encoding, limit: int, batch_limit: int = 0) -> bytes:
+    """Encode one response; one whose result/error data cannot be encoded, or
+    is over ``limit`` bytes (what is left of ``batch_limit`` in a batch),
+    becomes an error naming the reason."""
     try:
-        encode(resp, encoding)
-        return resp
+        return bounded_encode(resp, encoding, limit)
+    except ResultTooLarge as e:
+        msg = str(ResultTooLarge(batch_limit, "batch answer")) if batch_limit else str(e)
+        return encode(error_response(INTERNAL_ERROR, msg, resp.get("id")), encoding)
     except Exception as e:
-        return error_response(
-            INTERNAL_ERROR, f"result cannot be encoded as {encoding}: {e}", resp.get("id")
+        return encode(
+            error_response(
+                INTERNAL_ERROR, f"result cannot be encoded as {encoding}: {e}", resp.get("id")
+            ),
+            encoding,
         )
 
 
-def handle_raw(data: bytes, encoding: Encoding, dispatch: Dispatch) -> bytes | None:
-    """Answer one raw request (object or batch); None when nothing is to be sent."""
+def handle_raw(
+    data: bytes, encoding: Encoding, dispatch: Dispatch, max_result: int = MAX_RESULT_BYTES
+) -> bytes | None:
+    """Answer one raw request (object or batch); None when nothing is to be
+    sent. The answer is at most about ``max_result`` bytes: a result over it
+    becomes a -32603 error naming the limit (in a batch, so does every answer
+    after the running total passed it)."""
     try:
-        return _handle(data, encoding, dispatch)
+        return _handle(data, encoding, dispatch, max_result)
     except Exception as e:  # last resort: handle_raw never raises
         return encode(error_response(INTERNAL_ERROR, f"internal error: {e}"), encoding)
 
 
-def _handle(data: bytes, encoding: Encoding, dispatch: Dispatch) -> bytes | None:
+def _handle(data: bytes, encoding: Encoding, dispatch: Dispatch, max_result: int) -> bytes | None:
     n = len(data)
     if n > MAX_REQUEST_BYTES:
         return encode(
@@ -142,16 +216,40 @@ def _handle(data: bytes, encoding: Encoding, dispatch: Dispatch) -> bytes | None
     if isinstance(req, list):
         if not req:
             return encode(error_response(INVALID_REQUEST, "Invalid request: empty batch"), encoding)
-        out = []
+        parts: list[bytes] = []
+        left = max_result
         for r in req:
             resp = _call_one(r, dispatch)
-            if resp is not None:
-                out.append(_checked(resp, encoding))
-        return encode(out, encoding) if out else None
+            if resp is None:
+                continue
+            if left <= 0:
+                err = ResultTooLarge(max_result, "batch answer")
+                part = encode(error_response(INTERNAL_ERROR, str(err), resp.get("id")), encoding)
+            else:
+                part = _checked(resp, encoding, left, max_result)
+            left -= len(part)
+            parts.append(part)
+        if not parts:
+            return None
+        return _join_array(parts, encoding)
     resp = _call_one(req, dispatch)
     if resp is None:
         return None
-    return encode(_checked(resp, encoding), encoding)
+    return _checked(resp, encoding, max_result)
+
+
+def _join_array(parts: list[bytes], encoding: Encoding) -> bytes:
+    """An array of already-encoded elements (no re-encoding of the batch)."""
+    if encoding == "json":
+        return b"[" + b",".join(parts) + b"]"
+    n = len(parts)
+    if n < 16:
+        head = bytes([0x90 | n])
+    elif n < 65536:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(parts)
 
 
 # --- SPDK unix-socket stream framing ------------------------------------------

@@ -12,6 +12,22 @@ removed by `close()`. Binding refuses a path where a live server answers, and
 removes a stale file left by a crashed one.
 
 Requests run synchronously in the loop thread through `jsonrpc.handle_raw`.
+
+Limits (each bounds what one client can make the supervisor hold):
+
+* a request: `jsonrpc.MAX_REQUEST_BYTES` (4 MiB);
+* an answer: ``max_result_bytes`` (default `jsonrpc.MAX_RESULT_BYTES`, 16 MiB,
+  or ``BLOCKFABRIC_RPC_MAX_RESULT_BYTES``): a larger result is answered with a
+  -32603 error naming the limit instead of being encoded;
+* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (16 MiB): past it the
+  connection is not read and its already-framed requests (at most one receive,
+  64 KiB, of them) wait unanswered, so one connection holds at most about
+  4 MiB (a partial request) + 16 MiB + one answer;
+* SPDK-socket connections at once: ``max_connections`` (default
+  `DEFAULT_MAX_CONNECTIONS`, or ``BLOCKFABRIC_RPC_MAX_CONNECTIONS``): one more is
+  answered with a JSON-RPC error saying so and closed; the first refusal of a
+  burst is logged, the rest are counted (``refused``) and summed up in one line
+  when a connection is accepted again.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import logging
 import os
 import socket
 import stat
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +46,16 @@ import zmq
 
 from ..actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
 from .addresses import ipc_path
-from .jsonrpc import MAX_REQUEST_BYTES, JsonStreamDecoder, StreamError, handle_raw
+from .errors import INTERNAL_ERROR
+from .jsonrpc import (
+    MAX_REQUEST_BYTES,
+    MAX_RESULT_BYTES,
+    JsonStreamDecoder,
+    StreamError,
+    encode,
+    error_response,
+    handle_raw,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +67,25 @@ _MAX_BATCH = 64
 _RECV_CHUNK = 65536
 # stop reading from an SPDK client that does not read its answers
 _MAX_PENDING_OUT = 16 * 1024 * 1024
+# SPDK-socket clients at once (rpc.py opens one per command; scripts run a few)
+DEFAULT_MAX_CONNECTIONS = 64
+# bytes read (and dropped) from a refused connection so that closing it does not reset it
+_REFUSE_DRAIN = 1024 * 1024
+ENV_MAX_CONNECTIONS = "BLOCKFABRIC_RPC_MAX_CONNECTIONS"
+ENV_MAX_RESULT = "BLOCKFABRIC_RPC_MAX_RESULT_BYTES"
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw, 0)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: not an integer") from None
+    if v < minimum:
+        raise ValueError(f"{name}={v}: must be >= {minimum}")
+    return v
 
 
 def _prepare_unix_path(path: str) -> None:
@@ -64,12 +109,16 @@ def _prepare_unix_path(path: str) -> None:
 
 
 class _SpdkConn:
-    __slots__ = ("sock", "fd", "decoder", "out", "closing")
+    __slots__ = ("sock", "fd", "decoder", "queue", "out", "closing")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.decoder = JsonStreamDecoder(MAX_REQUEST_BYTES)
+        # requests framed but not answered yet: served only while ``out`` has
+        # room, so one read full of small requests with big answers cannot pile
+        # up more than one answer past _MAX_PENDING_OUT
+        self.queue: deque[bytes | StreamError] = deque()
         self.out = bytearray()
         self.closing = False
 
@@ -82,9 +131,23 @@ class RpcServer:
         zmq_addr: str,
         spdk_path: str | None = None,
         zmq_context: zmq.Context | None = None,
+        max_connections: int | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.loop = loop
         self.dispatch = dispatch
+        self.max_connections = (
+            max_connections
+            if max_connections is not None
+            else _env_int(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, 1)
+        )
+        self.max_result = (
+            max_result_bytes
+            if max_result_bytes is not None
+            else _env_int(ENV_MAX_RESULT, MAX_RESULT_BYTES, 1024)
+        )
+        self.refused = 0  # SPDK-socket connections refused over max_connections
+        self._refused_burst = 0
         self._own_ctx = zmq_context is None
         self.ctx = zmq_context or zmq.Context()
         self._files: list[str] = []
@@ -137,7 +200,7 @@ class RpcServer:
             if len(frames) < 2:
                 continue  # no routing id: cannot answer
             envelope, payload = frames[:-1], frames[-1]
-            resp = handle_raw(payload, "msgpack", self.dispatch)
+            resp = handle_raw(payload, "msgpack", self.dispatch, self.max_result)
             if resp is None:
                 continue
             try:
@@ -175,10 +238,46 @@ class RpcServer:
             except OSError as e:  # EMFILE etc.: try again on the next wake-up
                 log.warning("rpc accept failed: %s", e)
                 return
+            if len(self._conns) >= self.max_connections:
+                self._refuse(s)
+                continue
+            if self._refused_burst:
+                log.warning(
+                    "rpc: %d SPDK-socket connection(s) refused over the limit of %d",
+                    self._refused_burst,
+                    self.max_connections,
+                )
+                self._refused_burst = 0
             s.setblocking(False)
             c = _SpdkConn(s)
             self._conns[c.fd] = c
             self.loop.add_fd(c.fd, EPOLLIN, self._conn_handler(c))
+
+    def _refuse(self, s: socket.socket) -> None:
+        """Answer a connection over the limit with an error and close it."""
+        self.refused += 1
+        self._refused_burst += 1
+        if self._refused_burst == 1:
+            log.warning(
+                "rpc: refusing SPDK-socket connections: %d open, the limit is %d (%s)",
+                len(self._conns),
+                self.max_connections,
+                ENV_MAX_CONNECTIONS,
+            )
+        msg = (
+            f"too many RPC connections: {len(self._conns)} open, "
+            f"the limit is {self.max_connections} ({ENV_MAX_CONNECTIONS})"
+        )
+        with contextlib.suppress(OSError):
+            s.setblocking(False)
+            s.send(encode(error_response(INTERNAL_ERROR, msg), "json") + b"\n")
+            # what the client already sent is dropped unread; a close with unread
+            # bytes would reset the connection and the client could lose the answer
+            for _ in range(_REFUSE_DRAIN // _RECV_CHUNK):
+                if not s.recv(_RECV_CHUNK):
+                    break
+        with contextlib.suppress(OSError):
+            s.close()
 
     def _conn_handler(self, c: _SpdkConn) -> Callable[[int], None]:
         return lambda events: self._on_conn(c, events)
@@ -186,19 +285,21 @@ class RpcServer:
     def _on_conn(self, c: _SpdkConn, events: int) -> None:
         if events & EPOLLOUT:
             self._flush(c)
+            self._serve(c)
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and not c.closing:
             self._read(c)
         if c.fd in self._conns:
-            want = EPOLLIN if not c.closing and len(c.out) < _MAX_PENDING_OUT else 0
+            reading = not c.closing and not c.queue and len(c.out) < _MAX_PENDING_OUT
+            want = EPOLLIN if reading else 0
             if c.out:
                 want |= EPOLLOUT
-            if c.closing and not c.out:
+            if c.closing and not c.out and not c.queue:
                 self._drop(c)
             else:
                 self.loop.modify_fd(c.fd, want or EPOLLOUT)
 
     def _read(self, c: _SpdkConn) -> None:
-        while len(c.out) < _MAX_PENDING_OUT:
+        while len(c.out) < _MAX_PENDING_OUT and not c.queue:
             try:
                 data = c.sock.recv(_RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -209,17 +310,25 @@ class RpcServer:
             if not data:
                 c.closing = True  # peer closed its side: answer what we have, then close
                 return
-            for item in c.decoder.feed(data):
-                if isinstance(item, StreamError):
-                    c.out += item.response() + b"\n"
-                    c.closing = True  # the stream cannot be resynchronised
-                    break
-                resp = handle_raw(item, "json", self.dispatch)
-                if resp is not None:
-                    c.out += resp + b"\n"
-            self._flush(c)
-            if c.closing:
+            c.queue.extend(c.decoder.feed(data))
+            self._serve(c)
+            if c.fd not in self._conns or c.closing:
                 return
+
+    def _serve(self, c: _SpdkConn) -> None:
+        """Answer queued requests while the unsent output has room."""
+        while c.queue and len(c.out) < _MAX_PENDING_OUT and c.fd in self._conns:
+            item = c.queue.popleft()
+            if isinstance(item, StreamError):
+                c.out += item.response() + b"\n"
+                c.closing = True  # the stream cannot be resynchronised
+                c.queue.clear()
+                break
+            resp = handle_raw(item, "json", self.dispatch, self.max_result)
+            if resp is not None:
+                c.out += resp + b"\n"
+        if c.fd in self._conns:
+            self._flush(c)
 
     def _flush(self, c: _SpdkConn) -> None:
         while c.out:

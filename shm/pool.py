@@ -590,6 +590,16 @@ class BufferPool:
 
 
 STALE_CHECK_S = 0.2  # a busy reserve lock is checked for a dead holder after this
+_pid_cache = [0]  # this process's pid, reset after fork
+
+
+def _mypid() -> int:
+    if not _pid_cache[0]:
+        _pid_cache[0] = os.getpid()
+    return _pid_cache[0]
+
+
+os.register_at_fork(after_in_child=lambda: _pid_cache.__setitem__(0, 0))
 
 
 class _SemLock:
@@ -610,7 +620,7 @@ class _SemLock:
             self.sem.acquire(STALE_CHECK_S)
         except posix_ipc.BusyError:
             self._slow()
-        self.hdr[H_LOCK_PID] = os.getpid()
+        self.hdr[H_LOCK_PID] = _mypid()
 
     def _slow(self) -> None:
         holder = int(self.hdr[H_LOCK_PID])

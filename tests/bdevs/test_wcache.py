@@ -245,3 +245,42 @@ def test_async_base_on_a_loop(tmp_path):
     wc.destroy()
     base.destroy()
     assert _leftovers(inst) == []
+
+
+def test_flush_waiting_across_a_power_failure_fails(env):
+    """A flush still waiting when the power fails must not report success."""
+    from blockfabric.bdevs import wcache as W_
+
+    _base, make = env
+    wc = make()
+    ch = wc.open_channel()
+    c = wc.cache()
+    W(ch, 0, pat(1))
+    assert c.try_own(12345)  # someone else (another reactor) is destaging
+    loop = EventLoop("blocking")
+    ch.loop = loop  # so the channel polls instead of blocking
+    got: list = []
+    ch.flush(got.append)
+    assert got == []
+    with c.mutex:  # the power fails meanwhile (what power_fail does under ownership)
+        c.h[W_.H_HEAD] = c.h[W_.H_TAIL]
+        c.h[W_.H_GEN] += 1
+    c.disown(12345)
+    end = time.monotonic() + 5
+    while not got and time.monotonic() < end:
+        loop.run_once(0.01)
+    assert got == [IoStatus.FAILED]
+    ch.close()
+    loop.close()
+
+
+def test_objects_are_in_the_manifest(env):
+    from blockfabric.shm.manifest import Manifest
+
+    base, make = env
+    wc = make()
+    inst = names.parse_object_name(wc.segment_name)[0]
+    kinds = {(o.name, o.kind) for o in Manifest.load(inst).objects}
+    assert (wc.segment_name, "shm") in kinds and (wc.segment_name, "sem") in kinds
+    assert (base.segment_name, "shm") in kinds
+    assert sum(1 for n, k in kinds if ".stripe." in n and k == "sem") == 32

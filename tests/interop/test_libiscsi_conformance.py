@@ -1,8 +1,10 @@
 """libiscsi's iscsi-test-cu (615 test runs, 134 suites) against blockfabric and Debian tgtd.
 
 Both get a 64 MiB RAM-backed LUN (blockfabric: Malloc0, LUN 0, 2 reactors;
-tgtd: file in /dev/shm, LUN 1).  Acceptance: every distinct test tgt passes,
-blockfabric passes, and blockfabric skips fewer tests as "not implemented".
+tgtd: file in /dev/shm, LUN 1).  Acceptance: blockfabric fails no test at all,
+every distinct test tgt passes blockfabric passes, and blockfabric skips fewer
+tests as "not implemented".  CUnit reports a test that skipped as "passed": the
+table counts passed (ran, no skip), failed and skipped separately.
 The comparison goes to bench/results/iscsi-conformance.{json,md}.
 """
 
@@ -62,6 +64,10 @@ def test_cunit_verbose_parser() -> None:
     assert r.not_implemented == ["CompareAndWrite.Simple"]
     assert r.skipped_other == ["GetLBAStatus.UnmapSingle"]
     assert "Reserve6.LUNReset" in r.passed  # a teardown message after the verdict
+    # a skip is not a pass: Simple and UnmapSingle skipped, BeyondEol failed
+    c = counts(r)
+    assert (c["passed"], c["failed"], c["skipped"]) == (2, 1, 2), c
+    assert (c["skipped_not_implemented"], c["skipped_other"]) == (1, 1)
     bad = cunit.parse_verbose(
         SAMPLE.replace("tests      6      6      5", "tests      6      6      6")
     )
@@ -76,15 +82,33 @@ def _tool_version() -> str:
     return p.stdout.strip() or "unknown"
 
 
+def counts(r: cunit.CunitRun) -> dict[str, int]:
+    """Distinct tests as passed (ran and passed, no skip), failed, skipped
+    (a skip is not a pass: CUnit reports a skipped test as passed)."""
+    failed = set(r.failed)
+    skipped = (set(r.not_implemented) | set(r.skipped_other)) - failed
+    passed = r.passed - skipped
+    assert len(passed) + len(failed) + len(skipped) == len(r.tests)
+    return {
+        "distinct": len(r.tests),
+        "passed": len(passed),
+        "failed": len(failed),
+        "skipped": len(skipped),
+        "skipped_not_implemented": len(set(r.not_implemented) - failed),
+        "skipped_other": len(set(r.skipped_other) - set(r.not_implemented) - failed),
+    }
+
+
 def _markdown(tgt: cunit.CunitRun, bf: cunit.CunitRun, regressions: list[str], ok: bool) -> str:
+    t, b = counts(tgt), counts(bf)
     rows = [
         ("test runs (suite families counted separately)", len(tgt.cases), len(bf.cases)),
-        ("test runs passed", tgt.runs_passed, bf.runs_passed),
-        ("distinct tests", len(tgt.tests), len(bf.tests)),
-        ("distinct tests passed", len(tgt.passed), len(bf.passed)),
-        ("distinct tests failed", len(tgt.failed), len(bf.failed)),
-        ("skipped as not implemented", len(tgt.not_implemented), len(bf.not_implemented)),
-        ("skipped for another reason", len(tgt.skipped_other), len(bf.skipped_other)),
+        ("distinct tests", t["distinct"], b["distinct"]),
+        ("passed (ran, no skip)", t["passed"], b["passed"]),
+        ("failed", t["failed"], b["failed"]),
+        ("skipped", t["skipped"], b["skipped"]),
+        ("skipped: not implemented", t["skipped_not_implemented"], b["skipped_not_implemented"]),
+        ("skipped: another reason", t["skipped_other"], b["skipped_other"]),
         ("wall time (s)", f"{tgt.seconds:.0f}", f"{bf.seconds:.0f}"),
     ]
     out = [
@@ -139,6 +163,7 @@ def test_libiscsi_conformance_vs_tgt(daemon_factory: Any, tmp_path: Path) -> Non
     regressions = sorted(tgt.passed - bf.passed)
     ok = (
         not regressions
+        and not bf.failed
         and len(bf.not_implemented) < len(tgt.not_implemented)
         and bf.consistency_error() is None
     )
@@ -147,8 +172,10 @@ def test_libiscsi_conformance_vs_tgt(daemon_factory: Any, tmp_path: Path) -> Non
         "lun_mb": LUN_MB,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "acceptance": {
-            "rule": "every test tgt passes, blockfabric passes; blockfabric skips fewer tests as not implemented",
+            "rule": "blockfabric fails no test; every test tgt passes, blockfabric passes; "
+            "blockfabric skips fewer tests as not implemented",
             "passed": ok,
+            "counts": {"tgt": counts(tgt), "blockfabric": counts(bf)},
             "passed_by_tgt_not_by_blockfabric": regressions,
         },
         "tgt": tgt.as_dict(),
@@ -163,6 +190,8 @@ def test_libiscsi_conformance_vs_tgt(daemon_factory: Any, tmp_path: Path) -> Non
     assert bf.consistency_error() is None, (
         f"blockfabric run: {bf.consistency_error()} (rc={bf.rc})\n{bf.output[-3000:]}\n--- daemon log ---\n{log[-3000:]}"
     )
+    failing = "\n".join(f"  {n}: {bf.tests[n].failures[:3]}" for n in bf.failed)
+    assert not bf.failed, f"blockfabric fails {len(bf.failed)} libiscsi tests:\n{failing}"
     detail = "\n".join(
         f"  {n}: {bf.tests[n].failures[:3] if n in bf.tests else 'not run'}" for n in regressions
     )

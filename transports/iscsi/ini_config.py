@@ -137,6 +137,17 @@ def _portal(path: str, v: str, n: int) -> dict[str, str]:
     return {"host": m.group(1), "port": port}
 
 
+def _section_tag(path: str, s: _Sec, prefix_len: int) -> int:
+    tag = int(s.name[prefix_len:])
+    if tag < 1:
+        raise ConfigFileError(f"{path}:{s.line}: [{s.name}]: group numbers start at 1")
+    return tag
+
+
+# [Malloc] NumberOfLuns: each LUN is one bdev_malloc_create call
+MAX_MALLOC_LUNS = 1024
+
+
 def parse_ini_config(text: str, path: str = "config") -> list[Call]:
     secs = _split(path, text)
     bdevs: list[Call] = []
@@ -180,6 +191,10 @@ def parse_ini_config(text: str, path: str = "config") -> list[Call]:
                     bs = _int(path, k, v, n)
                 else:
                     raise ConfigFileError(f"{path}:{n}: unknown key {k} in [Malloc]")
+            if count > MAX_MALLOC_LUNS:
+                raise ConfigFileError(
+                    f"{path}:{s.line}: [Malloc] NumberOfLuns {count} > {MAX_MALLOC_LUNS}"
+                )
             if count < 0 or (count and size_mb <= 0) or bs not in (512, 1024, 2048, 4096):
                 raise ConfigFileError(
                     f"{path}:{s.line}: [Malloc] needs NumberOfLuns, LunSizeInMB > 0, BlockSize 512..4096"
@@ -196,7 +211,7 @@ def parse_ini_config(text: str, path: str = "config") -> list[Call]:
                     )
                 )
         elif re.fullmatch(r"portalgroup\d+", lname):
-            tag = int(lname[11:])
+            tag = _section_tag(path, s, 11)
             portals = []
             for k, v, n in s.items:
                 if k.lower() != "portal":
@@ -208,7 +223,7 @@ def parse_ini_config(text: str, path: str = "config") -> list[Call]:
                 raise ConfigFileError(f"{path}:{s.line}: [{s.name}] has no Portal")
             pgs.append(("iscsi_create_portal_group", {"tag": tag, "portals": portals}))
         elif re.fullmatch(r"initiatorgroup\d+", lname):
-            tag = int(lname[14:])
+            tag = _section_tag(path, s, 14)
             inames: list[str] = []
             masks: list[str] = []
             for k, v, n in s.items:
@@ -230,7 +245,7 @@ def parse_ini_config(text: str, path: str = "config") -> list[Call]:
                 )
             )
         elif re.fullmatch(r"authgroup\d+", lname):
-            tag = int(lname[9:])
+            tag = _section_tag(path, s, 9)
             secrets = []
             for k, v, n in s.items:
                 if k.lower() != "auth" or len(v) not in (2, 4):
