@@ -226,13 +226,19 @@ class _OldChannel(IoChannel):
         self.log: list[str] = []
         self.mem = bytearray(bdev.block_size * bdev.num_blocks)
 
-    def _do_write(self, off, data, cb):
+    def write(self, off, data, cb):  # type: ignore[override]
         self.log.append("write")
         self.mem[off * BS : off * BS + len(data)] = data
         cb(IoStatus.SUCCESS)
 
-    def _do_read(self, off, n, cb):
+    def read(self, off, n, cb):  # type: ignore[override]
         cb(IoStatus.SUCCESS, memoryview(self.mem)[off * BS : (off + n) * BS])
+
+    def compare_and_write(self, off, cmp, wr, cb):  # type: ignore[override]
+        if bytes(self.mem[off * BS : off * BS + len(cmp)]) != bytes(cmp):
+            cb(IoStatus.MISCOMPARE)
+            return
+        self.write(off, wr, cb)
 
     def _do_flush(self, cb):
         self.log.append("flush")
