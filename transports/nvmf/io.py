@@ -52,19 +52,33 @@ def status_of(st: IoStatus, is_read: bool = False) -> int:
     return spec.ST_READ_ERROR if is_read else spec.ST_WRITE_FAULT
 
 
+def _open(ns: Any, ctx: Any) -> None:
+    bdev = ns.bdev = ctx.bdev(ns.bdev_name)
+    ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
+    ns.copies = ch is not None and copies_reads(ch)
+
+
+def async_copying_ns(qp: Any, nsid: int) -> bool:
+    """The namespace's bdev copies and completes later (aio, nvme): data the
+    host sent in the capsule must not stay in the receive buffer meanwhile."""
+    ns = qp.subsys.namespaces.get(nsid) if qp.subsys is not None else None
+    if ns is None:
+        return False
+    if ns.chan is None:
+        _open(ns, qp.target.ctx)
+    return bool(ns.copies)
+
+
 def _channel(req: Request) -> tuple[IoChannel | None, int, int]:
     """(channel, block_size, num_blocks) or (None, status, 0)."""
     ss = req.qp.subsys
     ns = ss.namespaces.get(req.nsid) if ss is not None else None
     if ns is None:
         return None, spec.ST_INVALID_NS, 0
+    if ns.chan is None:
+        _open(ns, req.qp.target.ctx)
     ch = ns.chan
     bdev = ns.bdev
-    if ch is None:
-        ctx = req.qp.target.ctx
-        bdev = ns.bdev = ctx.bdev(ns.bdev_name)
-        ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
-        ns.copies = ch is not None and copies_reads(ch)
     if ch is None or bdev is None or bdev.removed or ch.removed:
         ns.chan = None
         return None, spec.ST_NS_NOT_READY, 0
@@ -189,18 +203,6 @@ def write(req: Request) -> None:
     assert data is not None
     if len(data) > n:
         data = data[:n]
-    iob = qp.iobufs
-    ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
-    if iov is None and iob is not None and ns is not None and ns.copies and n <= CHUNK:
-        # an asynchronous (copying) bdev would pin the receive buffer under
-        # in-capsule data until it completes: move the data to the pool first
-        def got(piov: IoVec) -> None:
-            v = piov.views[0]
-            v[:] = data
-            req.data = None
-            _write(ch, slba, v, lambda s: req.complete(status_of(s)), fua)
-
-        return qp.acquire(req, n, got)
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 

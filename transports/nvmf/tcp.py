@@ -650,6 +650,13 @@ class TcpQpair(QueuePair):
             req.sgl_len = sgl.length
             if sgl.length and data is not None:
                 req.data = data[sgl.address : sgl.address + sgl.length]
+                if (
+                    self.qid > 0
+                    and self.iobufs is not None
+                    and sgl.length <= CHUNK
+                    and io.async_copying_ns(self, req.nsid)
+                ):
+                    return self._stage_incapsule(req)
             return self._execute(req)
         if ident == spec.SGL_TYPE_TRANSPORT:
             if data is not None:
@@ -663,6 +670,22 @@ class TcpQpair(QueuePair):
         if sgl.length == 0 and ident == 0:
             return self._execute(req)  # an all-zero descriptor: no data
         return self.complete(req, spec.ST_SGL_INVALID_TYPE)
+
+    def _stage_incapsule(self, req: Request) -> None:
+        """In-capsule data for an asynchronous bdev moves to a pool buffer
+        (FIFO, so commands that wait keep their order, fused pairs included),
+        so the receive buffer is never pinned by commands in flight."""
+        view = req.data
+        assert view is not None
+
+        def got(iov: IoVec) -> None:
+            v = iov.views[0]
+            v[:] = view
+            req.data = v
+            self._execute(req)
+            self._wake()
+
+        self.acquire(req, len(view), got)
 
     def _execute(self, req: Request) -> None:
         if self.fused_first is not None or req.sqe.fuse:

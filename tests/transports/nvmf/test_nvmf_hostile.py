@@ -740,3 +740,28 @@ def test_ttag_never_zero_after_wrap(h, tgt) -> None:  # type: ignore[no-untyped-
     clock.t += 11
     q.qp.check_h2c_timeouts()
     assert not q.qp.ttags and not q.qp.reqs
+
+
+def test_incapsule_data_for_async_bdev_never_pins_the_receive_buffer(h, pooled) -> None:  # type: ignore[no-untyped-def]
+    rpc, key, iob = pooled
+    rpc.bdevs["Malloc0"] = IntoBdev("Malloc0", 2048, async_loop=rpc.loop)
+    _a, cntlid = _admin(h, rpc, key)
+    q = _io(h, rpc, key, cntlid)
+    qp = q.qp
+    # a Write, a Compare and a fused Compare-and-Write, all in-capsule, all in flight
+    raw = (
+        q.capsule(spec.IO_WRITE, cid=1, nsid=1, cdws=_rw(0, 512), data=b"\x01" * 512)
+        + q.capsule(spec.IO_COMPARE, cid=2, nsid=1, cdws=_rw(8, 512), data=bytes(512))
+        + q.capsule(spec.IO_COMPARE, cid=3, nsid=1, cdws=_rw(16, 512), data=bytes(512), fuse=1)
+        + q.capsule(spec.IO_WRITE, cid=4, nsid=1, cdws=_rw(16, 512), data=b"\x04" * 512, fuse=2)
+    )
+    qp.feed_input(raw)
+    assert len(qp.reqs) == 4 and iob.in_use == 4
+    assert not qp.reader._exported()  # no view of the receive buffer is alive
+    rpc.pump()
+    got = q.reader.feed(_j(qp.take_output()))
+    st = {c.cid: c.status for c in (spec.unpack_cqe(p.hdr, 8) for p in got)}
+    assert st == {1: 0, 2: 0, 3: 0, 4: 0}
+    storage = rpc.bdevs["Malloc0"].storage
+    assert storage[:512] == b"\x01" * 512 and storage[16 * 512 : 17 * 512] == b"\x04" * 512
+    assert iob.in_use == 0

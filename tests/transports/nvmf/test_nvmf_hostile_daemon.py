@@ -302,3 +302,52 @@ def test_aio_bdev_data_path_uses_the_pool(h: Any, daemon_factory: Any, tmp_path:
     good.close()
     _pool_drained(d)
     assert "Traceback" not in d.log()
+
+
+def test_vwc_fua_flush_survive_power_fail(h: Any, daemon_factory: Any) -> None:
+    """Issue 9 on the NVMe side, through a volatile write cache bdev in a
+    2-reactor daemon: a plain write is lost at power-fail (so the test can
+    fail), a FUA write, a flushed write and every write while VWC = 0 (set on
+    the admin queue, honoured by the I/O queue on the other reactor) survive."""
+    port = _free_port()
+    d = daemon_factory(mask="0x3").start()
+    d.rpc("bdev_malloc_create", {"name": "Base0", "num_blocks": 8192, "block_size": 512})
+    d.rpc("bdev_wcache_create", {"base_bdev_name": "Base0", "name": "WC0"})
+    d.rpc("nvmf_create_transport", {"trtype": "TCP"})
+    d.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
+    d.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "WC0"}})
+    la = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    d.rpc("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": la})
+    good = Good(h, ("127.0.0.1", port))
+    threads = {q["qid"]: q["thread"] for q in d.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})}
+    assert threads[0] != threads[1], f"admin and I/O queue on one reactor: {threads}"
+    io, admin = good.io, good.admin
+
+    def write(lba: int, fill: int, fua: bool = False) -> bytes:
+        data = bytes([fill]) * 4096
+        cdw12 = 7 | ((1 << 30) if fua else 0)
+        assert io.cmd(spec.IO_WRITE, nsid=1, cdws=(lba, 0, cdw12), data=data)[0].status == 0
+        return data
+
+    def survives(lba: int, data: bytes) -> bool:
+        cqe, back = io.read(1, lba, 4096)
+        assert cqe.status == 0
+        return back == data
+
+    flushed = write(16, 0x33)
+    assert io.cmd(spec.IO_FLUSH, nsid=1)[0].status == 0
+    fua = write(8, 0x22, fua=True)
+    plain = write(0, 0x11)  # after the flush and the FUA write: volatile
+    d.rpc("bdev_wcache_power_fail", {"name": "WC0"})
+    assert not survives(0, plain), "a plain write survived: the cache model is not volatile"
+    assert survives(8, fua), "FUA write lost"
+    assert survives(16, flushed), "flushed write lost"
+    assert admin.cmd(spec.ADMIN_SET_FEATURES, cdws=(spec.FID_VOLATILE_WC, 0))[0].status == 0
+    wt = [write(32 + 8 * i, 0x50 + i) for i in range(4)]  # no FUA, no flush
+    d.rpc("bdev_wcache_power_fail", {"name": "WC0"})
+    assert all(survives(32 + 8 * i, w) for i, w in enumerate(wt)), "VWC = 0 write lost"
+    assert admin.cmd(spec.ADMIN_SET_FEATURES, cdws=(spec.FID_VOLATILE_WC, 1))[0].status == 0
+    again = write(64, 0x66)
+    d.rpc("bdev_wcache_power_fail", {"name": "WC0"})
+    assert not survives(64, again), "VWC back to 1 but writes still durable at once"
+    good.close()
