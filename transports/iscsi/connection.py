@@ -137,6 +137,8 @@ class Task:
         "waiters",
         "last_rx",
         "imm_pdu",
+        "r2t_slot",
+        "r2t_queued",
     )
 
     def __init__(self, itt: int, lun_field: int, cdb: bytes, edtl: int, direction: str) -> None:
@@ -177,6 +179,8 @@ class Task:
         self.waiters: list[Callable[[], None]] = []  # run when io drops to 0
         self.last_rx = 0.0  # last data progress (R2T / Data-Out timeout)
         self.imm_pdu: P.Pdu | None = None
+        self.r2t_slot = False  # one of the connection's max_r2t_per_connection
+        self.r2t_queued = False
 
 
 class Connection:
@@ -227,6 +231,12 @@ class Connection:
         self._stalled_by: Task | None = None
         self._backlog: deque[P.Pdu | P.PduError] = deque()
         self.on_flow: Callable[[], None] | None = None  # the driver re-arms reading
+        # commands in their R2T phase (holding or awaiting pool buffers for
+        # solicited data): at most max_r2t_per_connection, the others wait
+        # here without asking the pool, so one connection cannot take it all
+        self._r2t_limit = max(1, int(env.view.options.get("max_r2t_per_connection", 4) or 4))
+        self._r2t_busy = 0
+        self._r2t_waiting: deque[Task] = deque()
         # the driver calls cb once everything sent so far left the socket
         self.after_sent: Callable[[Callable[[], None]], None] = _call_now
         self.hostlog = HostLog(log, f"iscsi {peer_addr}")
@@ -822,6 +832,8 @@ class Connection:
             # being written while the next one is received
             if t.r2ts or t.region is not None or len(t.regions) > 1:
                 return
+            if not self._r2t_slot(t):
+                return
             off = t.next_r2t_offset
             n = min(sp.max_burst_length, t.edtl - off)
             base = off - len(t.carry)
@@ -831,12 +843,37 @@ class Connection:
             return
         if not t.regions:
             # one region for the whole (<= CHUNK) transfer, then the R2Ts
+            if not self._r2t_slot(t):
+                return
             t.wait = self.iobufs.acquire(t.edtl, lambda iov, _t=t: self._got_whole(_t, iov))
             return
         while len(t.r2ts) < sp.max_outstanding_r2t and t.next_r2t_offset < t.edtl:
             off = t.next_r2t_offset
             n = min(sp.max_burst_length, t.edtl - off)
             self._send_r2t(t, off, n)
+
+    def _r2t_slot(self, t: Task) -> bool:
+        if t.r2t_slot:
+            return True
+        if self._r2t_busy < self._r2t_limit:
+            self._r2t_busy += 1
+            t.r2t_slot = True
+            return True
+        if not t.r2t_queued:
+            t.r2t_queued = True
+            self._r2t_waiting.append(t)
+        return False
+
+    def _r2t_release(self, t: Task) -> None:
+        if not t.r2t_slot:
+            return
+        t.r2t_slot = False
+        self._r2t_busy -= 1
+        while self._r2t_waiting and self._r2t_busy < self._r2t_limit and self.state == "ffp":
+            nxt = self._r2t_waiting.popleft()
+            nxt.r2t_queued = False
+            if not nxt.dead:
+                self._guard(self._advance_write, nxt)
 
     def _got_whole(self, t: Task, iov: Any) -> None:
         t.wait = None
@@ -1263,6 +1300,7 @@ class Connection:
             t.wait = None
         t.imm_pdu = None
         t.region = None
+        self._r2t_release(t)
         for reg in list(t.regions):
             reg.closed = True
             if reg.release_if_idle(self.iobufs):

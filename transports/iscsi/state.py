@@ -42,7 +42,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "login_timeout": 15,
     "data_out_timeout": 30,
     "max_connections_per_reactor": 1024,
-    "max_transfer_length": 16 * 1024 * 1024,
+    "max_transfer_length": 32 * 1024 * 1024,
 }
 
 # (min, max) for numeric options, as SPDK validates them (iscsi_subsystem.c)

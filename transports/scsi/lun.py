@@ -57,7 +57,9 @@ def _sync(fn: Callable[[ScsiLun, ScsiTask], None]) -> Handler:
     return h
 
 
-DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024  # bytes of one READ/WRITE (Block Limits VPD)
+# bytes of one READ/WRITE (Block Limits VPD); libiscsi's WRITE SAME tests
+# write 65536 blocks of 512 bytes in one command
+DEFAULT_MAX_TRANSFER = 32 * 1024 * 1024
 CAW_BUFFER = 128 * 1024  # compare + write data of one COMPARE AND WRITE (one pool chunk)
 
 Key = tuple[str, int, int]  # (initiator port, tag, offset of a piece of the transfer)

@@ -7,6 +7,7 @@ I/O is issued or arranges for `fin(task)` to be called exactly once.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -88,13 +89,39 @@ def wants_fua(lun: ScsiLun, cdb: bytes) -> bool:
     return cdb[0] >> 5 != 0 and bool(cdb[1] & 0x0A)
 
 
+_KW_CACHE: dict[tuple[type, str, str], bool] = {}
+
+
+def takes(ch: Any, method: str, kw: str) -> bool:
+    """Does this channel's ``method`` take keyword ``kw``? (bdev modules move
+    to the FUA / read-into interface one by one; cached per class)."""
+    key = (type(ch), method, kw)
+    got = _KW_CACHE.get(key)
+    if got is None:
+        try:
+            got = kw in inspect.signature(getattr(ch, method)).parameters
+        except (TypeError, ValueError):
+            got = False
+        _KW_CACHE[key] = got
+    return got
+
+
 def bdev_write(
     ch: Any, lba: int, data: memoryview, cb: Callable[[IoStatus], None], fua: bool
 ) -> None:
-    if fua:
+    if not fua:
+        ch.write(lba, data, cb)
+    elif takes(ch, "write", "fua"):
         ch.write(lba, data, cb, fua=True)
     else:
-        ch.write(lba, data, cb)
+        # a module without FUA: a flush after the write gives the same promise
+        def _written(st: IoStatus) -> None:
+            if st:
+                cb(st)
+            else:
+                ch.flush(cb)
+
+        ch.write(lba, data, _written)
 
 
 class _Steps:
@@ -192,7 +219,10 @@ def _staged_read(lun: ScsiLun, task: ScsiTask, fin: Fin, ch: Any, lba: int, n: i
                     got.append(data if data is not None else into)
                 cb(st if st or data is not None else IoStatus.FAILED)
 
-            ch.read(start, k, _chunk, into=into)
+            if takes(ch, "read", "into"):
+                ch.read(start, k, _chunk, into=into)
+            else:
+                ch.read(start, k, _chunk)
             return True
 
         def end(st: IoStatus) -> None:
@@ -374,10 +404,19 @@ def compare_and_write(lun: ScsiLun, task: ScsiTask, fin: Fin) -> None:
 
     # atomic against every write to the range from every reactor (range lock)
     caw: Any = ch.compare_and_write
-    if fua:
+    if not fua:
+        caw(lba, expect, new, _done)
+    elif takes(ch, "compare_and_write", "fua"):
         caw(lba, expect, new, _done, fua=True)
     else:
-        caw(lba, expect, new, _done)
+
+        def _then_flush(st: IoStatus, diff: int = -1) -> None:
+            if st:
+                _done(st, diff)
+            else:
+                ch.flush(lambda fst: _done(fst, -1))
+
+        caw(lba, expect, new, _then_flush)
 
 
 # ------------------------------------------------------------------ unmap

@@ -346,3 +346,22 @@ def test_burst_limits_are_enforced(kit: Any, pool: IoBufs) -> None:
     r = h.data_out(0xA01, ttt, k, k * 32768, b"\0" * (32768 + 512), True)
     assert r[0].opcode == P.OP_REJECT and r[0].b2 == P.REJ_PROTOCOL
     assert h.closed and "unexpected" in h.conn.close_reason and pool.in_use == 0
+
+
+def test_r2t_phase_is_capped_per_connection(kit: Any, pool: IoBufs) -> None:
+    h, ch, _ = _setup(kit, pool)
+    limit = h.conn._r2t_limit
+    assert limit == 4  # max_r2t_per_connection (SPDK's default)
+    r2ts = []
+    for i in range(10):
+        out = h.cmd(write10(i * 1024, 512), 512 * BS, write=True, itt=0xB00 + i)
+        r2ts += [p for p in out if p.opcode == P.OP_R2T]
+    # only `limit` commands hold burst buffers; the others ask the pool nothing
+    assert len(r2ts) == limit and pool.in_use_bytes <= limit * (MBL + BS)
+    first = r2ts[0]
+    n = len(h.out)
+    for i, o in enumerate(range(0, first.w44, 65536)):
+        h.data_out(first.itt, first.w20, i, o, b"\x01" * 65536, o + 65536 == first.w44)
+    new = [kit.decode(b) for b in h.out[n:]]
+    # the first finished (its response) or moved on; either way a waiting one got its R2T
+    assert any(p.opcode == P.OP_R2T and p.itt == 0xB00 + limit for p in new)

@@ -46,8 +46,8 @@ def test_vpd_pages(env: Env) -> None:
     assert b"iqn.2024-01.test:tgt,t,0x0001\x00" in di
     bl = env.data(env.run([0x12, 1, 0xB0, 0, 255, 0]))
     assert bl[3] == 0x3C and bl[5] == 128  # MAXIMUM COMPARE AND WRITE LENGTH
-    # MAXIMUM TRANSFER LENGTH: 16 MiB of 512-byte blocks
-    assert struct.unpack(">I", bl[8:12])[0] == 16 * 1024 * 1024 // 512
+    # MAXIMUM TRANSFER LENGTH: 32 MiB of 512-byte blocks
+    assert struct.unpack(">I", bl[8:12])[0] == 32 * 1024 * 1024 // 512
     assert struct.unpack(">I", bl[20:24])[0] == 0xFFFFFFFF
     assert env.data(env.run([0x12, 1, 0xB1, 0, 255, 0]))[4:6] == b"\x00\x01"
     assert env.data(env.run([0x12, 1, 0xB2, 0, 255, 0]))[4:8] == b"\x00\xe4\x02\x00"
