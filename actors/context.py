@@ -6,6 +6,15 @@ block I/O through ``ctx.channel(bdev_name)``, the reactor's own lazily opened
 I/O channel. Anything that needs state shared by all reactors (the NVMe-oF
 controller directory, iSCSI sessions, persistent reservations) is reached by
 ``ctx.call(...)``, a message to the supervisor actor with a reply callback.
+
+Failure containment (actors/loop.py): an exception in a connection's fd
+handler is logged rate-limited and then handed to the connection's error hook
+-- ``ctx.loop.add_fd(fd, mask, handler, on_error=conn.fail)``, or simply an
+``on_loop_error(exc)`` method on the object whose bound method is the handler
+-- which should close that connection (NVMe/TCP C2HTermReq, iSCSI drop) and
+free its requests and buffers. Periodic jobs use ``ctx.loop.call_every``.
+When another reactor dies, drivers get ``<proto>.reactor_died {reactor: N}``
+through ``on_event``.
 """
 
 from __future__ import annotations

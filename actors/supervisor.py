@@ -121,6 +121,7 @@ class ReactorProc:
     restarting: bool = False
     spawned_at: float = field(default_factory=time.monotonic)
     hb_sent: float = 0.0  # monotonic time of the oldest unanswered heartbeat, 0: none
+    hb_pinged: float = 0.0  # monotonic time of the last heartbeat sent
     kill_reason: str = ""  # why the supervisor killed it (heartbeat), for the log
     restarts: int = 0
     restart_times: list[float] = field(default_factory=list)
@@ -174,6 +175,18 @@ class Supervisor:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.instance = names.validate_instance(opts.name)
+        for what, v, lo in (
+            ("--max-restarts", opts.max_restarts, 0),
+            ("--restart-window", opts.restart_window_s, 0),
+            ("--heartbeat-interval", opts.heartbeat_s, 0.01),
+            ("--heartbeat-timeout", opts.heartbeat_timeout_s, 0.1),
+            ("--log-max-mb", opts.log_max_mb, 0.004),
+            ("--log-count", opts.log_count, 0),
+        ):
+            if not v >= lo:
+                raise StartupError(f"{what} must be >= {lo}, not {v}")
+        if opts.heartbeat_timeout_s <= opts.heartbeat_s:
+            raise StartupError("--heartbeat-timeout must be longer than --heartbeat-interval")
         self.hugepages = opts.hugepages
         self.cores = parse_core_mask(opts.core_mask)
         self.num_reactors = len(self.cores)
@@ -516,6 +529,8 @@ class Supervisor:
             poller.register(fd, zmq.POLLIN)
         while want:
             self._check_heartbeats()
+            if self._up:
+                self._send_heartbeats()
             for fd, _ in poller.poll(0) if pidfds else ():
                 if fd in pidfds:
                     dead = pidfds.pop(fd)
@@ -848,14 +863,24 @@ class Supervisor:
         if self.router is not None:
             self._drain_router()  # answers that are already here count
         self._check_heartbeats()
+        self._send_heartbeats()
+
+    def _send_heartbeats(self) -> None:
+        """A ping to every ready reactor that has none outstanding and was
+        not pinged for an interval (also called while waiting for replies)."""
         now = time.monotonic()
         for rp in self.reactors:
-            if rp.ready and rp.hb_sent == 0.0 and rp.proc.returncode is None:
+            if (
+                rp.ready
+                and rp.hb_sent == 0.0
+                and rp.proc.returncode is None
+                and now - rp.hb_pinged >= self.opts.heartbeat_s * 0.9
+            ):
                 corr = next(self._corr)
                 if len(self._hb_corrs) > 4096:
                     self._hb_corrs.clear()
                 self._hb_corrs[corr] = rp.rid
-                rp.hb_sent = now
+                rp.hb_sent = rp.hb_pinged = now
                 self._send(rp.rid, m.Ping(time.perf_counter_ns()), corr)
 
     def _check_heartbeats(self) -> None:

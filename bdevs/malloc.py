@@ -41,11 +41,12 @@ _ZERO_CHUNK = memoryview(bytes(1 << 20))
 class MallocChannel(IoChannel):
     zero_copy_reads = True
 
-    def __init__(self, bdev: MallocBdev, mem: memoryview) -> None:
+    def __init__(self, bdev: Bdev, mem: memoryview) -> None:
         super().__init__(bdev)
         self.mem = mem
         self.bs = bdev.block_size
-        self.locks = StripeLocks.get(instance_of_segment(bdev.segment_name))
+        # (a RAM bdev of a test may lend its own memory: process-local locks)
+        self.locks = StripeLocks.get(instance_of_segment(getattr(bdev, "segment_name", "")))
         self.sems = self.locks.sems
         self.key = bdev_key(bdev.name)
 

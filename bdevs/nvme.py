@@ -10,10 +10,16 @@ FUA is passed on (CDW12 bit 30 of Write) and flush is an NVMe Flush, so the
 remote controller makes the data durable; reads given ``into`` land in it
 directly (the host library receives C2HData straight into the buffer).
 
-When the connection is lost, outstanding and new I/O fail with
-IoStatus.FAILED and the channel reconnects every ``reconnect_delay_sec``;
-the supervisor decides when the controller is gone for good
-(``ctrlr_loss_timeout_sec``) and removes the bdevs.
+When the connection is lost the channel reconnects every
+``reconnect_delay_sec``. With ``ctrlr_loss_timeout_sec`` set (non-zero, as
+SPDK's bdev_nvme) the I/O that was outstanding on the lost queue and the I/O
+submitted meanwhile wait and are sent again once the queue is back (a plain
+write or read may be repeated; the host was never told it completed);
+``fast_io_fail_timeout_sec`` (else the loss timeout) after the loss they fail
+with IoStatus.FAILED, and so does new I/O until the queue is back. Without
+it (0, the default) outstanding and new I/O fail at once. The supervisor
+decides when the controller is gone for good (``ctrlr_loss_timeout_sec``)
+and removes the bdevs.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from collections import deque
 from typing import Any
 
 from ..transports.nvmf import spec as S
-from .base import Bdev, Callback, IoChannel, IoStatus, ReadCallback
+from .base import (
+    Bdev,
+    Callback,
+    CompareCallback,
+    IoChannel,
+    IoStatus,
+    ReadCallback,
+    first_difference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,45 @@ class _Join:
             self.cb(self.status)
 
 
+FUA_BIT = 1 << 30  # Write CDW12
+
+
+class _Fused:
+    """The two halves of a fused Compare-and-Write; completes once both are back."""
+
+    __slots__ = ("ch", "cb", "lba", "nlb", "cmp", "st")
+
+    def __init__(self, ch: NvmeChannel, cb: CompareCallback, lba: int, nlb: int, cmp: memoryview):
+        self.ch = ch
+        self.cb = cb
+        self.lba = lba
+        self.nlb = nlb
+        self.cmp = cmp
+        self.st: list[int | None] = [None, None]
+
+    def done(self, half: int, status: int) -> None:
+        self.st[half] = status
+        if None in self.st:
+            return
+        cst, wst = _io_status(self.st[0] or 0), _io_status(self.st[1] or 0)
+        if cst == IoStatus.MISCOMPARE:
+            self._locate()
+        elif cst or wst:
+            self.ch.stats.io_errors += 1
+            self.cb(cst or wst, -1)
+        else:
+            self.cb(IoStatus.SUCCESS, -1)
+
+    def _locate(self) -> None:
+        """The remote says only "compare failure": read to find the offset."""
+
+        def got(st: IoStatus, data: memoryview | None) -> None:
+            d = first_difference(data, self.cmp) if not st and data is not None else -1
+            self.cb(IoStatus.MISCOMPARE, max(d, 0))
+
+        self.ch.read(self.lba, self.nlb, got)
+
+
 class NvmeChannel(IoChannel):
     def __init__(self, bdev: NvmeBdev, loop: Any) -> None:
         super().__init__(bdev)
@@ -71,8 +124,39 @@ class NvmeChannel(IoChannel):
         self.closed = False
         self.last_error = ""
         self._retry: Any = None
+        self._fail_timer: Any = None  # fails the waiting I/O when the outage lasts too long
+        self._io_fail = False  # past fast_io_fail_timeout_sec: fail new I/O until reconnected
         if loop is not None:
             self._connect()
+
+    def _holds_io(self) -> bool:
+        """I/O waits for the reconnect (bdev_nvme's ctrlr_loss_timeout_sec != 0)."""
+        c = self.nbdev.ctrlr
+        return (
+            not self.closed
+            and not self._io_fail
+            and self.loop is not None
+            and float(c.get("ctrlr_loss_timeout_sec") or 0) != 0
+            and c.get("state") in ("enabled", "failed", "connecting")
+        )
+
+    def _arm_fail_timer(self) -> None:
+        if self._fail_timer is not None or self.loop is None:
+            return
+        c = self.nbdev.ctrlr
+        t = float(c.get("fast_io_fail_timeout_sec") or 0) or float(
+            c.get("ctrlr_loss_timeout_sec") or 0
+        )
+        if t > 0:
+            self._fail_timer = self.loop.call_later(t, self._fail_waiting)
+
+    def _fail_waiting(self) -> None:
+        self._fail_timer = None
+        if self.lq is not None and self.lq.ready:
+            return
+        self._io_fail = True
+        while self.waiting:
+            self._fail_op(self.waiting.popleft())
 
     # ---------------------------------------------------------- connection
     def _connect(self) -> None:
@@ -122,6 +206,10 @@ class NvmeChannel(IoChannel):
 
     def _on_ready(self) -> None:
         self.last_error = ""
+        self._io_fail = False
+        if self._fail_timer is not None:
+            self._fail_timer.cancel()
+            self._fail_timer = None
         self._drain_waiting()
 
     def _on_fail(self, reason: str) -> None:
@@ -131,8 +219,11 @@ class NvmeChannel(IoChannel):
         if self.lq is not None:
             self.lq.close()
         self.lq = None
-        while self.waiting:
-            self._fail_op(self.waiting.popleft())
+        if self._holds_io():
+            self._arm_fail_timer()  # the waiting I/O is sent again after the reconnect
+        else:
+            while self.waiting:
+                self._fail_op(self.waiting.popleft())
         self._schedule_retry()
 
     def _schedule_retry(self) -> None:
@@ -145,8 +236,17 @@ class NvmeChannel(IoChannel):
         kind, cb = op[0], op[1]
         if kind == "read":
             cb(IoStatus.FAILED, None)
+        elif kind == "caw":
+            cb(IoStatus.FAILED, -1)
         else:
             cb(IoStatus.FAILED)
+
+    @staticmethod
+    def _fits(q: Any, op: tuple[Any, ...]) -> bool:
+        """Room for ``op`` on the queue: a fused pair needs two slots at once."""
+        if op[0] == "caw":
+            return bool(q.can_submit) and q.max_outstanding - q.outstanding >= 2
+        return bool(q.can_submit)
 
     # ---------------------------------------------------------- submission
     def _usable(self) -> bool:
@@ -161,6 +261,10 @@ class NvmeChannel(IoChannel):
             self.q_abort()
             self.lq = None
             self._connect()
+        if self._holds_io():
+            if self.lq is None:
+                self._arm_fail_timer()
+            return True
         return c.get("state") == "enabled" and (self.lq is not None or self._retry is None)
 
     def q_abort(self) -> None:
@@ -174,7 +278,7 @@ class NvmeChannel(IoChannel):
             self._fail_op(op)
             return
         lq = self.lq
-        if lq is None or not lq.ready or not lq.q.can_submit or self.waiting:
+        if lq is None or not lq.ready or not self._fits(lq.q, op) or self.waiting:
             self.waiting.append(op)
             return
         self._issue(op)
@@ -183,17 +287,38 @@ class NvmeChannel(IoChannel):
         lq = self.lq
         q = lq.q
         nsid = self.nbdev.nsid
-        kind, cb = op[0], op[1]
+        kind = op[0]
         if kind == "read":
             _, _, lba, nlb, into = op
             n = nlb * self.bdev.block_size
             buf = into[:n] if into is not None else memoryview(bytearray(n))
-            q.read(nsid, lba, nlb, buf, self._done_read, (cb, buf))
+            q.read(nsid, lba, nlb, buf, self._done_read, (op, buf))
         elif kind == "write":
             _, _, lba, data, fua = op
-            q.write(nsid, lba, len(data) // self.bdev.block_size, data, self._done, cb, fua=fua)
+            q.write(nsid, lba, len(data) // self.bdev.block_size, data, self._done, op, fua=fua)
         elif kind == "flush":
-            q.submit(S.IO_FLUSH, nsid, cb=self._done, ctx=cb)
+            q.submit(S.IO_FLUSH, nsid, cb=self._done, ctx=op)
+        elif kind == "caw":
+            # fused Compare + Write, back to back on this queue: the remote
+            # controller runs them atomically (against every host and queue)
+            _, cb, lba, cmp, wr, fua = op
+            nlb = len(wr) // self.bdev.block_size
+            cdws = (lba & 0xFFFFFFFF, lba >> 32, nlb - 1, 0, 0, 0)
+            wcdws = (lba & 0xFFFFFFFF, lba >> 32, (nlb - 1) | (FUA_BIT if fua else 0), 0, 0, 0)
+            pair = _Fused(self, cb, lba, nlb, cmp)
+            q.submit_sqe(
+                S.pack_sqe(S.IO_COMPARE, 0, nsid, cdws, flags=(S.PSDT_SGL << 6) | S.FUSE_FIRST),
+                self._done_fused,
+                (pair, 0),
+                write_from=cmp,
+            )
+            q.submit_sqe(
+                S.pack_sqe(S.IO_WRITE, 0, nsid, wcdws, flags=(S.PSDT_SGL << 6) | S.FUSE_SECOND),
+                self._done_fused,
+                (pair, 1),
+                write_from=wr,
+            )
+            self.in_flight += 1  # two commands
         elif kind == "zeroes":
             _, _, lba, nlb = op
             q.submit(
@@ -201,7 +326,7 @@ class NvmeChannel(IoChannel):
                 nsid,
                 (lba & 0xFFFFFFFF, lba >> 32, nlb - 1, 0, 0, 0),
                 self._done,
-                cb,
+                op,
             )
         elif kind == "unmap":
             import struct
@@ -218,7 +343,7 @@ class NvmeChannel(IoChannel):
                 nsid,
                 (len(ranges) - 1, 1 << 2, 0, 0, 0, 0),
                 self._done,
-                cb,
+                op,
                 write_from=b"".join(ranges),
             )
         self.in_flight += 1
@@ -226,21 +351,57 @@ class NvmeChannel(IoChannel):
 
     def _drain_waiting(self) -> None:
         lq = self.lq
-        while self.waiting and lq is not None and lq.ready and lq.q.can_submit:
+        while self.waiting and lq is not None and lq.ready and self._fits(lq.q, self.waiting[0]):
             self._issue(self.waiting.popleft())
+
+    def _requeue(self, op: tuple[Any, ...], status: int) -> bool:
+        """An I/O lost with its queue pair waits for the reconnect."""
+        from ..transports.nvmf_host.queue import ST_HOST_PATH_ERROR
+
+        if status != ST_HOST_PATH_ERROR or not self._holds_io():
+            return False
+        self.waiting.append(op)
+        return True
 
     def _done(self, r: Any, status: int, _res: int) -> None:
         self.in_flight -= 1
+        op = r.ctx
+        if self._requeue(op, status):
+            return
         st = _io_status(status)
         if st:
             self.stats.io_errors += 1
-        r.ctx(st)
+        op[1](st)
         if self.waiting:
             self._drain_waiting()
 
+    def _done_fused(self, r: Any, status: int, _res: int) -> None:
+        self.in_flight -= 1
+        pair, half = r.ctx
+        pair.done(half, status)
+        if self.waiting:
+            self._drain_waiting()
+
+    def _do_compare_and_write(
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool,
+    ) -> None:
+        mb = self._max_blocks()
+        if mb and len(write) > mb * self.bdev.block_size:
+            cb(IoStatus.FAILED, -1)  # a fused pair cannot be split
+            return
+        self._start(("caw", cb, offset_blocks, compare, write, fua))
+
     def _done_read(self, r: Any, status: int, _res: int) -> None:
         self.in_flight -= 1
-        cb, buf = r.ctx
+        op, buf = r.ctx
+        if self._requeue(op, status):
+            return
+        cb = op[1]
         st = _io_status(status)
         if st:
             self.stats.io_errors += 1
@@ -306,6 +467,9 @@ class NvmeChannel(IoChannel):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        if self._fail_timer is not None:
+            self._fail_timer.cancel()
+            self._fail_timer = None
         if self.lq is not None:
             lq, self.lq = self.lq, None
             lq.close()

@@ -98,6 +98,8 @@ class NvmeCtrlr:
             "cores": cores,
             "ns_index": ns_index,
             "reconnect_delay_sec": p.get("reconnect_delay_sec") or 1,
+            "ctrlr_loss_timeout_sec": p.get("ctrlr_loss_timeout_sec") or 0,
+            "fast_io_fail_timeout_sec": p.get("fast_io_fail_timeout_sec") or 0,
             "max_xfer": self.max_xfer,
         }
 

@@ -12,11 +12,22 @@ not mistaken for a slow target).
 ``--verify`` writes a pattern that encodes LBA and a generation into every
 block, reads it back and checks every byte; miscompares are counted, the
 first offsets reported, and the exit status is non-zero.
+
+``--ctrlr-loss-timeout-sec`` / ``--reconnect-delay-sec`` (bdev_nvme's
+options): a worker whose connection drops (e.g. the target's reactor was
+killed) reconnects its I/O queue; a Connect the target refuses (the
+controller died with its admin queue) makes the parent connect a new
+controller and the workers follow its cntlid. With ``--verify`` each worker
+keeps the generation of every acknowledged write: after each reconnect (and
+at the end) every such unit is read back and must hold exactly that
+generation; a write lost in flight is not acknowledged and its unit must hold
+the old or the new generation, block by block.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -111,43 +122,131 @@ def _first_diff(a: memoryview, b: bytes) -> int:
     return -1
 
 
-def worker_main(conn: Any, cfg: dict[str, Any], progress: Any) -> None:
+def worker_main(conn: Any, cfg: dict[str, Any], progress: Any, shared: Any = None) -> None:
     try:
-        conn.send(_run_worker(cfg, progress))
+        conn.send(_run_worker(cfg, progress, shared))
     except Exception as e:  # noqa: BLE001 - reported to the parent
         conn.send({"error": f"{type(e).__name__}: {e}"})
     conn.close()
 
 
-def _connect_queue(cfg: dict[str, Any]) -> tuple[socket.socket, Any]:
+def _connect_queue(cfg: dict[str, Any]) -> Any:
+    """A connected I/O queue (a blocking `BlockingQueue`; the caller switches
+    its socket to non-blocking for the load loop)."""
     from ..transports.nvmf_host.controller import BlockingQueue
 
     bq = BlockingQueue(
         cfg["traddr"], cfg["trsvcid"], cfg["qid"], cfg["qd"] + 1, cfg["hdgst"], cfg["ddgst"], 10.0
     )
-    bq.execute(
-        lambda cb: bq.q.connect(
-            cfg["subnqn"],
-            cfg["hostnqn"],
-            bytes.fromhex(cfg["hostid"]),
-            cfg["cntlid"],
-            0,
-            cb,
-            disable_sqflow=True,  # reads then finish with one C2HData PDU
-        ),
-        f"Connect I/O queue {cfg['qid']}",
-    )
+    try:
+        bq.execute(
+            lambda cb: bq.q.connect(
+                cfg["subnqn"],
+                cfg["hostnqn"],
+                bytes.fromhex(cfg["hostid"]),
+                cfg["cntlid"],
+                0,
+                cb,
+                disable_sqflow=True,  # reads then finish with one C2HData PDU
+            ),
+            f"Connect I/O queue {cfg['qid']}",
+        )
+    except BaseException:
+        bq.close()
+        raise
     bq.q.icd_max = cfg["icd_max"]
-    bq.sock.setblocking(False)
-    return bq.sock, bq.q
+    return bq
 
 
-def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
-    from ..transports.nvmf_host.queue import IOV_MAX_SEND, advance, status_str
+class _Shared:
+    """What the parent and the workers share for reconnects (RawValues: one
+    writer each, plain ints). ``gen``/``cntlid``: the current controller,
+    written by the parent after each controller reset; ``reset``: a worker
+    whose I/O queue Connect was refused writes ``gen + 1`` there to ask the
+    parent for a new controller; ``dead``: the parent gave up
+    (ctrlr_loss_timeout_sec passed)."""
+
+    def __init__(self, ctx: Any, cntlid: int) -> None:
+        self.gen = ctx.RawValue("q", 0)
+        self.cntlid = ctx.RawValue("q", cntlid)
+        self.reset = ctx.RawValue("q", 0)
+        self.dead = ctx.RawValue("q", 0)
+
+
+def _reconnect(cfg: dict[str, Any], shared: Any, why: str) -> Any:
+    """Connect this worker's I/O queue again, every ``reconnect_delay`` s,
+    until ``ctrlr_loss_timeout`` s (-1: forever) have passed. A Connect the
+    target refuses (the controller is gone: its admin queue's reactor died)
+    asks the parent for a new controller and retries with its cntlid."""
+    from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
+
+    loss = float(cfg["ctrlr_loss_timeout"])
+    delay = max(0.01, float(cfg["reconnect_delay"]))
+    deadline = None if loss < 0 else time.monotonic() + loss
+    last = why
+    while True:
+        if shared.dead.value:
+            raise ConnectionError(f"the controller is gone for good ({last})")
+        gen = shared.gen.value
+        try:
+            return _connect_queue({**cfg, "cntlid": int(shared.cntlid.value)})
+        except NvmeStatusError as e:
+            last = str(e)
+            shared.reset.value = gen + 1
+            end = time.monotonic() + delay
+            while shared.gen.value == gen and time.monotonic() < end and not shared.dead.value:
+                time.sleep(0.005)
+        except (OSError, TransportError, TimeoutError) as e:
+            last = f"{type(e).__name__}: {e}"
+            time.sleep(delay)
+        if deadline is not None and time.monotonic() > deadline:
+            raise ConnectionError(
+                f"ctrlr_loss_timeout_sec {loss:g} passed without a reconnect ({last})"
+            )
+
+
+def _blocks_match(
+    got: memoryview, lba: int, nlb: int, bs: int, gens: tuple[int, ...]
+) -> tuple[int, int]:
+    """(index of the first block that matches none of ``gens``' patterns, or -1;
+    the gen every block matched, 0 when they differ). Gen 0 matches anything
+    (never written by us: unknown contents)."""
+    common = -1
+    for i in range(nlb):
+        blk = got[i * bs : (i + 1) * bs]
+        hit = 0
+        for g in gens:
+            if g == 0 or blk == _pattern(lba + i, g, 1, bs):
+                hit = g
+                break
+        else:
+            return i, 0
+        common = hit if common in (-1, hit) else 0
+    return -1, max(common, 0)
+
+
+def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[str, Any]:
+    from ..transports.nvmf_host.queue import (
+        IOV_MAX_SEND,
+        ST_HOST_PATH_ERROR,
+        NvmeStatusError,
+        TransportError,
+        advance,
+        status_str,
+    )
 
     if cfg.get("core") is not None:
         os.sched_setaffinity(0, {cfg["core"]})
-    sock, q = _connect_queue(cfg)
+    reconnect = shared is not None and float(cfg.get("ctrlr_loss_timeout", 0)) != 0
+    try:
+        bq = _connect_queue({**cfg, "cntlid": int(shared.cntlid.value)} if reconnect else cfg)
+    except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+        if not reconnect:
+            raise
+        # the controller was lost before this worker started
+        bq = _reconnect(cfg, shared, f"{type(e).__name__}: {e}")
+    bq.sock.setblocking(False)
+    sock, q = bq.sock, bq.q
     qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]
     nlb = cfg["io_size"] // bs
     first, units = cfg["first_unit"], cfg["units"]
@@ -164,11 +263,18 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
     err_names: Counter[str] = Counter()
     miscompares = 0
     first_bad: list[dict[str, Any]] = []
-    gens = [0] * units if verify else []
+    gens = [0] * units if verify else []  # last generation submitted per unit
+    acked = [0] * units if verify else []  # last generation acknowledged per unit
+    # unit -> (acknowledged gen, gen in flight) of a write lost with its connection
+    uncertain: dict[int, tuple[int, int]] = {}
     busy_units: set[int] = set()
     seq = [0]
     stop = [False]
+    up = [True]  # False while the queue is lost: completions park their slot
+    parked: list[int] = []
     counts = [0, 0, 0]  # reads, writes, completed
+    rc_stats = {"reconnects": 0, "unacked_writes": 0, "audited_units": 0, "audit_miscompares": 0}
+    recoveries: list[dict[str, float]] = []
     perf_ns = time.perf_counter_ns
     rnd = rng.random  # int(rnd() * n): a fraction of randrange's cost per I/O
 
@@ -188,6 +294,9 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
         return u
 
     def submit(slot: int) -> None:
+        if not up[0]:
+            parked.append(slot)
+            return
         u = pick()
         lba = (first + u) * nlb
         if verify:
@@ -206,6 +315,9 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
 
     def on_done(r: Any, status: int, _res: int) -> None:
         nonlocal errors
+        if not up[0]:  # lost with the connection: submitted again after the reconnect
+            parked.append(r.ctx)
+            return
         lat_append(perf_ns() - r.t0)
         counts[2] += 1
         if status:
@@ -216,9 +328,16 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
 
     def on_write(r: Any, status: int, _res: int) -> None:
         nonlocal errors
+        slot, u, data = r.ctx
+        if not up[0]:
+            # not acknowledged: the unit holds the old or the new data, checked
+            # (and then freed) by the audit after the reconnect
+            uncertain[u] = (acked[u], gens[u])
+            rc_stats["unacked_writes"] += 1
+            parked.append(slot)
+            return
         lat_append(perf_ns() - r.t0)
         counts[2] += 1
-        slot, u, data = r.ctx
         if status:
             errors += 1
             err_names[status_str(status)] += 1
@@ -226,16 +345,20 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
             if not stop[0]:
                 submit(slot)
             return
+        acked[u] = gens[u]
         lba = (first + u) * nlb
         q.read(nsid, lba, nlb, bufs[slot], on_verify, (slot, u, data))
         counts[0] += 1
 
     def on_verify(r: Any, status: int, _res: int) -> None:
         nonlocal errors, miscompares
-        lat_append(perf_ns() - r.t0)
-        counts[2] += 1
         slot, u, data = r.ctx
         busy_units.discard(u)
+        if not up[0]:  # the write was acknowledged: the audit reads it back
+            parked.append(slot)
+            return
+        lat_append(perf_ns() - r.t0)
+        counts[2] += 1
         if status:
             errors += 1
             err_names[status_str(status)] += 1
@@ -250,6 +373,87 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
         if not stop[0]:
             submit(slot)
 
+    def audit(aq: Any) -> None:
+        """Read back every unit whose last write was acknowledged (it must
+        hold exactly that generation) and every unit with a write lost in
+        flight (each block the old or the new generation)."""
+        todo = [u for u in range(units) if acked[u] or u in uncertain]
+        for i in range(0, len(todo), qd):
+            batch = todo[i : i + qd]
+
+            def checked(r: Any, status: int, _res: int) -> None:
+                nonlocal miscompares, errors
+                j, u = r.ctx
+                lba = (first + u) * nlb
+                if status:
+                    errors += 1
+                    err_names[status_str(status)] += 1
+                    return
+                old, new = uncertain.pop(u, (acked[u], acked[u]))
+                bad, all_gen = _blocks_match(bufs[j], lba, nlb, bs, (new, old))
+                rc_stats["audited_units"] += 1
+                if bad >= 0:
+                    miscompares += 1
+                    rc_stats["audit_miscompares"] += 1
+                    if len(first_bad) < 10:
+                        first_bad.append(
+                            {
+                                "lba": lba + bad,
+                                "byte_offset": (lba + bad) * bs,
+                                "expected_gen": new,
+                                "after_reconnect": True,
+                            }
+                        )
+                    acked[u] = 0  # reported once; unknown until written again
+                else:
+                    # a block mix of both generations is legal for a lost write
+                    acked[u] = all_gen
+                busy_units.discard(u)
+
+            for j, u in enumerate(batch):
+                aq.q.read(nsid, (first + u) * nlb, nlb, bufs[j], checked, (j, u))
+            aq.wait_all(30.0)
+
+    def recover(why: str) -> None:
+        """The queue was lost: fail what was in flight, reconnect, audit."""
+        nonlocal sock, q, bq
+        t_lost, wall_lost = perf_ns(), time.time()
+        up[0] = False
+        with contextlib.suppress(OSError):
+            sock.close()
+        q.abort_all(ST_HOST_PATH_ERROR)  # every callback parks its slot
+        rc_stats["reconnects"] += 1
+        while True:
+            nq = _reconnect(cfg, shared, why)
+            try:
+                # the first completed I/O on the new connection: one block read
+                probe = memoryview(bytearray(bs))
+                nq.execute(
+                    lambda cb, nq=nq, probe=probe: nq.q.read(nsid, first * nlb, 1, probe, cb),
+                    "probe read",
+                )
+                t_io = perf_ns()
+                if verify:
+                    audit(nq)
+                break
+            except (OSError, TransportError, TimeoutError) as e:
+                why = f"{type(e).__name__}: {e}"
+                nq.close()
+        recoveries.append(
+            {
+                "lost_at": wall_lost,
+                "io_at": wall_lost + (t_io - t_lost) / 1e9,
+                "ms": (t_io - t_lost) / 1e6,
+            }
+        )
+        nq.sock.setblocking(False)
+        bq, sock, q = nq, nq.sock, nq.q
+        up[0] = True
+        again, parked[:] = list(parked), []
+        if not stop[0]:
+            for slot in again:
+                submit(slot)
+
     t_start = time.perf_counter()
     rus0 = os.times()
     end_ns = perf_ns() + int(cfg["time"] * 1e9)
@@ -260,35 +464,45 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
     idle_since = 0
     fd = sock.fileno()
     while True:
-        if pending or q.tx:
-            bufs_out = pending + q.take_tx() if pending else q.take_tx()
-            while bufs_out:
-                batch = bufs_out if len(bufs_out) <= IOV_MAX_SEND else bufs_out[:IOV_MAX_SEND]
-                try:
-                    n = sock.sendmsg(batch)
-                except BlockingIOError:
-                    break
-                if batch is bufs_out and n == sum(map(len, batch)):
-                    bufs_out = []  # the usual case: all of it went out
-                    break
-                bufs_out = advance(bufs_out, n)
-            pending = bufs_out
         try:
-            buf = q.recv_buffer()
-            n = sock.recv_into(buf)
-            del buf
-            if n == 0:
-                raise ConnectionError("connection closed by the target")
-            q.received(n)
+            if pending or q.tx:
+                bufs_out = pending + q.take_tx() if pending else q.take_tx()
+                while bufs_out:
+                    batch = bufs_out if len(bufs_out) <= IOV_MAX_SEND else bufs_out[:IOV_MAX_SEND]
+                    try:
+                        n = sock.sendmsg(batch)
+                    except BlockingIOError:
+                        break
+                    if batch is bufs_out and n == sum(map(len, batch)):
+                        bufs_out = []  # the usual case: all of it went out
+                        break
+                    bufs_out = advance(bufs_out, n)
+                pending = bufs_out
+            try:
+                buf = q.recv_buffer()
+                n = sock.recv_into(buf)
+                del buf
+                if n == 0:
+                    raise ConnectionError("connection closed by the target")
+                q.received(n)
+                idle_since = 0
+            except BlockingIOError:
+                del buf
+                if not busy:
+                    now = perf_ns()
+                    if not idle_since:
+                        idle_since = now
+                    elif now - idle_since > SPIN_NS:
+                        select.select([fd], [fd] if pending else [], [], 0.01)
+        except (OSError, TransportError) as e:
+            if not reconnect:
+                raise
+            pending = []
+            if stop[0] and not verify:
+                break  # the run is over: what was in flight is not counted
+            recover(f"{type(e).__name__}: {e}")
+            fd = sock.fileno()
             idle_since = 0
-        except BlockingIOError:
-            del buf
-            if not busy:
-                now = perf_ns()
-                if not idle_since:
-                    idle_since = now
-                elif now - idle_since > SPIN_NS:
-                    select.select([fd], [fd] if pending else [], [], 0.01)
         now = perf_ns()
         if now - last_prog > 100_000_000:
             last_prog = now
@@ -297,6 +511,12 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
                 stop[0] = True
         if stop[0] and q.outstanding == 0 and not pending:
             break
+    if reconnect and verify and rc_stats["reconnects"]:
+        # the last word on every acknowledged write: read all of them back
+        try:
+            audit(bq)
+        except (OSError, TransportError, TimeoutError) as e:
+            recover(f"{type(e).__name__}: {e}")  # reconnects and audits again
     elapsed = time.perf_counter() - t_start
     rus1 = os.times()
     cpu = (rus1.user - rus0.user) + (rus1.system - rus0.system)
@@ -317,6 +537,8 @@ def _run_worker(cfg: dict[str, Any], progress: Any) -> dict[str, Any]:
         "error_names": dict(err_names),
         "miscompares": miscompares,
         "first_miscompares": first_bad,
+        **rc_stats,
+        "recoveries": recoveries,
         "lat": _lat_summary(lat),
         "hist": dict(Counter(x >> 10 for x in lat)),
     }
@@ -370,6 +592,89 @@ def _hist_summary(
 
 
 # ------------------------------------------------------------------ parent
+class _CtrlKeeper:
+    """The parent's admin queue across reconnects: notices a lost admin
+    connection (EOF, failed keep-alive) or a worker's request for a new
+    controller, connects a new one (every ``reconnect_delay`` s until
+    ``ctrlr_loss_timeout`` s, -1 forever) and publishes its cntlid."""
+
+    def __init__(
+        self, make: Any, ctrl: Any, shared: Any, nworkers: int, loss: float, delay: float
+    ) -> None:
+        self.make = make
+        self.ctrl = ctrl
+        self.shared = shared
+        self.nworkers = nworkers
+        self.loss = loss
+        self.delay = max(0.01, delay)
+        self.resets = 0
+        self.errors: list[str] = []
+        self._next_peek = 0.0
+
+    def _admin_lost(self) -> str:
+        c = self.ctrl
+        if c is None:
+            return "no controller"
+        if c.last_error:
+            return c.last_error
+        if c.admin is None:
+            return "admin queue closed"
+        try:
+            data = c.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return ""
+        except OSError as e:
+            return f"admin connection error: {e}"
+        return "" if data else "admin connection closed by the target"
+
+    def poll(self) -> None:
+        sh = self.shared
+        if sh.dead.value:
+            return
+        why = ""
+        if sh.reset.value == sh.gen.value + 1:
+            why = "a worker's I/O queue Connect was refused"
+        else:
+            now = time.monotonic()
+            if now >= self._next_peek:
+                self._next_peek = now + 0.02
+                why = self._admin_lost()
+        if why:
+            self.reset(why)
+
+    def reset(self, why: str) -> None:
+        from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
+
+        sh = self.shared
+        old, self.ctrl = self.ctrl, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.close(shutdown=False)
+        deadline = None if self.loss < 0 else time.monotonic() + self.loss
+        last = why
+        while True:
+            try:
+                c = self.make()
+                try:
+                    n = self.nworkers
+                    c.set_features(0x07, ((n - 1) << 16) | (n - 1))
+                except BaseException:
+                    c.close(shutdown=False)
+                    raise
+                break
+            except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+                last = f"{type(e).__name__}: {e}"
+            if deadline is not None and time.monotonic() > deadline:
+                self.errors.append(f"controller lost ({why}), no reconnect: {last}")
+                sh.dead.value = 1
+                return
+            time.sleep(self.delay)
+        self.ctrl = c
+        self.resets += 1
+        sh.cntlid.value = c.cntlid
+        sh.gen.value += 1
+
+
 def run(a: argparse.Namespace) -> int:
     from ..transports.nvmf_host.controller import Controller
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
@@ -398,23 +703,43 @@ def run(a: argparse.Namespace) -> int:
         return 2
     cores = parse_mask(a.core_mask) if a.core_mask else None
     nworkers = a.processes or (len(cores) if cores else 1)
-    try:
-        ctrl = Controller(
+    loss = float(a.ctrlr_loss_timeout_sec)
+    if loss < 0 and loss != -1:
+        print(
+            "perf: --ctrlr-loss-timeout-sec must be -1 (forever), 0 (off) or > 0", file=sys.stderr
+        )
+        return 2
+    delay = float(a.reconnect_delay_sec)
+    if loss and delay <= 0:
+        print(
+            "perf: --reconnect-delay-sec must be > 0 with --ctrlr-loss-timeout-sec", file=sys.stderr
+        )
+        return 2
+    ident: dict[str, Any] = {"hostnqn": trid.get("hostnqn"), "hostid": None}
+
+    def make() -> Any:
+        return Controller(
             trid["traddr"],
             trid["trsvcid"],
             trid["subnqn"],
-            hostnqn=trid.get("hostnqn"),
+            hostnqn=ident["hostnqn"],
+            hostid=ident["hostid"],
             kato_ms=10000,
             hdgst=a.hdgst,
             ddgst=a.ddgst,
             nr_io_queues=0,
         ).connect()
+
+    try:
+        ctrl = make()
+        ident["hostnqn"], ident["hostid"] = ctrl.hostnqn, ctrl.hostid
     except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
         print(
             f"perf: cannot connect to {trid['traddr']}:{trid['trsvcid']} {trid['subnqn']}: {e}",
             file=sys.stderr,
         )
         return 1
+    keeper: _CtrlKeeper | None = None
     try:
         nsid = int(trid.get("ns", "1"))
         ns = ctrl.identify_namespace(nsid)
@@ -444,6 +769,8 @@ def run(a: argparse.Namespace) -> int:
             )
             return 2
         ctx = mp.get_context("spawn")
+        shared = _Shared(ctx, ctrl.cntlid) if loss else None
+        keeper = _CtrlKeeper(make, ctrl, shared, nworkers, loss, delay) if shared else None
         procs = []
         prog = []
         for i in range(nworkers):
@@ -472,24 +799,37 @@ def run(a: argparse.Namespace) -> int:
                 "units": per if a.verify else total_units,
                 "seed": a.seed + i,
                 "busy_poll": a.busy_poll,
+                "ctrlr_loss_timeout": loss,
+                "reconnect_delay": delay,
             }
             r, w = ctx.Pipe(duplex=False)
             v = ctx.RawValue("q", 0)
-            p = ctx.Process(target=worker_main, args=(w, cfg, v), name=f"perf-worker-{i}")
+            p = ctx.Process(target=worker_main, args=(w, cfg, v, shared), name=f"perf-worker-{i}")
             p.start()
             w.close()
             procs.append((p, r))
             prog.append(v)
-        results = _monitor(procs, prog, a, a.io_size, [int(x) for x in a.target_pid or []])
+        results = _monitor(procs, prog, a, a.io_size, [int(x) for x in a.target_pid or []], keeper)
+        if keeper is not None:
+            results["ctrlr_resets"] = keeper.resets
+            results["ctrlr_errors"] = keeper.errors
     finally:
-        if ctrl.last_error:
-            print(f"perf: {ctrl.last_error}", file=sys.stderr)
-        ctrl.close()
+        if keeper is not None:
+            ctrl = keeper.ctrl
+        if ctrl is not None:
+            if ctrl.last_error and not (keeper and keeper.resets):
+                print(f"perf: {ctrl.last_error}", file=sys.stderr)
+            ctrl.close()
     return _report(results, a, trid, pattern, read_pct)
 
 
 def _monitor(
-    procs: list[Any], prog: list[Any], a: argparse.Namespace, io_size: int, target_pids: list[int]
+    procs: list[Any],
+    prog: list[Any],
+    a: argparse.Namespace,
+    io_size: int,
+    target_pids: list[int],
+    keeper: _CtrlKeeper | None = None,
 ) -> dict[str, Any]:
     import psutil
 
@@ -509,6 +849,8 @@ def _monitor(
     waiting = set(range(len(procs)))
     tick = t0 + 1.0
     while waiting:
+        if keeper is not None:
+            keeper.poll()
         for i in list(waiting):
             p, r = procs[i]
             if r.poll(0.02):
@@ -602,6 +944,23 @@ def _report(
             print(f"worker {r['worker']}: {n} I/O error(s): {name}", file=sys.stderr)
     if tot_err:
         rc = 1
+    tot_rc = {
+        k: sum(int(r.get(k, 0)) for r in rows)
+        for k in ("reconnects", "unacked_writes", "audited_units", "audit_miscompares")
+    }
+    if a.ctrlr_loss_timeout_sec:
+        rec = sorted(x["ms"] for r in rows for x in r.get("recoveries", []))
+        med = rec[len(rec) // 2] if rec else 0.0
+        print(
+            f"reconnect: {tot_rc['reconnects']} I/O queue reconnect(s), "
+            f"{res.get('ctrlr_resets', 0)} controller reset(s), "
+            f"{tot_rc['unacked_writes']} write(s) lost in flight (not acknowledged), "
+            f"{tot_rc['audited_units']} unit(s) read back after reconnects "
+            f"({tot_rc['audit_miscompares']} wrong), recovery median {med:.1f} ms"
+        )
+        for e in res.get("ctrlr_errors", []):
+            print(f"perf: {e}", file=sys.stderr)
+            rc = 1
     if a.verify:
         print(f"verify: {tot_mis} miscompare(s) in {tot_ios} I/Os")
         for r in rows:
@@ -623,6 +982,9 @@ def _report(
             "hdgst": a.hdgst,
             "ddgst": a.ddgst,
             "verify": a.verify,
+            "ctrlr_loss_timeout_sec": a.ctrlr_loss_timeout_sec,
+            "reconnect_delay_sec": a.reconnect_delay_sec,
+            "ctrlr_resets": res.get("ctrlr_resets", 0),
             "workers": rows,
             "total": {
                 "iops": tiops,
@@ -630,6 +992,7 @@ def _report(
                 "ios": tot_ios,
                 "errors": tot_err,
                 "miscompares": tot_mis,
+                **tot_rc,
                 "lat": tl,
             },
             "target_cpu_pct": {str(k): v for k, v in res["target_cpu"].items()},
@@ -674,6 +1037,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--verify", action="store_true", help="data integrity mode (write, read back, compare)"
+    )
+    p.add_argument(
+        "--ctrlr-loss-timeout-sec",
+        "--ctrl-loss-tmo",
+        dest="ctrlr_loss_timeout_sec",
+        type=float,
+        default=0,
+        metavar="SEC",
+        help="reconnect after a lost connection for up to SEC seconds (-1: forever; "
+        "0: off, a lost connection ends the run); bdev_nvme's option",
+    )
+    p.add_argument(
+        "--reconnect-delay-sec",
+        "--reconnect-delay",
+        dest="reconnect_delay_sec",
+        type=float,
+        default=1.0,
+        metavar="SEC",
+        help="seconds between reconnect attempts (default 1)",
     )
     p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     p.add_argument(

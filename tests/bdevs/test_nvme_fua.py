@@ -34,9 +34,21 @@ def test_host_queue_sets_fua_bit() -> None:
 
 class _FakeQ:
     can_submit = True
+    max_outstanding = 8
+    outstanding = 0
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.fail_compare = False
+
+    def submit_sqe(self, sqe, cb, ctx=None, write_from=None, **kw):  # noqa: ANN001
+        opcode, flags = sqe[0], sqe[1]
+        cdw12 = struct.unpack_from("<I", sqe, 48)[0]
+        self.calls.append(("sqe", opcode, flags & 3, cdw12, bytes(write_from)))
+        st = 0
+        if self.fail_compare:
+            st = S.ST_COMPARE_FAILURE if opcode == S.IO_COMPARE else S.ST_FUSED_FAIL
+        cb(type("R", (), {"ctx": ctx})(), st, 0)
 
     def write(self, nsid, lba, nlb, data, cb, ctx=None, fua=False):  # noqa: ANN001
         self.calls.append(("write", lba, nlb, fua))
@@ -89,3 +101,28 @@ def test_nvme_channel_passes_fua_flush_and_reads_into() -> None:
         ("submit", S.IO_FLUSH),
         ("read", 0, 2),
     ]
+
+
+def test_nvme_compare_and_write_is_a_fused_pair() -> None:
+    b = NvmeBdev(name="N0n1", block_size=512, num_blocks=1024, ctrlr={"state": "enabled"})
+    ch = b.open_channel(None)
+    lq = _FakeLq()
+    ch.lq = lq
+    ch.connected_gen = 0
+    out: list[Any] = []
+    cmp, wr = memoryview(b"r" * 512), memoryview(b"w" * 512)
+    ch.compare_and_write(9, cmp, wr, lambda st, d: out.append((st, d)), fua=True)
+    assert out == [(IoStatus.SUCCESS, -1)]
+    assert lq.q.calls == [
+        ("sqe", S.IO_COMPARE, S.FUSE_FIRST, 0, b"r" * 512),
+        ("sqe", S.IO_WRITE, S.FUSE_SECOND, 1 << 30, b"w" * 512),
+    ]
+    # the remote reports a compare failure: MISCOMPARE, offset found by a read
+    lq.q.calls.clear()
+    lq.q.fail_compare = True
+    probe = bytearray(b"r" * 512)
+    probe[100] = 0
+    ch.compare_and_write(9, memoryview(bytes(probe)), wr, lambda st, d: out.append((st, d)))
+    assert out[1] == (IoStatus.MISCOMPARE, 100)
+    assert [c[0] for c in lq.q.calls] == ["sqe", "sqe", "read"]
+    assert ch.in_flight == 0

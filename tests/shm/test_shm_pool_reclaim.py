@@ -146,3 +146,57 @@ def test_mem_mb_default_is_64(instance):
     assert os.path.exists("/dev/shm") and not os.path.exists(
         f"/dev/shm/blockfabric.{instance}.bufpool"
     )
+
+
+TAKER = """
+import sys
+from blockfabric.shm.pool import BufferPool
+p = BufferPool.attach(sys.argv[1], 1)
+held = []
+while True:
+    b = p.get(100)
+    if b is None:
+        break
+    held.append(b)
+print("took", len(held), flush=True)
+sys.stdin.readline()
+for b in held:
+    p.put(b)  # the reserve buffers go back to the shared reserve
+print("gave", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_waiter_served_by_poll_when_another_process_returns_buffers(pool, instance):
+    child = subprocess.Popen(
+        [sys.executable, "-c", TAKER, instance],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().split() == ["took", "7"]  # its 3 + the 4 of the reserve
+        q = BufferPool.attach(instance, 0)
+        try:
+            io = IoBufs(q)
+            mine = [io.try_acquire(100) for _ in range(3)]
+            assert all(mine) and io.try_acquire(100) is None
+            got = []
+            w = io.acquire(100, got.append)
+            assert w is not None and io.queued == 1
+            io.poll()
+            assert got == []  # nothing came back yet
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "gave"
+            io.poll()  # what the reactor's timer does
+            assert len(got) == 1 and io.queued == 0
+            assert io.stats()["waits"] == 1 and io.stats()["in_use"] == 4
+            for iov in mine + got:
+                io.release(iov)
+        finally:
+            q.close()
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()
