@@ -373,6 +373,29 @@ def _disturbed_warning(results: dict[str, Any]) -> list[str]:
     ]
 
 
+# Benchmarks run on their own (not by `python -m bench`) keep their latest
+# table in bench/results/NAME.md; BENCHMARKS.md carries each of them as a section.
+STANDALONE = (
+    ("attacks", "Hostile hosts: a well-behaved host next to each attack"),
+    ("recovery", "Recovery after a reactor kill"),
+    ("fuzz", "Coverage-guided fuzzing"),
+)
+
+
+def _standalone_sections(results_dir: Path | None = None) -> list[str]:
+    d = results_dir or Path(__file__).parent / "results"
+    out: list[str] = []
+    for name, title in STANDALONE:
+        f = d / f"{name}.md"
+        if not f.is_file():
+            continue
+        body = f.read_text().strip().splitlines()
+        if body and body[0].startswith("#"):
+            body = body[1:]  # the file's own title: the section title replaces it
+        out += [f"## {title}", "", *[("#" + ln if ln.startswith("#") else ln) for ln in body], ""]
+    return out
+
+
 def markdown_report(results: dict[str, Any]) -> str:
     meta = results.get("meta", {})
     mach = meta.get("machine", {})
@@ -442,6 +465,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         ]
     if results.get("plot"):
         md += ["## IOPS against queue depth", "", f"![IOPS vs QD]({results['plot']})", ""]
+    md += _standalone_sections()
     with_cmds = [n for n in ORDER if secs.get(n, {}).get("commands")]
     if with_cmds:
         md += [

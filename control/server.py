@@ -19,10 +19,16 @@ Limits (each bounds what one client can make the supervisor hold):
 * an answer: ``max_result_bytes`` (default `jsonrpc.MAX_RESULT_BYTES`, 16 MiB,
   or ``BLOCKFABRIC_RPC_MAX_RESULT_BYTES``): a larger result is answered with a
   -32603 error naming the limit instead of being encoded;
-* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (16 MiB): past it the
+* unsent answers per SPDK connection: `_MAX_PENDING_OUT` (1 MiB): past it the
   connection is not read and its already-framed requests (at most one receive,
   64 KiB, of them) wait unanswered, so one connection holds at most about
-  4 MiB (a partial request) + 16 MiB + one answer;
+  4 MiB (a partial request) + 1 MiB + one answer;
+* unsent answers of all SPDK connections together: `_MAX_TOTAL_OUT` (16 MiB):
+  past it no connection is served until the clients have read half of it, so
+  clients that never read cannot make the supervisor hold
+  ``max_connections`` x the per-connection bound;
+* requests answered per connection per wake-up: `_MAX_SERVE_PER_WAKE`, so a
+  connection full of requests cannot starve the ZeroMQ socket and the others;
 * SPDK-socket connections at once: ``max_connections`` (default
   `DEFAULT_MAX_CONNECTIONS`, or ``BLOCKFABRIC_RPC_MAX_CONNECTIONS``): one more is
   answered with a JSON-RPC error saying so and closed; the first refusal of a
@@ -66,7 +72,11 @@ SOCKET_MODE = 0o600
 _MAX_BATCH = 64
 _RECV_CHUNK = 65536
 # stop reading from an SPDK client that does not read its answers
-_MAX_PENDING_OUT = 16 * 1024 * 1024
+_MAX_PENDING_OUT = 1024 * 1024
+# ... and from all of them together
+_MAX_TOTAL_OUT = 16 * 1024 * 1024
+# requests answered per connection before the loop serves other fds
+_MAX_SERVE_PER_WAKE = 16
 # SPDK-socket clients at once (rpc.py opens one per command; scripts run a few)
 DEFAULT_MAX_CONNECTIONS = 64
 # bytes read (and dropped) from a refused connection so that closing it does not reset it
@@ -152,6 +162,8 @@ class RpcServer:
         self.ctx = zmq_context or zmq.Context()
         self._files: list[str] = []
         self._conns: dict[int, _SpdkConn] = {}
+        self._out_total = 0  # unsent answer bytes of every SPDK connection
+        self._starved: set[int] = set()  # connections waiting for _MAX_TOTAL_OUT room
         self._listener: socket.socket | None = None
         self.spdk_path = spdk_path
         self.closed = False
@@ -288,15 +300,31 @@ class RpcServer:
             self._serve(c)
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and not c.closing:
             self._read(c)
-        if c.fd in self._conns:
-            reading = not c.closing and not c.queue and len(c.out) < _MAX_PENDING_OUT
-            want = EPOLLIN if reading else 0
-            if c.out:
-                want |= EPOLLOUT
-            if c.closing and not c.out and not c.queue:
-                self._drop(c)
-            else:
-                self.loop.modify_fd(c.fd, want or EPOLLOUT)
+        self._rearm(c)
+
+    def _rearm(self, c: _SpdkConn) -> None:
+        if c.fd not in self._conns:
+            return
+        if c.closing and not c.out and not c.queue:
+            self._drop(c)
+            return
+        reading = not c.closing and not c.queue and len(c.out) < _MAX_PENDING_OUT
+        want = EPOLLIN if reading else 0
+        if c.out:
+            want |= EPOLLOUT
+        elif c.queue and c.fd not in self._starved:
+            want |= EPOLLOUT  # writable at once: serve the rest on the next turn
+        self.loop.modify_fd(c.fd, want)
+
+    def _resume_starved(self) -> None:
+        """Serve the connections that waited for room in _MAX_TOTAL_OUT."""
+        if not self._starved or self._out_total > _MAX_TOTAL_OUT // 2:
+            return
+        fds, self._starved = self._starved, set()
+        for fd in fds:
+            c = self._conns.get(fd)
+            if c is not None:
+                self._rearm(c)  # EPOLLOUT fires on the next turn and serves it
 
     def _read(self, c: _SpdkConn) -> None:
         while len(c.out) < _MAX_PENDING_OUT and not c.queue:
@@ -317,37 +345,55 @@ class RpcServer:
 
     def _serve(self, c: _SpdkConn) -> None:
         """Answer queued requests while the unsent output has room."""
+        budget = _MAX_SERVE_PER_WAKE
         while c.queue and len(c.out) < _MAX_PENDING_OUT and c.fd in self._conns:
+            if self._out_total >= _MAX_TOTAL_OUT:
+                self._starved.add(c.fd)
+                break
+            if budget == 0:
+                break  # _rearm keeps EPOLLOUT: the rest on the next loop turn
+            budget -= 1
             item = c.queue.popleft()
             if isinstance(item, StreamError):
-                c.out += item.response() + b"\n"
+                resp: bytes | None = item.response()
                 c.closing = True  # the stream cannot be resynchronised
                 c.queue.clear()
-                break
-            resp = handle_raw(item, "json", self.dispatch, self.max_result)
+            else:
+                resp = handle_raw(item, "json", self.dispatch, self.max_result)
             if resp is not None:
                 c.out += resp + b"\n"
+                self._out_total += len(resp) + 1
         if c.fd in self._conns:
             self._flush(c)
 
     def _flush(self, c: _SpdkConn) -> None:
-        while c.out:
-            try:
-                n = c.sock.send(c.out)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                c.out.clear()
-                self._drop(c)
-                return
-            del c.out[:n]
+        sent = 0
+        try:
+            while len(c.out) > sent:
+                try:
+                    n = c.sock.send(memoryview(c.out)[sent:])
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    self._drop(c)
+                    return
+                sent += n
+        finally:
+            if sent and c.fd in self._conns:
+                del c.out[:sent]  # one memmove per flush, not one per send
+                self._out_total -= sent
+                self._resume_starved()
 
     def _drop(self, c: _SpdkConn) -> None:
         if self._conns.pop(c.fd, None) is None:
             return
+        self._out_total -= len(c.out)
+        c.out.clear()
+        self._starved.discard(c.fd)
         self.loop.remove_fd(c.fd)
         with contextlib.suppress(OSError):
             c.sock.close()
+        self._resume_starved()
 
     # --- shutdown -------------------------------------------------------------
     def close(self) -> None:

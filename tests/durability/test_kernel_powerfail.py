@@ -12,7 +12,10 @@ Boot 2 (PHASE=check): mount (journal replay), every fsync()ed file intact,
 umount, e2fsck -fn clean.
 
 The power-fail must have dropped something (the unsynced data), or the test
-would prove nothing.
+would prove nothing. The same cycle with the wcache's ``ignore_fua`` test
+double (FUA and flushes not honoured) must lose the fsync()ed files (on these
+runs the whole file system: nothing had reached the medium), so the test can
+fail.
 """
 
 from __future__ import annotations
@@ -81,12 +84,14 @@ def _env(proto: str, port: int, phase: str) -> dict[str, Any]:
     return env
 
 
-@pytest.mark.parametrize("proto", ["nvme", "iscsi"])
-def test_ext4_survives_power_fail(daemon_factory: Any, tmp_path: Path, proto: str) -> None:
+def _power_cycle(
+    daemon_factory: Any, tmp_path: Path, proto: str, ignore_fua: bool
+) -> tuple[Any, Any, dict[str, Any], dict[str, str]]:
+    """Boot 1 (write, VM killed, power fail), boot 2 (check): both runs."""
     khost = _khost()
     khost.require_harness()
     d = daemon_factory(mask="0x3").start()
-    dlib.wcache_volume(d, SIZE_MB)
+    dlib.wcache_volume(d, SIZE_MB, ignore_fua=ignore_fua)
     port = dlib.free_port()
     if proto == "nvme":
         dlib.export_nvmf(d, port, "WC0")
@@ -118,7 +123,6 @@ def test_ext4_survives_power_fail(daemon_factory: Any, tmp_path: Path, proto: st
     sums = {k[4:]: v for k, v in run1.facts.items() if k.startswith("sum_")}
     assert len(sums) == 24, run1.facts
     (tmp_path / "sums.txt").write_text("".join(f"{n} {s}\n" for n, s in sorted(sums.items())))
-
     run2 = khost.run_guest(
         SCRIPT,
         _env(proto, port, "check"),
@@ -127,8 +131,29 @@ def test_ext4_survives_power_fail(daemon_factory: Any, tmp_path: Path, proto: st
         log_path=tmp_path / "guest2.log",
     )
     print(run2.summary())
+    log = d.log()
+    assert "Traceback" not in log, log[-3000:]
+    return run1, run2, seen, sums
+
+
+@pytest.mark.parametrize("proto", ["nvme", "iscsi"])
+def test_ext4_survives_power_fail(daemon_factory: Any, tmp_path: Path, proto: str) -> None:
+    _run1, run2, _seen, sums = _power_cycle(daemon_factory, tmp_path, proto, False)
     run2.require("connect", "mount", "files_intact", "fsck")
     assert run2.facts.get("files_ok") == str(len(sums)), run2.explain()
     assert run2.rc == 0, run2.explain()
-    log = d.log()
-    assert "Traceback" not in log, log[-3000:]
+
+
+def test_ext4_with_fua_ignored_loses_data(daemon_factory: Any, tmp_path: Path) -> None:
+    """The same cycle against a cache that ignores FUA and flushes (the
+    wcache's test double): the fsync()ed files do not survive (the file
+    system is gone, damaged or missing files), so the test above can fail."""
+    _run1, run2, seen, sums = _power_cycle(daemon_factory, tmp_path, "nvme", True)
+    run2.require("connect")
+    intact = (
+        run2.results.get("mount", (False, ""))[0]
+        and run2.results.get("files_intact", (False, ""))[0]
+        and run2.results.get("fsck", (False, ""))[0]
+    )
+    print(f"ignore_fua: dropped {seen['pf']}, files ok {run2.facts.get('files_ok')}/{len(sums)}")
+    assert not intact, f"nothing was lost although FUA and flushes were ignored\n{run2.explain()}"

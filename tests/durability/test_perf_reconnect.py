@@ -93,10 +93,15 @@ def _finish(p: subprocess.Popen[str], out: Path) -> tuple[int, dict[str, Any], s
     return p.returncode, doc, why
 
 
-def _wait_ios(t: FakeTarget, n: int, timeout: float = 20.0) -> None:
+def _wait_ios(t: FakeTarget, n: int, timeout: float = 20.0, op: int | None = None) -> None:
+    """N more commands (of opcode OP) reached the target."""
+
+    def count() -> int:
+        return len(t.commands) if op is None else t.commands.count(op)
+
     end = time.monotonic() + timeout
-    start = len(t.commands)
-    while len(t.commands) - start < n:
+    start = count()
+    while count() - start < n:
         assert time.monotonic() < end, "perf does no I/O"
         time.sleep(0.05)
 
@@ -111,18 +116,19 @@ def test_reconnect_after_drops_and_lost_controller(tmp_path: Path) -> None:
         p = _perf(t.port, out, 6, *RECONNECT)
         _wait_ios(t, 400)
         assert t.drop_all() >= 3  # admin + 2 I/O queues; the controller survives
-        _wait_ios(t, 400)
+        _wait_ios(t, 400, op=S.IO_WRITE)  # past the read-back audits: writing again
         assert t.drop_all(forget=True) >= 3  # the controller is gone: a new one
-        _wait_ios(t, 400)
+        _wait_ios(t, 400, op=S.IO_WRITE)
         rc, doc, why = _finish(p, out)
     finally:
         t.close()
     assert rc == 0, why
     tot = doc["total"]
     assert tot["miscompares"] == 0 and tot["errors"] == 0, why
-    # a drop that hits a worker still recovering from the first one is part of that recovery
+    # a drop that hits a worker still recovering from the first one is part of
+    # that recovery (on a loaded machine a worker may see the two as one)
     recs = [(w["reconnects"], len(w["recoveries"])) for w in doc["workers"]]
-    assert all(1 <= n <= 2 and r == n for n, r in recs) and sum(n for n, _ in recs) >= 3, recs
+    assert all(1 <= n <= 2 and r == n for n, r in recs), recs
     assert doc["ctrlr_resets"] >= 1, why
     # every acknowledged write was read back after each reconnect
     assert tot["audited_units"] > 0, why

@@ -10,6 +10,12 @@ SIGKILLed every few seconds; the supervisor restarts it each time.
 Expected: every host on the killed reactor reconnects; zero miscompares
 everywhere (every acknowledged write reads back); the writer on the other
 reactor never sees its connection drop and keeps completing I/O.
+
+The victim is the reactor holding perf's admin queue. An NVMe-oF controller
+spans reactors (admin queue on one, I/O queues round-robin), so its first
+kill takes the whole controller down and every perf worker reconnects (later
+kills hit perf only where its new queues landed): the "never drops" check is
+made on the iSCSI host, whose session lives entirely on the other reactor.
 """
 
 from __future__ import annotations

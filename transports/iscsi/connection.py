@@ -11,6 +11,19 @@ this class runs the full feature phase (RFC 7143 sections 3-4, 11):
 * NOP-Out/NOP-In (and target pings via `idle_check`), Task Management, Text
   (SendTargets, FFP negotiation), Logout, Reject for bad PDUs. ERL 0 only:
   sequence errors fail the connection.
+
+Bounds against hostile hosts (issue 8):
+
+* the CmdSN window: MaxCmdSN moves when commands finish (session.py);
+  immediate SCSI commands count too (TASK SET FULL beyond queue_depth);
+* write data lands in pool buffers (xfer.py), region by region, never the
+  whole EDTL; WRITEs are written chunk by chunk as their data arrives; at
+  most max_r2t_per_connection commands hold burst buffers, staged READs
+  share STAGED_READ_BUDGET; a command that finds the pool empty waits
+  (FIFO) and, if its data is already arriving, stops the input;
+* task management answers once the affected tasks really finished;
+* an exception closes only this connection (`crash`), counted and logged
+  through HostLog like every host-caused error.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from typing import Any, Protocol
 
 from ...bdevs.base import IoStatus
 from ...control.hostlog import HostLog
+from ..scsi.cdb import parse_rw
 from . import pdu as P
 from . import text
 from .discovery import send_targets
@@ -36,6 +50,10 @@ from .xfer import CHUNK, STREAM_OPS, HeapBufs, Region, iov_get, iov_put
 log = logging.getLogger(__name__)
 
 MAX_EDTL = 64 * 1024 * 1024  # biggest write buffer one command may ask for
+STAGED_READ_BUDGET = 8 * 1024 * 1024  # pool bytes of staged READs per connection
+LOGIN_READER_SIZE = 0  # receive buffer before login: two maximal login PDUs
+FFP_READER_SIZE = 256 * 1024  # receive buffer in full feature phase
+_READ_OPS = frozenset({0x08, 0x28, 0xA8, 0x88})
 
 # TMF functions and responses (RFC 7143 11.5, 11.6)
 TMF_ABORT_TASK = 1
@@ -137,6 +155,9 @@ class Task:
         "waiters",
         "last_rx",
         "imm_pdu",
+        "r2t_slot",
+        "r2t_queued",
+        "staged",
     )
 
     def __init__(self, itt: int, lun_field: int, cdb: bytes, edtl: int, direction: str) -> None:
@@ -177,6 +198,9 @@ class Task:
         self.waiters: list[Callable[[], None]] = []  # run when io drops to 0
         self.last_rx = 0.0  # last data progress (R2T / Data-Out timeout)
         self.imm_pdu: P.Pdu | None = None
+        self.r2t_slot = False  # one of the connection's max_r2t_per_connection
+        self.r2t_queued = False
+        self.staged = 0  # pool bytes its READ stages (bdevs that copy)
 
 
 class Connection:
@@ -195,7 +219,9 @@ class Connection:
         self.local_addr = local_addr
         self._send = send
         self._on_close = on_close
-        self.reader = P.PduReader(8192)
+        # small while logging in (a login PDU carries at most 8 KiB of text):
+        # a host that never completes its login holds ~20 KiB, not 256 KiB
+        self.reader = P.PduReader(8192, min_size=LOGIN_READER_SIZE)
         self.login: Login | None = Login(env.view, env.sessions, listener, peer_addr)
         self.state = "login"
         self.session: Session | None = None
@@ -227,6 +253,17 @@ class Connection:
         self._stalled_by: Task | None = None
         self._backlog: deque[P.Pdu | P.PduError] = deque()
         self.on_flow: Callable[[], None] | None = None  # the driver re-arms reading
+        # commands in their R2T phase (holding or awaiting pool buffers for
+        # solicited data): at most max_r2t_per_connection, the others wait
+        # here without asking the pool, so one connection cannot take it all
+        self._r2t_limit = max(1, int(env.view.options.get("max_r2t_per_connection", 4) or 4))
+        self._r2t_busy = 0
+        self._r2t_waiting: deque[Task] = deque()
+        # READs of bdevs that copy (aio, nvme) stage their data in pool
+        # buffers: at most STAGED_READ_BUDGET bytes of them run at once per
+        # connection (a bigger one runs alone), the others wait here
+        self._staged_bytes = 0
+        self._staged_waiting: deque[Task] = deque()
         # the driver calls cb once everything sent so far left the socket
         self.after_sent: Callable[[Callable[[], None]], None] = _call_now
         self.hostlog = HostLog(log, f"iscsi {peer_addr}")
@@ -252,6 +289,13 @@ class Connection:
                 s.closed = True
                 self.env.sessions.remove(s)
                 self._nexus_lost(s)
+        # what a dead connection no longer needs goes at once, not when the
+        # cyclic garbage collector finds it (a login flood makes thousands)
+        self.reader.release()
+        self.login = None
+        self._backlog.clear()
+        self._text_pending = bytearray()
+        self._text_rest = b""
         self._on_close(reason)
 
     def _nexus_lost(self, s: Session) -> None:
@@ -401,7 +445,9 @@ class Connection:
         self.login = None
         self.state = "ffp"
         self.send(out)
-        # digests and the receive limit apply from the first FFP PDU
+        # digests and the receive limit apply from the first FFP PDU; the
+        # full-size receive buffer only now
+        self.reader.grow_to(FFP_READER_SIZE)
         self.reader.set_limits(self.cp.max_recv_dlen, self.cp.header_digest, self.cp.data_digest)
 
     # ----------------------------------------------------------------- ffp
@@ -614,6 +660,8 @@ class Connection:
         s.tasks[itt] = t
         self.tasks[itt] = t
         if not wr or edtl == 0:
+            if rd and self._staged_read_waits(t):
+                return True
             self._execute(t)
             return True
         if edtl > MAX_EDTL:
@@ -622,16 +670,20 @@ class Connection:
             return True
         t.last_rx = self.now()
         bs = _block_size(self.env.device(s.target_name), t.lun)
-        if edtl > CHUNK:
-            if not bs or not t.cdb or t.cdb[0] not in STREAM_OPS:
-                # the SCSI core needs this command's data in one piece, and
-                # no parameter list or CAW buffer is this long
-                self._drop_task(t)
-                self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
-                return True
+        first = len(imm) if pdu.final else min(edtl, sp.first_burst_length)
+        streamable = bool(bs and t.cdb and t.cdb[0] in STREAM_OPS)
+        if edtl > CHUNK and not streamable:
+            # the SCSI core needs this command's data in one piece, and
+            # no parameter list or CAW buffer is this long
+            self._drop_task(t)
+            self._respond_error(t, _SENSE_INVALID_FIELD_CDB)
+            return True
+        if streamable and (edtl > CHUNK or edtl > first):
+            # WRITEs whose data does not all come unsolicited go piece by
+            # piece: only the first burst is held before the R2T phase
+            # (which max_r2t_per_connection bounds)
             t.stream = True
             t.bs = bs
-        first = len(imm) if pdu.final else min(edtl, sp.first_burst_length)
         if not pdu.final:
             t.unsol_open = True
             t.unsol_limit = first
@@ -822,6 +874,8 @@ class Connection:
             # being written while the next one is received
             if t.r2ts or t.region is not None or len(t.regions) > 1:
                 return
+            if not self._r2t_slot(t):
+                return
             off = t.next_r2t_offset
             n = min(sp.max_burst_length, t.edtl - off)
             base = off - len(t.carry)
@@ -831,12 +885,74 @@ class Connection:
             return
         if not t.regions:
             # one region for the whole (<= CHUNK) transfer, then the R2Ts
+            if not self._r2t_slot(t):
+                return
             t.wait = self.iobufs.acquire(t.edtl, lambda iov, _t=t: self._got_whole(_t, iov))
             return
         while len(t.r2ts) < sp.max_outstanding_r2t and t.next_r2t_offset < t.edtl:
             off = t.next_r2t_offset
             n = min(sp.max_burst_length, t.edtl - off)
             self._send_r2t(t, off, n)
+
+    def _staged_read_waits(self, t: Task) -> bool:
+        """True when this READ must wait for the connection's staging budget."""
+        if not t.cdb or t.cdb[0] not in _READ_OPS:
+            return False
+        s = self.session
+        assert s is not None
+        lun = _get_lun(self.env.device(s.target_name), t.lun)
+        if not getattr(lun, "stage_reads", False):
+            return False
+        try:
+            n = parse_rw(t.cdb).nblocks * lun.bdev.block_size
+        except Exception:
+            return False  # the SCSI core answers the bad CDB
+        if self._staged_bytes and self._staged_bytes + n > STAGED_READ_BUDGET:
+            t.staged = n  # waiting (positive)
+            self._staged_waiting.append(t)
+            return True
+        self._staged_bytes += n
+        t.staged = -n  # running (negative: counted in _staged_bytes)
+        return False
+
+    def _staged_done(self, t: Task) -> None:
+        if t.staged < 0:
+            self._staged_bytes += t.staged
+        t.staged = 0
+        while self._staged_waiting and self.state == "ffp":
+            nxt = self._staged_waiting[0]
+            if nxt.dead:
+                self._staged_waiting.popleft()
+                continue
+            if self._staged_bytes and self._staged_bytes + nxt.staged > STAGED_READ_BUDGET:
+                return
+            self._staged_waiting.popleft()
+            self._staged_bytes += nxt.staged
+            nxt.staged = -nxt.staged
+            self._guard(self._execute, nxt)
+
+    def _r2t_slot(self, t: Task) -> bool:
+        if t.r2t_slot:
+            return True
+        if self._r2t_busy < self._r2t_limit:
+            self._r2t_busy += 1
+            t.r2t_slot = True
+            return True
+        if not t.r2t_queued:
+            t.r2t_queued = True
+            self._r2t_waiting.append(t)
+        return False
+
+    def _r2t_release(self, t: Task) -> None:
+        if not t.r2t_slot:
+            return
+        t.r2t_slot = False
+        self._r2t_busy -= 1
+        while self._r2t_waiting and self._r2t_busy < self._r2t_limit and self.state == "ffp":
+            nxt = self._r2t_waiting.popleft()
+            nxt.r2t_queued = False
+            if not nxt.dead:
+                self._guard(self._advance_write, nxt)
 
     def _got_whole(self, t: Task, iov: Any) -> None:
         t.wait = None
@@ -1263,6 +1379,9 @@ class Connection:
             t.wait = None
         t.imm_pdu = None
         t.region = None
+        self._r2t_release(t)
+        if t.staged:
+            self._staged_done(t)
         for reg in list(t.regions):
             reg.closed = True
             if reg.release_if_idle(self.iobufs):

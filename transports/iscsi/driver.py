@@ -136,6 +136,11 @@ class ReactorIscsi:
 
         ctx = self.ctx
         mtl = int(self.view.options.get("max_transfer_length", DEFAULT_MAX_TRANSFER))
+        sd = getattr(ctx, "state_dir", None)
+        mode_path = None
+        if sd and isinstance(sd, str):
+            safe = "".join(c if c.isalnum() or c in ".-_" else "_" for c in f"{dev.name}-{bname}")
+            mode_path = os.path.join(sd, f"iscsi-mode-{safe}-lun{lid}.json")
         dev.add_lun(
             ScsiLun(
                 lid,
@@ -144,8 +149,17 @@ class ReactorIscsi:
                 dev,
                 iobufs=self.iobufs,
                 max_transfer_bytes=mtl,
+                mode_path=mode_path,
             )
         )
+
+
+def _discard(*_: Any) -> None:
+    pass
+
+
+def _run_now(cb: Any) -> None:
+    cb()
 
 
 class _Sent:
@@ -175,6 +189,7 @@ class SockConn:
         self.out: deque[P.Buffer | _Sent] = deque()
         self.out_bytes = 0  # queued, not yet sent
         self.reading = True  # EPOLLIN armed
+        self._close_timer: Any = None
         self.flush_scheduled = False
         self.closing = False
         self.closed = False
@@ -236,7 +251,7 @@ class SockConn:
 
     def _route_read(self) -> None:
         try:
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(ROUTE_MAX)  # the first PDU is all routing needs
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -258,6 +273,8 @@ class SockConn:
         if t is not None and t.home_reactor != ctx.reactor_id and hasattr(ctx, "handoff"):
             # all of a target's sessions live on its home reactor
             self._detach()
+            self.conn.reader.release()
+            self._unlink()
             try:
                 ctx.handoff(self.sock, t.home_reactor, "iscsi", self.listener, data)  # type: ignore[attr-defined]
             except Exception:
@@ -358,7 +375,9 @@ class SockConn:
             self._drop(reason)
         else:
             self.schedule_flush()
-            self.rs.ctx.loop.call_later(5.0, lambda: self._drop("close timeout"))
+            self._close_timer = self.rs.ctx.loop.call_later(
+                5.0, lambda: self._drop("close timeout")
+            )
 
     def _detach(self) -> None:
         self.closed = True
@@ -383,10 +402,23 @@ class SockConn:
         self.out.clear()
         self.out_bytes = 0
         self.conn.hostlog.close()
+        self._unlink()
+        if self._close_timer is not None:
+            self._close_timer.cancel()  # drops its reference to us now
+            self._close_timer = None
         try:
             self.sock.close()
         except OSError:
             pass
+
+    def _unlink(self) -> None:
+        """Break the SockConn <-> Connection reference cycle so both are freed
+        when the last reference goes (not at the next full GC)."""
+        c = self.conn
+        c._send = _discard
+        c._on_close = _discard
+        c.after_sent = _run_now
+        c.on_flow = None
 
 
 class IscsiDriver:

@@ -43,7 +43,9 @@ ST_TARGET_ERROR = (3, 0)
 ST_SERVICE_UNAVAILABLE = (3, 1)
 ST_OUT_OF_RESOURCES = (3, 2)
 
-TEXT_LIMIT = 64 * 1024  # accumulated login text across C-bit PDUs
+TEXT_LIMIT = (
+    16 * 1024
+)  # login text across C-bit PDUs (real logins: < 4 KiB; an 8 KiB CHAP value fits)
 
 
 def session_queue_depth(view: ConfigView, target: TargetView | None) -> int:

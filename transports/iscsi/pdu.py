@@ -350,6 +350,18 @@ class PduReader:
     def _needed_size(self) -> int:
         return max(self._min_size, 2 * self._max_pdu())
 
+    def release(self) -> None:
+        """Give the receive buffer back (the connection is gone)."""
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+        self._min_size = 0
+        self.broken = True
+
+    def grow_to(self, min_size: int) -> None:
+        """Raise the buffer's minimum size (applied by the next set_limits)."""
+        self._min_size = max(self._min_size, min_size)
+
     def set_limits(self, max_recv_dlen: int, header_digest: bool, data_digest: bool) -> None:
         """Apply negotiated values (after login)."""
         self.max_recv_dlen = max_recv_dlen

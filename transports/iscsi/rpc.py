@@ -423,3 +423,17 @@ def iscsi_get_connections(ctx: Any) -> list[dict[str, Any]]:
         if isinstance(part, list):
             out.extend(part)
     return out
+
+
+@rpc_method("iscsi_get_stats")
+def iscsi_get_stats(ctx: Any) -> list[dict[str, Any]]:
+    """blockfabric extension: per-reactor iSCSI counters of the hostile-host
+    bounds: connections, refused (max_connections_per_reactor),
+    login_timeouts, exceptions (contained: each closed one connection),
+    cmdsn_dropped (outside the window), immediate_refused (TASK SET FULL),
+    unsent_bytes (output waiting for slow readers)."""
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(ctx.gather("iscsi.stats", {})):
+        if isinstance(part, dict):
+            out.append({"reactor": i, **part})
+    return out

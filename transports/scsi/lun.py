@@ -3,10 +3,12 @@ in-flight tracking for task management and hot-remove."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from blockfabric.bdevs.base import Bdev, IoChannel, IoStatus
+from blockfabric.control.hostlog import HostLog
 
 from . import cdb as C
 from . import inquiry, sbc, spc
@@ -41,6 +43,8 @@ from .task import ScsiTask
 
 if TYPE_CHECKING:
     from .device import ScsiDevice
+
+log = logging.getLogger(__name__)
 
 Done = Callable[[ScsiTask], None]
 Handler = Callable[["ScsiLun", ScsiTask, Done], None]
@@ -81,18 +85,23 @@ class ScsiLun:
         device: ScsiDevice,
         iobufs: Any = None,
         max_transfer_bytes: int = DEFAULT_MAX_TRANSFER,
+        mode_path: str | None = None,
     ) -> None:
         self.lun_id = lun_id
         self.bdev = bdev
         self.channel_getter = channel_getter
         self.device = device
-        self.mode = ModePages()
+        # mode pages; saved values (MODE SELECT SP=1, e.g. WCE) persist in mode_path
+        self.mode = ModePages(mode_path)
         self.read_only = False
         self.removed = False
         self.inflight: dict[Key, ScsiTask] = {}
         self._on_gone: Callable[[], None] | None = None
         # task-management waits: (which tasks, callback once none is in flight)
         self._idle_waiters: list[tuple[Callable[[Key], bool], Callable[[], None]]] = []
+        # internal errors while executing a command: logged rate-limited (a
+        # host that can trigger one must not flood the log)
+        self.errors = HostLog(log, f"scsi {device.name} lun {lun_id}")
         bs = bdev.block_size
         self.optimal_transfer_blocks = max(1, (1 << 20) // bs)
         self.max_transfer_blocks = max(1, max_transfer_bytes // bs)
@@ -181,6 +190,7 @@ class ScsiLun:
             task.check_condition(e.sense)
             fin(task)
         except Exception:  # never let a command take the reactor down
+            self.errors.event(logging.ERROR, "internal error in %s", task, exc_info=True)
             if self.inflight.get(key) is task:
                 task.check_condition(build_sense(HARDWARE_ERROR, *ASC_INTERNAL_TARGET_FAILURE))
                 fin(task)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .cdb import MODE_SELECT_10, MODE_SENSE_10, be
 from .sense import (
     invalid_cdb,
@@ -53,9 +55,39 @@ class ModePages:
     every write write-through) and saved values (MODE SELECT with SP = 1;
     they live as long as the LUN)."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None = None) -> None:
         self.pages = _default_pages()
         self.saved = _default_pages()
+        # where the saved values live across restarts (None: memory only);
+        # at power-on the current values are the saved ones (SPC-4 6.13)
+        self.path = path
+        if path:
+            self._load(path)
+
+    def _load(self, path: str) -> None:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            for k, v in data.get("saved", {}).items():
+                code = int(k)
+                raw = bytes.fromhex(v)
+                if code in self.saved and len(raw) == len(self.saved[code]):
+                    mask = _CHANGEABLE[code]
+                    page = bytearray(_DEFAULTS[code])
+                    for i in range(2, len(page)):  # only changeable bits come back
+                        page[i] = (page[i] & ~mask[i]) | (raw[i] & mask[i])
+                    self.saved[code][:] = page
+                    self.pages[code][:] = page
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass  # no file yet, or a damaged one: defaults
+
+    def _store(self) -> None:
+        if not self.path:
+            return
+        from .pr import durable_replace
+
+        data = {"saved": {str(k): bytes(v).hex() for k, v in self.saved.items()}}
+        durable_replace(self.path, json.dumps(data).encode())
 
     @property
     def wce(self) -> bool:
@@ -168,4 +200,6 @@ class ModePages:
                 changed = True
             if save:
                 self.saved[code][2:] = new[2:]
+        if save and staged:
+            self._store()
         return changed

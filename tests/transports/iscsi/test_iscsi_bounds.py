@@ -346,3 +346,67 @@ def test_burst_limits_are_enforced(kit: Any, pool: IoBufs) -> None:
     r = h.data_out(0xA01, ttt, k, k * 32768, b"\0" * (32768 + 512), True)
     assert r[0].opcode == P.OP_REJECT and r[0].b2 == P.REJ_PROTOCOL
     assert h.closed and "unexpected" in h.conn.close_reason and pool.in_use == 0
+
+
+def test_r2t_phase_is_capped_per_connection(kit: Any, pool: IoBufs) -> None:
+    h, ch, _ = _setup(kit, pool)
+    limit = h.conn._r2t_limit
+    assert limit == 4  # max_r2t_per_connection (SPDK's default)
+    r2ts = []
+    for i in range(10):
+        out = h.cmd(write10(i * 1024, 512), 512 * BS, write=True, itt=0xB00 + i)
+        r2ts += [p for p in out if p.opcode == P.OP_R2T]
+    # only `limit` commands hold burst buffers; the others ask the pool nothing
+    assert len(r2ts) == limit and pool.in_use_bytes <= limit * (MBL + BS)
+    first = r2ts[0]
+    n = len(h.out)
+    for i, o in enumerate(range(0, first.w44, 65536)):
+        h.data_out(first.itt, first.w20, i, o, b"\x01" * 65536, o + 65536 == first.w44)
+    new = [kit.decode(b) for b in h.out[n:]]
+    # the first finished (its response) or moved on; either way a waiting one got its R2T
+    assert any(p.opcode == P.OP_R2T and p.itt == 0xB00 + limit for p in new)
+
+
+def test_staged_reads_share_a_per_connection_budget(kit: Any, pool: IoBufs) -> None:
+    from blockfabric.transports.iscsi.connection import STAGED_READ_BUDGET
+
+    h, ch, dev = _setup(kit, pool)
+    ch.copies = True
+    ch.deferred = True
+    dev.luns[0].stage_reads = True  # as for aio / nvme
+    n = 4 * MIB_BLOCKS  # 4 MiB per READ(10)
+    for _ in range(4):
+        h.cmd(bytes([0x28, 0, 0, 0, 0, 0, 0]) + n.to_bytes(2, "big") + b"\0", n * BS, read=True)
+    # 8 MiB budget: two run (their pool buffers held), two wait without any
+    assert (
+        len(ch.pending) == 2 * (4 * 1024 * 1024 // CHUNK) or pool.in_use_bytes <= STAGED_READ_BUDGET
+    )
+    assert pool.in_use_bytes == STAGED_READ_BUDGET
+    assert len(h.conn._staged_waiting) == 2
+    while ch.pending:
+        ch.run()
+    responses = [kit.decode(b) for b in h.out if kit.decode(b).opcode == P.OP_DATA_IN]
+    assert sum(1 for p in responses if p.f1 & P.F_STATUS) == 4
+    assert pool.in_use == 0 and not h.conn._staged_waiting
+
+
+MIB_BLOCKS = 1024 * 1024 // BS
+
+
+def test_text_sequence_is_capped(kit: Any) -> None:
+    h = kit.Harness()
+    h.login()
+    ttt = P.RSVD_TAG
+    chunk = b"X-a=" + b"b" * 250 + b"\0"
+    sent = 0
+    for _ in range(400):
+        w = (ttt, h.cmdsn, 0, 0, 0, 0, 0)
+        sent += len(chunk) * 32
+        out = h.feed(P.encode_request(P.OP_TEXT_REQ, 0x40, 0, 0x77, w, chunk * 32, immediate=True))
+        if out[0].opcode == P.OP_REJECT:
+            break
+        assert out[0].opcode == P.OP_TEXT_RESP
+        ttt = out[0].w20
+    else:
+        raise AssertionError("an endless Text sequence was accepted")
+    assert sent <= 96 * 1024 and len(h.conn._text_pending) == 0

@@ -30,7 +30,7 @@ class Chan(IoChannel):
         self.reads = 0
         self.fail: IoStatus | None = None
 
-    def _do_read(self, off: int, n: int, cb: Any) -> None:
+    def _do_read(self, off: int, n: int, cb: Any, into: Any = None) -> None:
         self.reads += 1
         st = self.fail or IoStatus.SUCCESS
         data = None if self.fail else memoryview(self.mem)[off * BS : (off + n) * BS]

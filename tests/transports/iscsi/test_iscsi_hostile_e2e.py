@@ -147,7 +147,9 @@ def test_immediate_command_flood_is_bounded_by_the_window(daemon: Any) -> None:
     sender.start()
     r2ts = full = 0
     deadline = time.monotonic() + 60
-    while r2ts + full < flood and time.monotonic() < deadline:
+    # 64 accepted (MaxQueueDepth): max_r2t_per_connection (4) of them get
+    # their burst buffers and an R2T, the others wait without pool buffers
+    while (full < flood - 64 or r2ts < 4) and time.monotonic() < deadline:
         p = ini.recv()
         if p.opcode == P.OP_R2T:
             r2ts += 1
@@ -161,12 +163,25 @@ def test_immediate_command_flood_is_bounded_by_the_window(daemon: Any) -> None:
     # a well-behaved initiator on the same reactor keeps doing I/O meanwhile
     assert _good_io(port, 20) == 20
     grown = _rss(daemon) - rss0
+    time.sleep(0.5)
+    ini.s.settimeout(0.5)
+    try:
+        while True:
+            p = ini.recv()
+            r2ts += p.opcode == P.OP_R2T
+    except (TimeoutError, OSError):
+        pass
+    st = daemon.rpc("iscsi_get_stats")
+    assert sum(r["immediate_refused"] for r in st) == flood - 64
     print(
-        f"\nimmediate flood: {r2ts} accepted (R2T), {full} TASK SET FULL; reactor RSS +{grown / MIB:.1f} MiB"
+        f"\nimmediate flood: {flood - full} accepted (the window), {r2ts} of them with burst"
+        f" buffers (R2T), {full} TASK SET FULL; reactor RSS +{grown / MIB:.1f} MiB"
     )
-    assert r2ts == 64 and full == flood - 64
+    assert r2ts == 4 and full == flood - 64
     assert grown < RSS_BOUND
+    assert _pool_in_use(daemon) > 0  # the 4 burst buffers are held ...
     ini.close()
+    assert _wait_pool_idle(daemon) == 0  # ... and back once the attacker left
     _daemon_ok(daemon)
 
 
@@ -287,6 +302,53 @@ def test_initiator_that_never_reads_is_bounded(daemon: Any) -> None:
     )
     assert grown < RSS_BOUND
     bad.close()
-    time.sleep(0.5)
+    assert _wait_pool_idle(daemon) == 0  # every buffer back in the pool
     assert _good_io(port, 5) == 5
+    _daemon_ok(daemon)
+
+
+def _pool_in_use(d: Any) -> int:
+    return sum(int(r.get("in_use", 0)) for r in d.rpc("iobuf_get_stats"))
+
+
+def _wait_pool_idle(d: Any, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    n = _pool_in_use(d)
+    while n and time.monotonic() < deadline:
+        time.sleep(0.2)
+        n = _pool_in_use(d)
+    return n
+
+
+def test_aio_data_path_uses_the_pool_and_gives_it_back(daemon: Any, tmp_path: Path) -> None:
+    port = _setup(daemon)
+    f = tmp_path / "aio.img"
+    f.write_bytes(bytes(16 * MIB))
+    daemon.rpc("bdev_aio_create", {"filename": str(f), "name": "Aio0", "block_size": 512})
+    daemon.rpc(
+        "iscsi_target_node_add_lun", {"name": f"{BF_BASE}:disk1", "bdev_name": "Aio0", "lun_id": 1}
+    )
+    before = sum(int(r.get("acquires", 0)) for r in daemon.rpc("iobuf_get_stats"))
+    ini = raw.RawIscsi(port, f"{BF_BASE}:disk1", timeout=30)
+    ini.login()
+    ini.clear_unit_attention(lun=1)
+    import os as _os
+
+    for i in range(4):
+        data = _os.urandom(2 * MIB)  # streamed through burst buffers, read back staged
+        assert ini.command(raw.write10(i * 4096, 4096), data=data, lun=1).status == raw.GOOD
+        r = ini.command(raw.read10(i * 4096, 4096), 2 * MIB, read=True, lun=1)
+        assert r.status == raw.GOOD and bytes(r.data) == data
+    ini.logout()
+    ini.close()
+    stats = daemon.rpc("iobuf_get_stats")
+    used = sum(int(r.get("acquires", 0)) for r in stats) - before
+    print(
+        f"\naio LUN: {used} pool acquisitions for 8 x 2 MiB; high water {max(int(r.get('high_water', 0)) for r in stats)} buffers"
+    )
+    assert used >= 8
+    assert _wait_pool_idle(daemon) == 0
+    with open(f, "rb") as fh:
+        fh.seek(3 * 4096 * 512)
+        assert fh.read(2 * MIB) == data  # on the medium, not only in our buffers
     _daemon_ok(daemon)

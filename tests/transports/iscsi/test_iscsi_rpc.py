@@ -212,6 +212,20 @@ def test_auth_groups_and_options(ctx: Ctx) -> None:
         call(ctx, "iscsi_set_options", {"error_recovery_level": 2})
     with pytest.raises(RpcError, match="unknown parameter 'bogus'"):
         call(ctx, "iscsi_set_options", {"bogus": 1})
+    # bounds against hostile hosts (blockfabric extensions)
+    o = call(ctx, "iscsi_get_options")
+    assert (o["login_timeout"], o["data_out_timeout"]) == (15, 30)
+    assert o["max_connections_per_reactor"] == 1024 and o["max_transfer_length"] == 32 << 20
+    call(
+        ctx,
+        "iscsi_set_options",
+        {"login_timeout": 5, "data_out_timeout": 10, "max_connections_per_reactor": 100},
+    )
+    assert call(ctx, "iscsi_get_options")["login_timeout"] == 5
+    with pytest.raises(RpcError, match="max_transfer_length"):
+        call(ctx, "iscsi_set_options", {"max_transfer_length": 1 << 40})
+    with pytest.raises(RpcError, match="max_connections_per_reactor"):
+        call(ctx, "iscsi_set_options", {"max_connections_per_reactor": 0})
     call(ctx, "iscsi_create_target_node", {"name": "d", "alias_name": "", "luns": [{"bdev_name": "Malloc0", "lun_id": 0}],
                                            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 2}], "queue_depth": 8})  # fmt: skip
     call(ctx, "iscsi_target_node_set_auth", {"name": "d", "chap_group": 1, "require_chap": True})

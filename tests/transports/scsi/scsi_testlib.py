@@ -51,7 +51,7 @@ class MemChannel(IoChannel):
             return
         self._complete(cb, IoStatus.SUCCESS, src)
 
-    def _do_read(self, off, n, cb):
+    def _do_read(self, off, n, cb, into=None):
         bs = self.bdev.block_size
         self._complete(cb, IoStatus.SUCCESS, memoryview(self.mem)[off * bs : (off + n) * bs])
 
@@ -65,8 +65,8 @@ class MemChannel(IoChannel):
         self.mem[off * bs : off * bs + len(data)] = data
         self._complete(cb, IoStatus.SUCCESS)
 
-    def _do_write(self, off, data, cb):
-        self.write(off, data, cb)
+    def _do_write(self, off, data, cb, fua=False):
+        self.write(off, data, cb, fua)
 
     def flush(self, cb):  # type: ignore[override]
         self.flushes += 1

@@ -226,13 +226,19 @@ class _OldChannel(IoChannel):
         self.log: list[str] = []
         self.mem = bytearray(bdev.block_size * bdev.num_blocks)
 
-    def _do_write(self, off, data, cb):
+    def write(self, off, data, cb):  # type: ignore[override]
         self.log.append("write")
         self.mem[off * BS : off * BS + len(data)] = data
         cb(IoStatus.SUCCESS)
 
-    def _do_read(self, off, n, cb):
+    def read(self, off, n, cb):  # type: ignore[override]
         cb(IoStatus.SUCCESS, memoryview(self.mem)[off * BS : (off + n) * BS])
+
+    def compare_and_write(self, off, cmp, wr, cb):  # type: ignore[override]
+        if bytes(self.mem[off * BS : off * BS + len(cmp)]) != bytes(cmp):
+            cb(IoStatus.MISCOMPARE)
+            return
+        self.write(off, wr, cb)
 
     def _do_flush(self, cb):
         self.log.append("flush")
@@ -261,3 +267,24 @@ def test_fua_on_a_module_without_fua_flushes(tmp_path) -> None:
     assert t.status == 0 and ch.log[-1] == "flush" and ch.mem[:BS] == b"\x01" * BS
     t = run(caw(0, 1), bytes(BS) + b"\x02" * BS)  # miscompare: no offset from old channels
     assert key(t) == (0xE, 0x1D, 0) and struct.unpack(">I", t.sense[3:7])[0] == 0
+
+
+def test_saved_wce_survives_a_restart(tmp_path) -> None:
+    path = str(tmp_path / "mode.json")
+    env = Env(tmp_path)
+    env.lun.mode = type(env.lun.mode)(path)
+    set_wce(env, False)  # current only: not saved
+    assert not os.path.exists(path)
+    set_wce(env, False, save=True)
+    assert os.path.exists(path)
+    # a new LUN object (target restart) starts from the saved values
+    env2 = Env(tmp_path)
+    env2.lun.mode = type(env2.lun.mode)(path)
+    assert not env2.lun.mode.wce and not wce_of(env2, 0) and not wce_of(env2, 3)
+    assert wce_of(env2, 2)  # the default is still WCE=1
+    env2.run(rw10(0x2A, 0, 1), data=bytes(BS))
+    assert env2.ch.writes == [(0, 1, True)]  # write-through after the restart
+    # a damaged file gives the defaults
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert type(env2.lun.mode)(path).wce
