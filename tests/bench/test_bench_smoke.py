@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -296,7 +297,10 @@ def test_markdown_report() -> None:
 
 
 def test_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        missing_tool("matplotlib is not installed (the bench extra)")
     out = tmp_path / "p.png"
     assert report.plot(canned(), out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

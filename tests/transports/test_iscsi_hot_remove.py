@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from bftest import missing_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -167,7 +168,7 @@ def _wait_for(pred: Any, timeout: float) -> bool:
 
 def test_malloc_hot_remove_under_io(daemon_factory: Any) -> None:
     if shutil.which("iscsi-perf") is None:
-        pytest.skip("libiscsi's iscsi-perf is not installed (scripts/install-deps.sh)")
+        missing_tool("libiscsi's iscsi-perf is not installed")
     port = _free_port()
     d = daemon_factory(mask="0x3").start()
     for name in ("Malloc0", "Malloc1"):
