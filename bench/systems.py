@@ -451,6 +451,9 @@ class BlockfabricTarget:
 
     def setup_iscsi(self) -> str:
         port = free_port()
+        # the CmdSN window (MaxQueueDepth, SPDK's default 64) caps the node's
+        # queue_depth; QD128 rows need a window of 128, as with SPDK's -q
+        self.rpc("iscsi_set_options", {"max_queue_depth": 128})
         self.rpc(
             "iscsi_create_portal_group",
             {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port)}]},
