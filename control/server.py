@@ -70,6 +70,8 @@ Dispatch = Callable[[str, Any], Any]
 SOCKET_MODE = 0o600
 # most zmq messages handled per wake-up before other fds get a turn
 _MAX_BATCH = 64
+# messages queued per ZeroMQ peer and direction (ZeroMQ's default is 1000)
+_ZMQ_HWM = 64
 _RECV_CHUNK = 65536
 # stop reading from an SPDK client that does not read its answers
 _MAX_PENDING_OUT = 1024 * 1024
@@ -173,6 +175,10 @@ class RpcServer:
         # a bit over the limit still reaches handle_raw and gets its -32600 answer;
         # far bigger ones make zmq drop the peer before buffering them
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * MAX_REQUEST_BYTES)
+        # per-peer queues: a client that sends without reading its answers
+        # gets them dropped past _ZMQ_HWM instead of piling up in ZeroMQ
+        self.sock.setsockopt(zmq.SNDHWM, _ZMQ_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, _ZMQ_HWM)
         try:
             path = ipc_path(zmq_addr)
             if path is not None:
