@@ -55,6 +55,9 @@ from .locks import StripeLocks, bdev_key
 
 log = logging.getLogger(__name__)
 
+# written by write-zeroes, in pieces; allocated once per process
+_ZEROS = memoryview(bytes(1 << 20))
+
 AIO_THREADS = 4
 DIRECT_ALIGN = 4096  # buffer address alignment used for O_DIRECT (pool buffers are 4 KiB aligned)
 BOUNCE = 128 * 1024  # per-thread aligned bounce buffer for unaligned O_DIRECT buffers
@@ -156,6 +159,18 @@ class AioChannel(IoChannel):
             self._tls.bounce = b
         return b
 
+    def _scratch(self, n: int) -> memoryview:
+        """A worker thread's own compare buffer (page aligned, reused): the
+        compared data is at most one transfer, which the transports bound by
+        MDTS / the CAW limit before they submit."""
+        if n > BOUNCE:
+            return memoryview(mmap.mmap(-1, n))  # only above the transfer limits
+        b: memoryview | None = getattr(self._tls, "scratch", None)
+        if b is None:
+            b = memoryview(mmap.mmap(-1, BOUNCE))
+            self._tls.scratch = b
+        return b[:n]
+
     def _needs_bounce(self, mv: memoryview) -> bool:
         if not self.direct:
             return False
@@ -224,7 +239,7 @@ class AioChannel(IoChannel):
         return (IoStatus.SUCCESS,)
 
     def _compare(self, off: int, data: memoryview) -> tuple[IoStatus, int]:
-        cur = memoryview(bytearray(len(data)))
+        cur = self._scratch(len(data))
         held = self.locks.lock(self.key, off, off + len(data))
         try:
             self._read_into(off, cur)
@@ -238,7 +253,7 @@ class AioChannel(IoChannel):
     def _caw(self, off: int, cmp: memoryview, write: memoryview, fua: bool) -> tuple[IoStatus, int]:
         """Compare and write under the range lock, in one worker: atomic
         against every write from every reactor to the range."""
-        cur = memoryview(bytearray(len(cmp)))
+        cur = self._scratch(len(cmp))
         held = self.locks.lock(self.key, off, off + len(write))
         try:
             self._read_into(off, cur)
@@ -261,9 +276,11 @@ class AioChannel(IoChannel):
         return (IoStatus.SUCCESS,)
 
     def _zero(self, off: int, n: int) -> tuple[IoStatus]:
-        chunk = self._bounce() if self.direct else memoryview(bytes(min(n, 1 << 20)))
         if self.direct:
-            chunk[:] = bytes(len(chunk))
+            chunk = self._bounce()
+            chunk[:] = _ZEROS[: len(chunk)]
+        else:
+            chunk = _ZEROS
         while n:
             k = min(n, len(chunk))
             (st,) = self._pwrite(off, chunk[:k], False)
