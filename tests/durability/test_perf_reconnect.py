@@ -106,6 +106,19 @@ def _wait_ios(t: FakeTarget, n: int, timeout: float = 20.0, op: int | None = Non
         time.sleep(0.05)
 
 
+def _wait_conns(t: FakeTarget, n: int, timeout: float = 20.0) -> None:
+    """N connections are open (perf connects its workers' I/O queues one by
+    one: on a loaded machine one worker can do hundreds of I/Os before the
+    other has connected)."""
+    end = time.monotonic() + timeout
+    while True:
+        with t.lock:
+            if len(t.conns) >= n:
+                return
+        assert time.monotonic() < end, f"fewer than {n} connections"
+        time.sleep(0.05)
+
+
 RECONNECT = ["--ctrlr-loss-timeout-sec", "15", "--reconnect-delay-sec", "0.1"]
 
 
@@ -114,8 +127,10 @@ def test_reconnect_after_drops_and_lost_controller(tmp_path: Path) -> None:
     try:
         out = tmp_path / "perf.json"
         p = _perf(t.port, out, 6, *RECONNECT)
+        _wait_conns(t, 3)
         _wait_ios(t, 400)
         assert t.drop_all() >= 3  # admin + 2 I/O queues; the controller survives
+        _wait_conns(t, 3)
         _wait_ios(t, 400, op=S.IO_WRITE)  # past the read-back audits: writing again
         assert t.drop_all(forget=True) >= 3  # the controller is gone: a new one
         _wait_ios(t, 400, op=S.IO_WRITE)

@@ -64,7 +64,9 @@ class FakeTarget:
                 c, _ = self.lsock.accept()
             except OSError:
                 return
-            self.conns.append(c)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.conns.append(c)
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     # ------------------------------------------------------------------
