@@ -307,6 +307,15 @@ class NvmeCtrlr:
     ),
     Param("num_io_queues", int, required=False, min=1, help="Number of IO queues to request"),
     aliases=("construct_nvme_bdev",),
+    ignored=(
+        Param(
+            "fabrics_connect_timeout_us",
+            int,
+            required=False,
+            long="--fabrics-timeout",
+            help="Fabrics connect timeout in microseconds (accepted; the connect timeout is fixed)",
+        ),
+    ),
     cli_out=OUT_ARRAY,
 )
 def bdev_nvme_attach_controller(

@@ -65,6 +65,26 @@ def chap_secrets(s: str) -> list[dict[str, str]]:
     return out
 
 
+def commas(s: str) -> list[str]:
+    """'a,b' -> ["a", "b"]."""
+    return [x for x in s.split(",") if x]
+
+
+def flag_set(s: str) -> dict[str, bool]:
+    """'identify_ctrlr,get_log_page' -> {"identify_ctrlr": True, "get_log_page": True};
+    'all' -> every admin command rpc.py knows (nvmf_set_config -p)."""
+    names = commas(s)
+    if "all" in names:
+        names = [
+            "identify_ctrlr",
+            "get_log_page",
+            "get_set_features",
+            "sanitize",
+            "vendor_specific",
+        ]
+    return {n: True for n in names}
+
+
 def mib_to_blocks(total_size_mb: float, block_size: int) -> int:
     """rpc.py's total_size in MiB -> num_blocks of block_size."""
     if block_size <= 0:

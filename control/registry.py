@@ -80,6 +80,7 @@ class Param:
     metavar: str = ""  # rpc.py's name of the argument when not the param's (dest)
     parse: Callable[[str], Any] | None = None  # command-line text -> the value sent
     negate: bool = False  # bool switch that sends False when given (store_false)
+    toggle: bool = False  # bool as --NAME / --no-NAME (argparse BooleanOptionalAction)
     fields: tuple[Param, ...] = ()  # an object param's members, each on the CLI
     cli: bool = True  # False: not on the command line (--params, or cli_build)
     spdk: bool = True  # False: a blockfabric extension, not in SPDK's rpc.py
@@ -139,6 +140,8 @@ class Param:
                 cli["options"] = self.option_strings()
             if self.negate:
                 cli["negate"] = True
+            if self.toggle:
+                cli["toggle"] = True
             if not self.spdk:
                 cli["extension"] = True
             d["cli"] = cli

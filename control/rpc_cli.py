@@ -91,7 +91,10 @@ def _add_argument(ap: argparse.ArgumentParser, p: Param) -> None:
     if p.type is bool and p.parse is None:
         if p.pos is not None:
             raise ValueError(f"{p.name}: a bool cannot be positional")
-        kw.update(action="store_const", const=not p.negate, default=None, dest=p.dest)
+        if p.toggle:
+            kw.update(action=argparse.BooleanOptionalAction, default=None, dest=p.dest)
+        else:
+            kw.update(action="store_const", const=not p.negate, default=None, dest=p.dest)
         ap.add_argument(*p.option_strings(), **kw)
         return
     if p.parse is not None:

@@ -22,7 +22,6 @@ _IG_MEMBERS = (
         required=False,
         short="-n",
         long=None,
-        metavar="initiator_list",
         parse=cli_forms.words,
         help="Whitespace-separated list of initiator hostnames or IP addresses",
     ),
@@ -33,7 +32,6 @@ _IG_MEMBERS = (
         required=False,
         short="-m",
         long=None,
-        metavar="netmask_list",
         parse=cli_forms.words,
         help="Whitespace-separated list of initiator netmasks",
     ),
@@ -44,7 +42,6 @@ _PG_IG_MAPS = Param(
     list,
     item=dict,
     pos=1,
-    metavar="pg_ig_mappings",
     parse=cli_forms.pg_ig_maps,
     help="Whitespace-separated list of <pg tag:ig tag> maps, e.g. '1:1 2:2'",
 )
@@ -258,10 +255,10 @@ def _check_bdev(ctx: Any, name: str) -> None:
         short="-z",
         help="Number of data out buffers in the pool",
     ),
-    Param("login_timeout", int, required=False),
-    Param("data_out_timeout", int, required=False),
-    Param("max_connections_per_reactor", int, required=False),
-    Param("max_transfer_length", int, required=False),
+    Param("login_timeout", int, required=False, spdk=False),
+    Param("data_out_timeout", int, required=False, spdk=False),
+    Param("max_connections_per_reactor", int, required=False, spdk=False),
+    Param("max_transfer_length", int, required=False, spdk=False),
     aliases=("set_iscsi_options",),
 )
 def iscsi_set_options(ctx: Any, **opts: Any) -> bool:
@@ -300,7 +297,6 @@ def iscsi_set_discovery_auth(
         list,
         item=dict,
         pos=1,
-        metavar="portal_list",
         parse=cli_forms.portals,
         help="Whitespace-separated list of portals in host:port format",
     ),
@@ -369,7 +365,6 @@ def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
         list,
         item=str,
         pos=1,
-        metavar="initiator_list",
         parse=cli_forms.words,
         help="Whitespace-separated list of initiator hostnames or IP addresses, e.g. 'ANY'",
     ),
@@ -378,7 +373,6 @@ def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
         list,
         item=str,
         pos=2,
-        metavar="netmask_list",
         parse=cli_forms.words,
         help="Whitespace-separated list of initiator netmasks, e.g. '127.0.0.1/32'",
     ),
@@ -515,7 +509,6 @@ def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
         list,
         item=dict,
         pos=2,
-        metavar="bdev_name_id_pairs",
         parse=cli_forms.luns,
         help="Whitespace-separated list of <bdev name:LUN ID> pairs, e.g. 'Malloc0:0 Malloc1:1'",
     ),
@@ -524,7 +517,6 @@ def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
         list,
         item=dict,
         pos=3,
-        metavar="pg_ig_mappings",
         parse=cli_forms.pg_ig_maps,
         help="Whitespace-separated list of <portal group tag:initiator group tag> maps, e.g. '1:2'",
     ),
@@ -567,7 +559,7 @@ def iscsi_create_target_node(
 
 @rpc_method(
     "iscsi_delete_target_node",
-    Param("name", str, pos=0, metavar="target_node_name", help="Target node name to be deleted"),
+    Param("name", str, pos=0, help="Target node name to be deleted"),
     aliases=("delete_target_node",),
 )
 def iscsi_delete_target_node(ctx: Any, name: str) -> bool:

@@ -16,6 +16,7 @@ import uuid as uuid_mod
 from dataclasses import replace
 from typing import Any
 
+from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
@@ -134,9 +135,9 @@ _IGNORED_TRANSPORT = (
         short="-w",
         help="Disable work requests batching (RDMA)",
     ),
-    "disable_mappable_bar0",
-    "disable_adaptive_irq",
-    "disable_shadow_doorbells",
+    Param("disable_mappable_bar0", bool, required=False, short="-M", help="(VFIO-USER)"),
+    Param("disable_adaptive_irq", bool, required=False, short="-I", help="(VFIO-USER)"),
+    Param("disable_shadow_doorbells", bool, required=False, short="-S", help="(VFIO-USER)"),
     "iobuf_small_cache_size",
     "iobuf_large_cache_size",
     "masked_oncs",
@@ -265,11 +266,47 @@ def nvmf_get_transports(
     return [dict(t) for t in st.transports.values()]
 
 
+def _set_config_cli(args: dict[str, Any]) -> dict[str, Any]:
+    """rpc.py's -i: the old spelling of -p identify_ctrlr."""
+    if args.pop("passthru_identify_ctrlr", False):
+        args["admin_cmd_passthru"] = {**args.get("admin_cmd_passthru", {}), "identify_ctrlr": True}
+    return args
+
+
 @rpc_method(
     "nvmf_set_config",
-    Param("discovery_filter", str, required=False),
-    Param("admin_cmd_passthru", dict, required=False),
-    ignored=("poll_groups_mask", "dhchap_digests", "dhchap_dhgroups", "dup_host_policy"),
+    Param(
+        "discovery_filter",
+        str,
+        required=False,
+        short="-d",
+        help="Set discovery filter (only match_any)",
+    ),
+    Param(
+        "admin_cmd_passthru",
+        dict,
+        required=False,
+        short="-p",
+        long="--passthru-admin-cmds",
+        parse=cli_forms.flag_set,
+        help="Comma-separated list of admin commands to be passthru (not supported)",
+    ),
+    ignored=(
+        Param("poll_groups_mask", str, required=False, short="-m", help="(no effect)"),
+        Param("dhchap_digests", list, required=False, parse=cli_forms.commas, help="(no effect)"),
+        Param("dhchap_dhgroups", list, required=False, parse=cli_forms.commas, help="(no effect)"),
+        "dup_host_policy",
+    ),
+    cli_extra=(
+        Param(
+            "passthru_identify_ctrlr",
+            bool,
+            required=False,
+            short="-i",
+            help="deprecated form of -p identify_ctrlr",
+        ),
+    ),
+    cli_build=_set_config_cli,
 )
 def nvmf_set_config(
     ctx: RpcContext,
@@ -288,7 +325,10 @@ def nvmf_set_config(
     return True
 
 
-@rpc_method("nvmf_set_max_subsystems", Param("max_subsystems", int, min=1))
+@rpc_method(
+    "nvmf_set_max_subsystems",
+    Param("max_subsystems", int, min=1, short="-x", help="Max number of NVMf subsystems"),
+)
 def nvmf_set_max_subsystems(ctx: RpcContext, max_subsystems: int) -> bool:
     _st(ctx).max_subsystems = max_subsystems
     return True
@@ -356,7 +396,13 @@ def nvmf_set_max_subsystems(ctx: RpcContext, max_subsystems: int) -> bool:
         short="-I",
         help="Maximum controller ID",
     ),
-    ignored=("admin_label", "dmrsl", "wzsl", "passthrough", "enable_nssr"),
+    ignored=(
+        "admin_label",
+        "dmrsl",
+        "wzsl",
+        Param("passthrough", bool, required=False, short="-p", help="NVMe passthrough (no effect)"),
+        Param("enable_nssr", bool, required=False, short="-n", help="NSSR support (no effect)"),
+    ),
 )
 def nvmf_create_subsystem(
     ctx: RpcContext,
@@ -521,6 +567,20 @@ def _hex_id(v: Any, name: str, nbytes: int) -> str:
             ),
             Param("uuid", str, required=False, short="-u", help="Namespace UUID (optional)"),
             Param("anagrpid", int, required=False, short="-a", help="ANA group ID (optional)"),
+            Param(
+                "no_auto_visible",
+                bool,
+                required=False,
+                short="-i",
+                help="Do not auto make namespace visible to controllers (optional)",
+            ),
+            Param(
+                "hide_metadata",
+                bool,
+                required=False,
+                short="-N",
+                help="Enable hide_metadata option to the bdev (optional)",
+            ),
         ),
     ),
     _TGT_NAME,
@@ -664,9 +724,28 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
     Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
     _LISTEN_ADDRESS,
     replace(_TGT_NAME, short="-p"),
-    Param("secure_channel", bool, required=False, default=False),
-    Param("ana_state", str, required=False),
-    Param("sock_impl", str, required=False),
+    Param(
+        "secure_channel",
+        bool,
+        required=False,
+        default=False,
+        short="-k",
+        help="Immediately establish a secure channel",
+    ),
+    Param(
+        "ana_state",
+        str,
+        required=False,
+        short="-n",
+        help="ANA state to set: optimized, non_optimized, or inaccessible",
+    ),
+    Param(
+        "sock_impl",
+        str,
+        required=False,
+        short="-S",
+        help="The socket implementation to use for the listener (ex. posix)",
+    ),
 )
 def nvmf_subsystem_add_listener(
     ctx: RpcContext,
@@ -784,7 +863,7 @@ def nvmf_subsystem_add_host(
     Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
-    Param("timeout_ms", int, required=False, min=0),
+    Param("timeout_ms", int, required=False, min=0, spdk=False),
 )
 def nvmf_subsystem_remove_host(
     ctx: RpcContext, nqn: str, host: str, tgt_name: str | None = None, timeout_ms: int | None = None
