@@ -168,6 +168,8 @@ _LISTEN_ADDRESS = Param(
     ),
 )
 
+_NQN = Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN")
+
 _TGT_NAME = Param(
     "tgt_name",
     str,
@@ -535,7 +537,7 @@ def _hex_id(v: Any, name: str, nbytes: int) -> str:
 
 @rpc_method(
     "nvmf_subsystem_add_ns",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param(
         "namespace",
         dict,
@@ -655,7 +657,7 @@ def nvmf_subsystem_add_ns(
 
 @rpc_method(
     "nvmf_subsystem_remove_ns",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("nsid", int, min=1, pos=1, help="The requested NSID"),
     _TGT_NAME,
 )
@@ -721,7 +723,7 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
 
 @rpc_method(
     "nvmf_subsystem_add_listener",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    replace(_NQN, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
     _LISTEN_ADDRESS,
     replace(_TGT_NAME, short="-p"),
     Param(
@@ -790,7 +792,7 @@ def nvmf_subsystem_add_listener(
 
 @rpc_method(
     "nvmf_subsystem_remove_listener",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    replace(_NQN, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
     _LISTEN_ADDRESS,
     replace(_TGT_NAME, short="-p"),
 )
@@ -812,7 +814,7 @@ def nvmf_subsystem_remove_listener(
 
 @rpc_method(
     "nvmf_subsystem_get_listeners",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )
@@ -829,7 +831,7 @@ def nvmf_subsystem_get_listeners(
 # ---------------------------------------------------------------- hosts
 @rpc_method(
     "nvmf_subsystem_add_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("psk", str, required=False),
@@ -860,7 +862,7 @@ def nvmf_subsystem_add_host(
 
 @rpc_method(
     "nvmf_subsystem_remove_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("timeout_ms", int, required=False, min=0, spdk=False),
@@ -889,7 +891,7 @@ def _allow_any_cli(args: dict[str, Any]) -> dict[str, Any]:
 
 @rpc_method(
     "nvmf_subsystem_allow_any_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("allow_any_host", bool, cli=False),
     _TGT_NAME,
     cli_extra=(
@@ -916,7 +918,7 @@ def nvmf_subsystem_allow_any_host(
 # ---------------------------------------------------------------- runtime queries
 @rpc_method(
     "nvmf_subsystem_get_controllers",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )
@@ -944,7 +946,7 @@ def nvmf_subsystem_get_controllers(
 
 @rpc_method(
     "nvmf_subsystem_get_qpairs",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )
