@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ...actors.loop import TimerHandle
+from ...runtime.loop import Timer
 from ...shm.iobuf import CHUNK, IoVec
 from . import io, spec
 from . import pdu as P
@@ -112,8 +112,8 @@ class TcpQpair(QueuePair):
         self.out_bytes = 0
         self.backlog = 0
         self.paused = False
-        self._h2c_timer: TimerHandle | None = None
-        self._conn_timer: TimerHandle | None = None
+        self._h2c_timer: Timer | None = None
+        self._conn_timer: Timer | None = None
         # pool buffers whose bytes are queued for the socket: released once
         # the driver reports them sent (byte marks of the taken output)
         self.taken_total = 0
