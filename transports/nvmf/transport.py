@@ -255,6 +255,12 @@ def register_transport(ops: NvmfTransportOps) -> None:
     _REGISTRY[ops.trtype.upper()] = ops
 
 
+def unregister_transport(trtype: str) -> None:
+    """Forget a registered transport (tests that plug in their own)."""
+    _REGISTRY.pop(trtype.upper(), None)
+    _UNAVAILABLE.pop(trtype.upper(), None)
+
+
 def get_transport(trtype: str) -> NvmfTransportOps:
     """The ops of ``trtype`` (case-insensitive), importing its module once.
     Raises UnknownTransport with the reason a user should see."""
