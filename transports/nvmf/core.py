@@ -26,6 +26,8 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...bdevs.base import Bdev, IoChannel
+from ...runtime.loop import Timer
 from ..context import ReactorContext
 from . import spec
 from .nqn import DISCOVERY_NQN
@@ -91,8 +93,8 @@ class Namespace:
         self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
         # this reactor's bdev and channel, looked up on first I/O (a new
         # snapshot builds new Namespace objects, so the cache never goes stale)
-        self.bdev: Any = None
-        self.chan: Any = None
+        self.bdev: Bdev | None = None
+        self.chan: IoChannel | None = None
         # the channel copies read data (aio, nvme): reads go into pool buffers
         self.copies = False
 
@@ -172,7 +174,7 @@ class Controller:
         self.counters = Counters()
         self.io_qpairs: set[QueuePair] = set()  # this reactor's I/O queues
         self.last_ka = time.monotonic()
-        self._timer: Any = None
+        self._timer: Timer | None = None
         self.destroyed = False
         self.disc_genctr = target.genctr
 

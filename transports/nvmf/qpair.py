@@ -121,7 +121,9 @@ class QueuePair:
 
     def release_transfer(self, req: Request) -> None:
         """Transport hook: free the transport's per-request resources (transfer
-        tags, bounce buffers); pool buffers are freed by the core."""
+        tags, bounce buffers); pool buffers are freed by the core. Called
+        once the request is over, when it has ``req.buf``, a ``req.ttag`` or
+        ``req.tp`` (nothing to do otherwise: the fast path skips the call)."""
 
     def pending_transfers(self) -> Iterable[Request]:
         """Transport hook: requests still waiting for host data (freed at close)."""
@@ -253,7 +255,8 @@ class QueuePair:
             if req.iov is not None:
                 iob.release(req.iov)
                 req.iov = None
-        self.release_transfer(req)
+        if req.buf is not None or req.ttag or req.tp is not None:
+            self.release_transfer(req)
 
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
         try:
