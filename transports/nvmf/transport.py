@@ -56,6 +56,8 @@ class OptSpec:
     hi: int | None = None
     help: str = ""
     short: str = ""  # SPDK rpc.py short option (e.g. "-u"), for the CLI
+    negate: bool = False  # rpc.py's store_false switch (e.g. -o/--c2h-success)
+    spdk: bool = True  # False: a blockfabric extension rpc.py does not have
 
 
 @dataclass(frozen=True)
