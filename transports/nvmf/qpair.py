@@ -47,6 +47,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# (router.dispatch, io.fused_gate), imported on first use: the router
+# imports admin/fabrics/io, which import core, which imports this module
+_ROUTE: list[Callable[[Request], None]] = []
+
+
+def _load_route() -> list[Callable[[Request], None]]:
+    from .io import fused_gate
+    from .router import dispatch
+
+    _ROUTE[:] = [dispatch, fused_gate]
+    return _ROUTE
+
+
 class Counters:
     """Per-queue / per-controller I/O counters (SMART data units / host commands)."""
 
@@ -179,14 +192,11 @@ class QueuePair:
 
     def execute(self, req: Request) -> None:
         """Run a command whose data (if any) is here."""
+        route = _ROUTE or _load_route()
         if self.fused_first is not None or req.sqe.fuse:
-            from .io import fused_gate
-
-            fused_gate(req)
+            route[1](req)  # io.fused_gate: pairs Compare + Write, then dispatches
             return
-        from .router import dispatch
-
-        dispatch(req)
+        route[0](req)  # router.dispatch
 
     def start_h2c(self, req: Request) -> None:
         """Host-to-controller data outside the capsule: pool buffers first
