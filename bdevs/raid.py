@@ -297,7 +297,10 @@ class RaidChannel(IoChannel):
     def _striped_ok(self, slots: list[int]) -> bool:
         if self.gen != self.bdev.gen:
             self._sync()
-        return all(s in self.members and self._state(s) == ONLINE for s in slots)
+        # a raid0/concat missing a member is offline as a whole (SPDK deconfigures it)
+        del slots
+        n = len(self.bdev.base_descs)
+        return len(self.members) == n and all(self._state(s) == ONLINE for s in range(n))
 
     # ----------------------------------------------------------- reads
     def _do_read(
@@ -557,13 +560,9 @@ class RaidBdev(StackedBdev):
     strip_size_kb: int = 0
     strip_blocks: int = 0
     segment_name: str = ""
-    member_blocks: list[int]
+    member_blocks: list[int] = []  # noqa: RUF012 - replaced per instance
     gen: int = 0
     _state: SharedState | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.member_blocks = []
 
     def _description(self) -> dict[str, Any]:
         return {

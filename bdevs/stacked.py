@@ -110,12 +110,15 @@ class StackedBdev(Bdev):
     """A bdev built on other bdevs. ``base_descs[i]`` is the description of
     base i (None for an empty raid slot); each process builds its own copy."""
 
-    base_descs: list[dict[str, Any] | None]
-    _bases: dict[int, Bdev]
+    # replaced per instance by create() / _restore(), never mutated here
+    base_descs: list[dict[str, Any] | None] = []  # noqa: RUF012
 
-    def __post_init__(self) -> None:
-        self.base_descs = []
-        self._bases = {}
+    @property
+    def _bases(self) -> dict[int, Bdev]:
+        d: dict[int, Bdev] | None = self.__dict__.get("_bases_d")
+        if d is None:
+            d = self.__dict__["_bases_d"] = {}
+        return d
 
     def base_names(self) -> list[str]:
         """The bdevs this one claims."""
