@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..control.cli_forms import words
 from ..control.errors import ENODEV, RpcError, invalid_params
-from ..control.registry import Param, rpc_method
+from ..control.registry import OUT_ARRAY, OUT_JSON, Param, rpc_method
 from .base import Bdev
 from .claims import claimers
 from .delay import LATENCY_TYPES, MAX_LATENCY_US, DelayBdev
@@ -42,6 +43,15 @@ def _of(ctx: Any, name: str, cls: type[Bdev], what: str) -> Any:
     return b
 
 
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    # checked here, not with Param(choices=): argparse would show the choices
+    # instead of the positional's name in the CLI's help
+    if value not in choices:
+        raise invalid_params(
+            f"parameter '{name}' must be one of {', '.join(choices)}, got {value!r}"
+        )
+
+
 def _create(ctx: Any, fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
@@ -54,10 +64,11 @@ def _create(ctx: Any, fn: Any, *args: Any) -> Any:
 # ------------------------------------------------------------------ passthru
 @rpc_method(
     "bdev_passthru_create",
-    Param("base_bdev_name", str),
-    Param("name", str),
-    Param("uuid", str, required=False),
+    Param("base_bdev_name", str, short="-b", help="Name of the existing bdev"),
+    Param("name", str, short="-p", help="Name of the pass through bdev"),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
     aliases=("construct_passthru_bdev",),
+    cli_out=OUT_JSON,
 )
 def bdev_passthru_create(ctx: Any, base_bdev_name: str, name: str, uuid: str | None = None) -> str:
     base = _claimable(ctx, base_bdev_name, "passthru")
@@ -66,7 +77,11 @@ def bdev_passthru_create(ctx: Any, base_bdev_name: str, name: str, uuid: str | N
     return name
 
 
-@rpc_method("bdev_passthru_delete", Param("name", str), aliases=("delete_passthru_bdev",))
+@rpc_method(
+    "bdev_passthru_delete",
+    Param("name", str, pos=0, help="pass through bdev name"),
+    aliases=("delete_passthru_bdev",),
+)
 def bdev_passthru_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, PassthruBdev)
 
@@ -74,10 +89,13 @@ def bdev_passthru_delete(ctx: Any, name: str) -> bool:
 # ------------------------------------------------------------------ split
 @rpc_method(
     "bdev_split_create",
-    Param("base_bdev", str),
-    Param("split_count", int, min=1, max=128),
-    Param("split_size_mb", int, required=False, min=0),
+    Param("base_bdev", str, pos=0, help="base bdev name"),
+    Param("split_count", int, min=1, max=128, pos=1, help="number of split bdevs to create"),
+    Param(
+        "split_size_mb", int, required=False, min=0, short="-s", help="size in MiB for each bdev"
+    ),
     aliases=("construct_split_vbdev",),
+    cli_out=OUT_ARRAY,
 )
 def bdev_split_create(
     ctx: Any, base_bdev: str, split_count: int, split_size_mb: int | None = None
@@ -92,7 +110,11 @@ def bdev_split_create(
     return [p.name for p in parts]
 
 
-@rpc_method("bdev_split_delete", Param("base_bdev", str), aliases=("destruct_split_vbdev",))
+@rpc_method(
+    "bdev_split_delete",
+    Param("base_bdev", str, pos=0, help="base bdev name"),
+    aliases=("destruct_split_vbdev",),
+)
 def bdev_split_delete(ctx: Any, base_bdev: str) -> bool:
     parts = [
         b for b in ctx.bdevs.values() if isinstance(b, SplitBdev) and b.base_names() == [base_bdev]
@@ -113,14 +135,45 @@ def bdev_split_delete(ctx: Any, base_bdev: str) -> bool:
 # ------------------------------------------------------------------ delay
 @rpc_method(
     "bdev_delay_create",
-    Param("base_bdev_name", str),
-    Param("name", str),
-    Param("avg_read_latency", int, min=0, max=MAX_LATENCY_US),
-    Param("p99_read_latency", int, min=0, max=MAX_LATENCY_US),
-    Param("avg_write_latency", int, min=0, max=MAX_LATENCY_US),
-    Param("p99_write_latency", int, min=0, max=MAX_LATENCY_US),
-    Param("uuid", str, required=False),
+    Param("base_bdev_name", str, short="-b", help="Name of the existing bdev"),
+    Param("name", str, short="-d", help="Name of the delay bdev"),
+    Param(
+        "avg_read_latency",
+        int,
+        min=0,
+        max=MAX_LATENCY_US,
+        short="-r",
+        help="Average latency to apply before completing read ops (in microseconds)",
+    ),
+    Param(
+        "p99_read_latency",
+        int,
+        min=0,
+        max=MAX_LATENCY_US,
+        short="-t",
+        long="--nine-nine-read-latency",
+        help="latency to apply to 1 in 100 read ops (in microseconds)",
+    ),
+    Param(
+        "avg_write_latency",
+        int,
+        min=0,
+        max=MAX_LATENCY_US,
+        short="-w",
+        help="Average latency to apply before completing write ops (in microseconds)",
+    ),
+    Param(
+        "p99_write_latency",
+        int,
+        min=0,
+        max=MAX_LATENCY_US,
+        short="-n",
+        long="--nine-nine-write-latency",
+        help="latency to apply to 1 in 100 write ops (in microseconds)",
+    ),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev (optional)"),
     aliases=("construct_delay_bdev",),
+    cli_out=OUT_JSON,
 )
 def bdev_delay_create(
     ctx: Any,
@@ -147,20 +200,38 @@ def bdev_delay_create(
 
 @rpc_method(
     "bdev_delay_update_latency",
-    Param("delay_bdev_name", str),
-    Param("latency_type", str, choices=LATENCY_TYPES),
-    Param("latency_us", int, min=0, max=MAX_LATENCY_US),
+    Param("delay_bdev_name", str, pos=0, help="The name of the given delay bdev"),
+    Param(
+        "latency_type",
+        str,
+        pos=1,
+        help="one of: avg_read, avg_write, p99_read, p99_write",
+    ),
+    Param(
+        "latency_us",
+        int,
+        min=0,
+        max=MAX_LATENCY_US,
+        pos=2,
+        help="new latency value in microseconds",
+    ),
+    cli_out=OUT_JSON,
 )
 def bdev_delay_update_latency(
     ctx: Any, delay_bdev_name: str, latency_type: str, latency_us: int
 ) -> bool:
+    _choice("latency_type", latency_type, LATENCY_TYPES)
     b: DelayBdev = _of(ctx, delay_bdev_name, DelayBdev, "delay")
     b.set_latency(latency_type, latency_us)
     ctx.config_changed()
     return True
 
 
-@rpc_method("bdev_delay_delete", Param("name", str), aliases=("delete_delay_bdev",))
+@rpc_method(
+    "bdev_delay_delete",
+    Param("name", str, pos=0, help="delay bdev name"),
+    aliases=("delete_delay_bdev",),
+)
 def bdev_delay_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, DelayBdev)
 
@@ -168,9 +239,10 @@ def bdev_delay_delete(ctx: Any, name: str) -> bool:
 # ------------------------------------------------------------------ error
 @rpc_method(
     "bdev_error_create",
-    Param("base_name", str),
-    Param("uuid", str, required=False),
+    Param("base_name", str, pos=0, help="base bdev name"),
+    Param("uuid", str, required=False, help="UUID for this bdev"),
     aliases=("construct_error_bdev",),
+    cli_out=OUT_JSON,
 )
 def bdev_error_create(ctx: Any, base_name: str, uuid: str | None = None) -> str:
     base = _claimable(ctx, base_name, "error")
@@ -181,13 +253,54 @@ def bdev_error_create(ctx: Any, base_name: str, uuid: str | None = None) -> str:
 
 @rpc_method(
     "bdev_error_inject_error",
-    Param("name", str),
-    Param("io_type", str, choices=(*IO_TYPES, "all", "clear")),
-    Param("error_type", str, choices=(*ERROR_TYPES, "pending")),
-    Param("num", int, required=False, min=0, max=MAX_NUM),
-    Param("queue_depth", int, required=False, min=0),
-    Param("corrupt_offset", int, required=False, min=0, max=1 << 32),
-    Param("corrupt_value", int, required=False, min=0, max=255),
+    Param("name", str, pos=0, help="the name of the error injection bdev"),
+    Param(
+        "io_type",
+        str,
+        pos=1,
+        help="io_type: 'clear' 'read' 'write' 'unmap' 'flush' 'all'",
+    ),
+    Param(
+        "error_type",
+        str,
+        pos=2,
+        help="error_type: 'failure' 'pending' (refused) 'corrupt_data' 'nomem'",
+    ),
+    Param(
+        "num",
+        int,
+        required=False,
+        min=0,
+        max=MAX_NUM,
+        short="-n",
+        help="the number of commands you want to fail",
+    ),
+    Param(
+        "queue_depth",
+        int,
+        required=False,
+        min=0,
+        short="-q",
+        help="the queue depth at which to trigger the error (refused)",
+    ),
+    Param(
+        "corrupt_offset",
+        int,
+        required=False,
+        min=0,
+        max=1 << 32,
+        short="-o",
+        help="the offset in bytes to xor with corrupt_value",
+    ),
+    Param(
+        "corrupt_value",
+        int,
+        required=False,
+        min=0,
+        max=255,
+        short="-v",
+        help="the value for xor (1-255, 0 is invalid)",
+    ),
 )
 def bdev_error_inject_error(
     ctx: Any,
@@ -202,6 +315,8 @@ def bdev_error_inject_error(
     """Arm ``num`` (default 1) injections of ``error_type`` for ``io_type``
     (a total over all reactors). ``corrupt_data`` needs a non-zero
     ``corrupt_value`` (XORed into byte ``corrupt_offset`` of the data)."""
+    _choice("io_type", io_type, (*IO_TYPES, "all", "clear"))
+    _choice("error_type", error_type, (*ERROR_TYPES, "pending"))
     b: ErrorBdev = _of(ctx, name, ErrorBdev, "error")
     if error_type == "pending":
         raise invalid_params(
@@ -220,7 +335,11 @@ def bdev_error_inject_error(
     return True
 
 
-@rpc_method("bdev_error_delete", Param("name", str), aliases=("delete_error_bdev",))
+@rpc_method(
+    "bdev_error_delete",
+    Param("name", str, pos=0, help="error bdev name"),
+    aliases=("delete_error_bdev",),
+)
 def bdev_error_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, ErrorBdev)
 
@@ -228,13 +347,38 @@ def bdev_error_delete(ctx: Any, name: str) -> bool:
 # ------------------------------------------------------------------ raid
 @rpc_method(
     "bdev_raid_create",
-    Param("name", str),
-    Param("raid_level", str),
-    Param("base_bdevs", (list, str)),
-    Param("strip_size_kb", int, required=False, min=0, max=1 << 20),
-    Param("strip_size", int, required=False, min=0, max=1 << 20),
-    Param("uuid", str, required=False),
-    Param("superblock", bool, required=False),
+    Param("name", str, short="-n", help="raid bdev name"),
+    Param(
+        "raid_level",
+        str,
+        short="-r",
+        help="raid level, raid0, raid1 and a special level concat are supported",
+    ),
+    Param(
+        "base_bdevs",
+        (list, str),
+        short="-b",
+        parse=words,
+        help="base bdevs name, whitespace separated list in quotes",
+    ),
+    Param(
+        "strip_size_kb",
+        int,
+        required=False,
+        min=0,
+        max=1 << 20,
+        short="-z",
+        help="strip size in KB",
+    ),
+    Param("strip_size", int, required=False, min=0, max=1 << 20, cli=False),
+    Param("uuid", str, required=False, help="UUID for this raid bdev"),
+    Param(
+        "superblock",
+        bool,
+        required=False,
+        short="-s",
+        help="store the raid configuration in a superblock (refused: save_config holds it)",
+    ),
     aliases=("construct_raid_bdev",),
 )
 def bdev_raid_create(
@@ -276,22 +420,33 @@ def bdev_raid_create(
     return True
 
 
-@rpc_method("bdev_raid_delete", Param("name", str), aliases=("destroy_raid_bdev",))
+@rpc_method(
+    "bdev_raid_delete",
+    Param("name", str, pos=0, help="raid bdev name"),
+    aliases=("destroy_raid_bdev",),
+)
 def bdev_raid_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, RaidBdev)
 
 
 @rpc_method(
     "bdev_raid_get_bdevs",
-    Param("category", str, required=False, choices=("all", "online", "configuring", "offline")),
+    Param(
+        "category",
+        str,
+        pos=0,
+        help="all or online or configuring or offline",
+    ),
     aliases=("get_raid_bdevs",),
+    cli_out=OUT_JSON,
 )
-def bdev_raid_get_bdevs(ctx: Any, category: str | None = None) -> list[dict[str, Any]]:
+def bdev_raid_get_bdevs(ctx: Any, category: str) -> list[dict[str, Any]]:
+    _choice("category", category, ("all", "online", "configuring", "offline"))
     out = []
     for b in ctx.bdevs.values():
         if isinstance(b, RaidBdev):
             info = b.raid_info()
-            if category in (None, "all") or info["state"] == category:
+            if category == "all" or info["state"] == category:
                 out.append(info)
     return out
 
@@ -305,7 +460,7 @@ def _raid_of_member(ctx: Any, base: str) -> tuple[RaidBdev, int]:
     raise RpcError(ENODEV, f"bdev {base} is not a member of a raid bdev")
 
 
-@rpc_method("bdev_raid_remove_base_bdev", Param("name", str))
+@rpc_method("bdev_raid_remove_base_bdev", Param("name", str, pos=0, help="base bdev name"))
 def bdev_raid_remove_base_bdev(ctx: Any, name: str) -> bool:
     """Take member ``name`` out of its raid (a raid1 runs degraded, a
     raid0/concat goes offline); the bdev is then no longer claimed."""
@@ -325,7 +480,11 @@ def bdev_raid_remove_base_bdev(ctx: Any, name: str) -> bool:
     return True
 
 
-@rpc_method("bdev_raid_add_base_bdev", Param("raid_bdev", str), Param("base_bdev", str))
+@rpc_method(
+    "bdev_raid_add_base_bdev",
+    Param("raid_bdev", str, pos=0, help="raid bdev name"),
+    Param("base_bdev", str, pos=1, help="base bdev name"),
+)
 def bdev_raid_add_base_bdev(ctx: Any, raid_bdev: str, base_bdev: str) -> bool:
     """raid1: add ``base_bdev`` in an empty or failed slot and rebuild it
     from an online member in the background (``bdev_raid_get_bdevs`` shows

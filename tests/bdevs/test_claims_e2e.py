@@ -150,7 +150,7 @@ def test_claims_refusals_and_restart_from_saved_config(daemon_factory: Any, tmp_
             assert a[k] == b[k], (n, k, a[k], b[k])
     [d1] = d2.rpc("bdev_get_bdevs", {"name": "D1"})
     assert d1["driver_specific"]["delay"]["p99_write_latency"] == 77
-    r1 = next(r for r in d2.rpc("bdev_raid_get_bdevs") if r["name"] == "R1")
+    r1 = next(r for r in d2.rpc("bdev_raid_get_bdevs", {"category": "all"}) if r["name"] == "R1")
     assert [m["name"] for m in r1["base_bdevs_list"]] == ["M5", "EE_M2"] or [
         m["name"] for m in r1["base_bdevs_list"]
     ] == ["EE_M2", "M5"]
