@@ -280,3 +280,57 @@ def test_geometry_refusals(env):
             RaidBdev.geometry("raid1", [a, big], 0)
     finally:
         big.destroy()
+
+
+class _Spy:
+    """Stands in for a member channel: records what reaches it."""
+
+    zero_copy_reads = True
+
+    def __init__(self, name):
+        self.bdev = type("B", (), {"name": name})()
+        self.calls: list[tuple] = []
+
+    def write(self, lba, data, cb, fua=False):
+        self.calls.append(("write", lba, len(data), fua))
+        cb(IoStatus.SUCCESS)
+
+    def flush(self, cb):
+        self.calls.append(("flush",))
+        cb(IoStatus.SUCCESS)
+
+    def unmap(self, lba, n, cb):
+        self.calls.append(("unmap", lba, n))
+        cb(IoStatus.SUCCESS)
+
+    def write_zeroes(self, lba, n, cb):
+        self.calls.append(("write_zeroes", lba, n))
+        cb(IoStatus.SUCCESS)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("level", ["raid0", "raid1", "concat"])
+def test_fua_and_flush_reach_every_member(env, level):
+    _, malloc, raid, _ = env
+    r = raid("R", level, [malloc("A"), malloc("B")], strip_kb=0 if level == "raid1" else 4)
+    ch = r.open_channel()
+    spies = {i: _Spy(n) for i, n in enumerate(("A", "B"))}
+    ch.members = dict(spies)  # type: ignore[attr-defined]
+    out: list = []
+    lba = 1020 if level == "concat" else 4  # concat: spans the member boundary
+    ch.write(lba, memoryview(b"f" * 8 * BS), out.append, fua=True)
+    ch.write_through = True
+    ch.write(lba, memoryview(b"g" * 8 * BS), out.append)
+    ch.flush(out.append)
+    ch.unmap(lba, 8, out.append)
+    assert out == [IoStatus.SUCCESS] * 4
+    for s in spies.values():
+        writes = [c for c in s.calls if c[0] == "write"]
+        assert writes and all(c[3] is True for c in writes), (level, s.calls)
+        assert ("flush",) in s.calls
+        assert any(c[0] == "unmap" for c in s.calls)
+    if level == "raid1":
+        assert all(("write", lba, 8 * BS, True) in s.calls for s in spies.values())
+    ch.close()
