@@ -7,8 +7,8 @@ with nothing armed, a raid0 and a concat of two mallocs (64 KiB strips) and
 a raid1 of two mallocs, each on fresh malloc bdevs of the same size.
 `blockfabric perf` (NVMe/TCP, 1 worker, --busy-poll, on --cpus-load) runs
 4 KiB random reads at QD32 (and 4 KiB random writes at QD32) on each in
-turn, round-robin over the rows for --reps rounds so that every row sees
-the same drift; the ratio is the row's median IOPS over plain malloc's
+turn, round-robin over the rows for --reps rounds (each round starting at
+the next row) so that every row sees the same drift; the ratio is the row's median IOPS over plain malloc's
 median IOPS from the same run. Writes bench/results/stack.md and stack.json
 (BENCHMARKS.md includes stack.md, see bench/report.py).
 """
@@ -212,7 +212,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         for wl in wls:
             reps: dict[str, list[dict[str, Any]]] = {r[0]: [] for r in rows}
             for i in range(a.reps):
-                for key, label, *_ in rows:
+                # each round starts at another row: no row is always first after a pause
+                k = i % len(rows)
+                for key, label, *_ in rows[k:] + rows[:k]:
                     rep = run_bf_perf(
                         trids[key], wl, a.duration, 1, a.load_cpus, bf.pids, rec, busy_poll=True
                     )
@@ -253,7 +255,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"One run ({m['started']}): NVMe/TCP, `blockfabric perf` 1 worker `--busy-poll` on CPU "
         f"{m['cpus_load']}, target 1 busy-polling reactor on CPU {m['cpus_target']}; "
         f"{m['size_mb']} MiB bdevs, {m['duration_s']:g} s per run, {m['reps']} rounds over all "
-        "rows (interleaved), median. Ratio = the row's median IOPS / plain malloc's median IOPS "
+        "rows (interleaved, each round starting at the next row), median. Ratio = the row's median IOPS / plain malloc's median IOPS "
         "in the same run (1.00 = free). Command: `" + m["argv"] + "`.",
         "",
         "| bdev | " + " | ".join(f"{w.label} IOPS | ratio" for w in wls) + " |",
