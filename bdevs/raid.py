@@ -174,7 +174,10 @@ class RaidChannel(IoChannel):
             try:
                 self.members[i] = b.base_bdev(i).open_channel(self.loop)
             except (OSError, ValueError) as e:
+                # a member this reactor cannot reach must not be read elsewhere
+                # while writes from here skip it: it is failed for everyone
                 log.error("raid %s: cannot open member %s: %s", b.name, d["name"], e)
+                b.fail_slot(i, keep_one=True)
         self.gen = b.gen
 
     def _state(self, i: int) -> int:
@@ -589,6 +592,7 @@ class RaidBdev(StackedBdev):
             if i >= len(new) or new[i] is None or new[i]["name"] != self._bases[i].name:  # type: ignore[index]
                 del self._bases[i]
         self.base_descs = new
+        self.member_blocks = [int(x) for x in d["member_blocks"]]
         self.gen += 1
 
     @staticmethod
