@@ -49,7 +49,8 @@ EMPTY, ONLINE, FAILED, REBUILDING = 0, 1, 2, 3
 STATE_NAMES = {EMPTY: "empty", ONLINE: "online", FAILED: "failed", REBUILDING: "rebuilding"}
 MAGIC = 0x4272526169643031  # "BrRaid01"
 # header words
-H_MAGIC, H_NSLOTS, H_RB_SLOT, H_RB_CUR, H_HW = 0, 1, 2, 3, 4
+# H_SGEN: bumped after every member state change (channels cache what they derive)
+H_MAGIC, H_NSLOTS, H_RB_SLOT, H_RB_CUR, H_HW, H_SGEN = 0, 1, 2, 3, 4, 5
 SLOT_STATE = 8
 SLOT_ERRORS = SLOT_STATE + MAX_MEMBERS
 NLOCKS = 512
@@ -149,6 +150,9 @@ class RaidChannel(IoChannel):
         self.members: dict[int, IoChannel] = {}
         self.retired: list[IoChannel] = []
         self.gen = -1
+        self.sgen = -1
+        self.on: list[int] = []
+        self.all_ok = False
         self.rr = 0
         self.waitq: deque[tuple[int, int, Callable[[Callable[[], None]], None], float]] = deque()
         self.retry_armed = False
@@ -183,11 +187,25 @@ class RaidChannel(IoChannel):
     def _state(self, i: int) -> int:
         return int(self.q[SLOT_STATE + i])
 
-    def _online(self) -> list[int]:
+    def _refresh(self) -> None:
         if self.gen != self.bdev.gen:
             self._sync()
         q = self.q
-        return [i for i in self.members if q[SLOT_STATE + i] == ONLINE]
+        self.sgen = int(q[H_SGEN])
+        self.on = [i for i in self.members if q[SLOT_STATE + i] == ONLINE]
+        n = len(self.bdev.base_descs)
+        self.all_ok = len(self.members) == n and all(q[SLOT_STATE + s] == ONLINE for s in range(n))
+
+    def _online(self) -> list[int]:
+        if self.gen != self.bdev.gen or self.sgen != self.q[H_SGEN]:
+            self._refresh()
+        return self.on
+
+    def _ok(self) -> bool:
+        """raid0/concat: every member online (a missing one takes it offline)."""
+        if self.gen != self.bdev.gen or self.sgen != self.q[H_SGEN]:
+            self._refresh()
+        return self.all_ok
 
     def _pick(self) -> int:
         on = self._online()
@@ -298,20 +316,29 @@ class RaidChannel(IoChannel):
         return out
 
     def _striped_ok(self, slots: list[int]) -> bool:
-        if self.gen != self.bdev.gen:
-            self._sync()
         # a raid0/concat missing a member is offline as a whole (SPDK deconfigures it)
         del slots
-        n = len(self.bdev.base_descs)
-        return len(self.members) == n and all(self._state(s) == ONLINE for s in range(n))
+        return self._ok()
 
     # ----------------------------------------------------------- reads
     def _do_read(
         self, offset_blocks: int, num_blocks: int, cb: ReadCallback, into: memoryview | None = None
     ) -> None:
-        if self.bdev.level == RAID1:
+        b = self.bdev
+        if b.level == RAID1:
             self._read1(offset_blocks, num_blocks, cb, into)
             return
+        if b.level == RAID0:  # the common case first: inside one strip
+            sb = b.strip_blocks
+            within = offset_blocks % sb
+            if within + num_blocks <= sb:
+                if not self._ok():
+                    cb(IoStatus.FAILED, None)
+                    return
+                strip = offset_blocks // sb
+                nm = len(b.base_descs)
+                self.members[strip % nm].read((strip // nm) * sb + within, num_blocks, cb, into)
+                return
         pieces = self._pieces(offset_blocks, num_blocks)
         if not self._striped_ok([p[0] for p in pieces]):
             cb(IoStatus.FAILED, None)
@@ -415,12 +442,12 @@ class RaidChannel(IoChannel):
                 release()
             cb(IoStatus.FAILED)
             return
-        kind = dict(targets)
+        online = {i for i, state in targets if state == ONLINE}
 
         def done(results: list[tuple[int, IoStatus, int]]) -> None:
             if release:
                 release()
-            good = [i for i, st, _ in results if not st and kind[i] == ONLINE]
+            good = [i for i, st, _ in results if not st and i in online]
             if not good:
                 cb(next(st for _, st, _ in results if st))
                 return
@@ -484,13 +511,45 @@ class RaidChannel(IoChannel):
     def _do_write(
         self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
     ) -> None:
+        n = len(data) // self.bs
+        if n and not self.waitq:  # the fast path: the range is free now
+            i = self.locks.try_lock(offset_blocks, offset_blocks + n)
+            if i >= 0:
+                self._write_now(offset_blocks, n, data, cb, fua, i)
+                return
         ok = self._guard(cb)
 
         def go(release: Callable[[], None]) -> None:
             if ok(release):
                 self._write_locked(offset_blocks, data, cb, fua, release)
 
-        self._locked(offset_blocks, len(data) // self.bs, go)
+        self._locked(offset_blocks, n, go)
+
+    def _write_now(
+        self, lba: int, n: int, data: memoryview, cb: Callback, fua: bool, lock: int
+    ) -> None:
+        """Range lock ``lock`` held: one member write for a raid0 write inside
+        one strip (the common case), else the general path."""
+        b = self.bdev
+        locks = self.locks
+        if b.level == RAID0:
+            sb = b.strip_blocks
+            within = lba % sb
+            if within + n <= sb:
+                if not self._ok():
+                    locks.unlock(lock)
+                    cb(IoStatus.FAILED)
+                    return
+
+                def done(st: IoStatus) -> None:
+                    locks.unlock(lock)
+                    cb(st)
+
+                strip = lba // sb
+                nm = len(b.base_descs)
+                self.members[strip % nm].write((strip // nm) * sb + within, data, done, fua)
+                return
+        self._write_locked(lba, data, cb, fua, lambda: locks.unlock(lock))
 
     def _ranged_op(self, lba: int, n: int, cb: Callback, op: str) -> None:
         ok = self._guard(cb)
@@ -713,6 +772,7 @@ class RaidBdev(StackedBdev):
                 return False
             q[SLOT_STATE + i] = FAILED
             q[SLOT_ERRORS + i] += 1
+            q[H_SGEN] += 1
             if q[H_RB_SLOT] == i + 1:
                 q[H_RB_SLOT] = 0  # the rebuild target failed: the rebuild stops
         return True
@@ -731,6 +791,7 @@ class RaidBdev(StackedBdev):
         st = self.state()
         with st:
             st.q[SLOT_STATE + i] = EMPTY
+            st.q[H_SGEN] += 1
             if st.q[H_RB_SLOT] == i + 1:
                 st.q[H_RB_SLOT] = 0
         self.base_descs[i] = None
@@ -763,6 +824,7 @@ class RaidBdev(StackedBdev):
             self.member_blocks.append(self.num_blocks)
         with st:
             q[SLOT_STATE + slot] = REBUILDING
+            q[H_SGEN] += 1
             q[H_RB_CUR] = 0
             q[H_RB_SLOT] = slot + 1
             q[H_NSLOTS] = len(self.base_descs)
@@ -834,6 +896,7 @@ class RaidBdev(StackedBdev):
                     log.info("raid %s: rebuild onto %s complete", self.name, self.slot_name(slot))
                 else:
                     q[SLOT_STATE + slot] = FAILED
+                q[H_SGEN] += 1
         self._rb_close()
         return True
 
