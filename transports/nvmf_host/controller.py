@@ -292,7 +292,14 @@ class Controller:
         io_queue_size: int = 128,
         timeout: float = 10.0,
         keepalive_thread: bool = True,
+        trtype: str = "tcp",
+        host_traddr: str | None = None,
     ) -> None:
+        self.trtype = trtype.lower()
+        if self.trtype not in ("tcp", "fc"):
+            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
+        self.host_traddr = host_traddr
+        self.assoc_id = 0  # FC: the association of the admin queue
         self.traddr = traddr
         self.trsvcid = str(trsvcid)
         self.subnqn = subnqn
@@ -316,8 +323,32 @@ class Controller:
         self.last_error: str = ""
 
     # ------------------------------------------------------ connect
+    def _open_queue(self, qid: int, qsize: int) -> BlockingQueue:
+        if self.trtype == "fc":
+            from .fc import FcBlockingQueue, default_host_port
+
+            if self.host_traddr is None:
+                self.host_traddr = default_host_port(self.hostid).traddr
+            bq = FcBlockingQueue(
+                self.traddr,
+                self.host_traddr,
+                qid,
+                qsize,
+                self.timeout,
+                self.subnqn,
+                self.hostnqn,
+                self.hostid,
+                self.assoc_id,
+            )
+            if qid == 0:
+                self.assoc_id = bq.q.assoc_id
+            return bq
+        return BlockingQueue(
+            self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout
+        )
+
     def connect(self, enable: bool = True) -> Controller:
-        a = BlockingQueue(self.traddr, self.trsvcid, 0, 32, self.hdgst, self.ddgst, self.timeout)
+        a = self._open_queue(0, 32)
         self.admin = a
         try:
             self.cntlid = (
@@ -367,7 +398,7 @@ class Controller:
 
     def connect_io_queue(self, qid: int, qsize: int | None = None) -> BlockingQueue:
         qs = min(qsize or self.io_queue_size, self.mqes)
-        bq = BlockingQueue(self.traddr, self.trsvcid, qid, qs, self.hdgst, self.ddgst, self.timeout)
+        bq = self._open_queue(qid, qs)
         try:
             bq.execute(
                 lambda cb: bq.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, cb),
@@ -576,6 +607,9 @@ class Controller:
                 with contextlib.suppress(Exception):
                     self.admin.timeout = min(self.admin.timeout, 2.0)
                     self.shutdown()
+            disconnect = getattr(self.admin, "disconnect", None)
+            if disconnect is not None:  # FC: end the association (Disconnect LS)
+                disconnect()
             self.admin.close()
             self.admin = None
 
