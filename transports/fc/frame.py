@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
+
+from ...shm import names
+from .addr import FcName
 
 T_LOGIN = 1
 T_LOGIN_ACC = 2
@@ -72,6 +76,17 @@ _CTRL_MAX = {
     T_BA_ACC: 0,
     T_LOGOUT: 0,
 }
+
+
+def socket_dir() -> Path:
+    d = names.run_dir() / "fc"
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return d
+
+
+def socket_path(port: FcName) -> str:
+    """Where the loopback target port ``port`` listens: ``RUN_DIR/fc/<WWPN>.sock``."""
+    return str(socket_dir() / f"{port.wwpn:016x}.sock")
 
 
 class FrameError(ValueError):

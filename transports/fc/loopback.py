@@ -23,13 +23,12 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
-from ...shm import names
+from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
 from . import frame as F
 from .addr import FcName
+from .frame import socket_path
 from .lld import FcUpcalls, register_lld
 
 log = logging.getLogger(__name__)
@@ -37,17 +36,6 @@ log = logging.getLogger(__name__)
 NAME = "loopback"
 RECV_SIZE = 1 << 17
 IOV_MAX = 1024
-
-
-def socket_dir() -> Path:
-    d = names.run_dir() / "fc"
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return d
-
-
-def socket_path(port: FcName) -> str:
-    """Where the loopback target port ``port`` listens."""
-    return str(socket_dir() / f"{port.wwpn:016x}.sock")
 
 
 class LoopbackLld:
@@ -73,7 +61,7 @@ class LoopbackPath:
 
     def __init__(
         self,
-        loop: EventLoop,
+        loop: Loop,
         sock: socket.socket,
         on_login: LoginHandler,
         max_payload: int,

@@ -30,6 +30,7 @@ import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import fc_iu as IU
 from . import fc_ls as LS
@@ -69,6 +70,8 @@ class Exchange:
     received: int = 0  # write data bytes received so far
     sent: int = 0  # read data bytes sent so far
     request: object = None  # the core's request, owned by the transport
+    path: Any = None  # the LLD path (LldNexus) the exchange arrived on: answers go there
+    chunk: int = 0  # write data: index of the buffer chunk being received
 
     def to(self, state: XState) -> None:
         if state not in _NEXT[self.state]:

@@ -30,7 +30,6 @@ import time
 from typing import Any
 
 from ..fc import frame as F
-from ..fc import loopback
 from ..fc.addr import FcName, parse_traddr
 from ..nvmf import fc_iu as IU
 from ..nvmf import fc_ls as LS
@@ -280,7 +279,7 @@ class FcBlockingQueue(BlockingQueue):
         self.lock = threading.RLock()
         target = parse_traddr(traddr)
         host = parse_traddr(host_traddr)
-        path = loopback.socket_path(target)
+        path = F.socket_path(target)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
