@@ -175,9 +175,9 @@ def parse_discovery_log(b: bytes) -> tuple[int, list[DiscoveryEntry]]:
                 cntlid,
                 asqsz,
                 eflags,
-                s(32, 32),
-                s(256, 256),
-                s(512, 256),
+                s(32, 32),  # TRSVCID
+                s(512, 256),  # TRADDR
+                s(256, 256),  # SUBNQN
             )
         )
     return int(genctr), out
