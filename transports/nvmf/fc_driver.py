@@ -291,9 +291,14 @@ class FcReactor:
             _bump(self.target, "fc_aborted_exchanges")
             return nexus.abort(xid)
         key = (id(nexus), xid)
+        old = self.xchgs.pop(key, None)
+        if old is not None:
+            # a second CMD IU on an open exchange: the exchange is broken, abort it
+            log.warning("FC %s: exchange %#x opened twice; aborted", nexus.remote, xid)
+            _bump(self.target, "fc_aborted_exchanges")
+            self._abort_exchange(old)
+            return nexus.abort(xid)
         try:
-            if key in self.xchgs:
-                raise A.ExchangeError(f"exchange {xid:#x} already open on this path")
             x = conn.open_exchange(xid, cmd)
         except A.ExchangeError as e:
             log.warning("FC %s: %s", nexus.remote, e)
@@ -349,6 +354,10 @@ class FcReactor:
             return
         qp = x.conn.qpair
         assert isinstance(qp, FcQpair)
+        if not ok:  # the LLD aborted the exchange (bad data phase): no response follows
+            self.xchgs.pop((id(nexus), xid), None)
+            _bump(self.target, "fc_aborted_exchanges")
+            return self._abort_exchange(x)
         try:
             qp.data_done(x.request, x, ok)
         except A.ExchangeError as e:
