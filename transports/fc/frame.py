@@ -122,7 +122,14 @@ def xfer_rdy(xid: int, offset: int, burst: int) -> bytes:
 
 
 class FrameReader:
-    """Reassembles frames from a byte stream; bounded memory."""
+    """Reassembles frames from a byte stream; bounded memory.
+
+    Zero copy where it can: a frame that arrived whole in one ``feed`` has a
+    payload that is a view of the caller's buffer, valid until the caller
+    reuses that buffer (both LLD ends consume every frame before their next
+    receive). Only the bytes of an incomplete frame are kept, and a header is
+    checked (type, bounds) as soon as its 16 bytes are in.
+    """
 
     def __init__(self, max_payload: int) -> None:
         self.max_payload = max_payload
@@ -132,36 +139,59 @@ class FrameReader:
     def pending(self) -> int:
         return len(self._buf)
 
+    def _plen(self, ftype: int, flags: int, rsvd: int, length: int) -> int:
+        """Payload bytes following a header; FrameError when it is invalid."""
+        if ftype not in TYPE_NAMES:
+            raise FrameError(f"unknown frame type {ftype}")
+        if flags or rsvd:
+            raise FrameError(f"{TYPE_NAMES[ftype]}: reserved header bits set")
+        if ftype == T_XFER_RDY:
+            if length == 0 or length > self.max_payload:
+                raise FrameError(f"XFER_RDY burst {length} outside 1..{self.max_payload}")
+            return 0
+        limit = self.max_payload if ftype == T_DATA else _CTRL_MAX[ftype]
+        if length > limit:
+            raise FrameError(f"{TYPE_NAMES[ftype]} payload {length} > {limit}")
+        if ftype == T_DATA and length == 0:
+            raise FrameError("DATA frame without data")
+        if ftype == T_LOGIN and length != LOGIN_LEN:
+            raise FrameError(f"LOGIN payload {length}, expected {LOGIN_LEN}")
+        return length
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buf += data
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.format != "B":
+            mv = mv.cast("B")
         out: list[Frame] = []
+        if self._buf:
+            # finish the incomplete frame first (only its bytes are copied)
+            buf = self._buf
+            if len(buf) < HDR_LEN:
+                k = min(HDR_LEN - len(buf), len(mv))
+                buf += mv[:k]
+                mv = mv[k:]
+                if len(buf) < HDR_LEN:
+                    return out
+            ftype, flags, rsvd, xid, offset, length = HDR.unpack_from(buf, 0)
+            need = HDR_LEN + self._plen(ftype, flags, rsvd, length) - len(buf)
+            k = min(need, len(mv))
+            buf += mv[:k]
+            mv = mv[k:]
+            if k < need:
+                return out
+            out.append(Frame(ftype, xid, offset, length, memoryview(bytes(buf[HDR_LEN:]))))
+            self._buf = bytearray()
         pos = 0
-        buf = self._buf
-        while len(buf) - pos >= HDR_LEN:
-            ftype, flags, rsvd, xid, offset, length = HDR.unpack_from(buf, pos)
-            if ftype not in TYPE_NAMES:
-                raise FrameError(f"unknown frame type {ftype}")
-            if flags or rsvd:
-                raise FrameError(f"{TYPE_NAMES[ftype]}: reserved header bits set")
-            if ftype == T_XFER_RDY:
-                plen = 0
-                if length == 0 or length > self.max_payload:
-                    raise FrameError(f"XFER_RDY burst {length} outside 1..{self.max_payload}")
-            else:
-                plen = length
-                limit = self.max_payload if ftype == T_DATA else _CTRL_MAX[ftype]
-                if plen > limit:
-                    raise FrameError(f"{TYPE_NAMES[ftype]} payload {plen} > {limit}")
-                if ftype == T_DATA and plen == 0:
-                    raise FrameError("DATA frame without data")
-                if ftype == T_LOGIN and plen != LOGIN_LEN:
-                    raise FrameError(f"LOGIN payload {plen}, expected {LOGIN_LEN}")
-            if len(buf) - pos - HDR_LEN < plen:
-                break
+        end = len(mv)
+        unpack = HDR.unpack_from
+        while end - pos >= HDR_LEN:
+            ftype, flags, rsvd, xid, offset, length = unpack(mv, pos)
+            plen = self._plen(ftype, flags, rsvd, length)
             start = pos + HDR_LEN
-            payload = memoryview(bytes(buf[start : start + plen]))
-            out.append(Frame(ftype, xid, offset, length, payload))
+            if end - start < plen:
+                break
+            out.append(Frame(ftype, xid, offset, length, mv[start : start + plen]))
             pos = start + plen
-        if pos:
-            del self._buf[:pos]
+        if pos < end:
+            self._buf = bytearray(mv[pos:])
         return out

@@ -85,6 +85,8 @@ class LoopbackPath:
         self.closing = False  # close once the output drained
         self.detached = False
         self.reading = True
+        self.flush_soon = False
+        self.in_read = False  # output produced while reading is flushed at its end
         self.mask = EPOLLIN
         # xid -> [buffer, relative offset of buffer[0], bytes received]
         self.rx: dict[int, list[Any]] = {}
@@ -147,9 +149,10 @@ class LoopbackPath:
         self.unsent += n
         if len(self.out) > 64 or self.unsent > 1 << 16:
             self._flush()
-        elif self.mask & EPOLLOUT == 0:
+        elif not self.flush_soon and not self.in_read:
+            # one flush per loop turn; EPOLLOUT only when the socket is full
+            self.flush_soon = True
             self.loop.call_soon(self._flush)
-            self._set_mask(self.mask | EPOLLOUT)
 
     def _set_mask(self, mask: int) -> None:
         if mask != self.mask and not self.closed:
@@ -157,6 +160,7 @@ class LoopbackPath:
             self.loop.modify_fd(self.fd, mask)
 
     def _flush(self) -> None:
+        self.flush_soon = False
         if self.closed:
             return
         out = self.out
@@ -218,7 +222,11 @@ class LoopbackPath:
             if n == 0:
                 self.close()
                 return
-            self._input(memoryview(self._rxbuf)[:n])
+            self.in_read = True
+            try:
+                self._input(memoryview(self._rxbuf)[:n])
+            finally:
+                self.in_read = False
             if self.closed or self.detached or n < len(self._rxbuf):
                 break
         if not self.closed and not self.detached:
