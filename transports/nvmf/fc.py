@@ -57,9 +57,9 @@ FC_OPTIONS: dict[str, OptSpec] = {
     "min_kato": OptSpec(int, 10000, 1, None, "minimum keep alive timeout (ms)"),
     # blockfabric: which low-level driver serves FC ports (an HBA vendor's LLD
     # registers itself under its name, see transports/fc/lld.py)
-    "lld": OptSpec(str, loopback.NAME, None, None, "FC low-level driver (loopback: software, no HBA)"),
-    "max_associations": OptSpec(int, 64, 1, 4096, "associations one host port may create on one target port"),
-    "max_unsent_bytes": OptSpec(int, 4 << 20, 65536, 1 << 30, "stop reading a loopback path while this many bytes are unsent"),
+    "lld": OptSpec(str, loopback.NAME, None, None, "FC low-level driver (loopback: software, no HBA)", spdk=False),
+    "max_associations": OptSpec(int, 64, 1, 4096, "associations one host port may create on one target port", spdk=False),
+    "max_unsent_bytes": OptSpec(int, 4 << 20, 65536, 1 << 30, "stop reading a loopback path while this many bytes are unsent", spdk=False),
 }  # fmt: skip
 
 # options SPDK's rpc.py sends for other transports: accepted, ignored

@@ -208,3 +208,54 @@ def test_fc_perf_verify_two_queues(fcd: Any, tmp_path: Path) -> None:
     for w in ws:
         assert w["errors"] == 0 and w["miscompares"] == 0 and w["ios"] > 0, w
     assert doc["total"]["ios"] == sum(w["ios"] for w in ws)
+
+
+def test_fc_rpc_cli_forms(
+    daemon_factory: Any, run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPDK's rpc.py forms: `nvmf_create_transport -t FC ...` and
+    `nvmf_subsystem_add_listener NQN -t fc -a nn-0x..:pn-0x..` (no -s)."""
+    monkeypatch.setenv("BLOCKFABRIC_RUN_DIR", str(run_dir))
+    d = daemon_factory(mask="0x1").start()
+
+    def rpc(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return d.cli("rpc", "-s", d.rpc_addr, *args, check=check)
+
+    bad = rpc("nvmf_create_transport", "-t", "FC", "--lld", "hba0", check=False)
+    assert bad.returncode != 0 and "no FC low-level driver 'hba0'" in bad.stdout + bad.stderr
+    bad = rpc("nvmf_create_transport", "-t", "FC", "-c", "4096", check=False)
+    assert bad.returncode != 0 and "in_capsule_data_size" in bad.stdout + bad.stderr
+    rpc("nvmf_create_transport", "-t", "FC", "--lld", "loopback", "-q", "64", "-i", "131072")
+    rpc("bdev_malloc_create", "-b", "M1", "8", "512")
+    rpc("nvmf_create_subsystem", NQN, "-a")
+    rpc("nvmf_subsystem_add_ns", NQN, "M1")
+    for traddr in ("nn-0x1:pn-0x2", "pn-0x10000090fa942779:nn-0x20000090fa942779"):
+        bad = rpc("nvmf_subsystem_add_listener", NQN, "-t", "fc", "-a", traddr, check=False)
+        assert bad.returncode != 0 and "traddr" in bad.stdout + bad.stderr
+    bad = rpc(
+        "nvmf_subsystem_add_listener", NQN, "-t", "fc", "-a", TRADDR, "-s", "4420", check=False
+    )
+    assert bad.returncode != 0 and "trsvcid" in bad.stdout + bad.stderr
+    rpc(
+        "nvmf_subsystem_add_listener",
+        NQN,
+        "-t",
+        "fc",
+        "-a",
+        TRADDR.upper().replace("NN-0X", "nn-0x").replace("PN-0X", "pn-0x"),
+    )
+    li = json.loads(rpc("nvmf_subsystem_get_listeners", NQN).stdout)
+    assert li[0]["address"] == {"trtype": "FC", "adrfam": "FC", "traddr": TRADDR, "trsvcid": "none"}
+    tr = [t for t in json.loads(rpc("nvmf_get_transports").stdout) if t["trtype"] == "FC"][0]
+    assert (tr["max_queue_depth"], tr["max_io_size"], tr["lld"]) == (64, 131072, "loopback")
+    c = _ctrl(1)
+    try:
+        data = os.urandom(128 * 1024)  # max_io_size 128 KiB: one transfer, one write
+        c.write(1, 0, data, 512)
+        assert c.read(1, 0, 256, 512, q=0) == data
+        assert c.mqes == 64
+    finally:
+        c.close()
+    rpc("nvmf_subsystem_remove_listener", NQN, "-t", "fc", "-a", TRADDR)
+    assert not os.path.exists(F.socket_path(parse_traddr(TRADDR)))
+    d.stop()
