@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,7 @@ class LoopbackPath:
         self.local = FcName(0, 0)
         self.remote = FcName(0, 0)
         self.upcalls: FcUpcalls | None = None
+        self.born = time.monotonic()  # for the login timeout
         self.raw = bytearray()  # bytes received before the login was decided
         self.out: list[Any] = []
         self.unsent = 0

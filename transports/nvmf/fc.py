@@ -59,6 +59,9 @@ FC_OPTIONS: dict[str, OptSpec] = {
     # registers itself under its name, see transports/fc/lld.py)
     "lld": OptSpec(str, loopback.NAME, None, None, "FC low-level driver (loopback: software, no HBA)", spdk=False),
     "max_associations": OptSpec(int, 64, 1, 4096, "associations one host port may create on one target port", spdk=False),
+    "connect_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "login + link service + Connect must complete within this (0: off)", spdk=False),
+    "h2c_data_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "write data must arrive within this of the transfer-ready (0: off)", spdk=False),
+    "max_connections_per_reactor": OptSpec(int, 1024, 1, 1 << 20, "loopback paths one reactor accepts", spdk=False),
     "max_unsent_bytes": OptSpec(int, 4 << 20, 65536, 1 << 30, "stop reading a loopback path while this many bytes are unsent", spdk=False),
 }  # fmt: skip
 
@@ -160,6 +163,9 @@ class FcTransport(NvmfTransportOps):
             "iobuf_waits": st["iobuf_waits"],
             "fc_ls_rejects": st.get("fc_ls_rejects", 0),
             "fc_aborted_exchanges": st.get("fc_aborted_exchanges", 0),
+            "fc_login_timeouts": st.get("fc_login_timeouts", 0),
+            "fc_data_timeouts": st.get("fc_data_timeouts", 0),
+            "fc_refused_paths": st.get("fc_refused_paths", 0),
         }
 
 

@@ -72,6 +72,7 @@ class Exchange:
     request: object = None  # the core's request, owned by the transport
     path: Any = None  # the LLD path (LldNexus) the exchange arrived on: answers go there
     chunk: int = 0  # write data: index of the buffer chunk being received
+    deadline: float = 0.0  # write data must have arrived by then (0: no limit)
 
     def to(self, state: XState) -> None:
         if state not in _NEXT[self.state]:

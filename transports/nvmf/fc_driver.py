@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Any
 
 from ..base import register_driver
@@ -62,6 +63,7 @@ class FcQpair(QueuePair):
         self.fr = fr
         self.conn = conn
         self.path = path  # the path the connection was created on
+        self.born = time.monotonic()  # the Connect must come within connect_timeout
         conn.qpair = self
 
     # ------------------------------------------------------------ hooks
@@ -95,6 +97,9 @@ class FcQpair(QueuePair):
             req.buf = bytearray(req.sgl_len)  # bounded by max_io_size (cmd_iu)
         x.to(A.XState.DATA_OUT)
         x.chunk = 0
+        if self.opts.h2c_data_timeout > 0:
+            x.deadline = time.monotonic() + self.opts.h2c_data_timeout
+            self.fr.arm_timer()
         self._next_chunk(req, x)
 
     def _views(self, req: Request) -> list[memoryview]:
@@ -172,6 +177,49 @@ class FcReactor:
         # (id(path), xid) -> open exchange
         self.xchgs: dict[tuple[int, int], A.Exchange] = {}
         self.paths: dict[int, LldNexus] = {}
+        self.unlogged: set[loopback.LoopbackPath] = set()  # accepted, no LOGIN yet
+        self.timer: Any = None
+
+    # ------------------------------------------------------------ timeouts
+    def arm_timer(self) -> None:
+        if self.timer is None:
+            self.timer = self.ctx.loop.call_every(0.25, self._tick)
+
+    def _tick(self) -> None:
+        """Bounds on what a silent host can hold: a path without LOGIN, a
+        connection without Connect (connect_timeout_ms), write data that never
+        comes after its transfer-ready (h2c_data_timeout_ms: the exchange is
+        aborted and its pool buffers freed)."""
+        try:
+            self._expire(time.monotonic())
+        except Exception:
+            log.exception("FC timeouts")
+
+    def _expire(self, now: float) -> None:
+        opts = self.target.opts_for(FC.trtype)
+        ct = opts.connect_timeout
+        for p in list(self.unlogged):
+            if p.closed or p.upcalls is not None:
+                self.unlogged.discard(p)
+            elif ct > 0 and now - p.born > ct:
+                self.unlogged.discard(p)
+                _bump(self.target, "fc_login_timeouts")
+                log.warning("FC path: no LOGIN within %g s; closed", ct)
+                p.close()
+        for st in list(self.nexuses.values()):
+            for c in list(st.nexus.conns.values()):
+                qp = c.qpair
+                if isinstance(qp, FcQpair) and qp.qid < 0 and ct > 0 and now - qp.born > ct:
+                    _bump(self.target, "connect_timeouts")
+                    qp.close(f"no Connect within {ct:g} s")
+        for key, x in list(self.xchgs.items()):
+            if x.state is A.XState.DATA_OUT and x.deadline and now > x.deadline:
+                self.xchgs.pop(key, None)
+                _bump(self.target, "fc_data_timeouts")
+                log.warning("FC exchange %#x: no write data within the timeout; aborted", x.xid)
+                if id(x.path) in self.paths:
+                    x.path.abort(x.xid)
+                self._abort_exchange(x)
 
     @property
     def target(self) -> NvmfTarget:
@@ -270,6 +318,7 @@ class FcReactor:
             log.info("FC %s -> %s: %s", nexus.remote, nexus.local, out.rejected)
         if out.created is not None:
             FcQpair(self, out.created, nexus, st.key)
+            self.arm_timer()
         nexus.xmt_ls_rsp(xid, out.response)
         for c in out.removed:
             if isinstance(c.qpair, FcQpair):
@@ -405,7 +454,10 @@ class FcReactor:
                         c.qpair.close("FC association ended")
 
     def close_all(self) -> None:
-        for p in list(self.paths.values()):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for p in [*self.paths.values(), *self.unlogged]:
             close = getattr(p, "close", None)
             if close is not None:
                 close()
@@ -429,7 +481,11 @@ class NvmfFcDriver:
     ) -> None:
         fr = self.reactor(ctx)
         opts = fr.target.opts_for(FC.trtype)
-        loopback.LoopbackPath(
+        if len(fr.paths) + len(fr.unlogged) >= opts.max_connections:
+            _bump(fr.target, "fc_refused_paths")
+            sock.close()
+            return
+        p = loopback.LoopbackPath(
             ctx.loop,
             sock,
             fr.on_login,
@@ -437,6 +493,9 @@ class NvmfFcDriver:
             preread,
             int(opts.raw.get("max_unsent_bytes", 4 << 20)),
         )
+        if not p.closed and p.upcalls is None:
+            fr.unlogged.add(p)
+            fr.arm_timer()
 
     def on_config(self, ctx: ReactorContext) -> None:
         target_for(ctx).on_config()

@@ -12,12 +12,14 @@ import time
 from typing import Any
 
 import pytest
-from fclib import HOSTADDR, HOSTNQN, NQN, TRADDR, _ctrl, _wait
+from fclib import HOSTADDR, HOSTNQN, NQN, TRADDR, _ctrl, _setup, _wait
 
 from blockfabric.transports.fc import frame as F
+from blockfabric.transports.fc.addr import parse_traddr
 from blockfabric.transports.nvmf import fc_iu as IU
+from blockfabric.transports.nvmf import fc_ls as LS
 from blockfabric.transports.nvmf import spec as S
-from blockfabric.transports.nvmf_host.fc import FcBlockingQueue
+from blockfabric.transports.nvmf_host.fc import FcBlockingQueue, FcLsRejected
 
 
 class Raw:
@@ -170,3 +172,58 @@ def test_protocol_violations_drop_the_path(fcd: Any, junk: bytes) -> None:
         r.next()
     r.close()
     _wait(lambda: not fcd.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN}), what="qpairs gone")
+
+
+def test_silent_hosts_are_timed_out(
+    daemon_factory: Any, run_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path that never logs in, a connection that never sends Connect and a
+    write whose data never comes hold nothing past the timeouts."""
+    monkeypatch.setenv("BLOCKFABRIC_RUN_DIR", str(run_dir))
+    d = daemon_factory(mask="0x1").start()
+    _setup(d, connect_timeout_ms=500, h2c_data_timeout_ms=500)
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(F.socket_path(parse_traddr(TRADDR)))
+        t0 = time.monotonic()
+        assert s.recv(10) == b""  # closed by the target: no LOGIN
+        assert 0.4 < time.monotonic() - t0 < 5
+        s.close()
+        # an association whose admin queue never sends Connect
+        r = Raw(qid=0)
+        time.sleep(1.5)  # the association ended with its admin connection
+        with pytest.raises(FcLsRejected) as ei:
+            FcBlockingQueue(TRADDR, HOSTADDR, 1, 32, 5.0, assoc_id=r.bq.q.assoc_id)
+        assert ei.value.reason == LS.RJT_RC_INV_ASSOC
+        r.close()
+        # a write whose data never comes: aborted, its pool buffers freed
+        c = _ctrl(0)
+        r = Raw(qid=1, assoc_id=c.assoc_id)
+        data = bytearray(S.CONNECT_DATA_SIZE)
+        data[0:16] = c.hostid
+        struct.pack_into("<H", data, S.CONNECT_DATA_OFF_CNTLID, c.cntlid)
+        data[256 : 256 + len(NQN)] = NQN.encode()
+        data[512 : 512 + len(HOSTNQN)] = HOSTNQN.encode()
+        sqe = bytearray(_sqe(S.FABRICS_OPCODE, 1, 0, len(data)))
+        sqe[4] = S.FCTYPE_CONNECT
+        struct.pack_into("<HHH", sqe, 40, 0, 1, 31)
+        r.cmd(1, bytes(sqe), len(data), IU.FLAG_WRITE)
+        assert r.next().type == F.T_XFER_RDY
+        r.send(F.encode(F.T_DATA, 1, bytes(data)))
+        assert _status(r.next()) == 0
+        r.cmd(2, _sqe(S.IO_WRITE, 2, dlen=65536, cdw12=127), 65536, IU.FLAG_WRITE)
+        assert r.next().type == F.T_XFER_RDY
+        assert any(x["in_use"] for x in d.rpc("iobuf_get_stats"))
+        assert r.next(timeout=5).type == F.T_ABTS  # after h2c_data_timeout_ms
+        assert r.quiet()
+        assert all(x["in_use"] == 0 for x in d.rpc("iobuf_get_stats"))
+        r.cmd(3, _sqe(S.IO_READ, 3, dlen=512), 512, IU.FLAG_READ)  # the queue still works
+        assert r.next().type == F.T_DATA and _status(r.next()) == 0
+        r.close()
+        c.close()
+        st = d.rpc("nvmf_get_stats")
+        fc = [t for pg in st["poll_groups"] for t in pg["transports"] if t["trtype"] == "FC"][0]
+        assert fc["fc_login_timeouts"] == 1 and fc["fc_data_timeouts"] == 1
+    finally:
+        d.stop()
