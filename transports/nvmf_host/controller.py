@@ -641,11 +641,30 @@ class LoopQueue:
         on_ready: Callable[[], Any],
         on_fail: Callable[[str], Any],
         timeout: float = 10.0,
+        fc: tuple[str, int] | None = None,
     ) -> None:
+        """``fc``: (host port traddr, association id): an FC-NVMe I/O queue over
+        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``)."""
         from ...runtime.loop import EPOLLOUT
 
         self.loop = loop
-        self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
+        if fc is not None:
+            from ..fc import frame as fc_frame
+            from ..fc.addr import parse_traddr
+            from .fc import FcHostQueue
+
+            target = parse_traddr(traddr)
+            self.q: HostQueue = FcHostQueue(
+                parse_traddr(fc[0]), target, qid, qsize, subnqn, hostnqn, hostid, fc[1]
+            )
+            where: Any = fc_frame.socket_path(target)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
+            where = (traddr, int(trsvcid))
+            fam = socket.AF_INET6 if ":" in traddr else socket.AF_INET
+            self.sock = socket.socket(fam, socket.SOCK_STREAM)
+            _sock_opts(self.sock)
         self.icd_max = icd_max
         self.on_ready = on_ready
         self.on_fail = on_fail
@@ -655,12 +674,9 @@ class LoopQueue:
         self._pending: list[Any] = []
         self._flush_scheduled = False
         self._want_out = False
-        fam = socket.AF_INET6 if ":" in traddr else socket.AF_INET
-        self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.setblocking(False)
-        _sock_opts(self.sock)
         self.fd = self.sock.fileno()
-        err = self.sock.connect_ex((traddr, int(trsvcid)))
+        err = self.sock.connect_ex(where)
         if err not in (0, errno.EINPROGRESS):
             self.sock.close()
             self.closed = True

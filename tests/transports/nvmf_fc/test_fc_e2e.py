@@ -259,3 +259,52 @@ def test_fc_rpc_cli_forms(
     rpc("nvmf_subsystem_remove_listener", NQN, "-t", "fc", "-a", TRADDR)
     assert not os.path.exists(F.socket_path(parse_traddr(TRADDR)))
     d.stop()
+
+
+def test_bdev_nvme_attach_controller_over_fc(fcd: Any, daemon_factory: Any) -> None:
+    """bdev_nvme_attach_controller -t FC: a second daemon imports the FC
+    namespace (one I/O queue per reactor over the loopback LLD) and re-exports
+    it over TCP; data written through TCP -> nvme bdev -> FC lands in M0."""
+    ini = daemon_factory(mask="0x3").start()  # same run folder: it finds the FC port
+    names = ini.rpc(
+        "bdev_nvme_attach_controller",
+        {"name": "F0", "trtype": "FC", "traddr": TRADDR, "subnqn": NQN, "hostaddr": HOSTADDR},
+    )
+    assert names == ["F0n1"]
+    b = ini.rpc("bdev_get_bdevs", {"name": "F0n1"})[0]
+    assert b["driver_specific"]["nvme"][0]["trid"]["trtype"] == "FC"
+    tcp_nqn = "nqn.2016-06.io.blockfabric:viafc"
+    ini.rpc("nvmf_create_transport", {"trtype": "TCP"})
+    ini.rpc("nvmf_create_subsystem", {"nqn": tcp_nqn, "allow_any_host": True})
+    ini.rpc("nvmf_subsystem_add_ns", {"nqn": tcp_nqn, "namespace": {"bdev_name": "F0n1"}})
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    la = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    ini.rpc("nvmf_subsystem_add_listener", {"nqn": tcp_nqn, "listen_address": la})
+    data = os.urandom(32 * 1024)
+    t = Controller("127.0.0.1", port, tcp_nqn, nr_io_queues=2).connect()
+    try:
+        t.write(1, 64, data, 512, q=0)
+        assert t.read(1, 64, 64, 512, q=1) == data
+    finally:
+        t.close()
+    c = _ctrl(1)  # straight over FC: the bytes are in M0
+    try:
+        assert c.read(1, 64, 64, 512) == data
+    finally:
+        c.close()
+    qps = fcd.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})
+    assert sorted(q["qid"] for q in qps) == [0, 1, 2]  # F0's admin + one I/O queue per reactor
+    ini.rpc("bdev_nvme_detach_controller", {"name": "F0"})
+    _wait(lambda: not fcd.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN}), what="F0 gone")
+    bad = None
+    try:
+        ini.rpc(
+            "bdev_nvme_attach_controller", {"name": "F1", "trtype": "FC", "traddr": "nn-1:pn-2"}
+        )
+    except Exception as e:  # noqa: BLE001
+        bad = str(e)
+    assert bad and "traddr" in bad
+    ini.stop()
