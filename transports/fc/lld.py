@@ -51,7 +51,7 @@ upcalls are only valid during the call (the transport copies what it keeps).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from .addr import FcName
 
@@ -108,7 +108,15 @@ class FcUpcalls(Protocol):
 
 class Lld(Protocol):
     """A low-level driver: registered by name with `register_lld`, chosen by
-    ``nvmf_create_transport -t FC --lld NAME`` (the loopback LLD is "loopback")."""
+    ``nvmf_create_transport -t FC --lld NAME`` (the loopback LLD is "loopback").
+
+    Supervisor side: ``port_ok`` / ``listen`` / ``stop_listen`` for
+    ``nvmf_subsystem_add_listener -t fc`` (bring a local port online for
+    NVMe, take it offline). Reactor side: ``reactor_start(ctx, upcalls)`` when
+    the FC transport appears in a reactor's configuration (an HBA LLD opens
+    its hardware queues there and registers their fds or a poller with
+    ``ctx.loop``, then reports logins with ``upcalls.nexus_up``) and
+    ``reactor_stop(ctx)`` at reactor shutdown."""
 
     name: str
 
@@ -116,6 +124,17 @@ class Lld(Protocol):
         """None when this LLD can serve local port ``port`` (``add_listener``),
         otherwise why not (e.g. no HBA port with that WWPN)."""
         ...
+
+    def listen(self, host: Any, port: FcName) -> None:
+        """Bring ``port`` online (``host`` is the supervisor's ListenHost);
+        raise an RpcError with the reason when it cannot."""
+        ...
+
+    def stop_listen(self, host: Any, port: FcName) -> None: ...
+
+    def reactor_start(self, ctx: Any, upcalls: FcUpcalls) -> None: ...
+
+    def reactor_stop(self, ctx: Any) -> None: ...
 
 
 LLDS: dict[str, Lld] = {}

@@ -39,7 +39,13 @@ RECV_SIZE = 1 << 17
 IOV_MAX = 1024
 
 
+PROTO = "nvmf-fc"  # the reactor driver the supervisor hands accepted paths to
+
+
 class LoopbackLld:
+    """The software LLD: a port is a Unix stream listener of the supervisor
+    (accepted paths reach the reactors by fd, `LoopbackPath` serves them)."""
+
     name = NAME
 
     def port_ok(self, port: FcName) -> str | None:
@@ -47,6 +53,18 @@ class LoopbackLld:
         if len(os.fsencode(p)) >= 108:
             return f"loopback socket path {p} is too long for a Unix socket"
         return None
+
+    def listen(self, host: Any, port: FcName) -> None:
+        host.add_listener(PROTO, socket_path(port), 0, "unix")
+
+    def stop_listen(self, host: Any, port: FcName) -> None:
+        host.remove_listener(PROTO, socket_path(port), 0)
+
+    def reactor_start(self, ctx: Any, upcalls: FcUpcalls) -> None:
+        """Nothing to open: paths arrive through the driver's accept()."""
+
+    def reactor_stop(self, ctx: Any) -> None:
+        """Paths are closed by the driver (they are its connections)."""
 
 
 register_lld(LoopbackLld())

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ...control.errors import RpcError
 from ..fc import addr as FA
 from ..fc import loopback
-from ..fc.lld import LLDS
+from ..fc.lld import LLDS, Lld
 from . import spec
 from .transport import (
     IdentifyFields,
@@ -133,18 +133,28 @@ class FcTransport(NvmfTransportOps):
             raise ValueError(f"parameter 'listen_address.trsvcid': FC has none, got {svc!r}")
         return ListenAddress(self.trtype, "FC", name.traddr, TRSVCID)
 
+    def lld_of(self, host: ListenHost) -> Lld:
+        """The LLD the FC transport was created with (``--lld``)."""
+        st = getattr(host, "nvmf", None)
+        conf = getattr(st, "transports", {}).get(self.trtype) or {}
+        name = str(conf.get("lld", loopback.NAME))
+        lld = LLDS.get(name)
+        if lld is None:
+            raise RpcError(-19, f"FC low-level driver {name!r} is not loaded")
+        return lld
+
     def listen(self, host: ListenHost, addr: ListenAddress) -> tuple[str, str]:
         port = FA.parse_traddr(addr.traddr)
-        why = loopback.LoopbackLld().port_ok(port)
+        lld = self.lld_of(host)
+        why = lld.port_ok(port)
         if why is not None:
             raise RpcError(-22, why)
-        # the loopback LLD's port: a Unix stream socket the supervisor accepts on
-        host.add_listener(PROTO, loopback.socket_path(port), 0, "unix")
+        lld.listen(host, port)  # loopback: a Unix stream socket the supervisor accepts on
         return listener_key(addr.traddr), TRSVCID
 
     def stop_listen(self, host: ListenHost, addr: ListenAddress, key: str) -> None:
         try:
-            host.remove_listener(PROTO, loopback.socket_path(FA.parse_traddr(addr.traddr)), 0)
+            self.lld_of(host).stop_listen(host, FA.parse_traddr(addr.traddr))
         except (RpcError, FA.FcAddrError):
             pass
 

@@ -35,7 +35,7 @@ from ..base import register_driver
 from ..context import ReactorContext
 from ..fc import loopback
 from ..fc.addr import FcName
-from ..fc.lld import LldNexus
+from ..fc.lld import LLDS, Lld, LldNexus
 from . import fc_assoc as A
 from . import fc_iu as IU
 from . import fc_ls as LS
@@ -179,6 +179,7 @@ class FcReactor:
         self.paths: dict[int, LldNexus] = {}
         self.unlogged: set[loopback.LoopbackPath] = set()  # accepted, no LOGIN yet
         self.timer: Any = None
+        self.lld: Lld | None = None  # started on this reactor (on_config)
 
     # ------------------------------------------------------------ timeouts
     def arm_timer(self) -> None:
@@ -498,7 +499,17 @@ class NvmfFcDriver:
             fr.arm_timer()
 
     def on_config(self, ctx: ReactorContext) -> None:
-        target_for(ctx).on_config()
+        t = target_for(ctx)
+        t.on_config()
+        conf = ((getattr(ctx, "nvmf_config", None) or {}).get("transports") or {}).get(FC.trtype)
+        fr = self.reactor(ctx)
+        if conf is not None and fr.lld is None:
+            lld = LLDS.get(str(conf.get("lld", loopback.NAME)))
+            if lld is None:
+                log.error("FC: low-level driver %r is not loaded here", conf.get("lld"))
+                return
+            fr.lld = lld
+            lld.reactor_start(ctx, fr)
 
     def on_event(self, ctx: ReactorContext, op: str, args: dict[str, Any]) -> Any:
         return target_for(ctx).on_event(op, args)
@@ -509,6 +520,8 @@ class NvmfFcDriver:
         if t is not None:
             t.stopping = True
         if fr is not None:
+            if fr.lld is not None:
+                fr.lld.reactor_stop(ctx)
             fr.close_all()
 
 
