@@ -198,7 +198,7 @@ class Reactor:
         try:
             host, port = sock.getpeername()[:2]
             peer = f"{host}:{port}"
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a Unix socket's peer name is a str
             peer = "?"
         send_fd(self.fd_sock, Handoff(sock.fileno(), proto, listener, peer, preread, reactor_id))
         sock.close()

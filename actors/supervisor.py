@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -657,6 +658,25 @@ class Supervisor:
         if lst is not None:
             lst.users += 1
             return f"{addr}:{port}"
+        if family.lower() == "unix":  # a Unix stream socket at path ``addr`` (FC loopback LLD)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.lstat(addr).st_mode):
+                        os.unlink(addr)  # a stale socket of a dead instance
+                s.bind(addr)
+                s.listen(128)
+            except OSError as e:
+                s.close()
+                raise RpcError(
+                    -98 if e.errno == 98 else -22, f"cannot listen on {addr}: {e.strerror}"
+                ) from None
+            s.setblocking(False)
+            key = (proto, addr, 0)
+            self.listeners[key] = Listener(proto, addr, 0, s)
+            self.loop.add_fd(s.fileno(), EPOLLIN, functools.partial(self._on_accept, key))
+            log.info("listening for %s on %s", proto, addr)
+            return f"{addr}:0"
         fam = socket.AF_INET6 if family.lower() == "ipv6" or ":" in addr else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -684,6 +704,9 @@ class Supervisor:
         lst.users -= 1
         if lst.users <= 0:
             self.loop.remove_fd(lst.sock.fileno())
+            if lst.sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(lst.addr)
             lst.sock.close()
             del self.listeners[key]
 
@@ -711,7 +734,10 @@ class Supervisor:
                 send_fd(
                     rp.chan,
                     Handoff(
-                        conn.fileno(), lst.proto, f"{lst.addr}:{lst.port}", f"{peer[0]}:{peer[1]}"
+                        conn.fileno(),
+                        lst.proto,
+                        f"{lst.addr}:{lst.port}",
+                        f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix",
                     ),
                 )
             except OSError as e:
@@ -956,6 +982,9 @@ class Supervisor:
         for lst in list(self.listeners.values()):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_fd(lst.sock.fileno())
+            if lst.sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(lst.addr)
             lst.sock.close()
         self.listeners.clear()
         if self.rpc is not None:

@@ -42,6 +42,12 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("blockfabric.transports.nvmf.spec", 3),
     ("blockfabric.transports.nvmf.pdu", 3),
     ("blockfabric.transports.nvmf_host", 3),
+    # FC-NVMe wire definitions (IUs, link services, FC addresses, the loopback
+    # LLD's framing): the FC host in nvmf_host is built on them, like pdu.py
+    ("blockfabric.transports.nvmf.fc_iu", 3),
+    ("blockfabric.transports.nvmf.fc_ls", 3),
+    ("blockfabric.transports.fc.addr", 3),
+    ("blockfabric.transports.fc.frame", 3),
     ("blockfabric.bdevs", 4),
     ("blockfabric.transports", 5),
     ("blockfabric.actors", 6),
