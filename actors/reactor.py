@@ -274,6 +274,13 @@ class Reactor:
                     for n, ch in self._channels.items()
                     if n in set(args.get("names", []))
                 }
+            if op == "bdev.resized":  # the new geometry came with the last ConfigUpdate
+                for d in DRIVERS.values():
+                    try:
+                        d.on_event(self, d.proto.split("-", 1)[0] + ".bdev_resized", dict(args))
+                    except Exception:
+                        log.exception("driver %s: bdev_resized handler failed", d.proto)
+                return True
             return None
         for d in DRIVERS.values():
             if d.proto.split("-", 1)[0] == prefix:

@@ -618,7 +618,9 @@ class Supervisor:
         self.config_changed()
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
-        out = [
+        from ..bdevs.rbd_rpc import save_config as rbd_clusters  # before the bdevs using them
+
+        out = rbd_clusters() + [
             {"method": b.create_method, "params": dict(b.create_params)}
             for b in self.bdevs.values()
             if b.create_method

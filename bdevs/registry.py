@@ -9,10 +9,11 @@ from .base import Bdev
 from .malloc import MallocBdev
 from .null import NullBdev
 from .nvme import NvmeBdev
+from .rbd import RbdBdev
 from .wcache import WcacheBdev
 
 MODULES: dict[str, type[Bdev]] = {
-    c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev, WcacheBdev)
+    c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev, WcacheBdev, RbdBdev)
 }
 
 

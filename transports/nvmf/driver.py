@@ -343,6 +343,18 @@ class NvmfTcpDriver:
             return t.counters_for(str(nqn), int(args["cntlid"]))
         if op == "nvmf.set_vwc":
             return t.set_write_through(str(nqn), int(args["cntlid"]), not int(args["vwc"]))
+        if op == "nvmf.bdev_resized":  # namespace attribute changed AEN to this reactor's hosts
+            n = 0
+            for ctrl in list(t.controllers.values()):
+                nsids = [
+                    ns.nsid
+                    for ns in ctrl.subsys.namespaces.values()
+                    if ns.bdev_name == args.get("name")
+                ]
+                if nsids:
+                    ctrl.ns_changed(nsids)
+                    n += 1
+            return n
         log.debug("nvmf: unknown event %s", op)
         return None
 
