@@ -56,9 +56,20 @@ def die_with_parent() -> None:
 
 
 def load_drivers() -> None:
-    """Import the transport drivers so they register themselves."""
-    for mod in ("blockfabric.transports.nvmf.driver", "blockfabric.transports.iscsi.driver"):
-        __import__(mod)
+    """Import the transport drivers so they register themselves: iSCSI and
+    every NVMe-oF transport's reactor driver (transport.REACTOR_DRIVERS; one
+    whose module is absent from this build is skipped)."""
+    from ..transports.nvmf.transport import REACTOR_DRIVERS, TransportUnavailable
+
+    for mod in ("blockfabric.transports.iscsi.driver", *REACTOR_DRIVERS.values()):
+        try:
+            __import__(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            log.debug("no transport driver %s in this build", mod)
+        except TransportUnavailable as e:
+            log.info("transport driver %s not loaded: %s", mod, e)
 
 
 class Reactor:
@@ -275,13 +286,23 @@ class Reactor:
                     if n in set(args.get("names", []))
                 }
             if op == "bdev.resized":  # the new geometry came with the last ConfigUpdate
+                told: set[str] = set()  # once per family ("nvmf": the shared target)
                 for d in DRIVERS.values():
+                    family = d.proto.split("-", 1)[0]
+                    if family in told:
+                        continue
+                    told.add(family)
                     try:
-                        d.on_event(self, d.proto.split("-", 1)[0] + ".bdev_resized", dict(args))
+                        d.on_event(self, family + ".bdev_resized", dict(args))
                     except Exception:
                         log.exception("driver %s: bdev_resized handler failed", d.proto)
                 return True
             return None
+        d = DRIVERS.get(prefix)  # "nvmf-rdma.<op>": that transport's driver
+        if d is not None:
+            return d.on_event(self, op, args)
+        # "nvmf.<op>": the first driver of the family (NVMe-oF drivers share
+        # the reactor's NvmfTarget, so any of them answers for all)
         for d in DRIVERS.values():
             if d.proto.split("-", 1)[0] == prefix:
                 return d.on_event(self, op, args)

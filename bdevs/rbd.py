@@ -258,7 +258,7 @@ class RbdChannel(IoChannel):
         self.last_error = ""
         self.reconnects = 0
         if loop is not None:
-            from ..actors.loop import EPOLLIN, make_eventfd
+            from ..runtime.loop import EPOLLIN, make_eventfd
 
             self.efd = make_eventfd()
             loop.add_fd(self.efd, EPOLLIN, self._on_completions)

@@ -18,7 +18,7 @@ from . import spec
 from .core import DISC_KATO_MS, Controller
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .request import Request
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def connect(req: Request) -> None:
     # supervisor does not pin the connection's receive buffer
     req.data = None
     del data
-    opts = target.opts
+    opts = qp.opts
     if sqsize == 0 or sqsize >= (opts.max_aq_depth if qid == 0 else opts.max_queue_depth):
         return _invalid(req, spec.CONNECT_OFF_SQSIZE, False)
     ss = target.subsystem(subnqn)
@@ -155,7 +155,13 @@ def _connect_admin(
 
     target.ctx.call(
         "nvmf.create_ctrlr",
-        {"nqn": ss.nqn, "hostnqn": hostnqn, "hostid": hostid.hex(), "kato_ms": kato},
+        {
+            "nqn": ss.nqn,
+            "hostnqn": hostnqn,
+            "hostid": hostid.hex(),
+            "kato_ms": kato,
+            "trtype": qp.transport.trtype,
+        },
         done,
     )
 
@@ -200,14 +206,21 @@ def _connect_io(
 
     target.ctx.call(
         "nvmf.find_ctrlr",
-        {"nqn": ss.nqn, "cntlid": cntlid, "hostnqn": hostnqn, "hostid": hostid.hex(), "qid": qid},
+        {
+            "nqn": ss.nqn,
+            "cntlid": cntlid,
+            "hostnqn": hostnqn,
+            "hostid": hostid.hex(),
+            "qid": qid,
+            "trtype": req.qp.transport.trtype,
+        },
         done,
     )
 
 
 # ----------------------------------------------------------------- properties
 def cap_value(ctrl: Controller) -> int:
-    opts = ctrl.target.opts
+    opts = ctrl.admin_qp.opts
     mqes = (opts.max_aq_depth if ctrl.subsys.is_discovery else opts.max_queue_depth) - 1
     return (
         (mqes & 0xFFFF)

@@ -29,7 +29,7 @@ from ...shm.iobuf import CHUNK, IoVec
 from . import spec
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .request import Request
 
 NSID_ALL = 0xFFFFFFFF
 DSM_AD = 1 << 2  # attribute: deallocate
@@ -313,7 +313,7 @@ def fused_gate(req: Request) -> None:
             first.complete(spec.ST_FUSED_MISSING)
             if req.sqe.fuse == spec.FUSE_FIRST:
                 return fused_gate(req)
-            from .tcp import dispatch
+            from .router import dispatch  # router imports io
 
             return dispatch(req)
         return compare_and_write(first, req)

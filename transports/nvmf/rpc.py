@@ -25,55 +25,32 @@ from .state import (
     DEFAULT_SERIAL,
     MAX_CNTLID,
     MIN_CNTLID,
-    TCP_DEFAULTS,
     NvmfState,
     new_subsystem,
 )
-
-PROTO = "nvmf-tcp"
-
-# option -> (type, min, max)
-_TCP_OPTS: dict[str, tuple[type, int | None, int | None]] = {
-    "max_queue_depth": (int, 2, 65535),
-    "max_io_qpairs_per_ctrlr": (int, 1, 65534),
-    "in_capsule_data_size": (int, 0, 131072),
-    "max_io_size": (int, 4096, 1 << 24),
-    "io_unit_size": (int, 512, 1 << 24),
-    "max_aq_depth": (int, 2, 4096),
-    "num_shared_buffers": (int, 0, None),
-    "buf_cache_size": (int, 0, 0xFFFFFFFF),
-    "dif_insert_or_strip": (bool, None, None),
-    "zcopy": (bool, None, None),
-    "c2h_success": (bool, None, None),
-    "sock_priority": (int, 0, 16),
-    "abort_timeout_sec": (int, 0, None),
-    "control_msg_num": (int, 1, None),
-    "acceptor_poll_rate": (int, 0, None),
-    "ack_timeout": (int, 0, None),
-    "data_wr_pool_size": (int, 0, None),
-    "disable_command_passthru": (bool, None, None),
-    "kas": (int, 0, 65535),
-    "min_kato": (int, 1, None),
-    "connect_timeout_ms": (int, 0, 3_600_000),
-    "h2c_data_timeout_ms": (int, 0, 3_600_000),
-    "max_unsent_bytes": (int, 65536, 1 << 30),
-    "max_connections_per_reactor": (int, 1, 1 << 20),
-}
-# RDMA / vfio-user only options SPDK's rpc.py may send: accepted, ignored
-_IGNORED_TRANSPORT = (
-    "num_cqe",
-    "max_srq_depth",
-    "no_srq",
-    "acceptor_backlog",
-    "no_wr_batching",
-    "disable_mappable_bar0",
-    "disable_adaptive_irq",
-    "disable_shadow_doorbells",
-    "iobuf_small_cache_size",
-    "iobuf_large_cache_size",
-    "masked_oncs",
-    "masked_fuses",
+from .transport import (
+    ListenAddress,
+    NvmfTransportOps,
+    OptSpec,
+    UnknownTransport,
+    get_transport,
+    loadable,
 )
+
+
+def _declared_options() -> tuple[dict[str, OptSpec], tuple[str, ...]]:
+    """The union of the options of every transport that loads here, and the
+    options SPDK's rpc.py may send that none of them takes (accepted, ignored)."""
+    opts: dict[str, OptSpec] = {}
+    ignored: list[str] = []
+    for ops in loadable():
+        for k, o in ops.options.items():
+            opts.setdefault(k, o)
+        ignored += ops.ignored_options
+    return opts, tuple(sorted(set(ignored) - set(opts)))
+
+
+_TRANSPORT_OPTS, _IGNORED_TRANSPORT = _declared_options()
 
 
 def _st(ctx: RpcContext) -> NvmfState:
@@ -82,10 +59,16 @@ def _st(ctx: RpcContext) -> NvmfState:
     return ctx.nvmf
 
 
+def _transport(t: str) -> NvmfTransportOps:
+    """The ops of transport type ``t`` (case-insensitive) or the RPC error."""
+    try:
+        return get_transport(t)
+    except UnknownTransport as e:
+        raise invalid_params(str(e)) from None
+
+
 def _trtype(t: str) -> str:
-    if t.upper() != "TCP":
-        raise invalid_params(f"Transport type '{t}' is not supported (only TCP)")
-    return "TCP"
+    return _transport(t).trtype
 
 
 def _subsys(st: NvmfState, nqn: str, allow_discovery: bool = False) -> dict[str, Any]:
@@ -115,34 +98,29 @@ def _printable(s: str, name: str, maxlen: int) -> None:
     "nvmf_create_transport",
     Param("trtype", str),
     Param("tgt_name", str, required=False),
-    *[Param(k, t, required=False) for k, (t, _lo, _hi) in _TCP_OPTS.items()],
+    *[Param(k, o.type, required=False, help=o.help) for k, o in _TRANSPORT_OPTS.items()],
     ignored=_IGNORED_TRANSPORT,
 )
 def nvmf_create_transport(
     ctx: RpcContext, trtype: str, tgt_name: str | None = None, **opts: Any
 ) -> bool:
+    """Create a transport (TCP, RDMA, FC) with its own option set and defaults."""
     st = _st(ctx)
-    tt = _trtype(trtype)
+    ops = _transport(trtype)
+    tt = ops.trtype
     if tt in st.transports:
         raise invalid_params(f"Transport type '{tt}' already exists")
-    conf = dict(TCP_DEFAULTS)
-    for k, v in opts.items():
-        if v is None:
-            continue
-        _t, lo, hi = _TCP_OPTS[k]
-        if lo is not None and v < lo or hi is not None and v > hi:
-            raise invalid_params(
-                f"parameter '{k}' must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}"
-            )
-        conf[k] = v
-    if conf["in_capsule_data_size"] % 16:
-        raise invalid_params("parameter 'in_capsule_data_size' must be a multiple of 16")
-    if conf["max_io_size"] % 4096:
-        raise invalid_params("parameter 'max_io_size' must be a multiple of 4096")
-    if conf["in_capsule_data_size"] > conf["max_io_size"]:
-        raise invalid_params("parameter 'in_capsule_data_size' exceeds 'max_io_size'")
-    conf["trtype"] = tt
-    st.transports[tt] = conf
+    why = ops.unavailable()
+    if why is not None:
+        raise invalid_params(f"Transport type '{tt}' is not available: {why}")
+    # an option another transport declares: accepted and ignored, as
+    # SPDK's rpc.py sends every option it was given to any transport
+    mine = {k: v for k, v in opts.items() if k in ops.options}
+    try:
+        conf = ops.validate(mine)
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    st.transports[tt] = dict(conf)
     ctx.config_changed()
     return True
 
@@ -422,31 +400,23 @@ def nvmf_subsystem_remove_ns(
 
 # ---------------------------------------------------------------- listeners
 def _listen_address(la: dict[str, Any]) -> dict[str, Any]:
+    """Validate a listen_address with its transport's rules (IP transports:
+    adrfam and a port; FC: WWNN/WWPN)."""
     for k in la:
         if k not in ("trtype", "traddr", "trsvcid", "adrfam", "priority"):
             raise invalid_params(f"unknown parameter 'listen_address.{k}'")
     if "trtype" not in la or not isinstance(la["trtype"], str):
         raise invalid_params("missing required parameter 'listen_address.trtype'")
-    tt = _trtype(la["trtype"])
-    traddr = la.get("traddr")
-    if not isinstance(traddr, str) or not traddr:
-        raise invalid_params("missing required parameter 'listen_address.traddr'")
-    svc = la.get("trsvcid")
-    if svc is None:
-        raise invalid_params("missing required parameter 'listen_address.trsvcid'")
+    ops = _transport(la["trtype"])
     try:
-        port = int(str(svc))
-    except ValueError:
-        raise invalid_params(
-            f"parameter 'listen_address.trsvcid' must be a port number, got {svc!r}"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise invalid_params(f"parameter 'listen_address.trsvcid' out of range: {port}")
-    fam = str(la.get("adrfam", "IPv6" if ":" in traddr else "IPv4"))
-    if fam.lower() not in ("ipv4", "ipv6"):
-        raise invalid_params(f"parameter 'listen_address.adrfam' must be IPv4 or IPv6, got {fam!r}")
-    fam = "IPv4" if fam.lower() == "ipv4" else "IPv6"
-    return {"trtype": tt, "adrfam": fam, "traddr": traddr, "trsvcid": str(port)}
+        addr = ops.check_address(la)
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    return dict(addr.as_dict())
+
+
+def _addr(li: dict[str, Any]) -> ListenAddress:
+    return ListenAddress(li["trtype"], li["adrfam"], li["traddr"], li["trsvcid"])
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -461,7 +431,7 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
     if n <= 0:
         st.listener_refs.pop(key, None)
         try:
-            ctx.remove_listener(PROTO, li["traddr"], int(li["trsvcid"]))
+            _transport(li["trtype"]).stop_listen(ctx, _addr(li), key)
         except RpcError:
             pass
     else:
@@ -490,11 +460,12 @@ def nvmf_subsystem_add_listener(
     ss = _subsys(st, nqn, allow_discovery=True)
     if secure_channel:
         raise invalid_params("parameter 'secure_channel': TLS is not supported")
-    if "TCP" not in st.transports:
-        raise invalid_params(
-            "Unable to find transport TCP: create it with nvmf_create_transport first"
-        )
     li = _listen_address(listen_address)
+    tt = li["trtype"]
+    if tt not in st.transports:
+        raise invalid_params(
+            f"Unable to find transport {tt}: create it with nvmf_create_transport first"
+        )
     for other in ss["listeners"]:
         if _same(other, li):
             raise invalid_params(f"Listener {li['traddr']}:{li['trsvcid']} already exists on {nqn}")
@@ -506,10 +477,11 @@ def nvmf_subsystem_add_listener(
                 key = o["key"]
                 li["trsvcid"] = o["trsvcid"]
     if key is None:
-        key = ctx.add_listener(PROTO, li["traddr"], int(li["trsvcid"]), li["adrfam"].lower())
-        port = key.rpartition(":")[2]
-        if li["trsvcid"] == "0" and port.isdigit():
-            li["trsvcid"] = port  # an ephemeral port: advertise the real one
+        try:
+            key, svc = _transport(tt).listen(ctx, _addr(li))
+        except ValueError as e:
+            raise invalid_params(str(e)) from None
+        li["trsvcid"] = svc  # e.g. the real port when 0 (ephemeral) was asked for
     li["key"] = key
     st.listener_refs[key] = st.listener_refs.get(key, 0) + 1
     ss["listeners"].append(li)
