@@ -17,7 +17,9 @@ Durability: librbd's cache (``rbd_cache``, writethrough until the first flush,
 then writeback) may hold completed writes, so a FUA write (or any write with
 ``write_through``) is the write followed by ``aio_flush`` and completes after
 the flush; a flush is ``aio_flush``. Write zeroes is ``aio_write_zeroes``
-(zeroes guaranteed), unmap is ``aio_discard``.
+(zeroes guaranteed), unmap is ``aio_discard`` with ``rbd_skip_partial_discard``
+forced off (librbd's default leaves the data of a partly discarded object in
+place, and the transports promise deallocated blocks read as zeroes).
 
 Errors: a negative return value completes the I/O with FAILED (the transports
 turn it into the NVMe / SCSI media error). Connection-loss errors (the op and
@@ -88,6 +90,10 @@ def conn_conf(cluster: dict[str, Any]) -> dict[str, str]:
         conf["keyring"] = str(cluster["key_file"])
     for k, v in (cluster.get("config_param") or {}).items():
         conf[str(k)] = str(v)
+    # the transports promise that deallocated blocks read back as zeroes
+    # (NVMe DLFEAT, SCSI LBPRZ); librbd's default skips the discard of a
+    # partial object, leaving the old data there: make it zero them
+    conf["rbd_skip_partial_discard"] = "false"
     return conf
 
 

@@ -11,8 +11,11 @@ and write at QD32, 128 KiB sequential read and write at QD16):
 * the peer: ``rbd bench`` (librbd alone, --io-threads = the queue depth),
   pinned to the load CPUs; it has no time limit, so a short calibration run
   sizes ``--io-total`` to about the duration;
-* blockfabric: one busy-polling reactor with ``bdev_rbd_create`` on the same
-  image exported over NVMe/TCP, loaded by ``blockfabric perf`` on the load CPUs.
+* blockfabric: one reactor (adaptive polling by default: a busy-polling
+  reactor takes a whole CPU the Ceph daemons need and holds the GIL that
+  librbd's completion threads wait for; ``--poll-mode busy`` to compare) with
+  ``bdev_rbd_create`` on the same image exported over NVMe/TCP, loaded by
+  ``blockfabric perf`` on the load CPUs.
 
 The ratio is blockfabric / rbd bench (1.0: the target adds nothing to what
 librbd achieves). The Ceph daemons run unpinned and serve both. Writes
@@ -155,6 +158,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "reps": a.reps,
         "cpus_target": cpulist(a.target_cpus),
         "cpus_load": cpulist(a.load_cpus),
+        "poll_mode": a.poll_mode,
         "ceph": _ceph_version(),
         "rows": [],
     }
@@ -168,6 +172,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         if p.rc:
             raise RuntimeError(f"filling the image failed: {p.output[-300:]}")
         bf.start()
+        if a.poll_mode != "busy":
+            bf.rpc("framework_set_poll_mode", {"mode": a.poll_mode})
         bf.rpc(
             "bdev_rbd_register_cluster",
             {
@@ -239,7 +245,8 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"`python -m bench.rbd` on {res['machine']} ({res['cpus']} CPUs), {res['started']}, "
         f"{res['ceph']}; {res['reps']} repetition(s) of {res['duration_s']:g} s, medians. "
-        f"blockfabric: 1 busy-polling reactor on CPU {res['cpus_target']}; load "
+        f"blockfabric: 1 reactor ({res.get('poll_mode', 'busy')} polling) on CPU "
+        f"{res['cpus_target']}; load "
         f"(`rbd bench` / `blockfabric perf`) on CPU {res['cpus_load']}; the single-node Ceph "
         "(1 mon, 1 bluestore OSD on a sparse file) unpinned, serving both. One 256 MiB image, "
         "filled first; librbd defaults (rbd_cache on) on both sides.",
@@ -287,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--cpus-target", default="0")
     ap.add_argument("--cpus-load", default="1")
+    ap.add_argument(
+        "--poll-mode",
+        choices=("adaptive", "busy"),
+        default="adaptive",
+        help="the reactor's polling (default adaptive: a busy-polling reactor takes a CPU "
+        "the Ceph daemons need, and holds the GIL librbd's completion threads wait for)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     a.duration = a.duration or (3.0 if a.quick else 10.0)

@@ -147,6 +147,13 @@ def test_rbd_channel_sync_and_on_a_loop(ceph: Any) -> None:  # noqa: F811
     assert got[:3] == [IoStatus.SUCCESS] * 3
     assert got[3] == bytes(4 * BS) + data[4 * BS :]
     got.clear()
+    # unmap reads back zeroes (DLFEAT / LBPRZ), also inside an object
+    ch.write(300, memoryview(data), got.append)
+    ch.unmap(302, 4, got.append)
+    ch.read(300, 8, lambda st, mv: got.append(bytes(mv) if mv is not None else st))
+    assert got[:2] == [IoStatus.SUCCESS] * 2
+    assert got[2] == data[: 2 * BS] + bytes(4 * BS) + data[6 * BS : 8 * BS]
+    got.clear()
     ch.read(b.num_blocks - 1, 2, lambda st, mv: got.append(st))  # beyond the end
     assert got == [IoStatus.OUT_OF_RANGE]
     ch.close()
