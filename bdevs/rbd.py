@@ -182,6 +182,31 @@ class Connection:
         _in_background(run, "shutdown")
 
 
+def parse_core_mask(mask: str | None) -> set[int]:
+    """SPDK's core_mask ("0x3" or "[0,1]") -> CPUs; empty -> every online CPU."""
+    if not mask:
+        return set(range(os.cpu_count() or 1))
+    m = mask.strip()
+    if m.startswith("["):
+        cpus: set[int] = set()
+        for part in m.strip("[]").split(","):
+            a, _, b = part.strip().partition("-")
+            cpus.update(range(int(a), int(b or a) + 1))
+        return cpus
+    v = int(m, 16)
+    return {i for i in range(v.bit_length()) if v >> i & 1}
+
+
+def _unpin_thread(cpus: set[int]) -> None:
+    """Give the calling thread (the control thread) ``cpus``: librados and
+    librbd create their threads (messenger, finisher, op threads) from it,
+    and they inherit its affinity instead of crowding the reactor's core."""
+    try:
+        os.sched_setaffinity(0, cpus)
+    except (OSError, ValueError):
+        log.debug("rbd: cannot set the librados threads' CPUs to %s", cpus, exc_info=True)
+
+
 class _Process:
     """Per-process state: the connections and the control thread."""
 
@@ -190,6 +215,13 @@ class _Process:
         self.conns: dict[str, Connection] = {}
         self.pid = os.getpid()
         self.ctl = ThreadPoolExecutor(1, thread_name_prefix="rbd-ctl")
+        self.ctl_cpus: set[int] | None = None
+
+    def on_ctl(self, cpus: set[int]) -> None:
+        """Runs on the control thread before it connects."""
+        if cpus != self.ctl_cpus:
+            _unpin_thread(cpus)
+            self.ctl_cpus = cpus
 
     def acquire(self, cluster: dict[str, Any]) -> Connection:
         key = cluster_key(cluster)
@@ -276,6 +308,8 @@ class RbdChannel(IoChannel):
     def _open_blocking(self) -> tuple[Connection, Any]:
         _, rbd = bindings()
         p = proc()
+        if self.loop is not None:  # on the control thread of a reactor
+            p.on_ctl(parse_core_mask(self.rbdev.cluster.get("core_mask")))
         c = p.acquire(self.rbdev.cluster)
         try:
             img = rbd.Image(c.ioctx(self.rbdev.pool_name), self.rbdev.rbd_name)
@@ -292,8 +326,10 @@ class RbdChannel(IoChannel):
         except Exception as e:
             self._open_failed(e)
 
-    def _open_async(self) -> None:
-        self.state = "opening"
+    def _open_async(self, first: bool = True) -> None:
+        """Open the image on the control thread. The first open queues I/O
+        meanwhile; a reconnect (after a loss) keeps failing it at once."""
+        self.state = "opening" if first else "lost"
         fut: Future[tuple[Connection, Any]] = proc().ctl.submit(self._open_blocking)
 
         def done(f: Future[tuple[Connection, Any]]) -> None:
@@ -363,7 +399,7 @@ class RbdChannel(IoChannel):
             self._timer = None
             if not self._closing and self.state == "lost":
                 self.reconnects += 1
-                self._open_async()
+                self._open_async(first=False)
 
         self._timer = self.loop.call_later(self.rbdev.reconnect_delay, fire)
 

@@ -50,7 +50,8 @@ def _config_map(v: Any, pname: str) -> dict[str, str] | None:
 
 
 def _cluster_desc(reg: dict[str, Any]) -> dict[str, Any]:
-    return {k: reg[k] for k in ("user_id", "config_file", "key_file", "config_param") if reg.get(k)}
+    keys = ("user_id", "config_file", "key_file", "config_param", "core_mask")
+    return {k: reg[k] for k in keys if reg.get(k)}
 
 
 @rpc_method(
@@ -88,7 +89,12 @@ def bdev_rbd_register_cluster(
     if key_file:
         reg["key_file"] = key_file
     if core_mask:
-        reg["core_mask"] = core_mask  # accepted (SPDK's librados thread affinity); not applied
+        try:
+            if not R.parse_core_mask(core_mask):
+                raise ValueError
+        except ValueError:
+            raise invalid_params(f"parameter 'core_mask' {core_mask!r} is not a CPU mask") from None
+        reg["core_mask"] = core_mask  # the CPUs of librados/librbd's threads in reactors
     try:
         c = R.proc().acquire(_cluster_desc(reg))
     except Exception as e:

@@ -455,11 +455,15 @@ def test_rbd_cluster_away_and_back(daemon: Any, ceph: Any) -> None:  # noqa: F81
         ceph.stop()
         try:
             t0 = time.monotonic()
-            with pytest.raises(NvmeStatusError):
+            with pytest.raises(NvmeStatusError) as ei:
                 c.write(1, 8, os.urandom(8 * BS), BS, fua=True)
             assert time.monotonic() - t0 < 20
-            with pytest.raises(NvmeStatusError):  # lost: fails at once, no queueing
+            assert (ei.value.sct, ei.value.sc) == (S.SCT_MEDIA, S.SC_WRITE_FAULT)
+            t1 = time.monotonic()
+            with pytest.raises(NvmeStatusError) as ei:  # lost: fails at once, no queueing
                 c.read(1, 0, 8, BS)
+            assert (ei.value.sct, ei.value.sc) == (S.SCT_MEDIA, S.SC_UNRECOVERED_READ_ERROR)
+            assert time.monotonic() - t1 < 2
         finally:
             ceph.up()
         # recovers on its own (reconnect), no RPC
