@@ -447,8 +447,12 @@ def test_rbd_cluster_away_and_back(daemon: Any, ceph: Any) -> None:  # noqa: F81
         {"name": "R", "pool_name": "rbd", "rbd_name": image, "block_size": BS, "cluster_name": "c"},
     )
     port = _export_nvmf(d, "R")
+    iport = _export_iscsi(d, "R")
     c = Controller("127.0.0.1", port, NQN, timeout=30)
     c.connect()
+    ini = raw.RawIscsi(iport, IQN, timeout=30)
+    ini.login()
+    assert ini.clear_unit_attention().status == raw.GOOD
     before = os.urandom(8 * BS)
     try:
         c.write(1, 0, before, BS, fua=True)
@@ -464,6 +468,9 @@ def test_rbd_cluster_away_and_back(daemon: Any, ceph: Any) -> None:  # noqa: F81
                 c.read(1, 0, 8, BS)
             assert (ei.value.sct, ei.value.sc) == (S.SCT_MEDIA, S.SC_UNRECOVERED_READ_ERROR)
             assert time.monotonic() - t1 < 2
+            # iSCSI: MEDIUM ERROR / WRITE ERROR (03/0C/00)
+            r = ini.command(raw.write10(40, 8), data=os.urandom(8 * BS))
+            assert r.status == raw.CHECK_CONDITION and (r.sense_key, r.asc) == (3, 0x0C), r
         finally:
             ceph.up()
         # recovers on its own (reconnect), no RPC
@@ -479,8 +486,12 @@ def test_rbd_cluster_away_and_back(daemon: Any, ceph: Any) -> None:  # noqa: F81
                 time.sleep(0.5)
         assert c.read(1, 0, 8, BS) == before
         assert c.read(1, 16, 8, BS) == after
+        r = ini.command(raw.read10(16, 8), 8 * BS, read=True)
+        assert r.status == raw.GOOD and bytes(r.data) == after
     finally:
         c.close()
+        ini.logout()
+        ini.close()
     assert ceph.read_image(image, 16 * BS, 8 * BS) == after
     assert "reconnected to the cluster" in d.log()
     _no_traceback(d)
