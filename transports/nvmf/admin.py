@@ -17,11 +17,20 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...bdevs.base import Bdev
 from ...shm.iobuf import CHUNK, IoVec
 from . import discovery, spec
-from .core import ERROR_LOG_ENTRIES, FIRMWARE_REV, MAX_ASYNC_EVENTS, VENDOR_ID, Controller
+from .core import (
+    ERROR_LOG_ENTRIES,
+    FIRMWARE_REV,
+    MAX_ASYNC_EVENTS,
+    VENDOR_ID,
+    Controller,
+    Namespace,
+)
 from .state import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -156,7 +165,7 @@ def identify_ctrl(ctrl: Controller) -> bytearray:
     return b
 
 
-def identify_ns(ns: Any, bdev: Any) -> bytearray:
+def identify_ns(ns: Namespace, bdev: Bdev | None) -> bytearray:
     b = bytearray(4096)
     if bdev is None:
         return b
@@ -174,7 +183,7 @@ def identify_ns(ns: Any, bdev: Any) -> bytearray:
     return b
 
 
-def ns_desc_list(ns: Any) -> bytearray:
+def ns_desc_list(ns: Namespace) -> bytearray:
     b = bytearray(4096)
     off = 0
     for nidt, val in (
@@ -482,7 +491,7 @@ def abort(req: Request, ctrl: Controller) -> None:
     req.complete(0, 1)  # DW0 bit 0: command not aborted
 
 
-HANDLERS: dict[int, Any] = {
+HANDLERS: dict[int, Callable[[Request, Controller], None]] = {
     spec.ADMIN_IDENTIFY: identify,
     spec.ADMIN_GET_LOG_PAGE: get_log_page,
     spec.ADMIN_GET_FEATURES: get_features,

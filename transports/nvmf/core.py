@@ -26,11 +26,13 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...bdevs.base import Bdev, IoChannel
+from ...runtime.loop import Timer
 from ..context import ReactorContext
 from . import spec
 from .nqn import DISCOVERY_NQN
 from .qpair import Counters, QueuePair
-from .transport import get_transport
+from .transport import UnknownTransport, find_transport, get_transport
 
 if TYPE_CHECKING:
     from .request import Request
@@ -91,8 +93,8 @@ class Namespace:
         self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
         # this reactor's bdev and channel, looked up on first I/O (a new
         # snapshot builds new Namespace objects, so the cache never goes stale)
-        self.bdev: Any = None
-        self.chan: Any = None
+        self.bdev: Bdev | None = None
+        self.chan: IoChannel | None = None
         # the channel copies read data (aio, nvme): reads go into pool buffers
         self.copies = False
 
@@ -172,7 +174,7 @@ class Controller:
         self.counters = Counters()
         self.io_qpairs: set[QueuePair] = set()  # this reactor's I/O queues
         self.last_ka = time.monotonic()
-        self._timer: Any = None
+        self._timer: Timer | None = None
         self.destroyed = False
         self.disc_genctr = target.genctr
 
@@ -338,7 +340,15 @@ class NvmfTarget:
         self._applied = snap
         old = self.subsystems
         confs: dict[str, dict[str, Any]] = dict(snap.get("transports") or {})
-        self.transport_opts = {tt: TransportOpts(c, tt) for tt, c in confs.items()}
+        topts: dict[str, TransportOpts] = {}
+        for tt, c in confs.items():
+            try:
+                topts[tt] = TransportOpts(c, tt)
+            except UnknownTransport as e:  # created in the supervisor, not loadable here
+                log.error(
+                    "nvmf: reactor %d cannot load transport %s: %s", self.ctx.reactor_id, tt, e
+                )
+        self.transport_opts = topts
         new = {nqn: Subsystem(d) for nqn, d in (snap.get("subsystems") or {}).items()}
         if DISCOVERY_NQN not in new:
             new[DISCOVERY_NQN] = Subsystem({"nqn": DISCOVERY_NQN, "subtype": "Discovery"})
@@ -489,7 +499,9 @@ class NvmfTarget:
             "refused_connections": self.stats["refused_connections"],
             "iobuf_waits": self.stats["iobuf_waits"],
             "transports": [
-                get_transport(tt).poll_group_stats(self) for tt in self.configured_transports()
+                ops.poll_group_stats(self)
+                for ops in map(find_transport, self.configured_transports())
+                if ops is not None
             ],
         }
 

@@ -71,7 +71,9 @@ class TcpConnection:
             peer = "{}:{}".format(*sock.getpeername()[:2])
         except OSError:
             peer = "?"
-        self.pending: list[Any] = []  # buffers not yet accepted by the kernel
+        self.pending: list[
+            bytes | bytearray | memoryview
+        ] = []  # buffers not yet accepted by the kernel
         self.pending_bytes = 0
         self.sent_total = 0
         self.closed = False
@@ -203,7 +205,8 @@ class TcpConnection:
             i = 0
             nb = len(batch)
             while i < nb:
-                ln = len(batch[i]) if not isinstance(batch[i], memoryview) else batch[i].nbytes
+                b = batch[i]
+                ln = b.nbytes if isinstance(b, memoryview) else len(b)
                 if sent >= ln:
                     sent -= ln
                     i += 1

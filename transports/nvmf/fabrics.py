@@ -15,9 +15,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from . import spec
-from .core import DISC_KATO_MS, Controller
+from .core import DISC_KATO_MS, Controller, Subsystem
 
 if TYPE_CHECKING:
+    from .qpair import QueuePair
     from .request import Request
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def execute(req: Request) -> None:
     req.complete(spec.ST_INVALID_OPCODE)
 
 
-def _hostlog(qp: Any, msg: str, *args: object) -> None:
+def _hostlog(qp: QueuePair, msg: str, *args: object) -> None:
     hl = getattr(qp, "hlog", None)
     if hl is not None:
         hl.event(logging.INFO, msg, *args)
@@ -113,7 +114,7 @@ def connect(req: Request) -> None:
 
 
 def _connect_admin(
-    req: Request, ss: Any, hostnqn: str, hostid: bytes, kato: int, sqsize: int
+    req: Request, ss: Subsystem, hostnqn: str, hostid: bytes, kato: int, sqsize: int
 ) -> None:
     qp = req.qp
     target = qp.target
@@ -167,7 +168,7 @@ def _connect_admin(
 
 
 def _connect_io(
-    req: Request, ss: Any, hostnqn: str, hostid: bytes, cntlid: int, qid: int, sqsize: int
+    req: Request, ss: Subsystem, hostnqn: str, hostid: bytes, cntlid: int, qid: int, sqsize: int
 ) -> None:
     qp = req.qp
     target = qp.target

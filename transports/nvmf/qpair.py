@@ -47,6 +47,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# (router.dispatch, io.fused_gate), imported on first use: the router
+# imports admin/fabrics/io, which import core, which imports this module
+_ROUTE: list[Callable[[Request], None]] = []
+
+
+def _load_route() -> list[Callable[[Request], None]]:
+    from .io import fused_gate
+    from .router import dispatch
+
+    _ROUTE[:] = [dispatch, fused_gate]
+    return _ROUTE
+
+
 class Counters:
     """Per-queue / per-controller I/O counters (SMART data units / host commands)."""
 
@@ -121,7 +134,9 @@ class QueuePair:
 
     def release_transfer(self, req: Request) -> None:
         """Transport hook: free the transport's per-request resources (transfer
-        tags, bounce buffers); pool buffers are freed by the core."""
+        tags, bounce buffers); pool buffers are freed by the core. Called
+        once the request is over, when it has ``req.buf``, a ``req.ttag`` or
+        ``req.tp`` (nothing to do otherwise: the fast path skips the call)."""
 
     def pending_transfers(self) -> Iterable[Request]:
         """Transport hook: requests still waiting for host data (freed at close)."""
@@ -177,14 +192,11 @@ class QueuePair:
 
     def execute(self, req: Request) -> None:
         """Run a command whose data (if any) is here."""
+        route = _ROUTE or _load_route()
         if self.fused_first is not None or req.sqe.fuse:
-            from .io import fused_gate
-
-            fused_gate(req)
+            route[1](req)  # io.fused_gate: pairs Compare + Write, then dispatches
             return
-        from .router import dispatch
-
-        dispatch(req)
+        route[0](req)  # router.dispatch
 
     def start_h2c(self, req: Request) -> None:
         """Host-to-controller data outside the capsule: pool buffers first
@@ -253,7 +265,8 @@ class QueuePair:
             if req.iov is not None:
                 iob.release(req.iov)
                 req.iov = None
-        self.release_transfer(req)
+        if req.buf is not None or req.ttag or req.tp is not None:
+            self.release_transfer(req)
 
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
         try:

@@ -325,7 +325,9 @@ class TcpQpair(QueuePair):
         s = r._start
         reqs = self.reqs
         limit = self.sqsize + 1
-        namespaces = self.subsys.namespaces  # type: ignore[union-attr]
+        subsys = self.subsys
+        assert subsys is not None  # fast_ok checked it
+        namespaces = subsys.namespaces
         icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
         max_io = self.opts.max_io_size
         ch_unpack = P.CH.unpack_from

@@ -32,33 +32,34 @@ if TYPE_CHECKING:
 PROTO = "nvmf-tcp"
 
 TCP_OPTIONS: dict[str, OptSpec] = {
-    "max_queue_depth": OptSpec(int, 128, 2, 65535, "max number of outstanding I/O per queue", "-q"),
-    "max_io_qpairs_per_ctrlr": OptSpec(int, 127, 1, 65534, "max number of IO qpairs per controller", "-m"),
-    "in_capsule_data_size": OptSpec(int, 4096, 0, 131072, "max number of in-capsule data size", "-c"),
-    "max_io_size": OptSpec(int, 131072, 4096, 1 << 24, "max I/O size (bytes)", "-i"),
+    # name: OptSpec(type, default, min, max, rpc.py help, rpc.py short option)
+    "max_queue_depth": OptSpec(int, 128, 2, 65535, "Max number of outstanding I/O per queue", "-q"),
+    "max_io_qpairs_per_ctrlr": OptSpec(int, 127, 1, 65534, "Max number of IO qpairs per controller", "-m"),
+    "in_capsule_data_size": OptSpec(int, 4096, 0, 131072, "Max number of in-capsule data size", "-c"),
+    "max_io_size": OptSpec(int, 131072, 4096, 1 << 24, "Max I/O size (bytes)", "-i"),
     "io_unit_size": OptSpec(int, 131072, 512, 1 << 24, "I/O unit size (bytes)", "-u"),
-    "max_aq_depth": OptSpec(int, 128, 2, 4096, "max number of admin cmds per AQ", "-a"),
-    "num_shared_buffers": OptSpec(int, 511, 0, None, "the number of pooled data buffers available to the transport", "-n"),
-    "buf_cache_size": OptSpec(int, 0xFFFFFFFF, 0, 0xFFFFFFFF, "the number of shared buffers to reserve for each poll group", "-b"),
-    "dif_insert_or_strip": OptSpec(bool, False, None, None, "enable DIF insert for write I/O and DIF strip for read I/O DIF", "-f"),
-    "zcopy": OptSpec(bool, False, None, None, "use zero-copy operations if the underlying bdev supports them", "-z"),
-    "c2h_success": OptSpec(bool, True, None, None, "send the C2H SUCCESS flag when the host disabled SQ flow control (rpc.py: -o disables)", "-o"),
-    "sock_priority": OptSpec(int, 0, 0, 16, "the sock priority of the tcp connection", "-y"),
-    "abort_timeout_sec": OptSpec(int, 1, 0, None, "abort execution timeout value, in seconds", "-x"),
-    "control_msg_num": OptSpec(int, 32, 1, None, "the number of control messages per poll group"),
-    "acceptor_poll_rate": OptSpec(int, 10000, 0, None, "polling interval of the acceptor (microseconds)"),
-    "ack_timeout": OptSpec(int, 0, 0, None, "ACK timeout in milliseconds"),
-    "data_wr_pool_size": OptSpec(int, 0, 0, None, "number of data WRs (RDMA only)"),
-    "disable_command_passthru": OptSpec(bool, False, None, None, "disable admin command passthru"),
+    "max_aq_depth": OptSpec(int, 128, 2, 4096, "Max number of admin cmds per AQ", "-a"),
+    "num_shared_buffers": OptSpec(int, 511, 0, None, "The number of pooled data buffers available to the transport", "-n"),
+    "buf_cache_size": OptSpec(int, 0xFFFFFFFF, 0, 0xFFFFFFFF, "The number of shared buffers to reserve for each poll group", "-b"),
+    "dif_insert_or_strip": OptSpec(bool, False, None, None, "Enable DIF insert/strip (TCP)", "-f"),
+    "zcopy": OptSpec(bool, False, None, None, "Use zero-copy operations if the underlying bdev supports them", "-z"),
+    "c2h_success": OptSpec(bool, True, None, None, "Disable C2H success optimization (TCP)", "-o", negate=True),
+    "sock_priority": OptSpec(int, 0, 0, 16, "The sock priority of the tcp connection (TCP)", "-y"),
+    "abort_timeout_sec": OptSpec(int, 1, 0, None, "Abort execution timeout value, in seconds", "-x"),
+    "control_msg_num": OptSpec(int, 32, 1, None, "The number of control messages per poll group (TCP)", "-e"),
+    "acceptor_poll_rate": OptSpec(int, 10000, 0, None, "Polling interval of the acceptor for pending connections (usec)"),
+    "ack_timeout": OptSpec(int, 0, 0, None),
+    "data_wr_pool_size": OptSpec(int, 0, 0, None),
+    "disable_command_passthru": OptSpec(bool, False, None, None),
     # keep-alive granularity in 100 ms units (Identify KAS); KATO is rounded
     # up to a multiple of it, like SPDK (default 100 = 10 s)
-    "kas": OptSpec(int, 100, 0, 65535, "keep alive support granularity, 100 ms units"),
-    "min_kato": OptSpec(int, 10000, 1, None, "minimum keep alive timeout (ms)"),
+    "kas": OptSpec(int, 100, 0, 65535),
+    "min_kato": OptSpec(int, 10000, 1, None),
     # blockfabric extensions (hostile hosts, issue 8); 0 disables a timeout
-    "connect_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "ICReq + Connect must complete within this (0: off)"),
-    "h2c_data_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "H2CData must arrive within this of the R2T (0: off)"),
-    "max_unsent_bytes": OptSpec(int, 4 << 20, 65536, 1 << 30, "stop reading a connection while this many bytes are unsent"),
-    "max_connections_per_reactor": OptSpec(int, 1024, 1, 1 << 20, "connections one reactor accepts"),
+    "connect_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "ICReq + Connect must complete within this (ms, 0: off)", spdk=False),
+    "h2c_data_timeout_ms": OptSpec(int, 10000, 0, 3_600_000, "H2CData must arrive within this of the R2T (ms, 0: off)", spdk=False),
+    "max_unsent_bytes": OptSpec(int, 4 << 20, 65536, 1 << 30, "Stop reading a connection while this many response bytes are unsent", spdk=False),
+    "max_connections_per_reactor": OptSpec(int, 1024, 1, 1 << 20, "Connections one reactor accepts (beyond: refused)", spdk=False),
 }  # fmt: skip
 
 # RDMA / vfio-user only options SPDK's rpc.py may send with -t TCP: accepted, ignored

@@ -56,6 +56,8 @@ class OptSpec:
     hi: int | None = None
     help: str = ""
     short: str = ""  # SPDK rpc.py short option (e.g. "-u"), for the CLI
+    negate: bool = False  # rpc.py's store_false switch (e.g. -o/--c2h-success)
+    spdk: bool = True  # False: a blockfabric extension rpc.py does not have
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,12 @@ _UNAVAILABLE: dict[str, str] = {}
 
 def register_transport(ops: NvmfTransportOps) -> None:
     _REGISTRY[ops.trtype.upper()] = ops
+
+
+def unregister_transport(trtype: str) -> None:
+    """Forget a registered transport (tests that plug in their own)."""
+    _REGISTRY.pop(trtype.upper(), None)
+    _UNAVAILABLE.pop(trtype.upper(), None)
 
 
 def get_transport(trtype: str) -> NvmfTransportOps:
