@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..control.cli_forms import key_value
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
-from ..control.registry import Param, rpc_method
+from ..control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
 from . import rbd as R
 from .rpc import BLOCK_SIZES, EBUSY, _check_new_name, _delete, _uuid, get_bdev
 
@@ -49,6 +50,17 @@ def _config_map(v: Any, pname: str) -> dict[str, str] | None:
     return {str(k): str(x) for k, x in v.items()}
 
 
+def _pairs_to_map(key: str) -> Any:
+    """cli_build: the repeated ``--config k=v`` pairs become rpc.py's map."""
+
+    def build(args: dict[str, Any]) -> dict[str, Any]:
+        if args.get(key) is not None:
+            args[key] = dict(args[key])
+        return args
+
+    return build
+
+
 def _cluster_desc(reg: dict[str, Any]) -> dict[str, Any]:
     keys = ("user_id", "config_file", "key_file", "config_param", "core_mask")
     return {k: reg[k] for k in keys if reg.get(k)}
@@ -56,12 +68,26 @@ def _cluster_desc(reg: dict[str, Any]) -> dict[str, Any]:
 
 @rpc_method(
     "bdev_rbd_register_cluster",
-    Param("name", str, max=255),
-    Param("user_id", str, required=False),
-    Param("config_param", (dict, list), required=False),
-    Param("config_file", str, required=False),
-    Param("key_file", str, required=False),
-    Param("core_mask", str, required=False),
+    Param("name", str, max=255, pos=0, help="Name of the Rados cluster only known to rbd bdev"),
+    Param(
+        "user_id",
+        str,
+        required=False,
+        long="--user",
+        help="Ceph user name (i.e. admin, not client.admin)",
+    ),
+    Param(
+        "config_param",
+        (dict, list),
+        required=False,
+        parse=key_value,
+        help="adds a key=value configuration option for rados_conf_set (repeatable)",
+    ),
+    Param("config_file", str, required=False, help="The file path of the Rados configuration file"),
+    Param("key_file", str, required=False, help="The file path of the Rados keyring file"),
+    Param("core_mask", str, required=False, help="Set core mask for librbd IO context threads"),
+    cli_out=OUT_JSON,
+    cli_build=_pairs_to_map("config_param"),
 )
 def bdev_rbd_register_cluster(
     ctx: Any,
@@ -104,7 +130,10 @@ def bdev_rbd_register_cluster(
     return name
 
 
-@rpc_method("bdev_rbd_unregister_cluster", Param("name", str))
+@rpc_method(
+    "bdev_rbd_unregister_cluster",
+    Param("name", str, pos=0, help="Name of the Rados cluster to unregister"),
+)
 def bdev_rbd_unregister_cluster(ctx: Any, name: str) -> bool:
     if name not in CLUSTERS:
         raise RpcError(ENODEV, f"cluster {name} is not registered")
@@ -127,7 +156,11 @@ def _info(reg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@rpc_method("bdev_rbd_get_clusters_info", Param("name", str, required=False))
+@rpc_method(
+    "bdev_rbd_get_clusters_info",
+    Param("name", str, required=False, short="-b", help="Name of the registered Rados cluster"),
+    cli_out=OUT_DICT,
+)
 def bdev_rbd_get_clusters_info(ctx: Any, name: str | None = None) -> Any:
     if name is not None:
         reg = CLUSTERS.get(name)
@@ -148,15 +181,35 @@ def _image_size(conn: R.Connection, pool: str, image: str) -> int:
 
 @rpc_method(
     "bdev_rbd_create",
-    Param("pool_name", str),
-    Param("rbd_name", str),
-    Param("block_size", int),
-    Param("name", str, required=False),
-    Param("user_id", str, required=False),
-    Param("config", (dict, list), required=False),
-    Param("cluster_name", str, required=False),
-    Param("uuid", str, required=False),
+    Param("pool_name", str, pos=0, help="rbd pool name"),
+    Param("rbd_name", str, pos=1, help="rbd image name"),
+    Param("block_size", int, pos=2, help="rbd block size"),
+    Param("name", str, required=False, short="-b", help="Name of the bdev"),
+    Param(
+        "user_id",
+        str,
+        required=False,
+        long="--user",
+        help="Ceph user name (i.e. admin, not client.admin)",
+    ),
+    Param(
+        "config",
+        (dict, list),
+        required=False,
+        parse=key_value,
+        help="adds a key=value configuration option for rados_conf_set (repeatable)",
+    ),
+    Param(
+        "cluster_name",
+        str,
+        required=False,
+        short="-c",
+        help="cluster name to identify the Rados cluster",
+    ),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
     aliases=("construct_rbd_bdev",),
+    cli_out=OUT_JSON,
+    cli_build=_pairs_to_map("config"),
 )
 def bdev_rbd_create(
     ctx: Any,
@@ -251,7 +304,11 @@ def release(name: str) -> None:
         R.proc().release(c)
 
 
-@rpc_method("bdev_rbd_delete", Param("name", str), aliases=("delete_rbd_bdev",))
+@rpc_method(
+    "bdev_rbd_delete",
+    Param("name", str, pos=0, help="rbd bdev name"),
+    aliases=("delete_rbd_bdev",),
+)
 def bdev_rbd_delete(ctx: Any, name: str) -> bool:
     b = get_bdev(ctx, name)
     ok = _delete(ctx, name, R.RbdBdev)
@@ -259,7 +316,18 @@ def bdev_rbd_delete(ctx: Any, name: str) -> bool:
     return ok
 
 
-@rpc_method("bdev_rbd_resize", Param("name", str), Param("new_size", int, min=1))
+@rpc_method(
+    "bdev_rbd_resize",
+    Param("name", str, pos=0, help="rbd bdev name"),
+    Param(
+        "new_size",
+        int,
+        min=1,
+        pos=1,
+        help="new bdev size for resize operation. The unit is MiB",
+    ),
+    cli_out=OUT_JSON,
+)
 def bdev_rbd_resize(ctx: Any, name: str, new_size: int) -> bool:
     """Grow the image to ``new_size`` MiB (SPDK refuses shrinking); hosts are
     told: an NVMe namespace-attribute-changed event, a SCSI capacity-data-

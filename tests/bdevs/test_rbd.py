@@ -378,11 +378,12 @@ def _mon_host(ceph: Any) -> str:  # noqa: F811
 def test_rbd_resize_reaches_nvme_and_scsi_hosts(daemon: Any, ceph: Any) -> None:  # noqa: F811
     d = daemon
     image = ceph.new_image(32)
-    d.rpc("bdev_rbd_register_cluster", ceph.cluster_params("c"))
-    d.rpc(
-        "bdev_rbd_create",
-        {"name": "R", "pool_name": "rbd", "rbd_name": image, "block_size": BS, "cluster_name": "c"},
-    )
+    # the CLI forms, as a user types them (SPDK rpc.py's)
+    rpc = ("rpc", "-s", d.rpc_addr)
+    d.cli(*rpc, "bdev_rbd_register_cluster", "c", "--user", "admin",
+          "--config-file", str(ceph.conf), "--key-file", str(ceph.keyring))  # fmt: skip
+    out = d.cli(*rpc, "bdev_rbd_create", "rbd", image, str(BS), "-b", "R", "-c", "c").stdout
+    assert out.strip() == "R"
     nport = _export_nvmf(d, "R")
     iport = _export_iscsi(d, "R")
     c = Controller("127.0.0.1", nport, NQN, keepalive_thread=False)
@@ -399,7 +400,7 @@ def test_rbd_resize_reaches_nvme_and_scsi_hosts(daemon: Any, ceph: Any) -> None:
         with a.lock:
             a.q.submit(S.ADMIN_ASYNC_EVENT, 0, (0,) * 6, lambda _r, st, res: aen.extend((st, res)))
             a._flush()
-        assert d.rpc("bdev_rbd_resize", {"name": "R", "new_size": 48}) is True
+        assert d.cli(*rpc, "bdev_rbd_resize", "R", "48").stdout.strip() == "true"
         # the AEN arrives before the answer to the next admin command
         changed = c.get_log_page(S.LID_CHANGED_NS, 4096)
         assert aen and aen[0] == 0, aen

@@ -324,3 +324,48 @@ def test_close_waits_for_in_flight(fake: FakeCluster) -> None:
         assert res[-1] == IoStatus.REMOVED
     finally:
         loop.close()
+
+
+def test_cli_forms_are_spdk_rpc_py_forms() -> None:
+    """`blockfabric rpc` takes rpc.py's forms: positionals, --user, repeated --config k=v."""
+    import json
+    import subprocess
+    import sys
+
+    def req(*args: str) -> Any:
+        p = subprocess.run(
+            [sys.executable, "-m", "blockfabric.tools.cli", "rpc", "--dry-run", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.split("Request:", 1)[1])
+
+    r = req("bdev_rbd_create", "rbd", "img", "4096", "-b", "R0", "--user", "admin",
+            "--config", "mon_host=127.0.0.1:6789", "--config", "key=a=b")  # fmt: skip
+    assert r["params"] == {
+        "pool_name": "rbd",
+        "rbd_name": "img",
+        "block_size": 4096,
+        "name": "R0",
+        "user_id": "admin",
+        "config": {"mon_host": "127.0.0.1:6789", "key": "a=b"},
+    }
+    r = req("bdev_rbd_register_cluster", "c1", "--config-file", "/c", "--key-file", "/k",
+            "--config-param", "rados_osd_op_timeout=3", "--core-mask", "0x2")  # fmt: skip
+    assert r["params"] == {
+        "name": "c1",
+        "config_file": "/c",
+        "key_file": "/k",
+        "config_param": {"rados_osd_op_timeout": "3"},
+        "core_mask": "0x2",
+    }
+    assert req("bdev_rbd_resize", "R0", "100")["params"] == {"name": "R0", "new_size": 100}
+    assert req("bdev_rbd_get_clusters_info", "-b", "c1")["params"] == {"name": "c1"}
+    p = subprocess.run(
+        [sys.executable, "-m", "blockfabric.tools.cli", "rpc", "--dry-run",
+         "bdev_rbd_create", "rbd", "img", "512", "--config", "novalue"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode != 0 and "key=value" in p.stderr
