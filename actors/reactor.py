@@ -287,15 +287,15 @@ class Reactor:
                 }
             if op == "bdev.resized":  # the new geometry came with the last ConfigUpdate
                 told: set[str] = set()  # once per family ("nvmf": the shared target)
-                for d in DRIVERS.values():
-                    family = d.proto.split("-", 1)[0]
+                for drv in DRIVERS.values():
+                    family = drv.proto.split("-", 1)[0]
                     if family in told:
                         continue
                     told.add(family)
                     try:
-                        d.on_event(self, family + ".bdev_resized", dict(args))
+                        drv.on_event(self, family + ".bdev_resized", dict(args))
                     except Exception:
-                        log.exception("driver %s: bdev_resized handler failed", d.proto)
+                        log.exception("driver %s: bdev_resized handler failed", drv.proto)
                 return True
             return None
         d = DRIVERS.get(prefix)  # "nvmf-rdma.<op>": that transport's driver
