@@ -449,3 +449,27 @@ def test_unexpected_exception_is_contained_to_the_queue(h, loop_target, monkeypa
     qp.submit_cmd(spec.ADMIN_KEEP_ALIVE, 9)
     rpc.pump()
     assert qp.closed and qp.closed_by_transport and t.stats["qpair_exceptions"] == before + 1
+
+
+def test_one_target_per_reactor_shared_by_drivers(h, loop_target) -> None:  # type: ignore[no-untyped-def]
+    rpc, key = loop_target
+    r = rpc.reactors[0]
+    t = target_for(r)
+    assert target_for(r) is t  # every NVMe-oF driver of the reactor gets this one
+    qp, _ = _admin(h, rpc, key)
+    ctrl = qp.ctrl
+    assert ctrl is not None
+    applied: list[object] = []
+    orig = t.apply_config
+    t.apply_config = lambda snap: (applied.append(snap), orig(snap))  # type: ignore[method-assign]
+    t.on_config()
+    t.on_config()  # a second driver's on_config for the same snapshot: applied once
+    assert applied == []  # this snapshot was applied when it arrived
+    r.nvmf_config = rpc.nvmf.snapshot()
+    t.on_config()
+    t.on_config()
+    assert len(applied) == 1
+    # a snapshot naming a transport this reactor cannot load keeps the others
+    r.nvmf_config = {**rpc.nvmf.snapshot(), "transports": {"TCP": TCP.defaults(), "NOPE": {}}}
+    t.on_config()
+    assert set(t.transport_opts) == {"TCP"} and not qp.closed
