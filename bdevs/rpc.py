@@ -85,6 +85,23 @@ def _size_in_mb(args: dict[str, Any]) -> dict[str, Any]:
     return {"num_blocks": mib_to_blocks(total, args["block_size"]), **args}
 
 
+# parameters several create methods share (metadata: only md_size 0 is supported)
+_UUID = Param("uuid", str, required=False, short="-u", help="UUID of the bdev")
+_MD_SIZE = Param("md_size", int, required=False, max=0, short="-m", help="Metadata size (only 0)")
+_DIF_TYPE = Param(
+    "dif_type", int, required=False, max=0, short="-t", help="Protection information type (only 0)"
+)
+_DIF_IS_HEAD_OF_MD = Param(
+    "dif_is_head_of_md",
+    bool,
+    required=False,
+    short="-d",
+    help="Protection information is in the first 8 bytes of metadata",
+)
+_PHYSICAL_BLOCK_SIZE = Param(
+    "physical_block_size", int, required=False, short="-p", help="Physical block size"
+)
+
 _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in MB (float > 0)")
 
 
@@ -93,7 +110,7 @@ _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in 
     Param("num_blocks", int, min=1, cli=False),
     Param("block_size", int, pos=1, help="Block size for this bdev"),
     Param("name", str, required=False, short="-b", help="Name of the bdev"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    _UUID,
     Param(
         "optimal_io_boundary",
         int,
@@ -101,17 +118,11 @@ _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in 
         short="-o",
         help="Split on optimal IO boundary, in blocks",
     ),
-    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size (only 0)"),
+    _MD_SIZE,
     Param("md_interleave", bool, required=False, short="-i", help="Metadata interleaved"),
-    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
-    Param(
-        "dif_is_head_of_md",
-        bool,
-        required=False,
-        short="-d",
-        help="Protection information is in the first 8 bytes of metadata",
-    ),
-    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
+    _DIF_TYPE,
+    _DIF_IS_HEAD_OF_MD,
+    _PHYSICAL_BLOCK_SIZE,
     aliases=("construct_malloc_bdev",),
     cli_out=OUT_JSON,
     cli_extra=(_TOTAL_SIZE_MB,),
@@ -159,17 +170,11 @@ def bdev_malloc_delete(ctx: Any, name: str) -> bool:
     Param("name", str, pos=0, help="Block device name"),
     Param("num_blocks", int, min=1, cli=False),
     Param("block_size", int, pos=2, help="Block size for this bdev"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
-    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size for this bdev"),
-    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
-    Param(
-        "dif_is_head_of_md",
-        bool,
-        required=False,
-        short="-d",
-        help="PI is in the first 8 bytes of metadata",
-    ),
-    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
+    _UUID,
+    _MD_SIZE,
+    _DIF_TYPE,
+    _DIF_IS_HEAD_OF_MD,
+    _PHYSICAL_BLOCK_SIZE,
     Param("dif_pi_format", int, required=False, short="-f", help="Protection information format"),
     aliases=("construct_null_bdev",),
     cli_out=OUT_JSON,
@@ -201,7 +206,7 @@ def bdev_null_delete(ctx: Any, name: str) -> bool:
     Param("block_size", int, required=False, pos=2, help="Block size for this bdev"),
     Param("readonly", bool, required=False, short="-r", help="Set this bdev as read-only"),
     Param("fallocate", bool, required=False, help="Support unmap/write zeroes by fallocate"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev (optional)"),
+    _UUID,
     Param("direct", bool, required=False, spdk=False, help="Open the file with O_DIRECT"),
     aliases=("construct_aio_bdev",),
     cli_out=OUT_JSON,
@@ -247,7 +252,7 @@ def bdev_aio_delete(ctx: Any, name: str) -> bool:
         required=False,
         help="TEST ONLY: treat FUA writes and flushes as ordinary cached writes",
     ),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    _UUID,
     cli_out=OUT_JSON,
 )
 def bdev_wcache_create(
