@@ -15,7 +15,7 @@ from ..control.cli_forms import key_value
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
 from ..control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
 from . import rbd as R
-from .rpc import BLOCK_SIZES, EBUSY, _check_new_name, _delete, _uuid, get_bdev
+from .rpc import BLOCK_SIZES, EBUSY, FORCE, _check_new_name, _delete, _uuid, get_bdev
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +307,12 @@ def release(name: str) -> None:
 @rpc_method(
     "bdev_rbd_delete",
     Param("name", str, pos=0, help="rbd bdev name"),
+    FORCE,
     aliases=("delete_rbd_bdev",),
 )
-def bdev_rbd_delete(ctx: Any, name: str) -> bool:
+def bdev_rbd_delete(ctx: Any, name: str, force: bool | None = None) -> bool:
     b = get_bdev(ctx, name)
-    ok = _delete(ctx, name, R.RbdBdev)
+    ok = _delete(ctx, name, R.RbdBdev, bool(force))
     release(b.name)
     return ok
 

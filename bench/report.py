@@ -380,6 +380,7 @@ STANDALONE = (
     ("recovery", "Recovery after a reactor kill"),
     ("rbd", "Ceph RBD: blockfabric NVMe/TCP on an RBD image vs `rbd bench` (same run)"),
     ("fuzz", "Coverage-guided fuzzing"),
+    ("stack", "Stackable bdevs: cost on the malloc path"),
 )
 
 
