@@ -120,28 +120,59 @@ class CephCluster:
                     return bytes(img.read(offset, length))
 
 
+# One cluster per test session even when several modules import the fixture
+# (each import is its own session-scoped fixture): they share it, the last
+# one to finish stops it.
+_shared: dict[str, object] = {}
+
+
+def _start() -> CephCluster:
+    c = _shared.get("cluster")
+    if isinstance(c, CephCluster):
+        _shared["users"] = int(str(_shared["users"])) + 1
+        return c
+    # short path: admin socket paths are limited to 107 bytes
+    folder = Path(f"/tmp/bfceph-{os.getpid()}")
+    shutil.rmtree(folder, ignore_errors=True)
+    c = CephCluster(folder)
+    _shared.update(cluster=c, users=1)
+    try:
+        c.up()
+    except BaseException:
+        _stop()
+        raise
+    return c
+
+
+def _stop() -> None:
+    users = int(str(_shared.get("users", 1))) - 1
+    _shared["users"] = users
+    c = _shared.get("cluster")
+    if users > 0 or not isinstance(c, CephCluster):
+        return
+    _shared.clear()
+    folder = c.dir
+    try:
+        c.destroy()
+    finally:
+        deadline = time.monotonic() + 10
+        while procs_of(folder) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = procs_of(folder)
+        for p in left:
+            os.kill(p, 9)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not left, f"Ceph processes left behind: {left}"
+    assert not folder.exists(), f"{folder} left behind"
+
+
 @pytest.fixture(scope="session")
 def ceph() -> Iterator[CephCluster]:
     why = ceph_missing()
     if why:
         missing_tool(why)
-    # short path: admin socket paths are limited to 107 bytes
-    folder = Path(f"/tmp/bfceph-{os.getpid()}")
-    shutil.rmtree(folder, ignore_errors=True)
-    c = CephCluster(folder)
+    c = _start()
     try:
-        c.up()
         yield c
     finally:
-        try:
-            c.destroy()
-        finally:
-            deadline = time.monotonic() + 10
-            while procs_of(folder) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            left = procs_of(folder)
-            for p in left:
-                os.kill(p, 9)
-            shutil.rmtree(folder, ignore_errors=True)
-    assert not left, f"Ceph processes left behind: {left}"
-    assert not folder.exists(), f"{folder} left behind"
+        _stop()
