@@ -285,6 +285,18 @@ class Reactor:
                     for n, ch in self._channels.items()
                     if n in set(args.get("names", []))
                 }
+            if op == "bdev.resized":  # the new geometry came with the last ConfigUpdate
+                told: set[str] = set()  # once per family ("nvmf": the shared target)
+                for drv in DRIVERS.values():
+                    family = drv.proto.split("-", 1)[0]
+                    if family in told:
+                        continue
+                    told.add(family)
+                    try:
+                        drv.on_event(self, family + ".bdev_resized", dict(args))
+                    except Exception:
+                        log.exception("driver %s: bdev_resized handler failed", drv.proto)
+                return True
             return None
         d = DRIVERS.get(prefix)  # "nvmf-rdma.<op>": that transport's driver
         if d is not None:

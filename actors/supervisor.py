@@ -620,6 +620,7 @@ class Supervisor:
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
         from ..bdevs.claims import save_order, stacked_on
+        from ..bdevs.rbd_rpc import save_config as rbd_clusters  # before the bdevs using them
 
         # bases first, then the remote (nvme) bdevs, then what is stacked on
         # them, each after its bases: a restart recreates them in that order
@@ -630,7 +631,7 @@ class Supervisor:
             if b.create_method
         ]
         stacked = [bool(stacked_on(b)) for b in order if b.create_method]
-        out = [e for e, st in zip(entries, stacked, strict=True) if not st]
+        out = rbd_clusters() + [e for e, st in zip(entries, stacked, strict=True) if not st]
         top = [e for e, st in zip(entries, stacked, strict=True) if st]
         try:
             from ..bdevs.nvme_rpc import save_config as nvme_save_config

@@ -13,11 +13,12 @@ from .null import NullBdev
 from .nvme import NvmeBdev
 from .passthru import PassthruBdev
 from .raid import RaidBdev
+from .rbd import RbdBdev
 from .split import SplitBdev
 from .wcache import WcacheBdev
 
 MODULES: dict[str, type[Bdev]] = {
-    c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev, WcacheBdev)
+    c.MODULE: c for c in (MallocBdev, NullBdev, AioBdev, NvmeBdev, WcacheBdev, RbdBdev)
 }
 # the stackable bdevs (bdevs/stacked.py)
 MODULES.update({c.MODULE: c for c in (PassthruBdev, SplitBdev, DelayBdev, ErrorBdev, RaidBdev)})

@@ -99,6 +99,8 @@ def _add_argument(ap: argparse.ArgumentParser, p: Param) -> None:
         return
     if p.parse is not None:
         kw["type"] = p.parse
+        if getattr(p.parse, "repeat", False):  # rpc.py's action="append"
+            kw["action"] = "append"
     elif p.type in (int, float, str):
         kw["type"] = p.type
     elif p.type in (list, dict):

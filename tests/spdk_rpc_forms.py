@@ -189,12 +189,25 @@ SPDK_FORMS: dict[str, str] = {
     "iscsi_get_connections": "",
     "iscsi_get_stats": "",
     "iscsi_get_options": "",
+    # --- bdev.py: rbd ---------------------------------------------------------
+    "bdev_rbd_register_cluster": (
+        "name --user --config-param --config-file --key-file --core-mask"
+    ),
+    "bdev_rbd_unregister_cluster": "name",
+    "bdev_rbd_get_clusters_info": "-b/--name",
+    "bdev_rbd_create": (
+        "pool_name rbd_name block_size -b/--name --user --config -c/--cluster-name "
+        "-u/--uuid -r/--readonly"
+    ),
+    "bdev_rbd_delete": "name",
+    "bdev_rbd_resize": "name new_size",
 }
 
 # Arguments of SPDK's form that blockfabric does not declare, each with why.
 # The server answers -32602 "unknown parameter" when one is sent (refused,
 # never silently ignored).
 NOT_DECLARED: dict[tuple[str, str], str] = {
+    ("bdev_rbd_create", "-r/--readonly"): "read-only RBD bdevs are not implemented",
     ("save_config", "-s/--subsystems"): "save_config always writes every subsystem",
     ("bdev_get_iostat", "--reset-mode"): "iostat counters are not resettable",
     ("bdev_get_iostat", "--names"): "one bdev (-b) or all",
