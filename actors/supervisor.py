@@ -618,16 +618,24 @@ class Supervisor:
         self.config_changed()
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
-        out = [
+        from ..bdevs.claims import save_order, stacked_on
+
+        # bases first, then the remote (nvme) bdevs, then what is stacked on
+        # them, each after its bases: a restart recreates them in that order
+        order = save_order(self.bdevs.values())
+        entries = [
             {"method": b.create_method, "params": dict(b.create_params)}
-            for b in self.bdevs.values()
+            for b in order
             if b.create_method
         ]
+        stacked = [bool(stacked_on(b)) for b in order if b.create_method]
+        out = [e for e, st in zip(entries, stacked, strict=True) if not st]
+        top = [e for e, st in zip(entries, stacked, strict=True) if st]
         try:
             from ..bdevs.nvme_rpc import save_config as nvme_save_config
         except ImportError:
-            return out
-        return out + nvme_save_config()
+            return out + top
+        return out + nvme_save_config() + top
 
     def _watch_aio(self) -> None:
         """An aio file that vanished is hot-removed like a deleted bdev."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
@@ -248,25 +249,27 @@ class NvmeCtrlr:
         }
 
 
+# the transport ID of a controller (attach; detach selects a path by it)
+_TRTYPE = Param("trtype", str, short="-t", help="NVMe-oF target trtype: e.g., tcp, rdma, pcie")
+_TRADDR = Param("traddr", str, short="-a", help="NVMe-oF target address: e.g., an ip address")
+_ADRFAM = Param("adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam: ipv4, ipv6")
+_TRSVCID = Param("trsvcid", str, required=False, short="-s", help="NVMe-oF target trsvcid (port)")
+_SUBNQN = Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn")
+_HOSTADDR = Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address")
+_HOSTSVCID = Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid")
+
+
 @rpc_method(
     "bdev_nvme_attach_controller",
     Param("name", str, short="-b", help="Name of the NVMe controller, prefix for each bdev name"),
-    Param("trtype", str, short="-t", help="NVMe-oF target trtype: e.g., tcp, rdma, pcie"),
-    Param("traddr", str, short="-a", help="NVMe-oF target address: e.g., an ip address or BDF"),
-    Param(
-        "adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam: e.g., ipv4, ipv6"
-    ),
-    Param(
-        "trsvcid",
-        str,
-        required=False,
-        short="-s",
-        help="NVMe-oF target trsvcid: e.g., a port number",
-    ),
-    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
+    _TRTYPE,
+    _TRADDR,
+    _ADRFAM,
+    _TRSVCID,
+    _SUBNQN,
     Param("hostnqn", str, required=False, short="-q", help="NVMe-oF host subnqn"),
-    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
-    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
+    _HOSTADDR,
+    _HOSTSVCID,
     Param("priority", str, required=False, short="-p", help="NVMe-oF connection priority"),
     Param(
         "prchk_reftag", bool, required=False, short="-r", help="Enable checking of PI reference tag"
@@ -414,13 +417,13 @@ def bdev_nvme_attach_controller(
 @rpc_method(
     "bdev_nvme_detach_controller",
     Param("name", str, pos=0, help="Name of the controller"),
-    Param("trtype", str, required=False, short="-t", help="NVMe-oF target trtype"),
-    Param("traddr", str, required=False, short="-a", help="NVMe-oF target address"),
-    Param("adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam"),
-    Param("trsvcid", str, required=False, short="-s", help="NVMe-oF target trsvcid"),
-    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
-    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
-    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
+    replace(_TRTYPE, required=False),
+    replace(_TRADDR, required=False),
+    _ADRFAM,
+    _TRSVCID,
+    _SUBNQN,
+    _HOSTADDR,
+    _HOSTSVCID,
     aliases=("delete_nvme_controller",),
 )
 def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:

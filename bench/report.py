@@ -379,6 +379,7 @@ STANDALONE = (
     ("attacks", "Hostile hosts: a well-behaved host next to each attack"),
     ("recovery", "Recovery after a reactor kill"),
     ("fuzz", "Coverage-guided fuzzing"),
+    ("stack", "Stackable bdevs: cost on the malloc path"),
 )
 
 

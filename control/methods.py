@@ -11,6 +11,7 @@ MODULES = (
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",
     "blockfabric.bdevs.nvme_rpc",
+    "blockfabric.bdevs.stack_rpc",
     "blockfabric.control.compat_methods",  # last: only names nobody else serves
 )
 
