@@ -65,7 +65,7 @@ class NvmeCtrlr:
         self.gen += 1
         loop = getattr(self.ctx, "loop", None)
         if loop is not None and c.admin is not None:
-            from ..actors.loop import EPOLLIN
+            from ..runtime.loop import EPOLLIN
 
             self._fd = c.admin.sock.fileno()
             loop.add_fd(self._fd, EPOLLIN, lambda _e: self._on_readable())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Protocol
 
-from ..actors.context import ReactorContext
+from .context import ReactorContext
 
 
 class TransportDriver(Protocol):

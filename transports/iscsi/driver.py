@@ -11,10 +11,10 @@ import socket
 import time
 from typing import Any
 
-from ...actors.context import ReactorContext
-from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ...control.hostlog import HostLog
+from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
+from ..context import ReactorContext
 from ..scsi.task import ScsiTask
 from ..sockout import SockOut
 from . import pdu as P

@@ -23,7 +23,7 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...actors.context import ReactorContext
+from ..context import ReactorContext
 from . import spec
 from .nqn import DISCOVERY_NQN
 from .state import TCP_DEFAULTS

@@ -31,10 +31,10 @@ import logging
 import socket
 from typing import Any
 
-from ...actors.context import ReactorContext
-from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ...control.hostlog import HostLog
+from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
+from ..context import ReactorContext
 from .core import NvmfTarget
 from .tcp import TcpQpair
 
