@@ -211,6 +211,13 @@ class SockConn:
         """Queued, not yet sent."""
         return self.out.unsent
 
+    def on_loop_error(self, exc: BaseException) -> None:
+        """The loop's hook when `on_events` raised (driver code, not a PDU:
+        those are contained by Connection.receive): count it, close only
+        this connection."""
+        self.conn.crash("socket events")
+        self._drop("internal error")
+
     # -------------------------------------------------------------- input
     def on_events(self, ev: int) -> None:
         if ev & (EPOLLERR | EPOLLHUP) and not self.mask & EPOLLIN and not self.route:
