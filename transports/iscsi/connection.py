@@ -657,22 +657,28 @@ class Connection:
             self.guard(self.execute, nxt)
 
     # ------------------------------------------------------------ execution
+    def scsi_task(self, t: Task, data_out: memoryview | None, direction: str) -> Any:
+        """The SCSI core's task for (a piece of) ``t``."""
+        s = self.session
+        assert s is not None
+        return self.env.make_task(
+            lun=t.lun,
+            cdb=t.cdb,
+            initiator_port=s.initiator_port,
+            target_port=s.target_port,
+            tag=t.itt,
+            data_out=data_out,
+            expected_transfer_length=t.edtl,
+            direction=direction,
+        )
+
     def execute(self, t: Task) -> None:
         s = self.session
         assert s is not None
         dev = self.env.device(s.target_name)
         reg = t.regions[0] if t.regions else None
         data = reg.iov.views[0][: t.edtl] if reg is not None and t.edtl else None
-        st = self.env.make_task(
-            lun=t.lun,
-            cdb=t.cdb,
-            initiator_port=s.initiator_port,
-            target_port=s.target_port,
-            tag=t.itt,
-            data_out=data,
-            expected_transfer_length=t.edtl,
-            direction=t.direction,
-        )
+        st = self.scsi_task(t, data, t.direction)
         t.scsi = st
         t.io += 1
         if reg is not None:

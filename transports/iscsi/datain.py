@@ -27,6 +27,9 @@ class DataInPacker:
 
     __slots__ = ("maxlen", "burst", "hd", "dd", "single")
 
+    # ``single`` is the longest transfer packed by the one-PDU branch (0: the
+    # branch is off, as with digests; the tests turn it off to compare)
+
     def __init__(self) -> None:
         self.maxlen = 8192
         self.burst = 262144
@@ -86,24 +89,6 @@ class DataInPacker:
                         d,
                     ]
                 ]
-        return self._general(
-            itt, lun_field, data, total, status, flags, residual, collapse, statsn, exp, mx
-        )
-
-    def _general(
-        self,
-        itt: int,
-        lun_field: int,
-        data: Sequence[P.Buffer],
-        total: int,
-        status: int,
-        flags: int,
-        residual: int,
-        collapse: bool,
-        statsn: int,
-        exp: int,
-        mx: int,
-    ) -> list[list[P.Buffer]]:
         maxlen = self.maxlen
         burst = self.burst
         out: list[list[P.Buffer]] = []

@@ -252,16 +252,7 @@ class DataOut:
         s = c.session
         assert s is not None
         dev = c.env.device(s.target_name)
-        st = c.env.make_task(
-            lun=t.lun,
-            cdb=t.cdb,
-            initiator_port=s.initiator_port,
-            target_port=s.target_port,
-            tag=t.itt,
-            data_out=data,
-            expected_transfer_length=t.edtl,
-            direction="write",
-        )
+        st = c.scsi_task(t, data, "write")
         st.offset = off
         t.scsi = st
         t.pieces += 1
