@@ -521,6 +521,16 @@ class IscsiDriver:
         if op == "iscsi.bdev_removed":
             rs.sync_devices()
             return True
+        if op == "iscsi.bdev_resized":  # CAPACITY DATA HAS CHANGED to every nexus of its LUNs
+            from ..scsi.sense import ASC_CAPACITY_CHANGED
+
+            n = 0
+            for dev in rs.devices.values():
+                for lid, lun in dev.luns.items():
+                    if lun.bdev.name == args.get("name"):
+                        dev.establish_ua(lid, None, ASC_CAPACITY_CHANGED)
+                        n += 1
+            return n
         return None
 
     def shutdown(self, ctx: ReactorContext) -> None:
