@@ -43,7 +43,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .base import Bdev, Callback, IoChannel, IoStatus, ReadCallback
+from .base import Bdev, Callback, CompareCallback, IoChannel, IoStatus, ReadCallback
 
 log = logging.getLogger(__name__)
 
@@ -536,6 +536,20 @@ class RbdChannel(IoChannel):
 
     def _do_flush(self, cb: Callback) -> None:
         self._submit("flush", cb, None)
+
+    def _do_compare_and_write(
+        self,
+        offset_blocks: int,
+        compare: memoryview,
+        write: memoryview,
+        cb: CompareCallback,
+        fua: bool,
+    ) -> None:
+        """Refused: a compare then a write would not be atomic against other
+        reactors or against another client of the image (Ceph's python3-rbd 16
+        has no aio_compare_and_write), and an atomic command that is not atomic
+        is worse than none. NVMe answers Invalid Opcode, SCSI ILLEGAL REQUEST."""
+        cb(IoStatus.UNSUPPORTED, -1)
 
     def _do_unmap(self, offset_blocks: int, num_blocks: int, cb: Callback) -> None:
         self._submit("discard", cb, None, offset_blocks * self.bs, num_blocks * self.bs)

@@ -218,6 +218,13 @@ def test_io_on_a_loop_fua_flush_zeroes(fake: FakeCluster) -> None:
         st, mv = got[0]
         assert st == IoStatus.SUCCESS and bytes(mv) == bytes(512) + b"a" * 512
         assert mv.obj is into.obj
+        # compare-and-write is refused (it could not be atomic), and writes nothing
+        fake.ops.clear()
+        caw: list[Any] = []
+        ch.compare_and_write(
+            0, memoryview(b"a" * 512), memoryview(b"c" * 512), lambda *a: caw.append(a)
+        )
+        assert caw == [(IoStatus.UNSUPPORTED, -1)] and fake.ops == []
         assert fake.connects == 1  # one connection per process
         ch2 = _bdev("img2").open_channel(loop)  # a second bdev shares it
         _run(loop, lambda: ch2.state == "ready")
