@@ -215,7 +215,7 @@ class Reactor:
         if now - self._mbox_checked < MBOX_POLL_S:
             return 0
         self._mbox_checked = now
-        if self._mbox_get(_ZMQ_EVENTS) & _ZMQ_POLLIN:  # type: ignore[operator]
+        if self._mbox_get(_ZMQ_EVENTS) & _ZMQ_POLLIN:  # type: ignore[operator]  # pyzmq types getsockopt as int|bytes|str; EVENTS is an int
             return self._drain()
         return 0
 
@@ -393,7 +393,7 @@ class Reactor:
                 continue
             try:
                 if h.preread:
-                    drv.accept(self, sock, h.listener, preread=h.preread)  # type: ignore[call-arg]
+                    drv.accept(self, sock, h.listener, preread=h.preread)  # type: ignore[call-arg]  # only drivers that take a preread get one (TransportDriver.accept has no such parameter)
                 else:
                     drv.accept(self, sock, h.listener)
             except Exception:

@@ -335,7 +335,7 @@ class Supervisor:
             self.instance,
             self.num_reactors,
             mem_mb,
-            hugepages=self.hugepages,  # type: ignore[arg-type]
+            hugepages=self.hugepages,  # type: ignore[arg-type]  # CLI value "auto"/bool; BufferPool.create resolves both
             **kw,
         )
         st = pool.stats()

@@ -102,5 +102,5 @@ def key_value(s: str) -> tuple[str, str]:
     return k.strip(), v
 
 
-key_value.repeat = True  # type: ignore[attr-defined]
+key_value.repeat = True  # type: ignore[attr-defined]  # a marker attribute the CLI builder reads off the parser function
 key_value.__name__ = "key=value"

@@ -291,7 +291,7 @@ class SockConn:
             self.conn.reader.release()
             self._unlink()
             try:
-                ctx.handoff(self.sock, t.home_reactor, "iscsi", self.listener, data)  # type: ignore[attr-defined]
+                ctx.handoff(self.sock, t.home_reactor, "iscsi", self.listener, data)
             except Exception:
                 log.exception("iscsi handoff to reactor %d failed", t.home_reactor)
                 self.sock.close()

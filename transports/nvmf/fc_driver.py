@@ -133,7 +133,7 @@ class FcQpair(QueuePair):
 
     def pending_transfers(self) -> list[Request]:
         return [
-            x.request  # type: ignore[misc]
+            x.request
             for x in self.conn.exchanges.values()
             if x.state is A.XState.DATA_OUT and isinstance(x.request, Request)
         ]

@@ -468,7 +468,7 @@ class Controller:
         buf = bytearray(read_len) if read_len else None
         c = tuple(cdws) + (0,) * (6 - len(cdws))
         res = a.execute(
-            lambda cb: a.q.submit(opcode, nsid, c, cb, read_into=buf, write_from=write),  # type: ignore[arg-type]
+            lambda cb: a.q.submit(opcode, nsid, c, cb, read_into=buf, write_from=write),  # type: ignore[arg-type]  # submit returns the queue's token, execute only needs the call
             what or f"admin opcode {opcode:#x}",
         )
         return res, buf
