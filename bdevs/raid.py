@@ -823,14 +823,25 @@ class RaidBdev(StackedBdev):
             self.base_descs.append(None)
             self.member_blocks.append(self.num_blocks)
         with st:
-            q[SLOT_STATE + slot] = REBUILDING
+            # not yet REBUILDING: until every reactor has the new description
+            # its channel for this slot is still the old (failed) member
+            q[SLOT_STATE + slot] = EMPTY
             q[H_SGEN] += 1
-            q[H_RB_CUR] = 0
-            q[H_RB_SLOT] = slot + 1
             q[H_NSLOTS] = len(self.base_descs)
         self.base_descs[slot] = base.describe()
         self._bases.pop(slot, None)
         return slot
+
+    def start_rebuild(self, slot: int) -> None:
+        """Once every reactor opened the new member (after the ConfigUpdate):
+        writes go to it from now on, and the copy may start."""
+        st = self.state()
+        q = st.q
+        with st:
+            q[SLOT_STATE + slot] = REBUILDING
+            q[H_SGEN] += 1
+            q[H_RB_CUR] = 0
+            q[H_RB_SLOT] = slot + 1
 
     def rebuild_step(self, chunk_bytes: int = REBUILD_CHUNK) -> bool:
         """Copy one chunk onto the rebuild target (supervisor, loop-less

@@ -491,8 +491,9 @@ def bdev_raid_add_base_bdev(ctx: Any, raid_bdev: str, base_bdev: str) -> bool:
     the progress as ``process``); it serves reads once the copy completed."""
     raid: RaidBdev = _of(ctx, raid_bdev, RaidBdev, "raid")
     base = _claimable(ctx, base_bdev, "raid")
-    _create(ctx, raid.add_member, base)
-    ctx.config_changed()  # every reactor writes to the new member from now
+    slot = _create(ctx, raid.add_member, base)
+    ctx.config_changed()  # every reactor has a channel on the new member now
+    raid.start_rebuild(slot)  # ... and writes to it from here on
     _run_rebuild(ctx, raid)
     return True
 

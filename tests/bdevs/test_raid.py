@@ -191,6 +191,7 @@ def test_raid1_writes_all_reads_any_degrades_and_rebuilds(env):
     r.update_description(r.describe())
     slot = r.add_member(c)
     r.update_description(r.describe())
+    r.start_rebuild(slot)
     assert slot == 0 and r.slot_state(0) == REBUILDING
     assert r.rebuild_step(64 * BS) is False  # first chunk copied
     assert R(ch, 100, 32) == (IoStatus.SUCCESS, data2)  # reads still from B

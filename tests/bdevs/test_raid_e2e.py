@@ -136,7 +136,9 @@ def test_raid1_member_fails_mid_run_then_rebuilds(daemon_factory: Any, tmp_path:
         elif r["base_bdevs_list"][0]["state"] == "online":
             break
         time.sleep(0.05)
-    assert r["base_bdevs_list"][0]["name"] == "Malloc2" and not r["degraded"], r
+    assert r["base_bdevs_list"][0]["name"] == "Malloc2" and not r["degraded"], (
+        json.dumps(r) + d.log()[-3000:]
+    )
     doc = _finish(p, tmp_path / "p2.json")
     print(f"phase 2 (rebuild under load): {doc['total']['ios']} I/Os, seen={seen_rebuild.is_set()}")
     # quiet now: the rebuilt member holds exactly the survivor's bytes
