@@ -57,7 +57,11 @@ def die_with_parent() -> None:
 
 def load_drivers() -> None:
     """Import the transport drivers so they register themselves."""
-    for mod in ("blockfabric.transports.nvmf.driver", "blockfabric.transports.iscsi.driver"):
+    for mod in (
+        "blockfabric.transports.nvmf.driver",
+        "blockfabric.transports.nvmf.rdma_verbs",
+        "blockfabric.transports.iscsi.driver",
+    ):
         __import__(mod)
 
 

@@ -144,13 +144,16 @@ def identify_ctrl(ctrl: Controller) -> bytearray:
     if not ss.is_discovery:
         struct.pack_into("<HH", b, 520, ONCS, FUSES)
         b[525] = 0x1  # VWC present
-    sgls = 0x1 | (1 << 20)  # SGLs supported; address as offset for in-capsule data
+    # SGLs supported; address as offset for in-capsule data (+ keyed SGLs: RDMA)
+    qp_sgls = getattr(ctrl.admin_qp, "sgls", None)
+    sgls = qp_sgls if qp_sgls is not None else 0x1 | (1 << 20)
     struct.pack_into("<I", b, 536, sgls)
     nqn = ss.nqn.encode("utf-8")[:255]
     b[768 : 768 + len(nqn)] = nqn
     if not ss.is_discovery:
         # IOCCSZ/IORCSZ in 16-byte units, ICDOFF 0, FCATT 0 (dynamic), MSDBD 1
-        struct.pack_into("<IIHBB", b, 1792, (64 + opts.in_capsule_data_size) // 16, 1, 0, 0, 1)
+        icd = getattr(getattr(ctrl.admin_qp, "opts", opts), "in_capsule_data_size", 0)
+        struct.pack_into("<IIHBB", b, 1792, (64 + icd) // 16, 1, 0, 0, 1)
         struct.pack_into("<HxxII", b, 2048, 0x9C4, 0x10, 0x4)  # power state 0
     return b
 

@@ -38,11 +38,12 @@ def _portid(key: str, ports: dict[str, int]) -> int:
 
 def entry(li: dict[str, Any], subnqn: str, subtype: int, portid: int, eflags: int = 0) -> bytearray:
     e = bytearray(ENTRY_SIZE)
+    rdma = str(li.get("trtype", "TCP")).upper() == "RDMA"
     struct.pack_into(
         "<BBBBHHHH",
         e,
         0,
-        spec.TRTYPE_TCP,
+        spec.TRTYPE_RDMA if rdma else spec.TRTYPE_TCP,
         _adrfam(li),
         subtype,
         spec.TREQ_DISABLE_SQFLOW,  # like nvmet: secure channel not specified
@@ -57,6 +58,10 @@ def entry(li: dict[str, Any], subnqn: str, subtype: int, portid: int, eflags: in
     e[256 : 256 + len(nqn)] = nqn
     addr = str(li.get("traddr", "")).encode("ascii", "replace")[:256]
     e[512:768] = addr.ljust(256, b" ")
+    if rdma:
+        # RDMA TSAS: QPTYPE reliable connected, PRTYPE not specified, CMS RDMA_CM, PKEY 0
+        e[768:772] = bytes((spec.RDMA_QPTYPE_CONNECTED, spec.RDMA_PRTYPE_NOT_SPECIFIED,
+                            spec.RDMA_CMS_RDMA_CM, 0))  # fmt: skip
     # TCP TSAS: SECTYPE 0 (no security)
     return e
 
@@ -81,8 +86,10 @@ def entries_for(target: NvmfTarget, hostnqn: str, listener: str) -> list[bytearr
         if cur is not None:
             break
     if cur is None and listener:
-        host, _, port = listener.rpartition(":")
+        tr, addr = ("RDMA", listener[5:]) if listener.startswith("rdma:") else ("TCP", listener)
+        host, _, port = addr.rpartition(":")
         cur = {"traddr": host, "trsvcid": port, "adrfam": "IPv6" if ":" in host else "IPv4"}
+        cur["trtype"] = tr
     if cur is not None:
         out.append(
             entry(

@@ -19,6 +19,8 @@ from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import Param, rpc_method
 from .nqn import DISCOVERY_NQN, validate_nqn
+from .rdma_opts import RDMA_OPTS
+from .rdma_opts import validate as rdma_validate
 from .state import (
     DEFAULT_MAX_NAMESPACES,
     DEFAULT_MODEL,
@@ -59,13 +61,8 @@ _TCP_OPTS: dict[str, tuple[type, int | None, int | None]] = {
     "max_unsent_bytes": (int, 65536, 1 << 30),
     "max_connections_per_reactor": (int, 1, 1 << 20),
 }
-# RDMA / vfio-user only options SPDK's rpc.py may send: accepted, ignored
+# vfio-user only options SPDK's rpc.py may send: accepted, ignored
 _IGNORED_TRANSPORT = (
-    "num_cqe",
-    "max_srq_depth",
-    "no_srq",
-    "acceptor_backlog",
-    "no_wr_batching",
     "disable_mappable_bar0",
     "disable_adaptive_irq",
     "disable_shadow_doorbells",
@@ -83,9 +80,9 @@ def _st(ctx: RpcContext) -> NvmfState:
 
 
 def _trtype(t: str) -> str:
-    if t.upper() != "TCP":
-        raise invalid_params(f"Transport type '{t}' is not supported (only TCP)")
-    return "TCP"
+    if t.upper() not in ("TCP", "RDMA"):
+        raise invalid_params(f"Transport type '{t}' is not supported (TCP, RDMA)")
+    return t.upper()
 
 
 def _subsys(st: NvmfState, nqn: str, allow_discovery: bool = False) -> dict[str, Any]:
@@ -116,6 +113,7 @@ def _printable(s: str, name: str, maxlen: int) -> None:
     Param("trtype", str),
     Param("tgt_name", str, required=False),
     *[Param(k, t, required=False) for k, (t, _lo, _hi) in _TCP_OPTS.items()],
+    *[Param(k, t, required=False) for k, (t, _lo, _hi) in RDMA_OPTS.items() if k not in _TCP_OPTS],
     ignored=_IGNORED_TRANSPORT,
 )
 def nvmf_create_transport(
@@ -125,6 +123,11 @@ def nvmf_create_transport(
     tt = _trtype(trtype)
     if tt in st.transports:
         raise invalid_params(f"Transport type '{tt}' already exists")
+    if tt == "RDMA":
+        return _create_rdma(ctx, st, opts)
+    for k, v in opts.items():
+        if v is not None and k not in _TCP_OPTS:
+            raise invalid_params(f"parameter '{k}' is not an option of the TCP transport")
     conf = dict(TCP_DEFAULTS)
     for k, v in opts.items():
         if v is None:
@@ -143,6 +146,24 @@ def nvmf_create_transport(
         raise invalid_params("parameter 'in_capsule_data_size' exceeds 'max_io_size'")
     conf["trtype"] = tt
     st.transports[tt] = conf
+    ctx.config_changed()
+    return True
+
+
+def _create_rdma(ctx: RpcContext, st: NvmfState, opts: dict[str, Any]) -> bool:
+    from .rdma_verbs import pyverbs_available
+
+    for k, v in opts.items():
+        if v is not None and k not in RDMA_OPTS:
+            raise invalid_params(f"parameter '{k}' is not an option of the RDMA transport")
+    why = pyverbs_available()
+    if why is not None:
+        raise invalid_params(f"Transport type 'RDMA' is not available: {why}")
+    try:
+        conf = rdma_validate(opts)
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    st.transports["RDMA"] = conf
     ctx.config_changed()
     return True
 
@@ -460,6 +481,8 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
     n = st.listener_refs.get(key, 0) - 1
     if n <= 0:
         st.listener_refs.pop(key, None)
+        if li["trtype"] == "RDMA":
+            return  # the owning reactor drops its cm_id with the next snapshot
         try:
             ctx.remove_listener(PROTO, li["traddr"], int(li["trsvcid"]))
         except RpcError:
@@ -490,11 +513,11 @@ def nvmf_subsystem_add_listener(
     ss = _subsys(st, nqn, allow_discovery=True)
     if secure_channel:
         raise invalid_params("parameter 'secure_channel': TLS is not supported")
-    if "TCP" not in st.transports:
-        raise invalid_params(
-            "Unable to find transport TCP: create it with nvmf_create_transport first"
-        )
     li = _listen_address(listen_address)
+    if li["trtype"] not in st.transports:
+        raise invalid_params(
+            f"Unable to find transport {li['trtype']}: create it with nvmf_create_transport first"
+        )
     for other in ss["listeners"]:
         if _same(other, li):
             raise invalid_params(f"Listener {li['traddr']}:{li['trsvcid']} already exists on {nqn}")
@@ -505,6 +528,11 @@ def nvmf_subsystem_add_listener(
             if _same(o, li):
                 key = o["key"]
                 li["trsvcid"] = o["trsvcid"]
+    if key is None and li["trtype"] == "RDMA":
+        # a reactor listens with its own RDMA CM id (rdma_verbs.py); no socket here
+        if li["trsvcid"] == "0":
+            raise invalid_params("parameter 'listen_address.trsvcid': RDMA needs a fixed port")
+        key = f"rdma:{li['traddr']}:{li['trsvcid']}"
     if key is None:
         key = ctx.add_listener(PROTO, li["traddr"], int(li["trsvcid"]), li["adrfam"].lower())
         port = key.rpartition(":")[2]

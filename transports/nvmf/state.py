@@ -186,6 +186,7 @@ class NvmfState:
         return {
             "genctr": self.genctr,
             "transport": dict(self.tcp) if self.tcp else None,
+            "transports": {k: dict(v) for k, v in self.transports.items()},
             "subsystems": subs,
         }
 
