@@ -462,6 +462,7 @@ class RdmaQpair(QueuePair):
         d = super().describe()
         for k in ("listen_address", "peer_address"):
             d[k]["trtype"] = "RDMA"
+            d[k]["traddr"] = d[k]["traddr"].removeprefix("rdma:")
         return d
 
     def __repr__(self) -> str:

@@ -33,7 +33,6 @@ import os
 import socket
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from ...actors.context import ReactorContext
@@ -102,7 +101,7 @@ def addr_of(buf: Any) -> int:
 # Cython object layout of the pyverbs classes we read: PyObject head (16),
 # vtable (8), __weakref__ (8), logger (8), then the C pointer
 _CPTR_OFF = 40
-_LAYOUT = {"CMEvent": 48, "CMID": 80, "CMEventChannel": 48}
+_LAYOUT = {"CMEvent": 48, "CMID": 80, "CMEventChannel": 48, "CompChannel": 64}
 
 
 def _cptr(obj: Any) -> int:
@@ -142,24 +141,30 @@ def cm_id_addr(cm_id: int, peer: bool) -> str:
     return "?"
 
 
-def _fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
+def _nonblock(fd: int) -> int:
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    return fd
 
 
-def _fd_opened_by(make: Callable[[], Any], what: str) -> tuple[Any, int]:
-    before = _fds()
-    obj = make()
-    new = sorted(_fds() - before)
-    for fd in new:
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if what in target:
-            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-            fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
-            return obj, fd
-    raise RdmaUnsupported(f"no {what} fd opened (new fds {new})")
+def event_channel_fd(chan: Any) -> int:
+    """The fd of a CMEventChannel (struct rdma_event_channel { int fd; }), non-blocking."""
+    p = _cptr(chan)
+    if not p:
+        raise RdmaUnsupported("CMEventChannel has no rdma_event_channel")
+    fd = int(ctypes.c_int.from_address(p).value)
+    os.fstat(fd)  # EBADF if the layout guess were wrong
+    return _nonblock(fd)
+
+
+def comp_channel_fd(chan: Any) -> int:
+    """The fd of a CompChannel (struct ibv_comp_channel { context; int fd; ... })."""
+    p = _cptr(chan)
+    if not p:
+        raise RdmaUnsupported("CompChannel has no ibv_comp_channel")
+    fd = int(ctypes.c_int.from_address(p + 8).value)
+    os.fstat(fd)
+    return _nonblock(fd)
 
 
 # ------------------------------------------------------------------ wr ids
@@ -192,7 +197,8 @@ class RdmaDevice:
         # our own wrappers: a listener's close() clears the ones it holds
         self.vctx = dev.Context(cmid=listen_id)
         self.pd = pd.PD(self.vctx)
-        self.chan, self.chan_fd = _fd_opened_by(lambda: cq.CompChannel(self.vctx), "infiniband")
+        self.chan = cq.CompChannel(self.vctx)
+        self.chan_fd = comp_channel_fd(self.chan)
         self.cq = cq.CQ(self.vctx, int(opts.num_cqe), None, self.chan, 0)
         self.cq.req_notify()
         self.regions: list[_Region] = []
@@ -605,10 +611,11 @@ class RdmaListener:
         self.driver = driver
         self.ctx = ctx
         self.key = key
-        self.chan, self.fd = _fd_opened_by(cm.CMEventChannel, "rdma_cm")
+        self.chan = cm.CMEventChannel()
+        self.fd = event_channel_fd(self.chan)
         self.lid = cm.CMID(creator=self.chan, port_space=ce.RDMA_PS_TCP)
         ai = cm.AddrInfo(
-            src=traddr, service=str(trsvcid), port_space=ce.RDMA_PS_TCP, flags=ce.RAI_PASSIVE
+            src=traddr, src_service=str(trsvcid), port_space=ce.RDMA_PS_TCP, flags=ce.RAI_PASSIVE
         )
         self.lid.bind_addr(ai)
         self.lid.listen(128)
@@ -716,7 +723,7 @@ class NvmfRdmaDriver:
                 self.failed.pop(key, None)
             except Exception as e:
                 if self.failed.get(key) != str(e):
-                    log.error("nvmf-rdma: cannot listen on %s:%d: %s", addr, port, e)
+                    log.exception("nvmf-rdma: cannot listen on %s:%d: %s", addr, port, e)
                 self.failed[key] = str(e)
 
     def handle_event(self, lst: RdmaListener, ev: Any) -> None:
