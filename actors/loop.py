@@ -38,12 +38,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+# the interface lower layers use lives in runtime/loop.py (EventLoop implements
+# its `Loop` Protocol); the names are re-exported here for the actors
+from ..runtime.loop import EPOLLERR as EPOLLERR
+from ..runtime.loop import EPOLLHUP as EPOLLHUP
+from ..runtime.loop import EPOLLIN as EPOLLIN
+from ..runtime.loop import EPOLLOUT as EPOLLOUT
+from ..runtime.loop import make_eventfd as make_eventfd
 
-EPOLLIN = select.EPOLLIN
-EPOLLOUT = select.EPOLLOUT
-EPOLLERR = select.EPOLLERR
-EPOLLHUP = select.EPOLLHUP
+log = logging.getLogger(__name__)
 
 POLL_MODES = ("adaptive", "busy", "blocking")
 ERR_BURST = 3  # tracebacks logged in full per callback ...
@@ -348,7 +351,3 @@ class EventLoop:
 
     def close(self) -> None:
         self._ep.close()
-
-
-def make_eventfd() -> int:
-    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

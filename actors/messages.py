@@ -18,6 +18,9 @@ from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgpack
 
+# BufRef lives in shm (the layer that knows segments); re-exported for messages
+from ..shm.bufref import BufRef as BufRef
+
 
 class MessageError(ValueError):
     pass
@@ -67,22 +70,6 @@ def decode(data: bytes) -> tuple[Message, int]:
     if len(arr) - 2 != nf:
         raise MessageError(f"{arr[0]}: expected {nf} fields, got {len(arr) - 2}")
     return cls(*arr[2:]), int(arr[1])
-
-
-@dataclass
-class BufRef:
-    """A slice of a shared-memory segment, passed by reference."""
-
-    segment: str
-    offset: int
-    length: int
-
-    def pack(self) -> list[Any]:
-        return [self.segment, self.offset, self.length]
-
-    @classmethod
-    def unpack(cls, v: list[Any]) -> BufRef:
-        return cls(str(v[0]), int(v[1]), int(v[2]))
 
 
 # ---------------------------------------------------------------- generic ---

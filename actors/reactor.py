@@ -56,13 +56,20 @@ def die_with_parent() -> None:
 
 
 def load_drivers() -> None:
-    """Import the transport drivers so they register themselves."""
-    for mod in (
-        "blockfabric.transports.nvmf.driver",
-        "blockfabric.transports.nvmf.rdma_verbs",
-        "blockfabric.transports.iscsi.driver",
-    ):
-        __import__(mod)
+    """Import the transport drivers so they register themselves: iSCSI and
+    every NVMe-oF transport's reactor driver (transport.REACTOR_DRIVERS; one
+    whose module is absent from this build is skipped)."""
+    from ..transports.nvmf.transport import REACTOR_DRIVERS, TransportUnavailable
+
+    for mod in ("blockfabric.transports.iscsi.driver", *REACTOR_DRIVERS.values()):
+        try:
+            __import__(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            log.debug("no transport driver %s in this build", mod)
+        except TransportUnavailable as e:
+            log.info("transport driver %s not loaded: %s", mod, e)
 
 
 class Reactor:
@@ -279,6 +286,11 @@ class Reactor:
                     if n in set(args.get("names", []))
                 }
             return None
+        d = DRIVERS.get(prefix)  # "nvmf-rdma.<op>": that transport's driver
+        if d is not None:
+            return d.on_event(self, op, args)
+        # "nvmf.<op>": the first driver of the family (NVMe-oF drivers share
+        # the reactor's NvmfTarget, so any of them answers for all)
         for d in DRIVERS.values():
             if d.proto.split("-", 1)[0] == prefix:
                 return d.on_event(self, op, args)

@@ -41,7 +41,7 @@ import zmq
 from ..bdevs.base import Bdev
 from ..control.context import SUPERVISOR_OPS
 from ..control.errors import INTERNAL_ERROR, RpcError
-from ..control.registry import REGISTRY, Param, rpc_method
+from ..control.registry import OUT_DICT, REGISTRY, Param, rpc_method
 from ..shm import names
 from ..shm.lock import InstanceLock
 from ..shm.manifest import Manifest
@@ -1003,7 +1003,7 @@ class Supervisor:
 
 
 # ---------------------------------------------------- supervisor-only RPCs
-@rpc_method("blockfabric_get_status")
+@rpc_method("blockfabric_get_status", cli_out=OUT_DICT)
 def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
     """Processes of this instance (used by `blockfabric status`)."""
     return {
@@ -1031,8 +1031,9 @@ def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
 
 @rpc_method(
     "framework_set_poll_mode",
-    Param("mode", str, choices=("adaptive", "busy", "blocking")),
-    Param("spin_us", int, required=False, min=0, max=1_000_000),
+    Param("mode", str, choices=("adaptive", "busy", "blocking"), pos=0, help="the polling mode"),
+    Param("spin_us", int, required=False, min=0, max=1_000_000, help="adaptive: spin time (us)"),
+    cli_out=OUT_DICT,
 )
 def framework_set_poll_mode(ctx: Supervisor, mode: str, spin_us: int | None = None) -> bool:
     """blockfabric extension: switch every reactor's polling mode at run time."""
@@ -1040,7 +1041,11 @@ def framework_set_poll_mode(ctx: Supervisor, mode: str, spin_us: int | None = No
     return True
 
 
-@rpc_method("framework_ping", Param("count", int, required=False, min=1, max=100000))
+@rpc_method(
+    "framework_ping",
+    Param("count", int, required=False, min=1, max=100000, help="round trips to measure"),
+    cli_out=OUT_DICT,
+)
 def framework_ping(ctx: Supervisor, count: int | None = None) -> dict[str, Any]:
     """Message round trips supervisor -> every reactor -> supervisor (ns)."""
     samples = []

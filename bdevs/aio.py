@@ -94,7 +94,7 @@ class AioChannel(IoChannel):
         self.key = bdev_key(bdev.name)
         self._tls = threading.local()
         if loop is not None:
-            from ..actors.loop import EPOLLIN, make_eventfd
+            from ..runtime.loop import EPOLLIN, make_eventfd
 
             self.pool = ThreadPoolExecutor(AIO_THREADS, thread_name_prefix=f"aio-{bdev.name}")
             self.efd = make_eventfd()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
-from ..control.registry import Param, rpc_method
+from ..control.registry import OUT_ARRAY, OUT_DICT, Param, rpc_method
 from .nvme import NvmeBdev
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class NvmeCtrlr:
         self.gen += 1
         loop = getattr(self.ctx, "loop", None)
         if loop is not None and c.admin is not None:
-            from ..actors.loop import EPOLLIN
+            from ..runtime.loop import EPOLLIN
 
             self._fd = c.admin.sock.fileno()
             loop.add_fd(self._fd, EPOLLIN, lambda _e: self._on_readable())
@@ -250,26 +250,73 @@ class NvmeCtrlr:
 
 @rpc_method(
     "bdev_nvme_attach_controller",
-    Param("name", str),
-    Param("trtype", str),
-    Param("traddr", str),
-    Param("adrfam", str, required=False),
-    Param("trsvcid", str, required=False),
-    Param("subnqn", str, required=False),
-    Param("hostnqn", str, required=False),
-    Param("hostaddr", str, required=False),
-    Param("hostsvcid", str, required=False),
-    Param("priority", str, required=False),
-    Param("prchk_reftag", bool, required=False),
-    Param("prchk_guard", bool, required=False),
-    Param("hdgst", bool, required=False),
-    Param("ddgst", bool, required=False),
-    Param("ctrlr_loss_timeout_sec", int, required=False, min=-1),
-    Param("reconnect_delay_sec", int, required=False, min=0),
-    Param("fast_io_fail_timeout_sec", int, required=False, min=0),
-    Param("multipath", str, required=False),
-    Param("num_io_queues", int, required=False, min=1),
+    Param("name", str, short="-b", help="Name of the NVMe controller, prefix for each bdev name"),
+    Param("trtype", str, short="-t", help="NVMe-oF target trtype: e.g., tcp, rdma, pcie"),
+    Param("traddr", str, short="-a", help="NVMe-oF target address: e.g., an ip address or BDF"),
+    Param(
+        "adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam: e.g., ipv4, ipv6"
+    ),
+    Param(
+        "trsvcid",
+        str,
+        required=False,
+        short="-s",
+        help="NVMe-oF target trsvcid: e.g., a port number",
+    ),
+    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
+    Param("hostnqn", str, required=False, short="-q", help="NVMe-oF host subnqn"),
+    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
+    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
+    Param("priority", str, required=False, short="-p", help="NVMe-oF connection priority"),
+    Param(
+        "prchk_reftag", bool, required=False, short="-r", help="Enable checking of PI reference tag"
+    ),
+    Param("prchk_guard", bool, required=False, short="-g", help="Enable checking of PI guard"),
+    Param("hdgst", bool, required=False, short="-e", help="Enable TCP header digest"),
+    Param("ddgst", bool, required=False, short="-d", help="Enable TCP data digest"),
+    Param(
+        "ctrlr_loss_timeout_sec",
+        int,
+        required=False,
+        min=-1,
+        short="-l",
+        help="Time to wait until ctrlr is reconnected before deleting it",
+    ),
+    Param(
+        "reconnect_delay_sec",
+        int,
+        required=False,
+        min=0,
+        short="-o",
+        help="Time to delay a reconnect retry",
+    ),
+    Param(
+        "fast_io_fail_timeout_sec",
+        int,
+        required=False,
+        min=0,
+        short="-u",
+        help="Time to wait before failing I/O to a lost ctrlr",
+    ),
+    Param(
+        "multipath",
+        str,
+        required=False,
+        short="-x",
+        help="Set multipath behavior (disable, failover, multipath)",
+    ),
+    Param("num_io_queues", int, required=False, min=1, help="Number of IO queues to request"),
     aliases=("construct_nvme_bdev",),
+    ignored=(
+        Param(
+            "fabrics_connect_timeout_us",
+            int,
+            required=False,
+            long="--fabrics-timeout",
+            help="Fabrics connect timeout in microseconds (accepted; the connect timeout is fixed)",
+        ),
+    ),
+    cli_out=OUT_ARRAY,
 )
 def bdev_nvme_attach_controller(
     ctx: Any,
@@ -366,14 +413,14 @@ def bdev_nvme_attach_controller(
 
 @rpc_method(
     "bdev_nvme_detach_controller",
-    Param("name", str),
-    Param("trtype", str, required=False),
-    Param("traddr", str, required=False),
-    Param("adrfam", str, required=False),
-    Param("trsvcid", str, required=False),
-    Param("subnqn", str, required=False),
-    Param("hostaddr", str, required=False),
-    Param("hostsvcid", str, required=False),
+    Param("name", str, pos=0, help="Name of the controller"),
+    Param("trtype", str, required=False, short="-t", help="NVMe-oF target trtype"),
+    Param("traddr", str, required=False, short="-a", help="NVMe-oF target address"),
+    Param("adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam"),
+    Param("trsvcid", str, required=False, short="-s", help="NVMe-oF target trsvcid"),
+    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
+    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
+    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
     aliases=("delete_nvme_controller",),
 )
 def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:
@@ -386,8 +433,11 @@ def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:
 
 @rpc_method(
     "bdev_nvme_get_controllers",
-    Param("name", str, required=False),
+    Param(
+        "name", str, required=False, short="-n", help="Name of the NVMe controller. Example: Nvme0"
+    ),
     aliases=("get_nvme_controllers",),
+    cli_out=OUT_DICT,
 )
 def bdev_nvme_get_controllers(ctx: Any, name: str | None = None) -> list[dict[str, Any]]:
     if name is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..control.cli_forms import mib_to_blocks
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
-from ..control.registry import Param, rpc_method
+from ..control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
 from .aio import AioBdev
 from .base import Bdev, IoStats
 from .malloc import MallocBdev
@@ -78,19 +79,43 @@ def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
     return True
 
 
+def _size_in_mb(args: dict[str, Any]) -> dict[str, Any]:
+    """rpc.py's ``TOTAL_SIZE BLOCK_SIZE`` (MiB) -> num_blocks."""
+    total = args.pop("total_size")
+    return {"num_blocks": mib_to_blocks(total, args["block_size"]), **args}
+
+
+_TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in MB (float > 0)")
+
+
 @rpc_method(
     "bdev_malloc_create",
-    Param("num_blocks", int, min=1),
-    Param("block_size", int),
-    Param("name", str, required=False),
-    Param("uuid", str, required=False),
-    Param("optimal_io_boundary", int, required=False),
-    Param("md_size", int, required=False, max=0),
-    Param("md_interleave", bool, required=False),
-    Param("dif_type", int, required=False, max=0),
-    Param("dif_is_head_of_md", bool, required=False),
-    Param("physical_block_size", int, required=False),
+    Param("num_blocks", int, min=1, cli=False),
+    Param("block_size", int, pos=1, help="Block size for this bdev"),
+    Param("name", str, required=False, short="-b", help="Name of the bdev"),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    Param(
+        "optimal_io_boundary",
+        int,
+        required=False,
+        short="-o",
+        help="Split on optimal IO boundary, in blocks",
+    ),
+    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size (only 0)"),
+    Param("md_interleave", bool, required=False, short="-i", help="Metadata interleaved"),
+    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
+    Param(
+        "dif_is_head_of_md",
+        bool,
+        required=False,
+        short="-d",
+        help="Protection information is in the first 8 bytes of metadata",
+    ),
+    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
     aliases=("construct_malloc_bdev",),
+    cli_out=OUT_JSON,
+    cli_extra=(_TOTAL_SIZE_MB,),
+    cli_build=_size_in_mb,
 )
 def bdev_malloc_create(
     ctx: Any,
@@ -120,23 +145,36 @@ def bdev_malloc_create(
     return name
 
 
-@rpc_method("bdev_malloc_delete", Param("name", str), aliases=("delete_malloc_bdev",))
+@rpc_method(
+    "bdev_malloc_delete",
+    Param("name", str, pos=0, help="malloc bdev name"),
+    aliases=("delete_malloc_bdev",),
+)
 def bdev_malloc_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, MallocBdev)
 
 
 @rpc_method(
     "bdev_null_create",
-    Param("name", str),
-    Param("num_blocks", int, min=1),
-    Param("block_size", int),
-    Param("uuid", str, required=False),
-    Param("md_size", int, required=False, max=0),
-    Param("dif_type", int, required=False, max=0),
-    Param("dif_is_head_of_md", bool, required=False),
-    Param("physical_block_size", int, required=False),
-    Param("dif_pi_format", int, required=False),
+    Param("name", str, pos=0, help="Block device name"),
+    Param("num_blocks", int, min=1, cli=False),
+    Param("block_size", int, pos=2, help="Block size for this bdev"),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size for this bdev"),
+    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
+    Param(
+        "dif_is_head_of_md",
+        bool,
+        required=False,
+        short="-d",
+        help="PI is in the first 8 bytes of metadata",
+    ),
+    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
+    Param("dif_pi_format", int, required=False, short="-f", help="Protection information format"),
     aliases=("construct_null_bdev",),
+    cli_out=OUT_JSON,
+    cli_extra=(Param("total_size", int, pos=1, help="Size of null bdev in MB (int > 0)"),),
+    cli_build=_size_in_mb,
 )
 def bdev_null_create(
     ctx: Any, name: str, num_blocks: int, block_size: int, uuid: str | None = None, **_: Any
@@ -147,21 +185,26 @@ def bdev_null_create(
     return name
 
 
-@rpc_method("bdev_null_delete", Param("name", str), aliases=("delete_null_bdev",))
+@rpc_method(
+    "bdev_null_delete",
+    Param("name", str, pos=0, help="null bdev name"),
+    aliases=("delete_null_bdev",),
+)
 def bdev_null_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, NullBdev)
 
 
 @rpc_method(
     "bdev_aio_create",
-    Param("filename", str),
-    Param("name", str),
-    Param("block_size", int, required=False),
-    Param("readonly", bool, required=False),
-    Param("fallocate", bool, required=False),
-    Param("uuid", str, required=False),
-    Param("direct", bool, required=False),
+    Param("filename", str, pos=0, help="Path to device or file (ex: /dev/sda)"),
+    Param("name", str, pos=1, help="Block device name"),
+    Param("block_size", int, required=False, pos=2, help="Block size for this bdev"),
+    Param("readonly", bool, required=False, short="-r", help="Set this bdev as read-only"),
+    Param("fallocate", bool, required=False, help="Support unmap/write zeroes by fallocate"),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev (optional)"),
+    Param("direct", bool, required=False, spdk=False, help="Open the file with O_DIRECT"),
     aliases=("construct_aio_bdev",),
+    cli_out=OUT_JSON,
 )
 def bdev_aio_create(
     ctx: Any,
@@ -184,18 +227,28 @@ def bdev_aio_create(
     return name
 
 
-@rpc_method("bdev_aio_delete", Param("name", str), aliases=("delete_aio_bdev",))
+@rpc_method(
+    "bdev_aio_delete", Param("name", str, pos=0, help="aio bdev name"), aliases=("delete_aio_bdev",)
+)
 def bdev_aio_delete(ctx: Any, name: str) -> bool:
     return _delete(ctx, name, AioBdev)
 
 
 @rpc_method(
     "bdev_wcache_create",
-    Param("base_bdev_name", str),
-    Param("name", str),
-    Param("max_dirty_mb", int, required=False, min=1, max=1024),
-    Param("ignore_fua", bool, required=False),
-    Param("uuid", str, required=False),
+    Param("base_bdev_name", str, short="-b", help="Name of the base bdev"),
+    Param("name", str, short="-p", help="Name of the wcache bdev"),
+    Param(
+        "max_dirty_mb", int, required=False, min=1, max=1024, help="Cache size in MiB (default 16)"
+    ),
+    Param(
+        "ignore_fua",
+        bool,
+        required=False,
+        help="TEST ONLY: treat FUA writes and flushes as ordinary cached writes",
+    ),
+    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    cli_out=OUT_JSON,
 )
 def bdev_wcache_create(
     ctx: Any,
@@ -234,7 +287,7 @@ def bdev_wcache_create(
     return name
 
 
-@rpc_method("bdev_wcache_delete", Param("name", str))
+@rpc_method("bdev_wcache_delete", Param("name", str, pos=0, help="wcache bdev name"))
 def bdev_wcache_delete(ctx: Any, name: str) -> bool:
     """Delete the cache bdev (what is still dirty in it is lost, like a power failure)."""
     return _delete(ctx, name, WcacheBdev)
@@ -242,9 +295,10 @@ def bdev_wcache_delete(ctx: Any, name: str) -> bool:
 
 @rpc_method(
     "bdev_wcache_power_fail",
-    Param("name", str),
-    Param("reorder", bool, required=False),
-    Param("seed", int, required=False, min=0),
+    Param("name", str, pos=0, help="wcache bdev name"),
+    Param("reorder", bool, required=False, help="a random subset of dirty writes persists first"),
+    Param("seed", int, required=False, min=0, help="seed of the random choice"),
+    cli_out=OUT_DICT,
 )
 def bdev_wcache_power_fail(
     ctx: Any, name: str, reorder: bool | None = None, seed: int | None = None
@@ -262,9 +316,18 @@ def bdev_wcache_power_fail(
 
 @rpc_method(
     "bdev_get_bdevs",
-    Param("name", str, required=False),
-    Param("timeout", int, required=False, min=0),
+    Param("name", str, required=False, short="-b", help="Name of the Blockdev. Example: Nvme0n1"),
+    Param(
+        "timeout",
+        int,
+        required=False,
+        min=0,
+        short="-t",
+        long="--timeout-ms",
+        help="Time in ms to wait for the bdev to appear",
+    ),
     aliases=("get_bdevs",),
+    cli_out=OUT_DICT,
 )
 def bdev_get_bdevs(
     ctx: Any, name: str | None = None, timeout: int | None = None
@@ -276,9 +339,16 @@ def bdev_get_bdevs(
 
 @rpc_method(
     "bdev_get_iostat",
-    Param("name", str, required=False),
-    Param("per_channel", bool, required=False),
+    Param("name", str, required=False, short="-b", help="Name of the Blockdev. Example: Nvme0n1"),
+    Param(
+        "per_channel",
+        bool,
+        required=False,
+        short="-c",
+        help="Display per channel IO stats for specified device",
+    ),
     aliases=("get_bdevs_iostat",),
+    cli_out=OUT_DICT,
 )
 def bdev_get_iostat(
     ctx: Any, name: str | None = None, per_channel: bool | None = None

@@ -14,52 +14,59 @@ def _noop(ctx: Any, **_: Any) -> bool:
     return True
 
 
-_INT = int
-_COMPAT: dict[str, tuple[tuple[str, type], ...]] = {
+def _o(
+    name: str, t: type, short: str = "", long: str | None = "", required: bool = False, **kw: Any
+) -> Param:
+    """A param with rpc.py's option strings (optional unless SPDK requires it)."""
+    return Param(name, t, required=required, short=short, long=long, **kw)
+
+
+_COMPAT: dict[str, tuple[Param, ...]] = {
     "bdev_wait_for_examine": (),
     "bdev_set_options": (
-        ("bdev_io_pool_size", _INT),
-        ("bdev_io_cache_size", _INT),
-        ("bdev_auto_examine", bool),
-        ("iobuf_small_cache_size", _INT),
-        ("iobuf_large_cache_size", _INT),
+        _o("bdev_io_pool_size", int, "-p"),
+        _o("bdev_io_cache_size", int, "-c"),
+        _o("bdev_auto_examine", bool, long="--auto-examine", toggle=True),
+        _o("iobuf_small_cache_size", int),
+        _o("iobuf_large_cache_size", int),
     ),
     "iobuf_set_options": (
-        ("small_pool_count", _INT),
-        ("large_pool_count", _INT),
-        ("small_bufsize", _INT),
-        ("large_bufsize", _INT),
-        ("enable_numa", bool),
+        _o("small_pool_count", int),
+        _o("large_pool_count", int),
+        _o("small_bufsize", int),
+        _o("large_bufsize", int),
+        _o("enable_numa", bool),
     ),
-    "sock_set_default_impl": (("impl_name", str),),
+    "sock_set_default_impl": (_o("impl_name", str, "-i", "--impl", required=True),),
     "sock_impl_set_options": (
-        ("impl_name", str),
-        ("recv_buf_size", _INT),
-        ("send_buf_size", _INT),
-        ("enable_recv_pipe", bool),
-        ("enable_quickack", bool),
-        ("enable_placement_id", _INT),
-        ("enable_zerocopy_send_server", bool),
-        ("enable_zerocopy_send_client", bool),
-        ("zerocopy_threshold", _INT),
-        ("tls_version", _INT),
-        ("enable_ktls", bool),
+        _o("impl_name", str, "-i", "--impl", required=True),
+        _o("recv_buf_size", int, "-r"),
+        _o("send_buf_size", int, "-s"),
+        _o("enable_recv_pipe", bool, long="--recv-pipe", toggle=True),
+        _o("enable_quickack", bool, long="--quickack", toggle=True),
+        _o("enable_placement_id", int, "-p"),
+        _o("enable_zerocopy_send_server", bool, long="--zerocopy-send-server", toggle=True),
+        _o("enable_zerocopy_send_client", bool, long="--zerocopy-send-client", toggle=True),
+        _o("zerocopy_threshold", int),
+        _o("tls_version", int),
+        _o("enable_ktls", bool, long="--ktls", toggle=True),
     ),
     "accel_set_options": (
-        ("small_cache_size", _INT),
-        ("large_cache_size", _INT),
-        ("task_count", _INT),
-        ("sequence_count", _INT),
-        ("buf_count", _INT),
+        _o("small_cache_size", int),
+        _o("large_cache_size", int),
+        _o("task_count", int),
+        _o("sequence_count", int),
+        _o("buf_count", int),
     ),
     "vmd_enable": (),
-    "nvmf_set_max_subsystems": (("max_subsystems", _INT),),
-    "nvmf_set_crdt": (("crdt1", _INT), ("crdt2", _INT), ("crdt3", _INT)),
-    "keyring_file_add_key": (("name", str), ("path", str)),
+    "nvmf_set_crdt": (_o("crdt1", int, "-t1"), _o("crdt2", int, "-t2"), _o("crdt3", int, "-t3")),
+    "keyring_file_add_key": (Param("name", str, pos=0), Param("path", str, pos=1)),
     "scsi_set_options": (),
 }
 
 for _name, _params in _COMPAT.items():
     if _name in REGISTRY.methods or _name in REGISTRY.alias_of:
         continue
-    rpc_method(_name, *(Param(n, t, required=False) for n, t in _params))(_noop)
+    rpc_method(
+        _name, *_params, cli_help="accepted, no effect (an SPDK layer blockfabric does not have)"
+    )(_noop)

@@ -14,9 +14,12 @@ actors/context.py); those ops are served by functions registered here with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..bdevs.base import Bdev
+if TYPE_CHECKING:
+    # typing only: control imports no layer at run time (tests/test_layering.py
+    # allows exactly this one)
+    from ..bdevs.base import Bdev
 
 
 class ProtocolState(Protocol):

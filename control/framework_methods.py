@@ -3,13 +3,15 @@ save/load of the whole configuration, log level, subsystems, reactors."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from typing import Any
 
 from .. import __version__
 from .config import ConfigError, apply_config, build_config, default_sections, validate_config
 from .errors import INVALID_PARAMS, RpcError, invalid_params
-from .registry import REGISTRY, Param, Registry, rpc_method
+from .registry import OUT_CONFIG, OUT_DICT, OUT_JSON, REGISTRY, Param, Registry, rpc_method
 
 # SPDK's log levels -> Python logging; NOTICE sits between INFO and WARNING
 NOTICE = 25
@@ -50,7 +52,7 @@ def version_fields(version: str = __version__) -> dict[str, Any]:
     }
 
 
-@rpc_method("spdk_get_version", aliases=("get_spdk_version",))
+@rpc_method("spdk_get_version", aliases=("get_spdk_version",), cli_out=OUT_JSON)
 def spdk_get_version(ctx: Any) -> dict[str, Any]:
     """Version of the target (SPDK's shape: version string + fields)."""
     return {"version": f"blockfabric v{__version__}", "fields": version_fields()}
@@ -58,29 +60,90 @@ def spdk_get_version(ctx: Any) -> dict[str, Any]:
 
 @rpc_method(
     "rpc_get_methods",
-    Param("current", bool, default=False),
-    Param("include_aliases", bool, default=False),
-    Param("include_deprecated", bool, default=False),
+    Param(
+        "current",
+        bool,
+        default=False,
+        short="-c",
+        help="only methods callable in the current state",
+    ),
+    Param("include_aliases", bool, default=False, short="-i", help="include RPC aliases"),
+    Param("include_deprecated", bool, default=False, spdk=False, help="include deprecated names"),
+    Param(
+        "include_schema",
+        bool,
+        default=False,
+        spdk=False,
+        help="answer every method's declaration (params, types, defaults, help, CLI form) "
+        "instead of the names",
+    ),
     aliases=("get_rpc_methods",),
+    cli_out=OUT_DICT,
 )
 def rpc_get_methods(
-    ctx: Any, current: bool = False, include_aliases: bool = False, include_deprecated: bool = False
-) -> list[str]:
+    ctx: Any,
+    current: bool = False,
+    include_aliases: bool = False,
+    include_deprecated: bool = False,
+    include_schema: bool = False,
+) -> list[str] | list[dict[str, Any]]:
     """Names of all methods; aliases (SPDK's deprecated names) on request.
-    ``current`` is accepted for SPDK compatibility: every method is callable at run time."""
-    return _registry(ctx).names(include_aliases=include_aliases or include_deprecated)
+    ``current`` is accepted for SPDK compatibility: every method is callable at
+    run time. ``include_schema`` (blockfabric extension): every method's
+    declaration instead, in name order (control/registry.py Method.schema)."""
+    reg = _registry(ctx)
+    if include_schema:
+        return reg.schema()
+    return reg.names(include_aliases=include_aliases or include_deprecated)
 
 
-@rpc_method("save_config")
+def _no_indent(args: dict[str, Any]) -> dict[str, Any]:
+    args.pop("indent", None)  # an output option of the command line, not a param
+    return args
+
+
+@rpc_method(
+    "save_config",
+    cli_out=OUT_CONFIG,
+    cli_extra=(
+        Param(
+            "indent",
+            int,
+            required=False,
+            short="-i",
+            cli_default=2,
+            help="Indent level. Value less than 0 mean compact mode. Default indent level is 2.",
+        ),
+    ),
+    cli_build=_no_indent,
+)
 def save_config(ctx: Any) -> dict[str, Any]:
     """The live configuration as an SPDK JSON config."""
     return build_config(ctx, default_sections())
 
 
+def _read_config(args: dict[str, Any]) -> Any:
+    """rpc.py's ``load_config [-j FILE]``: the params are the file's object (default: stdin)."""
+    src = args.get("json_conf")
+    if src is None:
+        text = sys.stdin.read()
+    else:
+        with open(src, encoding="utf-8") as f:
+            text = f.read()
+    doc = json.loads(text)
+    if args.get("include_aliases") and isinstance(doc, dict):
+        doc = {**doc, "include_aliases": True}
+    return doc
+
+
 @rpc_method(
     "load_config",
-    Param("subsystems", list),
-    Param("include_aliases", bool, default=False),
+    Param("subsystems", list, cli=False),
+    Param("include_aliases", bool, default=False, short="-i", help="include RPC aliases"),
+    cli_extra=(
+        Param("json_conf", str, required=False, short="-j", help="Valid JSON configuration"),
+    ),
+    cli_build=_read_config,
 )
 def load_config(ctx: Any, subsystems: list[Any], include_aliases: bool = False) -> bool:
     """Apply an SPDK JSON config (the file's object is the params); the whole
@@ -94,7 +157,10 @@ def load_config(ctx: Any, subsystems: list[Any], include_aliases: bool = False) 
     return True
 
 
-@rpc_method("log_set_level", Param("level", str))
+@rpc_method(
+    "log_set_level",
+    Param("level", str, pos=0, help='log level we want to set. (for example "DEBUG").'),
+)
 def log_set_level(ctx: Any, level: str) -> bool:
     """Set the log level of the supervisor and every reactor."""
     name = level.upper()
@@ -109,7 +175,7 @@ def log_set_level(ctx: Any, level: str) -> bool:
     return True
 
 
-@rpc_method("log_get_level")
+@rpc_method("log_get_level", cli_out=OUT_DICT)
 def log_get_level(ctx: Any) -> str:
     lvl = logging.getLogger(LOG_ROOT).getEffectiveLevel()
     for name, value in LOG_LEVELS.items():
@@ -118,12 +184,16 @@ def log_get_level(ctx: Any) -> str:
     return logging.getLevelName(lvl)
 
 
-@rpc_method("framework_get_subsystems")
+@rpc_method("framework_get_subsystems", cli_out=OUT_DICT)
 def framework_get_subsystems(ctx: Any) -> list[dict[str, Any]]:
     return [{"subsystem": n, "depends_on": list(d)} for n, d in SUBSYSTEMS.items()]
 
 
-@rpc_method("framework_get_config", Param("name", str))
+@rpc_method(
+    "framework_get_config",
+    Param("name", str, pos=0, help="Name of subsystem to query"),
+    cli_out=OUT_DICT,
+)
 def framework_get_config(ctx: Any, name: str) -> list[dict[str, Any]]:
     sections = default_sections()
     if name not in sections:
@@ -142,7 +212,7 @@ def _cpu_times(lcore: int) -> tuple[int, int]:
         return 0, 0
 
 
-@rpc_method("framework_get_reactors")
+@rpc_method("framework_get_reactors", cli_out=OUT_DICT)
 def framework_get_reactors(ctx: Any) -> dict[str, Any]:
     """One entry per reactor process, shaped like SPDK's reactors."""
     answers = ctx.gather("framework.reactor_info", {})
@@ -183,7 +253,7 @@ def framework_get_reactors(ctx: Any) -> dict[str, Any]:
     return {"tick_rate": tick_rate, "reactors": reactors}
 
 
-@rpc_method("iobuf_get_stats")
+@rpc_method("iobuf_get_stats", cli_out=OUT_DICT)
 def iobuf_get_stats(ctx: Any) -> list[dict[str, Any]]:
     """Transfer-buffer statistics, one entry per reactor, in SPDK's shape
     (``module``, ``small_pool``/``large_pool`` with ``cache`` = served from

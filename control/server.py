@@ -50,7 +50,7 @@ from typing import Any
 
 import zmq
 
-from ..actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EventLoop
+from ..runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
 from .addresses import ipc_path
 from .errors import INTERNAL_ERROR
 from .jsonrpc import (
@@ -138,7 +138,7 @@ class _SpdkConn:
 class RpcServer:
     def __init__(
         self,
-        loop: EventLoop,
+        loop: Loop,
         dispatch: Dispatch,
         zmq_addr: str,
         spdk_path: str | None = None,

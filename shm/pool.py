@@ -50,8 +50,8 @@ from typing import Any
 
 import posix_ipc
 
-from ..actors.messages import BufRef
 from . import names
+from .bufref import BufRef
 from .manifest import Manifest
 from .procs import pid_alive
 from .segment import HugePages, SharedSegment

@@ -1,14 +1,20 @@
-"""Transport registry: how a reactor turns an accepted socket into protocol state.
+"""Reactor drivers: how a reactor turns connections into protocol state.
 
 A transport module registers a `TransportDriver` under its protocol name
-("nvmf-tcp", "iscsi"; "nvmf-rdma" or "nvmf-fc" would plug in the same way). The
+("nvmf-tcp", "nvmf-rdma", "nvmf-fc", "iscsi"). For socket transports the
 supervisor owns listening sockets and hands each accepted connection to a
 reactor (SCM_RIGHTS); the reactor calls ``driver.accept(ctx, sock, listener)``.
+A transport whose connections are not file descriptors (RDMA CM IDs, an FC
+LLD's associations) creates its queue pairs itself from ``on_config`` /
+``on_event``; the NVMe-oF side of that contract (ops table, queue-pair hooks)
+is transports/nvmf/transport.py and qpair.py, and every reactor imports the
+NVMe-oF drivers named in ``transport.REACTOR_DRIVERS``.
 
-Supervisor messages addressed to a protocol (``Event``/``ControllerCall`` whose
-op starts with the protocol prefix, e.g. "nvmf." or "iscsi.") go to
-``driver.on_event`` on every reactor; ``driver.on_config`` runs after each
-configuration snapshot; ``driver.stats`` feeds the get_* RPCs.
+Supervisor messages go to ``driver.on_event`` on every reactor: an op whose
+prefix is exactly a driver's proto ("nvmf-rdma.listen") to that driver, else
+to the first driver of the protocol family ("nvmf.*", "iscsi.*"; NVMe-oF
+drivers share the reactor's NvmfTarget, so any of them answers for all);
+``driver.on_config`` runs after each configuration snapshot.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Protocol
 
-from ..actors.context import ReactorContext
+from .context import ReactorContext
 
 
 class TransportDriver(Protocol):

@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from blockfabric.actors.messages import BufRef
+from blockfabric.shm.bufref import BufRef
 from blockfabric.shm.manifest import Manifest
 from blockfabric.shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool, PoolError
 
@@ -103,7 +103,7 @@ def test_reactor_claim(pool, instance):
 
 CHILD = """
 import sys
-from blockfabric.actors.messages import BufRef
+from blockfabric.shm.bufref import BufRef
 from blockfabric.shm.pool import BufferPool
 inst, off, ln = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 p = BufferPool.attach(inst, 1)

@@ -12,10 +12,10 @@ import time
 from collections import deque
 from typing import Any
 
-from ...actors.context import ReactorContext
-from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ...control.hostlog import HostLog
+from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
+from ..context import ReactorContext
 from ..scsi.task import ScsiTask
 from . import pdu as P
 from . import text

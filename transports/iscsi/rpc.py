@@ -5,11 +5,70 @@ aliases. Handlers validate, mutate ``ctx.iscsi`` (an `IscsiState`), then call
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from ...control import cli_forms
 from ...control.errors import ENODEV, RpcError, invalid_params
-from ...control.registry import Param, rpc_method
+from ...control.registry import OUT_DICT, Param, rpc_method
 from .state import IscsiState, Portal
+
+# iscsi_initiator_group_add/remove_initiators: rpc.py's -n/-m
+_IG_MEMBERS = (
+    Param(
+        "initiators",
+        list,
+        item=str,
+        required=False,
+        short="-n",
+        long=None,
+        parse=cli_forms.words,
+        help="Whitespace-separated list of initiator hostnames or IP addresses",
+    ),
+    Param(
+        "netmasks",
+        list,
+        item=str,
+        required=False,
+        short="-m",
+        long=None,
+        parse=cli_forms.words,
+        help="Whitespace-separated list of initiator netmasks",
+    ),
+)
+
+_PG_IG_MAPS = Param(
+    "pg_ig_maps",
+    list,
+    item=dict,
+    pos=1,
+    parse=cli_forms.pg_ig_maps,
+    help="Whitespace-separated list of <pg tag:ig tag> maps, e.g. '1:1 2:2'",
+)
+
+# the CHAP settings of discovery, a target node (default: off) and the global
+# options (absent: unchanged); rpc.py's -g/-d/-r/-m
+_CHAP = (
+    Param("chap_group", int, default=0, min=0, short="-g", help="Authentication group ID"),
+    Param(
+        "disable_chap",
+        bool,
+        default=False,
+        short="-d",
+        help="CHAP authentication should be disabled",
+    ),
+    Param(
+        "require_chap",
+        bool,
+        default=False,
+        short="-r",
+        help="CHAP authentication should be required",
+    ),
+    Param(
+        "mutual_chap", bool, default=False, short="-m", help="CHAP authentication should be mutual"
+    ),
+)
+_CHAP_OPTIONAL = tuple(replace(p, default=None, required=False) for p in _CHAP)
 
 
 def _state(ctx: Any) -> IscsiState:
@@ -85,32 +144,121 @@ def _check_bdev(ctx: Any, name: str) -> None:
 # ------------------------------------------------------------------ options
 @rpc_method(
     "iscsi_set_options",
-    Param("auth_file", str, required=False),
-    Param("node_base", str, required=False),
-    Param("nop_timeout", int, required=False),
-    Param("nop_in_interval", int, required=False),
-    Param("disable_chap", bool, required=False),
-    Param("require_chap", bool, required=False),
-    Param("mutual_chap", bool, required=False),
-    Param("chap_group", int, required=False),
-    Param("max_sessions", int, required=False),
-    Param("max_queue_depth", int, required=False),
-    Param("max_connections_per_session", int, required=False),
-    Param("default_time2wait", int, required=False),
-    Param("default_time2retain", int, required=False),
-    Param("first_burst_length", int, required=False),
-    Param("immediate_data", bool, required=False),
-    Param("error_recovery_level", int, required=False),
-    Param("allow_duplicated_isid", bool, required=False),
-    Param("max_large_datain_per_connection", int, required=False),
-    Param("max_r2t_per_connection", int, required=False),
-    Param("pdu_pool_size", int, required=False),
-    Param("immediate_data_pool_size", int, required=False),
-    Param("data_out_pool_size", int, required=False),
-    Param("login_timeout", int, required=False),
-    Param("data_out_timeout", int, required=False),
-    Param("max_connections_per_reactor", int, required=False),
-    Param("max_transfer_length", int, required=False),
+    Param("auth_file", str, required=False, short="-f", help="Path to CHAP shared secret file"),
+    Param(
+        "node_base", str, required=False, short="-b", help="Prefix of the name of iSCSI target node"
+    ),
+    Param(
+        "nop_timeout",
+        int,
+        required=False,
+        short="-o",
+        help="Timeout in seconds to nop-in request to the initiator",
+    ),
+    Param(
+        "nop_in_interval",
+        int,
+        required=False,
+        short="-n",
+        help="Time interval in secs between nop-in requests",
+    ),
+    *_CHAP_OPTIONAL,
+    Param(
+        "max_sessions",
+        int,
+        required=False,
+        short="-a",
+        help="Maximum number of sessions in the host",
+    ),
+    Param(
+        "max_queue_depth",
+        int,
+        required=False,
+        short="-q",
+        help="Max number of outstanding I/Os per queue",
+    ),
+    Param(
+        "max_connections_per_session",
+        int,
+        required=False,
+        short="-c",
+        help="Negotiated parameter, MaxConnections",
+    ),
+    Param(
+        "default_time2wait",
+        int,
+        required=False,
+        short="-w",
+        help="Negotiated parameter, DefaultTime2Wait",
+    ),
+    Param(
+        "default_time2retain",
+        int,
+        required=False,
+        short="-v",
+        help="Negotiated parameter, DefaultTime2Retain",
+    ),
+    Param(
+        "first_burst_length",
+        int,
+        required=False,
+        short="-s",
+        help="Negotiated parameter, FirstBurstLength",
+    ),
+    Param(
+        "immediate_data",
+        bool,
+        required=False,
+        short="-i",
+        help="Negotiated parameter, ImmediateData",
+    ),
+    Param(
+        "error_recovery_level",
+        int,
+        required=False,
+        short="-l",
+        help="Negotiated parameter, ErrorRecoveryLevel",
+    ),
+    Param(
+        "allow_duplicated_isid",
+        bool,
+        required=False,
+        short="-p",
+        help="Allow duplicated initiator session ID",
+    ),
+    Param(
+        "max_large_datain_per_connection",
+        int,
+        required=False,
+        short="-x",
+        help="Max outstanding split read I/Os per connection",
+    ),
+    Param(
+        "max_r2t_per_connection",
+        int,
+        required=False,
+        short="-k",
+        help="Max outstanding R2Ts per connection",
+    ),
+    Param("pdu_pool_size", int, required=False, short="-u", help="Number of PDUs in the pool"),
+    Param(
+        "immediate_data_pool_size",
+        int,
+        required=False,
+        short="-j",
+        help="Number of immediate data buffers in the pool",
+    ),
+    Param(
+        "data_out_pool_size",
+        int,
+        required=False,
+        short="-z",
+        help="Number of data out buffers in the pool",
+    ),
+    Param("login_timeout", int, required=False, spdk=False),
+    Param("data_out_timeout", int, required=False, spdk=False),
+    Param("max_connections_per_reactor", int, required=False, spdk=False),
+    Param("max_transfer_length", int, required=False, spdk=False),
     aliases=("set_iscsi_options",),
 )
 def iscsi_set_options(ctx: Any, **opts: Any) -> bool:
@@ -119,17 +267,14 @@ def iscsi_set_options(ctx: Any, **opts: Any) -> bool:
     return True
 
 
-@rpc_method("iscsi_get_options", aliases=("get_iscsi_global_params",))
+@rpc_method("iscsi_get_options", aliases=("get_iscsi_global_params",), cli_out=OUT_DICT)
 def iscsi_get_options(ctx: Any) -> dict[str, Any]:
     return _state(ctx).get_options()
 
 
 @rpc_method(
     "iscsi_set_discovery_auth",
-    Param("disable_chap", bool, default=False),
-    Param("require_chap", bool, default=False),
-    Param("mutual_chap", bool, default=False),
-    Param("chap_group", int, default=0, min=0),
+    *_CHAP,
     aliases=("set_iscsi_discovery_auth",),
 )
 def iscsi_set_discovery_auth(
@@ -146,10 +291,29 @@ def iscsi_set_discovery_auth(
 # ------------------------------------------------------------ portal groups
 @rpc_method(
     "iscsi_create_portal_group",
-    Param("tag", int, min=1),
-    Param("portals", list, item=dict),
-    Param("private", bool, default=False),
-    Param("wait", bool, default=False),
+    Param("tag", int, min=1, pos=0, help="Portal group tag (unique, integer > 0)"),
+    Param(
+        "portals",
+        list,
+        item=dict,
+        pos=1,
+        parse=cli_forms.portals,
+        help="Whitespace-separated list of portals in host:port format",
+    ),
+    Param(
+        "private",
+        bool,
+        default=False,
+        short="-p",
+        help="Private portal group (not returned by discovery)",
+    ),
+    Param(
+        "wait",
+        bool,
+        default=False,
+        short="-w",
+        help="Do not listen on portals until started explicitly",
+    ),
     aliases=("add_portal_group",),
 )
 def iscsi_create_portal_group(
@@ -174,7 +338,11 @@ def iscsi_create_portal_group(
     return True
 
 
-@rpc_method("iscsi_delete_portal_group", Param("tag", int, min=1), aliases=("delete_portal_group",))
+@rpc_method(
+    "iscsi_delete_portal_group",
+    Param("tag", int, min=1, pos=0, help="Portal group tag (unique, integer > 0)"),
+    aliases=("delete_portal_group",),
+)
 def iscsi_delete_portal_group(ctx: Any, tag: int) -> bool:
     portals = _state(ctx).delete_portal_group(tag)
     ctx.config_changed()
@@ -183,7 +351,7 @@ def iscsi_delete_portal_group(ctx: Any, tag: int) -> bool:
     return True
 
 
-@rpc_method("iscsi_get_portal_groups", aliases=("get_portal_groups",))
+@rpc_method("iscsi_get_portal_groups", aliases=("get_portal_groups",), cli_out=OUT_DICT)
 def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
     return _state(ctx).get_portal_groups()
 
@@ -191,9 +359,23 @@ def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
 # --------------------------------------------------------- initiator groups
 @rpc_method(
     "iscsi_create_initiator_group",
-    Param("tag", int, min=1),
-    Param("initiators", list, item=str),
-    Param("netmasks", list, item=str),
+    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    Param(
+        "initiators",
+        list,
+        item=str,
+        pos=1,
+        parse=cli_forms.words,
+        help="Whitespace-separated list of initiator hostnames or IP addresses, e.g. 'ANY'",
+    ),
+    Param(
+        "netmasks",
+        list,
+        item=str,
+        pos=2,
+        parse=cli_forms.words,
+        help="Whitespace-separated list of initiator netmasks, e.g. '127.0.0.1/32'",
+    ),
     aliases=("add_initiator_group",),
 )
 def iscsi_create_initiator_group(
@@ -206,9 +388,8 @@ def iscsi_create_initiator_group(
 
 @rpc_method(
     "iscsi_initiator_group_add_initiators",
-    Param("tag", int, min=1),
-    Param("initiators", list, item=str, required=False),
-    Param("netmasks", list, item=str, required=False),
+    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    *_IG_MEMBERS,
     aliases=("add_initiators_to_initiator_group",),
 )
 def iscsi_initiator_group_add_initiators(
@@ -221,9 +402,8 @@ def iscsi_initiator_group_add_initiators(
 
 @rpc_method(
     "iscsi_initiator_group_remove_initiators",
-    Param("tag", int, min=1),
-    Param("initiators", list, item=str, required=False),
-    Param("netmasks", list, item=str, required=False),
+    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    *_IG_MEMBERS,
     aliases=("delete_initiators_from_initiator_group",),
 )
 def iscsi_initiator_group_remove_initiators(
@@ -235,7 +415,9 @@ def iscsi_initiator_group_remove_initiators(
 
 
 @rpc_method(
-    "iscsi_delete_initiator_group", Param("tag", int, min=1), aliases=("delete_initiator_group",)
+    "iscsi_delete_initiator_group",
+    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    aliases=("delete_initiator_group",),
 )
 def iscsi_delete_initiator_group(ctx: Any, tag: int) -> bool:
     _state(ctx).delete_initiator_group(tag)
@@ -243,7 +425,7 @@ def iscsi_delete_initiator_group(ctx: Any, tag: int) -> bool:
     return True
 
 
-@rpc_method("iscsi_get_initiator_groups", aliases=("get_initiator_groups",))
+@rpc_method("iscsi_get_initiator_groups", aliases=("get_initiator_groups",), cli_out=OUT_DICT)
 def iscsi_get_initiator_groups(ctx: Any) -> list[dict[str, Any]]:
     return _state(ctx).get_initiator_groups()
 
@@ -251,8 +433,17 @@ def iscsi_get_initiator_groups(ctx: Any) -> list[dict[str, Any]]:
 # -------------------------------------------------------------- auth groups
 @rpc_method(
     "iscsi_create_auth_group",
-    Param("tag", int, min=1),
-    Param("secrets", list, item=dict, required=False),
+    Param("tag", int, min=1, pos=0, help="Authentication group tag (unique, integer > 0)"),
+    Param(
+        "secrets",
+        list,
+        item=dict,
+        required=False,
+        short="-c",
+        parse=cli_forms.chap_secrets,
+        help="Comma-separated list of CHAP secrets "
+        "<user:user_name secret:chap_secret muser:mutual_user_name msecret:mutual_chap_secret>",
+    ),
     aliases=("add_iscsi_auth_group",),
 )
 def iscsi_create_auth_group(ctx: Any, tag: int, secrets: Any = None) -> bool:
@@ -262,7 +453,9 @@ def iscsi_create_auth_group(ctx: Any, tag: int, secrets: Any = None) -> bool:
 
 
 @rpc_method(
-    "iscsi_delete_auth_group", Param("tag", int, min=1), aliases=("delete_iscsi_auth_group",)
+    "iscsi_delete_auth_group",
+    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    aliases=("delete_iscsi_auth_group",),
 )
 def iscsi_delete_auth_group(ctx: Any, tag: int) -> bool:
     _state(ctx).delete_auth_group(tag)
@@ -272,11 +465,13 @@ def iscsi_delete_auth_group(ctx: Any, tag: int) -> bool:
 
 @rpc_method(
     "iscsi_auth_group_add_secret",
-    Param("tag", int, min=1),
-    Param("user", str),
-    Param("secret", str),
-    Param("muser", str, required=False),
-    Param("msecret", str, required=False),
+    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    Param("user", str, short="-u", help="User name for one-way CHAP authentication"),
+    Param("secret", str, short="-s", help="Secret for one-way CHAP authentication"),
+    Param(
+        "muser", str, required=False, short="-m", help="User name for mutual CHAP authentication"
+    ),
+    Param("msecret", str, required=False, short="-r", help="Secret for mutual CHAP authentication"),
     aliases=("add_secret_to_iscsi_auth_group",),
 )
 def iscsi_auth_group_add_secret(
@@ -289,8 +484,8 @@ def iscsi_auth_group_add_secret(
 
 @rpc_method(
     "iscsi_auth_group_remove_secret",
-    Param("tag", int, min=1),
-    Param("user", str),
+    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    Param("user", str, short="-u", help="User name for one-way CHAP authentication"),
     aliases=("delete_secret_from_iscsi_auth_group",),
 )
 def iscsi_auth_group_remove_secret(ctx: Any, tag: int, user: str) -> bool:
@@ -299,7 +494,7 @@ def iscsi_auth_group_remove_secret(ctx: Any, tag: int, user: str) -> bool:
     return True
 
 
-@rpc_method("iscsi_get_auth_groups", aliases=("get_iscsi_auth_groups",))
+@rpc_method("iscsi_get_auth_groups", aliases=("get_iscsi_auth_groups",), cli_out=OUT_DICT)
 def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
     return _state(ctx).get_auth_groups()
 
@@ -307,17 +502,30 @@ def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
 # ------------------------------------------------------------- target nodes
 @rpc_method(
     "iscsi_create_target_node",
-    Param("name", str),
-    Param("alias_name", str),
-    Param("luns", list, item=dict),
-    Param("pg_ig_maps", list, item=dict),
-    Param("queue_depth", int, min=1),
-    Param("chap_group", int, default=0, min=0),
-    Param("disable_chap", bool, default=False),
-    Param("require_chap", bool, default=False),
-    Param("mutual_chap", bool, default=False),
-    Param("header_digest", bool, default=False),
-    Param("data_digest", bool, default=False),
+    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    Param("alias_name", str, pos=1, help="Target node alias name (ASCII)"),
+    Param(
+        "luns",
+        list,
+        item=dict,
+        pos=2,
+        parse=cli_forms.luns,
+        help="Whitespace-separated list of <bdev name:LUN ID> pairs, e.g. 'Malloc0:0 Malloc1:1'",
+    ),
+    Param(
+        "pg_ig_maps",
+        list,
+        item=dict,
+        pos=3,
+        parse=cli_forms.pg_ig_maps,
+        help="Whitespace-separated list of <portal group tag:initiator group tag> maps, e.g. '1:2'",
+    ),
+    Param("queue_depth", int, min=1, pos=4, help="Desired target queue depth"),
+    *_CHAP,
+    Param(
+        "header_digest", bool, default=False, short="-H", help="Header Digest should be required"
+    ),
+    Param("data_digest", bool, default=False, short="-D", help="Data Digest should be required"),
     aliases=("construct_target_node",),
 )
 def iscsi_create_target_node(
@@ -349,7 +557,11 @@ def iscsi_create_target_node(
     return True
 
 
-@rpc_method("iscsi_delete_target_node", Param("name", str), aliases=("delete_target_node",))
+@rpc_method(
+    "iscsi_delete_target_node",
+    Param("name", str, pos=0, help="Target node name to be deleted"),
+    aliases=("delete_target_node",),
+)
 def iscsi_delete_target_node(ctx: Any, name: str) -> bool:
     _state(ctx).delete_target_node(name)
     ctx.config_changed()
@@ -358,9 +570,16 @@ def iscsi_delete_target_node(ctx: Any, name: str) -> bool:
 
 @rpc_method(
     "iscsi_target_node_add_lun",
-    Param("name", str),
-    Param("bdev_name", str),
-    Param("lun_id", int, required=False),
+    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    Param("bdev_name", str, pos=1, help="bdev name"),
+    Param(
+        "lun_id",
+        int,
+        required=False,
+        short="-i",
+        long=None,
+        help="LUN ID (integer >= 0); lowest free one if omitted",
+    ),
     aliases=("target_node_add_lun",),
 )
 def iscsi_target_node_add_lun(ctx: Any, name: str, bdev_name: str, lun_id: Any = None) -> bool:
@@ -372,8 +591,8 @@ def iscsi_target_node_add_lun(ctx: Any, name: str, bdev_name: str, lun_id: Any =
 
 @rpc_method(
     "iscsi_target_node_add_pg_ig_maps",
-    Param("name", str),
-    Param("pg_ig_maps", list, item=dict),
+    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _PG_IG_MAPS,
     aliases=("add_pg_ig_maps",),
 )
 def iscsi_target_node_add_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any]) -> bool:
@@ -384,8 +603,8 @@ def iscsi_target_node_add_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any])
 
 @rpc_method(
     "iscsi_target_node_remove_pg_ig_maps",
-    Param("name", str),
-    Param("pg_ig_maps", list, item=dict),
+    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _PG_IG_MAPS,
     aliases=("delete_pg_ig_maps",),
 )
 def iscsi_target_node_remove_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any]) -> bool:
@@ -396,11 +615,8 @@ def iscsi_target_node_remove_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[An
 
 @rpc_method(
     "iscsi_target_node_set_auth",
-    Param("name", str),
-    Param("chap_group", int, default=0, min=0),
-    Param("disable_chap", bool, default=False),
-    Param("require_chap", bool, default=False),
-    Param("mutual_chap", bool, default=False),
+    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    *_CHAP,
     aliases=("set_iscsi_target_node_auth",),
 )
 def iscsi_target_node_set_auth(
@@ -411,12 +627,12 @@ def iscsi_target_node_set_auth(
     return True
 
 
-@rpc_method("iscsi_get_target_nodes", aliases=("get_target_nodes",))
+@rpc_method("iscsi_get_target_nodes", aliases=("get_target_nodes",), cli_out=OUT_DICT)
 def iscsi_get_target_nodes(ctx: Any) -> list[dict[str, Any]]:
     return _state(ctx).get_target_nodes()
 
 
-@rpc_method("iscsi_get_connections", aliases=("get_iscsi_connections",))
+@rpc_method("iscsi_get_connections", aliases=("get_iscsi_connections",), cli_out=OUT_DICT)
 def iscsi_get_connections(ctx: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for part in ctx.gather("iscsi.connections", {}):
@@ -425,7 +641,7 @@ def iscsi_get_connections(ctx: Any) -> list[dict[str, Any]]:
     return out
 
 
-@rpc_method("iscsi_get_stats")
+@rpc_method("iscsi_get_stats", cli_out=OUT_DICT)
 def iscsi_get_stats(ctx: Any) -> list[dict[str, Any]]:
     """blockfabric extension: per-reactor iSCSI counters of the hostile-host
     bounds: connections, refused (max_connections_per_reactor),

@@ -17,15 +17,24 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...bdevs.base import Bdev
 from ...shm.iobuf import CHUNK, IoVec
 from . import discovery, spec
-from .core import ERROR_LOG_ENTRIES, FIRMWARE_REV, MAX_ASYNC_EVENTS, VENDOR_ID, Controller
+from .core import (
+    ERROR_LOG_ENTRIES,
+    FIRMWARE_REV,
+    MAX_ASYNC_EVENTS,
+    VENDOR_ID,
+    Controller,
+    Namespace,
+)
 from .state import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .request import Request
 
 DISCOVERY_OPCODES = frozenset(
     (
@@ -114,7 +123,9 @@ def identify(req: Request, ctrl: Controller) -> None:
 
 def identify_ctrl(ctrl: Controller) -> bytearray:
     ss = ctrl.subsys
-    opts = ctrl.target.opts
+    qp = ctrl.admin_qp
+    opts = qp.opts
+    tf = qp.transport.identify(opts, ss.is_discovery)
     b = bytearray(4096)
     struct.pack_into("<HH", b, 0, VENDOR_ID, VENDOR_ID)
     b[4:24] = spec.fixed_ascii(ss.serial or "0" * 20, 20)
@@ -144,21 +155,17 @@ def identify_ctrl(ctrl: Controller) -> bytearray:
     if not ss.is_discovery:
         struct.pack_into("<HH", b, 520, ONCS, FUSES)
         b[525] = 0x1  # VWC present
-    # SGLs supported; address as offset for in-capsule data (+ keyed SGLs: RDMA)
-    qp_sgls = getattr(ctrl.admin_qp, "sgls", None)
-    sgls = qp_sgls if qp_sgls is not None else 0x1 | (1 << 20)
-    struct.pack_into("<I", b, 536, sgls)
+    struct.pack_into("<I", b, 536, tf.sgls)  # SGL support: the transport's
     nqn = ss.nqn.encode("utf-8")[:255]
     b[768 : 768 + len(nqn)] = nqn
     if not ss.is_discovery:
-        # IOCCSZ/IORCSZ in 16-byte units, ICDOFF 0, FCATT 0 (dynamic), MSDBD 1
-        icd = getattr(getattr(ctrl.admin_qp, "opts", opts), "in_capsule_data_size", 0)
-        struct.pack_into("<IIHBB", b, 1792, (64 + icd) // 16, 1, 0, 0, 1)
+        # the transport's IOCCSZ/IORCSZ (16-byte units), ICDOFF, FCATT, MSDBD
+        struct.pack_into("<IIHBB", b, 1792, tf.ioccsz, tf.iorcsz, tf.icdoff, tf.fcatt, tf.msdbd)
         struct.pack_into("<HxxII", b, 2048, 0x9C4, 0x10, 0x4)  # power state 0
     return b
 
 
-def identify_ns(ns: Any, bdev: Any) -> bytearray:
+def identify_ns(ns: Namespace, bdev: Bdev | None) -> bytearray:
     b = bytearray(4096)
     if bdev is None:
         return b
@@ -176,7 +183,7 @@ def identify_ns(ns: Any, bdev: Any) -> bytearray:
     return b
 
 
-def ns_desc_list(ns: Any) -> bytearray:
+def ns_desc_list(ns: Namespace) -> bytearray:
     b = bytearray(4096)
     off = 0
     for nidt, val in (
@@ -240,7 +247,9 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
     if ctrl.subsys.is_discovery:
         if lid == spec.LID_DISCOVERY:
-            page = discovery.log_page(req.qp.target, ctrl.hostnqn, req.qp.listener)
+            page = discovery.log_page(
+                req.qp.target, ctrl.hostnqn, req.qp.listener, req.qp.transport
+            )
             return _send_log(req, page, length, offset)
         if lid == spec.LID_SUPPORTED_LOGS:
             return _send_log(req, _supported_logs((0x00, 0x70)), length, offset)
@@ -350,7 +359,7 @@ DISCOVERY_FIDS = frozenset((spec.FID_ASYNC_EVENT_CONFIG, spec.FID_KATO))
 
 
 def _num_queues(ctrl: Controller) -> int:
-    n = ctrl.target.opts.max_io_qpairs_per_ctrlr - 1
+    n = ctrl.admin_qp.opts.max_io_qpairs_per_ctrlr - 1
     return (n << 16) | n
 
 
@@ -418,7 +427,7 @@ def set_features(req: Request, ctrl: Controller) -> None:
         return req.complete(0, _num_queues(ctrl))
     if fid == spec.FID_KATO:
         kato = cdw11
-        kas = ctrl.target.opts.kas
+        kas = ctrl.admin_qp.opts.kas
         if kato and kas:
             kato = math.ceil(kato / (kas * 100)) * kas * 100
         ctrl.kato_ms = kato
@@ -482,7 +491,7 @@ def abort(req: Request, ctrl: Controller) -> None:
     req.complete(0, 1)  # DW0 bit 0: command not aborted
 
 
-HANDLERS: dict[int, Any] = {
+HANDLERS: dict[int, Callable[[Request, Controller], None]] = {
     spec.ADMIN_IDENTIFY: identify,
     spec.ADMIN_GET_LOG_PAGE: get_log_page,
     spec.ADMIN_GET_FEATURES: get_features,

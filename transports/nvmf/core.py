@@ -1,11 +1,14 @@
 """Reactor-side NVMe-oF target objects built from the configuration snapshot.
 
-Owns: `TransportOpts`, `Namespace`, `Subsystem` (rebuilt from
-``ctx.nvmf_config`` on every ConfigUpdate), `Controller` (the admin-queue
-side of an association: properties CC/CSTS, features, keep-alive timer, AER
-slots, changed-namespace list, error log ring, counters), `QueuePair` (the
-NVMe-level bookkeeping every transport queue pair shares) and `NvmfTarget`,
-one per reactor, which holds them and routes commands to fabrics/admin/io.
+Owns: `TransportOpts` (the options of one transport, from the snapshot),
+`Namespace`, `Subsystem` (rebuilt from ``ctx.nvmf_config`` on every
+ConfigUpdate), `Controller` (the admin-queue side of an association:
+properties CC/CSTS, features, keep-alive timer, AER slots, changed-namespace
+list, error log ring, counters) and `NvmfTarget`, one per reactor
+(``target_for(ctx)``), shared by every transport of the reactor: it holds
+them, answers the supervisor's "nvmf.*" events and builds the poll group's
+statistics. Queue pairs are in qpair.py, requests in request.py, the
+transport ops table in transport.py; no transport module is imported here.
 
 A controller lives on the reactor that accepted its admin queue; its I/O
 queues may live on any reactor and only know (subsystem, cntlid). Anything
@@ -23,13 +26,16 @@ import uuid as uuid_mod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ...actors.context import ReactorContext
+from ...bdevs.base import Bdev, IoChannel
+from ...runtime.loop import Timer
+from ..context import ReactorContext
 from . import spec
 from .nqn import DISCOVERY_NQN
-from .state import TCP_DEFAULTS
+from .qpair import Counters, QueuePair
+from .transport import UnknownTransport, find_transport, get_transport
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .request import Request
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +48,14 @@ DISC_KATO_MS = 120_000  # discovery controller connected with KATO 0
 
 
 class TransportOpts:
-    """The TCP transport options a reactor needs, from the snapshot."""
+    """The options of one transport a reactor needs, from the snapshot
+    (the transport's defaults fill what the snapshot lacks)."""
 
-    def __init__(self, d: dict[str, Any] | None) -> None:
-        o = dict(TCP_DEFAULTS)
+    def __init__(self, d: dict[str, Any] | None, trtype: str) -> None:
+        o: dict[str, Any] = dict(get_transport(trtype).defaults())
         if d:
             o.update(d)
+        self.trtype = trtype
         self.raw = o
         self.max_queue_depth = int(o["max_queue_depth"])
         self.max_io_qpairs_per_ctrlr = int(o["max_io_qpairs_per_ctrlr"])
@@ -55,13 +63,13 @@ class TransportOpts:
         self.max_io_size = int(o["max_io_size"])
         self.io_unit_size = int(o["io_unit_size"])
         self.max_aq_depth = int(o["max_aq_depth"])
-        self.c2h_success = bool(o["c2h_success"])
-        self.kas = int(o["kas"])
-        self.sock_priority = int(o["sock_priority"])
-        self.connect_timeout = int(o["connect_timeout_ms"]) / 1000.0
-        self.h2c_data_timeout = int(o["h2c_data_timeout_ms"]) / 1000.0
-        self.max_unsent_bytes = int(o["max_unsent_bytes"])
-        self.max_connections = int(o["max_connections_per_reactor"])
+        self.c2h_success = bool(o.get("c2h_success", False))
+        self.kas = int(o.get("kas", 100))
+        self.sock_priority = int(o.get("sock_priority", 0))
+        self.connect_timeout = int(o.get("connect_timeout_ms", 10000)) / 1000.0
+        self.h2c_data_timeout = int(o.get("h2c_data_timeout_ms", 10000)) / 1000.0
+        self.max_unsent_bytes = int(o.get("max_unsent_bytes", 4 << 20))
+        self.max_connections = int(o.get("max_connections_per_reactor", 1024))
         # the admin queue accepts 8 KiB in capsule (Linux sends Connect data inline)
         self.admin_icd = max(8192, self.in_capsule_data_size)
 
@@ -85,8 +93,8 @@ class Namespace:
         self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
         # this reactor's bdev and channel, looked up on first I/O (a new
         # snapshot builds new Namespace objects, so the cache never goes stale)
-        self.bdev: Any = None
-        self.chan: Any = None
+        self.bdev: Bdev | None = None
+        self.chan: IoChannel | None = None
         # the channel copies read data (aio, nvme): reads go into pool buffers
         self.copies = False
 
@@ -124,68 +132,6 @@ class Subsystem:
     def nn(self) -> int:
         top = max(self.namespaces, default=0)
         return max(self.max_namespaces, top) if self.max_namespaces else max(top, 1024)
-
-
-class Counters:
-    """Per-controller I/O counters (SMART data units / host commands)."""
-
-    __slots__ = ("read_bytes", "write_bytes", "read_cmds", "write_cmds")
-
-    def __init__(self) -> None:
-        self.read_bytes = 0
-        self.write_bytes = 0
-        self.read_cmds = 0
-        self.write_cmds = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-
-class QueuePair:
-    """NVMe queue bookkeeping shared by every transport queue pair."""
-
-    def __init__(self, target: NvmfTarget, listener: str, peer: str) -> None:
-        self.target = target
-        self.listener = listener
-        self.peer = peer
-        self.qid: int = -1  # unknown until Connect
-        self.sqsize = 0  # 0-based, from Connect
-        self.sqhd = 0
-        self.sq_flow_disabled = False
-        self.ctrl: Controller | None = None
-        self.subsys: Subsystem | None = None
-        self.cntlid = 0
-        self.hostnqn = ""
-        self.counters = Counters()
-        self.closed = False
-        self.connect_pending = False
-        self.write_through = False  # VWC = 0 on the controller: every write is FUA
-
-    # implemented by the transport
-    def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
-        raise NotImplementedError
-
-    def complete_with_data(
-        self, req: Request, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
-    ) -> None:
-        raise NotImplementedError
-
-    def close(self, reason: str = "") -> None:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        host, _, port = self.peer.rpartition(":")
-        lhost, _, lport = self.listener.rpartition(":")
-        fam = "IPv6" if ":" in host else "IPv4"
-        return {
-            "cntlid": self.cntlid,
-            "qid": self.qid,
-            "state": "active" if not self.closed else "deleting",
-            "thread": f"nvmf_tgt_poll_group_{self.target.ctx.reactor_id}",
-            "hostnqn": self.hostnqn,
-            "listen_address": {"trtype": "TCP", "adrfam": fam, "traddr": lhost, "trsvcid": lport},
-            "peer_address": {"trtype": "TCP", "adrfam": fam, "traddr": host, "trsvcid": port},
-        }
 
 
 class Controller:
@@ -228,7 +174,7 @@ class Controller:
         self.counters = Counters()
         self.io_qpairs: set[QueuePair] = set()  # this reactor's I/O queues
         self.last_ka = time.monotonic()
-        self._timer: Any = None
+        self._timer: Timer | None = None
         self.destroyed = False
         self.disc_genctr = target.genctr
 
@@ -326,12 +272,20 @@ class Controller:
 
     # -- error log ----------------------------------------------------------------
     def record_error(
-        self, qid: int, cid: int, status: int, nsid: int = 0, loc: int = 0xFFFF
+        self,
+        qid: int,
+        cid: int,
+        status: int,
+        nsid: int = 0,
+        loc: int = 0xFFFF,
+        trtype: int | None = None,
     ) -> None:
+        """Error log entry; TRTYPE is the transport of the queue it happened
+        on (the admin queue's when not given)."""
         self.error_count += 1
         entry = bytearray(64)
         struct.pack_into("<QHHHHQI", entry, 0, self.error_count, qid, cid, status, loc, 0, nsid)
-        entry[29] = spec.TRTYPE_TCP
+        entry[29] = self.admin_qp.transport.trtype_code if trtype is None else trtype
         self.errors.appendleft(bytes(entry))
 
     # -- teardown -------------------------------------------------------------------
@@ -350,7 +304,8 @@ class NvmfTarget:
     def __init__(self, ctx: ReactorContext) -> None:
         self.ctx = ctx
         self.subsystems: dict[str, Subsystem] = {}
-        self.opts = TransportOpts(None)
+        self.transport_opts: dict[str, TransportOpts] = {}
+        self._applied: dict[str, Any] | None = None
         self.genctr = 0
         self.controllers: dict[tuple[str, int], Controller] = {}
         self.qpairs: set[QueuePair] = set()
@@ -371,11 +326,29 @@ class NvmfTarget:
         self.apply_config(getattr(ctx, "nvmf_config", None) or {})
 
     # -- configuration ---------------------------------------------------------
+    def on_config(self) -> None:
+        """A driver's on_config: apply the reactor's snapshot once, however
+        many NVMe-oF transport drivers the reactor has."""
+        snap = getattr(self.ctx, "nvmf_config", None) or {}
+        if snap is self._applied and snap:
+            return
+        self.apply_config(snap)
+
     def apply_config(self, snap: dict[str, Any]) -> None:
         """Install a new snapshot; emit namespace / discovery change events
         and drop associations the new configuration no longer allows."""
+        self._applied = snap
         old = self.subsystems
-        self.opts = TransportOpts(snap.get("transport"))
+        confs: dict[str, dict[str, Any]] = dict(snap.get("transports") or {})
+        topts: dict[str, TransportOpts] = {}
+        for tt, c in confs.items():
+            try:
+                topts[tt] = TransportOpts(c, tt)
+            except UnknownTransport as e:  # created in the supervisor, not loadable here
+                log.error(
+                    "nvmf: reactor %d cannot load transport %s: %s", self.ctx.reactor_id, tt, e
+                )
+        self.transport_opts = topts
         new = {nqn: Subsystem(d) for nqn, d in (snap.get("subsystems") or {}).items()}
         if DISCOVERY_NQN not in new:
             new[DISCOVERY_NQN] = Subsystem({"nqn": DISCOVERY_NQN, "subtype": "Discovery"})
@@ -416,6 +389,16 @@ class NvmfTarget:
 
     def subsystem(self, nqn: str) -> Subsystem | None:
         return self.subsystems.get(nqn)
+
+    def opts_for(self, trtype: str) -> TransportOpts:
+        """The options of ``trtype`` (its defaults when it was not created)."""
+        o = self.transport_opts.get(trtype)
+        if o is None:
+            o = self.transport_opts[trtype] = TransportOpts(None, trtype)
+        return o
+
+    def configured_transports(self) -> list[str]:
+        return sorted(self.transport_opts)
 
     # -- controllers ----------------------------------------------------------------
     def add_controller(self, ctrl: Controller) -> None:
@@ -515,7 +498,11 @@ class NvmfTarget:
             "h2c_timeouts": self.stats["h2c_timeouts"],
             "refused_connections": self.stats["refused_connections"],
             "iobuf_waits": self.stats["iobuf_waits"],
-            "transports": [{"trtype": "TCP"}],
+            "transports": [
+                ops.poll_group_stats(self)
+                for ops in map(find_transport, self.configured_transports())
+                if ops is not None
+            ],
         }
 
     def set_write_through(self, nqn: str, cntlid: int, on: bool) -> int:
@@ -528,12 +515,65 @@ class NvmfTarget:
                     n += 1
         return n
 
+    def on_event(self, op: str, args: dict[str, Any]) -> Any:
+        """The supervisor's "nvmf.*" broadcasts and queries (any transport's
+        driver forwards them here; the answer covers every transport):
+
+        * "nvmf.destroy_ctrlr" {nqn, cntlid, io_only}  -> number of queues closed
+        * "nvmf.disconnect_host" {nqn, hostnqn}        -> number of controllers closed
+        * "nvmf.get_qpairs" {nqn?}                      -> [qpair description]
+        * "nvmf.get_controllers" {nqn?}                 -> [controller description]
+        * "nvmf.stats" {}                               -> poll group statistics
+        * "nvmf.counters" {nqn, cntlid}                 -> {read_bytes, write_bytes, ...}
+        * "nvmf.set_vwc" {nqn, cntlid, vwc}             -> number of I/O queues switched
+        """
+        nqn = args.get("nqn")
+        if op == "nvmf.destroy_ctrlr":
+            return self.close_ctrlr_queues(str(nqn), int(args["cntlid"]), bool(args.get("io_only")))
+        if op == "nvmf.disconnect_host":
+            n = 0
+            for ctrl in list(self.controllers.values()):
+                if ctrl.subsys.nqn == nqn and ctrl.hostnqn == args.get("hostnqn"):
+                    self.destroy_controller(ctrl, "host removed")
+                    n += 1
+            return n
+        if op == "nvmf.get_qpairs":
+            return self.get_qpairs(nqn)
+        if op == "nvmf.get_controllers":
+            return self.get_controllers(nqn)
+        if op == "nvmf.stats":
+            return self.get_stats()
+        if op == "nvmf.counters":
+            return self.counters_for(str(nqn), int(args["cntlid"]))
+        if op == "nvmf.set_vwc":
+            return self.set_write_through(str(nqn), int(args["cntlid"]), not int(args["vwc"]))
+        log.debug("nvmf: unknown event %s", op)
+        return None
+
     def shutdown(self) -> None:
         self.stopping = True
         for ctrl in list(self.controllers.values()):
             self.destroy_controller(ctrl, "shutdown", notify=False)
         for qp in list(self.qpairs):
             qp.close("shutdown")
+
+
+_TARGETS: dict[int, NvmfTarget] = {}
+
+
+def target_for(ctx: ReactorContext) -> NvmfTarget:
+    """The reactor's NVMe-oF target (created on first use), shared by every
+    transport driver of the reactor."""
+    t = _TARGETS.get(id(ctx))
+    if t is None or t.ctx is not ctx:
+        t = NvmfTarget(ctx)
+        _TARGETS[id(ctx)] = t
+    return t
+
+
+def drop_target(ctx: ReactorContext) -> NvmfTarget | None:
+    """Forget the reactor's target (reactor shutdown); returns it, once."""
+    return _TARGETS.pop(id(ctx), None)
 
 
 def _ignore_reply(ok: bool, result: Any) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import spec
 from .nqn import DISCOVERY_NQN
+from .transport import NvmfTransportOps, find_transport
 
 if TYPE_CHECKING:
     from .core import NvmfTarget
@@ -24,9 +25,8 @@ ENTRY_SIZE = 1024
 AQ_DEPTH = 32  # ASQSZ advertised, like nvmet's NVME_AQ_DEPTH
 
 
-def _adrfam(li: dict[str, Any]) -> int:
-    fam = str(li.get("adrfam", "IPv4")).lower()
-    return spec.ADRFAM_IPV6 if fam == "ipv6" else spec.ADRFAM_IPV4
+def _key(li: dict[str, Any]) -> str:
+    return str(li.get("key", f"{li['traddr']}:{li['trsvcid']}"))
 
 
 def _portid(key: str, ports: dict[str, int]) -> int:
@@ -36,17 +36,29 @@ def _portid(key: str, ports: dict[str, int]) -> int:
     return ports[key]
 
 
-def entry(li: dict[str, Any], subnqn: str, subtype: int, portid: int, eflags: int = 0) -> bytearray:
+def entry(
+    li: dict[str, Any],
+    subnqn: str,
+    subtype: int,
+    portid: int,
+    eflags: int = 0,
+    tr: NvmfTransportOps | None = None,
+) -> bytearray | None:
+    """One log entry for listener ``li``, its fields from the listener's
+    transport (None when that transport is not loaded in this process)."""
+    if tr is None:
+        tr = find_transport(str(li.get("trtype", "")))
+        if tr is None:
+            return None
     e = bytearray(ENTRY_SIZE)
-    rdma = str(li.get("trtype", "TCP")).upper() == "RDMA"
     struct.pack_into(
         "<BBBBHHHH",
         e,
         0,
-        spec.TRTYPE_RDMA if rdma else spec.TRTYPE_TCP,
-        _adrfam(li),
+        tr.trtype_code,
+        tr.adrfam_code(str(li.get("adrfam", "IPv4"))),
         subtype,
-        spec.TREQ_DISABLE_SQFLOW,  # like nvmet: secure channel not specified
+        tr.treq(),
         portid,
         spec.CNTLID_DYNAMIC,
         AQ_DEPTH,
@@ -58,15 +70,16 @@ def entry(li: dict[str, Any], subnqn: str, subtype: int, portid: int, eflags: in
     e[256 : 256 + len(nqn)] = nqn
     addr = str(li.get("traddr", "")).encode("ascii", "replace")[:256]
     e[512:768] = addr.ljust(256, b" ")
-    if rdma:
-        # RDMA TSAS: QPTYPE reliable connected, PRTYPE not specified, CMS RDMA_CM, PKEY 0
-        e[768:772] = bytes((spec.RDMA_QPTYPE_CONNECTED, spec.RDMA_PRTYPE_NOT_SPECIFIED,
-                            spec.RDMA_CMS_RDMA_CM, 0))  # fmt: skip
-    # TCP TSAS: SECTYPE 0 (no security)
+    tsas = tr.tsas(li)[:256]
+    e[768 : 768 + len(tsas)] = tsas
     return e
 
 
-def entries_for(target: NvmfTarget, hostnqn: str, listener: str) -> list[bytearray]:
+def entries_for(
+    target: NvmfTarget, hostnqn: str, listener: str, tr: NvmfTransportOps
+) -> list[bytearray]:
+    """The entries a host connected on ``listener`` (a listener key of
+    transport ``tr``) sees."""
     ports: dict[str, int] = {}
     all_keys = sorted(
         {k for ss in target.subsystems.values() for k in ss.listener_keys}
@@ -80,39 +93,42 @@ def entries_for(target: NvmfTarget, hostnqn: str, listener: str) -> list[bytearr
     cur = None
     for ss in target.subsystems.values():
         for li in ss.listeners:
-            if li.get("key", f"{li['traddr']}:{li['trsvcid']}") == listener:
+            if _key(li) == listener:
                 cur = li
                 break
         if cur is not None:
             break
     if cur is None and listener:
-        tr, addr = ("RDMA", listener[5:]) if listener.startswith("rdma:") else ("TCP", listener)
-        host, _, port = addr.rpartition(":")
-        cur = {"traddr": host, "trsvcid": port, "adrfam": "IPv6" if ":" in host else "IPv4"}
-        cur["trtype"] = tr
+        host, _, port = listener.rpartition(":")
+        if host.startswith(tr.trtype + ":"):  # non-TCP keys carry their trtype
+            host = host[len(tr.trtype) + 1 :]
+        fam = "IPv6" if ":" in host else "IPv4"
+        cur = {"trtype": tr.trtype, "traddr": host, "trsvcid": port, "adrfam": fam}
     if cur is not None:
-        out.append(
-            entry(
-                cur,
-                DISCOVERY_NQN,
-                spec.SUBTYPE_CURRENT_DISCOVERY,
-                ports[listener],
-                spec.DISC_EFLAGS_DUPRETINFO | spec.DISC_EFLAGS_EPCSD,
-            )
+        e = entry(
+            cur,
+            DISCOVERY_NQN,
+            spec.SUBTYPE_CURRENT_DISCOVERY,
+            ports[listener],
+            spec.DISC_EFLAGS_DUPRETINFO | spec.DISC_EFLAGS_EPCSD,
+            tr,
         )
+        if e is not None:
+            out.append(e)
     for nqn in sorted(target.subsystems):
         ss = target.subsystems[nqn]
         if ss.is_discovery or not ss.host_allowed(hostnqn):
             continue
         for li in ss.listeners:
-            key = li.get("key", f"{li['traddr']}:{li['trsvcid']}")
-            out.append(entry(li, nqn, spec.SUBTYPE_NVME, ports[key]))
+            e = entry(li, nqn, spec.SUBTYPE_NVME, ports[_key(li)])
+            if e is not None:
+                out.append(e)
     del disc
     return out
 
 
-def log_page(target: NvmfTarget, hostnqn: str, listener: str) -> bytearray:
-    ents = entries_for(target, hostnqn, listener)
+def log_page(target: NvmfTarget, hostnqn: str, listener: str, tr: NvmfTransportOps) -> bytearray:
+    ents = entries_for(target, hostnqn, listener, tr)
     page = bytearray(HDR_SIZE)
     struct.pack_into("<QQH", page, 0, target.genctr, len(ents), 0)
     for e in ents:

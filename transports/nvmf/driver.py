@@ -1,20 +1,14 @@
 """Reactor glue for NVMe/TCP: sockets <-> the sans-I/O queue pairs.
 
-Owns the `TransportDriver` registered as "nvmf-tcp" at import: ``accept``
+Owns the `TransportDriver` registered as "nvmf-tcp" at import (the TCP entry of the ops table is tcp_ops.py): ``accept``
 (non-blocking socket, TCP_NODELAY, SO_PRIORITY, epoll registration),
 batched ``recv_into`` straight into the PDU reader's buffer, ``sendmsg`` of
 buffer lists with partial-send handling (EPOLLOUT only while output is
 pending), clean close; ``on_config`` hands new snapshots to the reactor's
-`NvmfTarget` (which emits namespace/discovery AENs) and ``on_event`` answers
-the supervisor's broadcasts and queries:
-
-* "nvmf.destroy_ctrlr" {nqn, cntlid, io_only}  -> number of queues closed
-* "nvmf.disconnect_host" {nqn, hostnqn}        -> number of controllers closed
-* "nvmf.get_qpairs" {nqn?}                      -> [qpair description]
-* "nvmf.get_controllers" {nqn?}                 -> [controller description]
-* "nvmf.stats" {}                               -> poll group statistics
-* "nvmf.counters" {nqn, cntlid}                 -> {read_bytes, write_bytes, read_cmds, write_cmds}
-* "nvmf.set_vwc" {nqn, cntlid, vwc}             -> number of I/O queues switched
+`NvmfTarget` (core.target_for: one per reactor, shared with every other
+NVMe-oF transport; it emits namespace/discovery AENs) and ``on_event``
+passes the supervisor's "nvmf.*" broadcasts and queries to it
+(NvmfTarget.on_event).
 
 Backpressure: while more than ``max_unsent_bytes`` of a connection's output
 is unsent the queue pair stops parsing (``qp.paused``) and the connection is
@@ -31,12 +25,13 @@ import logging
 import socket
 from typing import Any
 
-from ...actors.context import ReactorContext
-from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ...control.hostlog import HostLog
+from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
-from .core import NvmfTarget
+from ..context import ReactorContext
+from .core import NvmfTarget, drop_target, target_for
 from .tcp import TcpQpair
+from .tcp_ops import TCP
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +71,9 @@ class TcpConnection:
             peer = "{}:{}".format(*sock.getpeername()[:2])
         except OSError:
             peer = "?"
-        self.pending: list[Any] = []  # buffers not yet accepted by the kernel
+        self.pending: list[
+            bytes | bytearray | memoryview
+        ] = []  # buffers not yet accepted by the kernel
         self.pending_bytes = 0
         self.sent_total = 0
         self.closed = False
@@ -208,7 +205,8 @@ class TcpConnection:
             i = 0
             nb = len(batch)
             while i < nb:
-                ln = len(batch[i]) if not isinstance(batch[i], memoryview) else batch[i].nbytes
+                b = batch[i]
+                ln = b.nbytes if isinstance(b, memoryview) else len(b)
                 if sent >= ln:
                     sent -= ln
                     i += 1
@@ -271,23 +269,19 @@ class NvmfTcpDriver:
     proto = "nvmf-tcp"
 
     def __init__(self) -> None:
-        self.targets: dict[int, NvmfTarget] = {}
         self.conns: set[TcpConnection] = set()
         self.refusals: dict[int, HostLog] = {}
 
     def target(self, ctx: ReactorContext) -> NvmfTarget:
-        t = self.targets.get(id(ctx))
-        if t is None or t.ctx is not ctx:
-            t = NvmfTarget(ctx)
-            self.targets[id(ctx)] = t
-        return t
+        return target_for(ctx)
 
     def accept(
         self, ctx: ReactorContext, sock: socket.socket, listener: str, preread: bytes = b""
     ) -> None:
         target = self.target(ctx)
-        cap = target.opts.max_connections
-        if len(target.qpairs) >= cap:
+        opts = target.opts_for(TCP.trtype)
+        cap = opts.max_connections
+        if sum(1 for q in target.qpairs if q.transport is TCP) >= cap:
             target.stats["refused_connections"] += 1
             hl = self.refusals.get(id(ctx))
             if hl is None:
@@ -307,8 +301,8 @@ class NvmfTcpDriver:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if target.opts.sock_priority:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, target.opts.sock_priority)
+            if opts.sock_priority:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, opts.sock_priority)
         except OSError:
             pass
         conn = TcpConnection(self, ctx, sock, listener, target)
@@ -319,35 +313,13 @@ class NvmfTcpDriver:
             conn._flush()
 
     def on_config(self, ctx: ReactorContext) -> None:
-        self.target(ctx).apply_config(ctx.nvmf_config or {})
+        self.target(ctx).on_config()
 
     def on_event(self, ctx: ReactorContext, op: str, args: dict[str, Any]) -> Any:
-        t = self.target(ctx)
-        nqn = args.get("nqn")
-        if op == "nvmf.destroy_ctrlr":
-            return t.close_ctrlr_queues(str(nqn), int(args["cntlid"]), bool(args.get("io_only")))
-        if op == "nvmf.disconnect_host":
-            n = 0
-            for ctrl in list(t.controllers.values()):
-                if ctrl.subsys.nqn == nqn and ctrl.hostnqn == args.get("hostnqn"):
-                    t.destroy_controller(ctrl, "host removed")
-                    n += 1
-            return n
-        if op == "nvmf.get_qpairs":
-            return t.get_qpairs(nqn)
-        if op == "nvmf.get_controllers":
-            return t.get_controllers(nqn)
-        if op == "nvmf.stats":
-            return t.get_stats()
-        if op == "nvmf.counters":
-            return t.counters_for(str(nqn), int(args["cntlid"]))
-        if op == "nvmf.set_vwc":
-            return t.set_write_through(str(nqn), int(args["cntlid"]), not int(args["vwc"]))
-        log.debug("nvmf: unknown event %s", op)
-        return None
+        return self.target(ctx).on_event(op, args)
 
     def shutdown(self, ctx: ReactorContext) -> None:
-        t = self.targets.pop(id(ctx), None)
+        t = drop_target(ctx)
         if t is not None:
             t.stopping = True
         for c in [c for c in self.conns if c.ctx is ctx]:

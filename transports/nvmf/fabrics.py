@@ -15,10 +15,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from . import spec
-from .core import DISC_KATO_MS, Controller
+from .core import DISC_KATO_MS, Controller, Subsystem
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .qpair import QueuePair
+    from .request import Request
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def execute(req: Request) -> None:
     req.complete(spec.ST_INVALID_OPCODE)
 
 
-def _hostlog(qp: Any, msg: str, *args: object) -> None:
+def _hostlog(qp: QueuePair, msg: str, *args: object) -> None:
     hl = getattr(qp, "hlog", None)
     if hl is not None:
         hl.event(logging.INFO, msg, *args)
@@ -85,7 +86,7 @@ def connect(req: Request) -> None:
     # supervisor does not pin the connection's receive buffer
     req.data = None
     del data
-    opts = target.opts
+    opts = qp.opts
     if sqsize == 0 or sqsize >= (opts.max_aq_depth if qid == 0 else opts.max_queue_depth):
         return _invalid(req, spec.CONNECT_OFF_SQSIZE, False)
     ss = target.subsystem(subnqn)
@@ -113,7 +114,7 @@ def connect(req: Request) -> None:
 
 
 def _connect_admin(
-    req: Request, ss: Any, hostnqn: str, hostid: bytes, kato: int, sqsize: int
+    req: Request, ss: Subsystem, hostnqn: str, hostid: bytes, kato: int, sqsize: int
 ) -> None:
     qp = req.qp
     target = qp.target
@@ -155,13 +156,19 @@ def _connect_admin(
 
     target.ctx.call(
         "nvmf.create_ctrlr",
-        {"nqn": ss.nqn, "hostnqn": hostnqn, "hostid": hostid.hex(), "kato_ms": kato},
+        {
+            "nqn": ss.nqn,
+            "hostnqn": hostnqn,
+            "hostid": hostid.hex(),
+            "kato_ms": kato,
+            "trtype": qp.transport.trtype,
+        },
         done,
     )
 
 
 def _connect_io(
-    req: Request, ss: Any, hostnqn: str, hostid: bytes, cntlid: int, qid: int, sqsize: int
+    req: Request, ss: Subsystem, hostnqn: str, hostid: bytes, cntlid: int, qid: int, sqsize: int
 ) -> None:
     qp = req.qp
     target = qp.target
@@ -200,14 +207,21 @@ def _connect_io(
 
     target.ctx.call(
         "nvmf.find_ctrlr",
-        {"nqn": ss.nqn, "cntlid": cntlid, "hostnqn": hostnqn, "hostid": hostid.hex(), "qid": qid},
+        {
+            "nqn": ss.nqn,
+            "cntlid": cntlid,
+            "hostnqn": hostnqn,
+            "hostid": hostid.hex(),
+            "qid": qid,
+            "trtype": req.qp.transport.trtype,
+        },
         done,
     )
 
 
 # ----------------------------------------------------------------- properties
 def cap_value(ctrl: Controller) -> int:
-    opts = ctrl.target.opts
+    opts = ctrl.admin_qp.opts
     mqes = (opts.max_aq_depth if ctrl.subsys.is_discovery else opts.max_queue_depth) - 1
     return (
         (mqes & 0xFFFF)

@@ -19,17 +19,24 @@ lock every reactor honours); a miscompare writes nothing.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
+from ..context import ReactorContext
 from . import spec
 
 if TYPE_CHECKING:
-    from .tcp import Request
+    from .core import Namespace
+    from .qpair import QueuePair
+    from .request import Request
+
+IoCallback = Callable[[IoStatus], None]
+ChannelOp = Callable[[IoCallback], None]
 
 NSID_ALL = 0xFFFFFFFF
 DSM_AD = 1 << 2  # attribute: deallocate
@@ -52,13 +59,13 @@ def status_of(st: IoStatus, is_read: bool = False) -> int:
     return spec.ST_READ_ERROR if is_read else spec.ST_WRITE_FAULT
 
 
-def _open(ns: Any, ctx: Any) -> None:
+def _open(ns: Namespace, ctx: ReactorContext) -> None:
     bdev = ns.bdev = ctx.bdev(ns.bdev_name)
     ch = ns.chan = ctx.channel(ns.bdev_name) if bdev is not None else None
     ns.copies = ch is not None and copies_reads(ch)
 
 
-def async_copying_ns(qp: Any, nsid: int) -> bool:
+def async_copying_ns(qp: QueuePair, nsid: int) -> bool:
     """The namespace's bdev copies and completes later (aio, nvme): data the
     host sent in the capsule must not stay in the receive buffer meanwhile."""
     ns = qp.subsys.namespaces.get(nsid) if qp.subsys is not None else None
@@ -180,7 +187,7 @@ def write(req: Request) -> None:
     data = req.data
     iov = req.iov
     multi = data is None and iov is not None and len(iov.views) > 1
-    have = iov.nbytes if multi else (0 if data is None else len(data))  # type: ignore[union-attr]
+    have = iov.nbytes if multi and iov is not None else (0 if data is None else len(data))
     if have < n:
         return req.complete(spec.ST_DATA_SGL_LENGTH_INVALID)
     qp = req.qp
@@ -191,7 +198,7 @@ def write(req: Request) -> None:
     if multi:
         assert iov is not None
         # an R2T transfer in several pool chunks: one channel write per chunk
-        ops: list[Callable[[Any], None]] = []
+        ops: list[ChannelOp] = []
         off = 0
         for v in iov.views:
             if off >= n:
@@ -206,11 +213,11 @@ def write(req: Request) -> None:
     _write(ch, slba, data, lambda s: req.complete(status_of(s)), fua)
 
 
-def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> Callable[[Any], None]:
+def _chunk_op(ch: IoChannel, slba: int, part: memoryview, fua: bool) -> ChannelOp:
     return lambda cb: _write(ch, slba, part, cb, fua)
 
 
-def _write(ch: IoChannel, slba: int, data: memoryview, cb: Any, fua: bool) -> None:
+def _write(ch: IoChannel, slba: int, data: memoryview, cb: IoCallback, fua: bool) -> None:
     if fua:
         ch.write(slba, data, cb, fua=True)
     else:
@@ -225,7 +232,7 @@ def flush(req: Request) -> None:
             c = qp.target.ctx.channel(ns.bdev_name)
             if c is not None:
                 chans.append(c)
-        _fan_out(req, [(lambda cb, c=c: c.flush(cb)) for c in chans])
+        _fan_out(req, [c.flush for c in chans])
         return
     ch, bs, _ = _channel(req)
     if ch is None:
@@ -268,10 +275,10 @@ def dataset_management(req: Request) -> None:
             ranges.append((slba, nlb))
     if not getattr(ch.bdev, "supports_unmap", True):
         return req.complete(0)  # deallocate is advisory
-    _fan_out(req, [(lambda cb, s=s, n=n: ch.unmap(s, n, cb)) for s, n in ranges])
+    _fan_out(req, [functools.partial(ch.unmap, s, n) for s, n in ranges])
 
 
-def _fan_out(req: Request, ops: list) -> None:  # type: ignore[type-arg]
+def _fan_out(req: Request, ops: list[ChannelOp]) -> None:
     """Run several channel operations, complete with the first failure."""
     left = [len(ops)]
     first = [0]
@@ -313,7 +320,7 @@ def fused_gate(req: Request) -> None:
             first.complete(spec.ST_FUSED_MISSING)
             if req.sqe.fuse == spec.FUSE_FIRST:
                 return fused_gate(req)
-            from .tcp import dispatch
+            from .router import dispatch  # router imports io
 
             return dispatch(req)
         return compare_and_write(first, req)

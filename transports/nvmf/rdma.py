@@ -1,485 +1,177 @@
-"""NVMe/RDMA target queue pair: the sans-I/O state machine of one RC queue pair.
+"""The NVMe/RDMA entry of the transport ops table (transport.py).
 
-Owns: command capsules received into pre-posted buffers (SQE + in-capsule
-data at offset 0, ICDOFF 0), the SGL of each command (in-capsule data up to
-``in_capsule_data_size``; one keyed SGL data block: RDMA READ of the host's
-buffer before a host-to-controller command runs, RDMA WRITE into it before
-the response of a controller-to-host command), the response capsule (CQE
-with SQHD) sent with SEND, and the queue depth the host asked for in the RDMA
-CM private data (HSQSIZE + 1 receive buffers; a host that sends more
-commands than that is disconnected).
+Owns what the supervisor and the core ask of RDMA without touching a verb:
+``nvmf_create_transport -t RDMA`` options with SPDK's names, short options
+and defaults (lib/nvmf/rdma.c SPDK_NVMF_RDMA_DEFAULT_*), the refusal when
+pyverbs is missing (naming the Debian package), the Identify fields (IOCCSZ
+from the in-capsule data size, IORCSZ 1, ICDOFF 0, keyed SGL data blocks +
+offset addressing, MSDBD 1), listen / stop-listen (no socket: the listener
+lives in the snapshot and the owning reactor opens an RDMA CM id for it,
+rdma_driver.py), the discovery TSAS (RC QP, RDMA CM) and the per-poll-group
+statistics.
 
-It never touches pyverbs: every verb goes through the `Verbs` object the
-glue (rdma_verbs.py) or a test passes in, and completions come back as
-method calls (``capsule``, ``read_done``, ``send_done``). Data the host
-sends by RDMA READ lands in buffers of the reactor's shared pool
-(``ctx.iobufs``, registered once per reactor); read data goes out by RDMA
-WRITE straight from where the bdev returned it (the malloc bdev's shared
-memory, registered once per reactor), or, when that memory is not
-registered (admin payloads built in Python), from a pool buffer it is
-copied into. Buffers are released only when the SEND that ends the command
-completed, so no RDMA operation ever reads or writes a buffer in reuse.
+Module map of the transport: rdma_proto.py (CM private data, keyed SGL:
+sans-I/O codec), rdma_qpair.py (the queue pair state machine, sans-I/O),
+rdma_verbs.py (pyverbs glue: CM, PD, CQ, QPs, MRs), rdma_driver.py (the
+reactor driver "nvmf-rdma").
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from ...bdevs.base import IoStatus
-from ...control.hostlog import HostLog
-from ...shm.iobuf import CHUNK, IoBufs, IoVec
-from . import io, spec
-from . import rdma_proto as R
-from .core import NvmfTarget, QueuePair
-from .tcp import XFER_H2C, Request, dispatch
+from . import spec
+from .rdma_proto import SGLS
+from .transport import (
+    IdentifyFields,
+    ListenAddress,
+    ListenHost,
+    NvmfTransportOps,
+    OptDict,
+    OptSpec,
+    TransportOptsLike,
+    register_transport,
+)
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .core import NvmfTarget
+
+PROTO = "nvmf-rdma"
+PYVERBS_PACKAGES = "python3-pyverbs rdma-core ibverbs-providers"
+
+RDMA_OPTIONS: dict[str, OptSpec] = {
+    # name: OptSpec(type, default, min, max, rpc.py help, rpc.py short option)
+    "max_queue_depth": OptSpec(int, 128, 2, 4096, "Max number of outstanding I/O per queue", "-q"),
+    "max_io_qpairs_per_ctrlr": OptSpec(int, 127, 1, 65534, "Max number of IO qpairs per controller", "-m"),
+    "in_capsule_data_size": OptSpec(int, 4096, 0, 65536, "Max number of in-capsule data size", "-c"),
+    "max_io_size": OptSpec(int, 131072, 4096, 1 << 24, "Max I/O size (bytes)", "-i"),
+    "io_unit_size": OptSpec(int, 8192, 512, 1 << 24, "I/O unit size (bytes)", "-u"),
+    "max_aq_depth": OptSpec(int, 128, 2, 4096, "Max number of admin cmds per AQ", "-a"),
+    "num_shared_buffers": OptSpec(int, 4095, 0, None, "The number of pooled data buffers available to the transport", "-n"),
+    "buf_cache_size": OptSpec(int, 32, 0, 0xFFFFFFFF, "The number of shared buffers to reserve for each poll group", "-b"),
+    "dif_insert_or_strip": OptSpec(bool, False, None, None, "Enable DIF insert/strip", "-f"),
+    "abort_timeout_sec": OptSpec(int, 1, 0, None, "Abort execution timeout value, in seconds", "-x"),
+    "num_cqe": OptSpec(int, 4096, 16, 1 << 20, "The number of CQ entries. Only used when no_srq=true (RDMA only)", "-d"),
+    "max_srq_depth": OptSpec(int, 4096, 2, 65536, "Max number of outstanding I/O per SRQ (RDMA only)", "-s"),
+    "no_srq": OptSpec(bool, False, None, None, "Disable per-thread shared receive queue (RDMA only)", "-r"),
+    "acceptor_backlog": OptSpec(int, 100, 1, 65535, "Pending connections allowed at one time (RDMA only)", "-l"),
+    "no_wr_batching": OptSpec(bool, False, None, None, "Disable work requests batching (RDMA only)", "-w"),
+    "kas": OptSpec(int, 100, 0, 65535),
+    "min_kato": OptSpec(int, 10000, 1, None),
+    # blockfabric extension
+    "max_connections_per_reactor": OptSpec(int, 1024, 1, 1 << 20, "RDMA queue pairs one reactor serves (beyond: rejected, no resources)", spdk=False),
+}  # fmt: skip
+
+# TCP / vfio-user only options SPDK's rpc.py may send with -t RDMA: accepted, ignored
+RDMA_IGNORED = (
+    "zcopy",
+    "c2h_success",
+    "sock_priority",
+    "control_msg_num",
+    "acceptor_poll_rate",
+    "ack_timeout",
+    "data_wr_pool_size",
+    "disable_command_passthru",
+    "disable_mappable_bar0",
+    "disable_adaptive_irq",
+    "disable_shadow_doorbells",
+    "iobuf_small_cache_size",
+    "iobuf_large_cache_size",
+    "masked_oncs",
+    "masked_fuses",
+)
 
 
-class Verbs(Protocol):
-    """What a queue pair asks of the RDMA glue (one RC queue pair)."""
-
-    def registered(self, data: memoryview) -> bool:
-        """``data`` lies in memory registered with this queue pair's PD."""
-
-    def post_read(self, req: RdmaRequest, views: list[memoryview], addr: int, key: int) -> None:
-        """RDMA READ ``sum(len(views))`` bytes from the host; ``read_done`` follows."""
-
-    def post_response(
-        self,
-        req: RdmaRequest | None,
-        data: memoryview | None,
-        addr: int,
-        key: int,
-        cqe: bytes,
-    ) -> None:
-        """RDMA WRITE ``data`` to the host (if any), then SEND ``cqe``;
-        ``send_done(req)`` follows once the SEND completed (or flushed)."""
-
-    def repost(self, slot: int) -> None:
-        """Receive buffer ``slot`` is free again: post it."""
-
-    def disconnect(self) -> None:
-        """Tear the connection down (rdma_disconnect; completions flush)."""
-
-
-class RdmaRequest(Request):
-    __slots__ = ("slot", "raddr", "rkey", "xfer_len", "sending")
-
-    def __init__(self, qp: RdmaQpair, sqe: spec.Sqe, slot: int) -> None:
-        super().__init__(qp, sqe)  # type: ignore[arg-type]
-        self.slot = slot
-        self.raddr = 0
-        self.rkey = 0
-        self.xfer_len = 0
-        self.sending = False
-
-    def got_iov(self, iov: IoVec) -> None:  # pool buffers for an RDMA READ
-        qp = self.qp
-        assert isinstance(qp, RdmaQpair)
-        qp._start_read(self, iov)
-
-
-class RdmaQpair(QueuePair):
-    """One NVMe queue over one RC queue pair."""
-
-    trtype = "RDMA"
-    sgls = R.SGLS  # Identify SGLS: keyed SGL data blocks, in-capsule offsets
-
-    def __init__(
-        self,
-        target: NvmfTarget,
-        opts: Any,
-        verbs: Verbs,
-        depth: int,
-        listener: str = "",
-        peer: str = "",
-        cm_qid: int = -1,
-    ) -> None:
-        super().__init__(target, listener, peer)
-        self.opts = opts
-        self.verbs = verbs
-        self.depth = depth  # receive buffers the host may fill (HSQSIZE + 1)
-        self.cm_qid = cm_qid  # QID of the RDMA CM private data
-        self.reqs: dict[int, RdmaRequest] = {}
-        self.fused_first: Request | None = None
-        self.iobufs: IoBufs | None = getattr(target.ctx, "iobufs", None)
-        self.hlog = HostLog(log, f"nvmf-rdma {peer}")
-        self.want_close = False
-        self.close_reason = ""
-        self.crashed = False
-        self.sends = 0  # SENDs posted and not completed
-        self.stats = {"recv": 0, "rdma_read": 0, "rdma_write": 0, "send": 0, "bounce": 0}
-        target.qpairs.add(self)
-
-    # --------------------------------------------------------------- input
-    def capsule(self, slot: int, buf: memoryview, nbytes: int) -> None:
-        """A command capsule of ``nbytes`` arrived in receive buffer ``slot``."""
-        try:
-            self._capsule(slot, buf, nbytes)
-        except Exception as e:
-            self.crash(e, "a command capsule")
-
-    def _capsule(self, slot: int, buf: memoryview, nbytes: int) -> None:
-        self.stats["recv"] += 1
-        if self.closed:
-            return
-        if nbytes < R.SQE_SIZE:
-            self.hlog.event(logging.WARNING, "capsule of %d bytes: disconnecting", nbytes)
-            self.verbs.repost(slot)
-            return self.close("short capsule")
-        if len(self.reqs) >= self.depth:
-            self.hlog.event(
-                logging.WARNING,
-                "more than %d commands outstanding (HSQSIZE): disconnecting",
-                self.depth,
-            )
-            self.verbs.repost(slot)
-            return self.close("queue overrun")
-        sqe = spec.unpack_sqe(buf, 0)
-        if self.qid >= 0:
-            self.sqhd = (self.sqhd + 1) % (self.sqsize + 1)
-        req = RdmaRequest(self, sqe, slot)
-        if sqe.cid in self.reqs:
-            # answer without touching the command already using this CID
-            req.done = True
-            self._respond(req, spec.status_field(0, spec.SC_CMDID_CONFLICT, dnr=True), 0, None)
-            return
-        self.reqs[sqe.cid] = req
-        op = sqe.opcode
-        if op == spec.FABRICS_OPCODE:
-            op = buf[4]  # fctype: its low bits give the direction
-        req.xfer = op & 0x3
-        if sqe.psdt != spec.PSDT_SGL:
-            return self.complete(req, spec.ST_INVALID_FIELD)
-        ident = R.sgl_ident(sqe.dptr)
-        if ident == R.SGL_INCAPSULE:
-            sgl = spec.unpack_sgl(sqe.dptr)
-            have = nbytes - R.SQE_SIZE
-            if sgl.length > self.opts.in_capsule_data_size:
-                return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-            if sgl.address > have:
-                return self.complete(req, spec.ST_SGL_INVALID_OFFSET)
-            if sgl.length > have - sgl.address:
-                return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-            req.sgl_len = sgl.length
-            if sgl.length:
-                start = R.SQE_SIZE + sgl.address
-                req.data = buf[start : start + sgl.length]
-                if (
-                    self.qid > 0
-                    and self.iobufs is not None
-                    and sgl.length <= CHUNK
-                    and io.async_copying_ns(self, req.nsid)
-                ):
-                    return self._stage_incapsule(req)
-            return self._execute(req)
-        if ident in (R.SGL_KEYED_ADDR, R.SGL_KEYED_INVALIDATE):
-            k = R.unpack_keyed(sqe.dptr)
-            if k.length > self.opts.max_io_size:
-                return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-            req.sgl_len = k.length
-            req.raddr, req.rkey = k.address, k.key
-            if req.xfer & XFER_H2C and k.length:
-                return self._start_h2c(req)
-            return self._execute(req)
-        sgl = spec.unpack_sgl(sqe.dptr)
-        if sgl.length == 0 and ident == 0:
-            return self._execute(req)  # an all-zero descriptor: no data
-        if sgl.type in (spec.SGL_SEGMENT, spec.SGL_LAST_SEGMENT):
-            return self.complete(req, spec.ST_SGL_INVALID_TYPE)  # MSDBD is 1
-        return self.complete(req, spec.ST_SGL_INVALID_TYPE)
-
-    def _stage_incapsule(self, req: RdmaRequest) -> None:
-        """In-capsule data for an asynchronous bdev moves to a pool buffer so
-        the receive buffer goes back to the host at once."""
-        view = req.data
-        assert view is not None
-
-        def got(iov: IoVec) -> None:
-            v = iov.views[0]
-            v[: len(view)] = view
-            req.data = v[: len(view)]
-            self.verbs.repost(req.slot)
-            req.slot = -1
-            self._execute(req)
-
-        self._acquire(req, len(view), got)
-
-    def _execute(self, req: RdmaRequest) -> None:
-        if self.fused_first is not None or req.sqe.fuse:
-            io.fused_gate(req)
-            return
-        dispatch(req)
-
-    def _acquire(self, req: RdmaRequest, nbytes: int, fn: Any) -> None:
-        iob = self.iobufs
-        assert iob is not None
-
-        def grant(iov: IoVec) -> None:
-            req.wait = None
-            if req.done or self.closed:
-                return iob.release(iov)
-            req.iov = iov
-            try:
-                fn(iov)
-            except Exception as e:
-                self.crash(e, "a pool buffer grant")
-
-        w = iob.acquire(nbytes, grant)
-        if w is not None:
-            req.wait = w
-            self.target.stats["iobuf_waits"] += 1
-
-    def _start_h2c(self, req: RdmaRequest) -> None:
-        if self.iobufs is None:
-            return self.complete(req, spec.ST_INTERNAL)
-        try:
-            self._acquire(req, req.sgl_len, req.got_iov)
-        except ValueError:  # the whole pool could never hold it
-            return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-
-    def _start_read(self, req: RdmaRequest, iov: IoVec) -> None:
-        views = _cut(iov.views, req.sgl_len)
-        self.stats["rdma_read"] += 1
-        self.verbs.post_read(req, views, req.raddr, req.rkey)
-
-    def read_done(self, req: RdmaRequest, ok: bool) -> None:
-        """The RDMA READ of ``req``'s data completed (``ok``) or failed."""
-        try:
-            if req.done or self.closed:
-                if self.closed:
-                    self._release(req)
-                return
-            if not ok:
-                self.complete(req, spec.ST_DATA_TRANSFER_ERROR)
-                return self.close("RDMA READ failed")
-            iov = req.iov
-            assert iov is not None
-            if len(iov.views) == 1:
-                req.data = iov.views[0][: req.sgl_len]
-            elif req.opcode != spec.IO_WRITE or self.qid <= 0:
-                req.data = memoryview(b"".join(_cut(iov.views, req.sgl_len)))
-            self._execute(req)
-        except Exception as e:
-            self.crash(e, "an RDMA READ completion")
-
-    # --------------------------------------------------------------- output
-    def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
-        try:
-            assert isinstance(req, RdmaRequest)
-            if not self._finish(req, status):
-                return
-            self._respond(req, status, result, None)
-        except Exception as e:
-            self.crash(e, "a completion")
-
-    def complete_with_data(
-        self, req: Request, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
-    ) -> None:
-        try:
-            assert isinstance(req, RdmaRequest)
-            if req.done:
-                return
-            if self.closed:
-                self._finish(req, status)
-                return
-            if self.qid <= 0:
-                self.target.stats["admin_data_bytes"] += len(data)
-            n = min(len(data), req.sgl_len)
-            mv = data if isinstance(data, memoryview) else memoryview(data)
-            mv = mv[:n]
-            if n and not self.verbs.registered(mv):
-                return self._bounce(req, mv, status, result)
-            if not self._finish(req, status):
-                return
-            self._respond(req, status, result, mv if n else None)
-        except Exception as e:
-            self.crash(e, "a completion with data")
-
-    def _bounce(self, req: RdmaRequest, mv: memoryview, status: int, result: int) -> None:
-        """Data in unregistered memory (built by admin code): copy it into a
-        pool buffer (registered) and write from there."""
-        self.stats["bounce"] += 1
-        if req.iov is not None:  # reuse the request's own buffers
-            return self._bounce_into(req, req.iov, mv, status, result)
-        data = bytes(mv)  # bounded by the SGL length (<= MDTS)
-
-        def got(iov: IoVec) -> None:
-            self._bounce_into(req, iov, memoryview(data), status, result)
-
-        try:
-            self._acquire(req, len(data), got)
-        except ValueError:
-            self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-
-    def _bounce_into(
-        self, req: RdmaRequest, iov: IoVec, mv: memoryview, status: int, result: int
-    ) -> None:
-        views = iov.views
-        if len(mv) <= len(views[0]):
-            v = views[0][: len(mv)]
-            v[:] = mv
-            out = v
-        else:  # more than one chunk: send them one WRITE each
-            out = None
-            off = 0
-            for v in views:
-                k = min(len(v), len(mv) - off)
-                if k <= 0:
-                    break
-                v[:k] = mv[off : off + k]
-                off += k
-        if not self._finish(req, status, keep_iov=True):
-            return
-        if out is not None:
-            self._respond(req, status, result, out)
-        else:
-            self._respond_chunks(req, status, result, _cut(views, len(mv)))
-
-    def _finish(self, req: RdmaRequest, status: int, keep_iov: bool = False) -> bool:
-        if req.done:
-            return False
-        req.done = True
-        if self.reqs.get(req.cid) is req:
-            del self.reqs[req.cid]
-        if req.wait is not None:
-            assert self.iobufs is not None
-            self.iobufs.cancel(req.wait)
-            req.wait = None
-        if self.closed:
-            self._release(req)
-            return False
-        if status and self.ctrl is not None:
-            self.ctrl.record_error(max(self.qid, 0), req.cid, status, req.nsid)
-        return True
-
-    def _respond(self, req: RdmaRequest, status: int, result: int, data: memoryview | None) -> None:
-        if req.slot >= 0:
-            # the receive buffer goes back first, so the host's next command
-            # (sent once it sees this response) never finds the queue empty
-            self.verbs.repost(req.slot)
-            req.slot = -1
-        req.data = None
-        cqe = R.pack_cqe(req.cid, status, result, self.sqhd, max(self.qid, 0))
-        if data is not None:
-            self.stats["rdma_write"] += 1
-        self.stats["send"] += 1
-        self.sends += 1
-        req.sending = True
-        self.verbs.post_response(req, data, req.raddr, req.rkey, cqe)
-
-    def _respond_chunks(
-        self, req: RdmaRequest, status: int, result: int, views: list[memoryview]
-    ) -> None:
-        off = 0
-        for v in views[:-1]:
-            self.stats["rdma_write"] += 1
-            self.verbs.post_response(None, v, req.raddr + off, req.rkey, b"")
-            off += len(v)
-        self._respond_at(req, status, result, views[-1], req.raddr + off)
-
-    def _respond_at(
-        self, req: RdmaRequest, status: int, result: int, last: memoryview, addr: int
-    ) -> None:
-        saved = req.raddr
-        req.raddr = addr
-        try:
-            self._respond(req, status, result, last)
-        finally:
-            req.raddr = saved
-
-    def send_done(self, req: RdmaRequest | None, ok: bool = True) -> None:
-        """The SEND of ``req``'s response completed: its buffers are free."""
-        if req is None:
-            return
-        self.sends -= 1
-        req.sending = False
-        self._release(req)
-        if not ok and not self.closed:
-            self.close("SEND failed")
-
-    def _release(self, req: RdmaRequest) -> None:
-        req.data = None
-        iob = self.iobufs
-        if req.wait is not None and iob is not None:
-            iob.cancel(req.wait)
-            req.wait = None
-        if req.iov is not None and iob is not None and not req.sending:
-            iob.release(req.iov)
-            req.iov = None
-
-    # --------------------------------------------------------------- teardown
-    def crash(self, exc: BaseException, what: str) -> None:
-        if self.crashed:
-            return
-        self.crashed = True
-        self.target.stats["qpair_exceptions"] += 1
-        self.hlog.event(
-            logging.ERROR,
-            "internal error while handling %s (%s: %s): disconnecting",
-            what,
-            type(exc).__name__,
-            exc,
-            exc_info=True,
+def pyverbs_missing() -> str | None:
+    """None if pyverbs imports, else why (naming the packages)."""
+    try:
+        import pyverbs.cmid  # noqa: F401
+        import pyverbs.cq  # noqa: F401
+    except Exception as e:  # ImportError, or libibverbs/librdmacm missing
+        return (
+            f"pyverbs is not installed or does not load ({type(e).__name__}: {e}); "
+            f"install the Debian packages {PYVERBS_PACKAGES} and run scripts/install-deps.sh "
+            "(it links pyverbs into .venv)"
         )
-        try:
-            self.close(f"internal error: {exc!r}")
-        except Exception:
-            log.exception("nvmf-rdma %s: teardown after an internal error failed", self.peer)
-            self.closed = True
-
-    def close(self, reason: str = "") -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.want_close = True
-        self.close_reason = self.close_reason or reason
-        if self.fused_first is not None:
-            self.fused_first.done = True
-            self._release(self.fused_first)  # type: ignore[arg-type]
-            self.fused_first = None
-        for req in list(self.reqs.values()):
-            if req.wait is not None or req.iov is None:
-                req.done = True
-                self._release(req)
-        self.reqs.clear()
-        self.hlog.close()
-        self.target.qpair_closed(self)
-        try:
-            self.verbs.disconnect()
-        except Exception:
-            log.debug("nvmf-rdma %s: disconnect failed", self.peer, exc_info=True)
-
-    def flushed(self) -> None:
-        """The glue destroyed the QP: every posted operation is gone."""
-        for req in list(self.reqs.values()):
-            req.sending = False
-            self._release(req)
-
-    def describe(self) -> dict[str, Any]:
-        d = super().describe()
-        for k in ("listen_address", "peer_address"):
-            d[k]["trtype"] = "RDMA"
-            d[k]["traddr"] = d[k]["traddr"].removeprefix("rdma:")
-        return d
-
-    def __repr__(self) -> str:
-        return f"<RdmaQpair {self.peer} qid={self.qid} cntlid={self.cntlid}>"
+    return None
 
 
-def _cut(views: list[memoryview], n: int) -> list[memoryview]:
-    """The first ``n`` bytes of a list of chunks."""
-    out: list[memoryview] = []
-    for v in views:
-        if n <= 0:
-            break
-        k = min(len(v), n)
-        out.append(v[:k])
-        n -= k
-    return out
+def listener_key(traddr: str, trsvcid: str) -> str:
+    return f"RDMA:{traddr}:{trsvcid}"
 
 
-def io_status(status: IoStatus) -> int:
-    return io.status_of(status)
+class RdmaTransport(NvmfTransportOps):
+    trtype = "RDMA"
+    trtype_code = spec.TRTYPE_RDMA
+    proto = PROTO
+    adrfams = ("IPv4", "IPv6")
+    options = RDMA_OPTIONS
+    ignored_options = RDMA_IGNORED
+
+    def unavailable(self) -> str | None:
+        return pyverbs_missing()
+
+    def check(self, conf: OptDict) -> None:
+        icd, mio = int(conf["in_capsule_data_size"]), int(conf["max_io_size"])
+        if icd % 16:
+            raise ValueError("parameter 'in_capsule_data_size' must be a multiple of 16")
+        if mio % 4096:
+            raise ValueError("parameter 'max_io_size' must be a multiple of 4096")
+        if icd > mio:
+            raise ValueError("parameter 'in_capsule_data_size' exceeds 'max_io_size'")
+
+    def identify(self, opts: TransportOptsLike, admin: bool) -> IdentifyFields:
+        return IdentifyFields(
+            ioccsz=(64 + opts.in_capsule_data_size) // 16, iorcsz=1, icdoff=0, sgls=SGLS, msdbd=1
+        )
+
+    def check_address(self, la: Mapping[str, object]) -> ListenAddress:
+        addr = super().check_address(la)
+        if addr.trsvcid == "0":
+            raise ValueError("parameter 'listen_address.trsvcid': RDMA needs a fixed port")
+        if addr.traddr in ("0.0.0.0", "::"):
+            raise ValueError(
+                "parameter 'listen_address.traddr': RDMA listens on the address of an RDMA "
+                "device (e.g. the rxe/RoCE netdev's address), not a wildcard"
+            )
+        return addr
+
+    def listen(self, host: ListenHost, addr: ListenAddress) -> tuple[str, str]:
+        # the owning reactor opens the RDMA CM id when the snapshot has it
+        return listener_key(addr.traddr, addr.trsvcid), addr.trsvcid
+
+    def stop_listen(self, host: ListenHost, addr: ListenAddress, key: str) -> None:
+        return None  # the owning reactor closes its cm_id with the next snapshot
+
+    def tsas(self, listener: Mapping[str, object]) -> bytes:
+        # RDMA_QPTYPE reliable connected, RDMA_PRTYPE not specified, RDMA_CMS RDMA_CM, PKEY 0
+        return bytes((1, 1, 1, 0)) + bytes(252)
+
+    def poll_group_stats(self, target: NvmfTarget) -> dict[str, object]:
+        st = target.stats
+        rs: dict[str, int] = getattr(target, "rdma_stats", {})
+        return {
+            "trtype": self.trtype,
+            "current_qpairs": sum(1 for q in target.qpairs if q.transport is self),
+            "pending_data_buffer": 0,
+            "refused_connections": rs.get("rejected", 0),
+            "iobuf_waits": st["iobuf_waits"],
+            "devices": [
+                {
+                    "name": rs_name,
+                    "polls": d.get("polls", 0),
+                    "completions": d.get("completions", 0),
+                    "requests": d.get("recv", 0),
+                    "rdma_read": d.get("rdma_read", 0),
+                    "rdma_write": d.get("rdma_write", 0),
+                    "send": d.get("send", 0),
+                    "bounce": d.get("bounce", 0),
+                }
+                for rs_name, d in getattr(target, "rdma_devices", {}).items()
+            ],
+        }
+
+
+RDMA = RdmaTransport()
+register_transport(RDMA)

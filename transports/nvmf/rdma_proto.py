@@ -48,6 +48,7 @@ REJECT_NAMES = {
 SQE_SIZE = 64
 CQE_SIZE = 16
 AQ_DEPTH_MAX = 32  # NVME_AQ_DEPTH of Linux; SPDK's admin queue limit over RDMA is the -a option
+MAX_RD_ATOMIC = 16  # RDMA READs a queue pair keeps outstanding (initiator depth)
 
 # SGL identifiers a command capsule may carry over RDMA
 SGL_KEYED_ADDR = (spec.SGL_KEYED_DATA_BLOCK << 4) | spec.SGL_SUBTYPE_ADDRESS  # 0x40

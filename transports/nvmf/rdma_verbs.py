@@ -32,36 +32,20 @@ import mmap
 import os
 import socket
 import struct
-import zlib
 from typing import Any
 
-from ...actors.context import ReactorContext
-from ...actors.loop import EPOLLIN
-from ..base import register_driver
+from ...runtime.loop import EPOLLIN
+from ..context import ReactorContext
 from . import rdma_proto as R
 from .core import NvmfTarget
-from .rdma import RdmaQpair, RdmaRequest
+from .rdma import RDMA
+from .rdma_qpair import RdmaQpair, RdmaRequest
 
 log = logging.getLogger(__name__)
-
-PYVERBS_HINT = (
-    "the RDMA transport needs pyverbs: apt-get install python3-pyverbs rdma-core "
-    "ibverbs-providers (Debian; scripts/install-deps.sh links it into the venv)"
-)
 
 
 class RdmaUnsupported(RuntimeError):
     pass
-
-
-def pyverbs_available() -> str | None:
-    """None if pyverbs imports, else the reason (naming the package)."""
-    try:
-        import pyverbs.cmid  # noqa: F401
-        import pyverbs.cq  # noqa: F401
-    except Exception as e:  # ImportError, or a missing libibverbs
-        return f"{PYVERBS_HINT} ({type(e).__name__}: {e})"
-    return None
 
 
 # ----------------------------------------------------------- C-level helpers
@@ -185,7 +169,7 @@ class _Region:
 class RdmaDevice:
     """One device's resources on one reactor: PD, CQ, SRQ, registrations."""
 
-    def __init__(self, driver: NvmfRdmaDriver, ctx: ReactorContext, listen_id: Any, opts: Any):
+    def __init__(self, driver: Any, ctx: ReactorContext, listen_id: Any, opts: Any) -> None:
         import pyverbs.cq as cq
         import pyverbs.device as dev
         import pyverbs.pd as pd
@@ -199,7 +183,9 @@ class RdmaDevice:
         self.pd = pd.PD(self.vctx)
         self.chan = cq.CompChannel(self.vctx)
         self.chan_fd = comp_channel_fd(self.chan)
-        self.cq = cq.CQ(self.vctx, int(opts.num_cqe), None, self.chan, 0)
+        raw = opts.raw
+        self.bufsize = R.SQE_SIZE + int(opts.in_capsule_data_size)
+        self.cq = cq.CQ(self.vctx, int(raw["num_cqe"]), None, self.chan, 0)
         self.cq.req_notify()
         self.regions: list[_Region] = []
         self.conns: dict[int, RdmaConn] = {}  # conn number -> conn
@@ -208,8 +194,10 @@ class RdmaDevice:
         self.srq: Any = None
         self.srq_bufs: list[memoryview] = []
         self.srq_mr: Any = None
-        if not opts.no_srq:
-            self._make_srq(int(opts.max_srq_depth))
+        self.stats = {"recv": 0, "rdma_read": 0, "rdma_write": 0, "send": 0, "bounce": 0}
+        self.stats.update(polls=0, completions=0)
+        if not raw["no_srq"]:
+            self._make_srq(int(raw["max_srq_depth"]))
         ctx.loop.add_fd(self.chan_fd, EPOLLIN, self._on_chan)
         ctx.loop.add_poller(self.poll)
         iob = getattr(ctx, "iobufs", None)
@@ -240,6 +228,13 @@ class RdmaDevice:
         )
         return r
 
+    def register_once(self, data: memoryview) -> Any:
+        """A registration of private memory for one operation (close it after)."""
+        import pyverbs.enums as e
+        import pyverbs.mr as mrm
+
+        return mrm.MR(self.pd, data.nbytes, e.IBV_ACCESS_LOCAL_WRITE, address=addr_of(data))
+
     def lkey_for(self, view: memoryview, register: bool = True) -> tuple[int, int] | None:
         """(address, lkey) of a view, registering its segment on first use."""
         a = addr_of(view)
@@ -256,7 +251,7 @@ class RdmaDevice:
                 return a, r2.mr.lkey
         return None
 
-    def _arena(self, nbytes: int) -> tuple[mmap.mmap, Any, int]:
+    def arena(self, nbytes: int) -> tuple[mmap.mmap, Any, int]:
         import pyverbs.enums as e
         import pyverbs.mr as mrm
 
@@ -268,10 +263,10 @@ class RdmaDevice:
     def _make_srq(self, depth: int) -> None:
         import pyverbs.srq as srqm
 
-        bs = R.SQE_SIZE + int(self.opts.in_capsule_data_size)
+        bs = self.bufsize
         attr = srqm.SrqInitAttr(srqm.SrqAttr(max_wr=depth, max_sge=1))
         self.srq = srqm.SRQ(self.pd, attr)
-        m, mr, a = self._arena(depth * bs)
+        m, mr, a = self.arena(depth * bs)
         self.srq_arena, self.srq_mr, self.srq_addr, self.srq_bs = m, mr, a, bs
         view = memoryview(m)
         self.srq_bufs = [view[i * bs : (i + 1) * bs] for i in range(depth)]
@@ -307,8 +302,10 @@ class RdmaDevice:
         import pyverbs.enums as e
 
         n, wcs = self.cq.poll(32)
+        self.stats["polls"] += 1
         if n <= 0:
             return 0
+        self.stats["completions"] += n
         ok = e.IBV_WC_SUCCESS
         for wc in wcs[:n]:
             wid = wc.wr_id
@@ -351,14 +348,13 @@ class RdmaDevice:
 
 
 class RdmaConn:
-    """One accepted RC queue pair: implements rdma.Verbs for its RdmaQpair."""
+    """One accepted RC queue pair: implements rdma_qpair.Verbs for its RdmaQpair."""
 
     def __init__(
         self,
         dev: RdmaDevice,
         cmid: Any,
         target: NvmfTarget,
-        opts: Any,
         creq: R.ConnectRequest,
         depth: int,
         listener: str,
@@ -377,8 +373,9 @@ class RdmaConn:
         self.num = dev.add_conn(self)
         self.depth = depth
         peer = cm_id_addr(self.cm_ptr, True)
-        self.qp = RdmaQpair(target, opts, self, depth, listener, peer, creq.qid)
-        nsend = depth * 3 + 4  # READ + WRITE + SEND per command, and some slack
+        self.qp = RdmaQpair(target, RDMA, self, depth, listener, peer, creq.qid)
+        self.qp.stats = dev.stats  # counted per device (poll group statistics)
+        nsend = depth * 3 + 8  # READ + WRITE + SEND per command, and some slack
         use_srq = dev.srq is not None
         cap = qpm.QPCap(
             max_send_wr=nsend,
@@ -397,27 +394,27 @@ class RdmaConn:
         self.vqp = qpm.QP(dev.pd, init)
         self.qpn = self.vqp.qp_num
         dev.by_qpn[self.qpn] = self
-        bs = R.SQE_SIZE + int(opts.in_capsule_data_size)
+        bs = dev.bufsize
         self.bs = bs
         self.rbufs: list[memoryview] = []
         if not use_srq:
-            m, mr, a = dev._arena(depth * bs)
+            m, mr, a = dev.arena(depth * bs)
             self.rarena, self.rmr, self.raddr = m, mr, a
             v = memoryview(m)
             self.rbufs = [v[i * bs : (i + 1) * bs] for i in range(depth)]
         # response capsules: one 16-byte slot per possible outstanding SEND
         self.nslots = depth + 8
-        m2, mr2, a2 = dev._arena(self.nslots * R.CQE_SIZE)
+        m2, mr2, a2 = dev.arena(self.nslots * R.CQE_SIZE)
         self.sarena, self.smr, self.saddr = m2, mr2, a2
         self.sview = memoryview(m2)
         self.free_slots = list(range(self.nslots - 1, -1, -1))
-        self.send_req: dict[int, RdmaRequest | None] = {}
+        self.send_tok: dict[int, tuple[Any, Any]] = {}  # slot -> (token, ad hoc MR)
         self.reads: dict[int, RdmaRequest] = {}
         self._next_read = 0
         for st in (e.IBV_QPS_INIT, e.IBV_QPS_RTR, e.IBV_QPS_RTS):
             attr, mask = cmid.init_qp_attr(st)
             if st == e.IBV_QPS_RTS:
-                attr.max_rd_atomic = 16
+                attr.max_rd_atomic = R.MAX_RD_ATOMIC
                 mask |= e.IBV_QP_MAX_QP_RD_ATOMIC
             self.vqp.modify(attr, mask)
         if not use_srq:
@@ -425,8 +422,9 @@ class RdmaConn:
                 self.repost(i)
 
     # -- Verbs -------------------------------------------------------------------
-    def registered(self, data: memoryview) -> bool:
-        return self.dev.lkey_for(data) is not None
+    def lkey(self, data: memoryview) -> int | None:
+        k = self.dev.lkey_for(data)
+        return None if k is None else k[1]
 
     def _sges(self, views: list[memoryview]) -> list[Any]:
         out = []
@@ -439,6 +437,7 @@ class RdmaConn:
 
     def post_read(self, req: RdmaRequest, views: list[memoryview], addr: int, key: int) -> None:
         if self.closed:
+            self.dev.rctx.loop.call_soon(lambda: self.qp.read_done(req, False))
             return
         idx = self._next_read
         while idx in self.reads:
@@ -457,49 +456,46 @@ class RdmaConn:
         self.vqp.post_send(w)
 
     def post_response(
-        self,
-        req: RdmaRequest | None,
-        data: memoryview | None,
-        addr: int,
-        key: int,
-        cqe: bytes,
+        self, data: memoryview | None, addr: int, key: int, cqe: bytes, token: Any
     ) -> None:
         e, wr = self.e, self.wr
-        if self.closed:
-            if req is not None:
-                self.qp.send_done(req, False)
+        if self.closed or not self.free_slots:
+            if not self.closed:
+                log.warning("nvmf-rdma %s: no response slot free: disconnecting", self.qp.peer)
+                self.qp.close("response slots exhausted")
+            self.dev.rctx.loop.call_soon(lambda: self.qp.send_done(token, False))
             return
+        adhoc = None
         first: Any = None
         if data is not None and data.nbytes:
-            sges = self._sges([data])
+            k = self.dev.lkey_for(data)
+            if k is None:  # a private bounce copy: registered for this WRITE only
+                adhoc = self.dev.register_once(data)
+                k = (addr_of(data), adhoc.lkey)
             first = wr.SendWR(
                 wr_id=_wrid(self.num, K_WRITE, 0),
                 opcode=e.IBV_WR_RDMA_WRITE,
                 num_sge=1,
-                sg=sges,
+                sg=[wr.SGE(k[0], data.nbytes, k[1])],
                 send_flags=0,
             )
             first.set_wr_rdma(key, addr)
-        if cqe:
-            if not self.free_slots:
-                raise RuntimeError("no response slot free")
-            slot = self.free_slots.pop()
-            off = slot * R.CQE_SIZE
-            self.sview[off : off + R.CQE_SIZE] = cqe
-            send = wr.SendWR(
-                wr_id=_wrid(self.num, K_SEND, slot),
-                opcode=e.IBV_WR_SEND,
-                num_sge=1,
-                sg=[wr.SGE(self.saddr + off, R.CQE_SIZE, self.smr.lkey)],
-                send_flags=e.IBV_SEND_SIGNALED,
-            )
-            self.send_req[slot] = req
-            if first is not None:
-                first.next_wr = send
-            else:
-                first = send
+        slot = self.free_slots.pop()
+        off = slot * R.CQE_SIZE
+        self.sview[off : off + R.CQE_SIZE] = cqe
+        send = wr.SendWR(
+            wr_id=_wrid(self.num, K_SEND, slot),
+            opcode=e.IBV_WR_SEND,
+            num_sge=1,
+            sg=[wr.SGE(self.saddr + off, R.CQE_SIZE, self.smr.lkey)],
+            send_flags=e.IBV_SEND_SIGNALED,
+        )
+        self.send_tok[slot] = (token, (adhoc, data) if adhoc is not None else None)
         if first is not None:
+            first.next_wr = send
             self.vqp.post_send(first)
+        else:
+            self.vqp.post_send(send)
 
     def repost(self, slot: int) -> None:
         if self.closed:
@@ -518,7 +514,7 @@ class RdmaConn:
             self.cmid.disconnect()
         except Exception:
             pass
-        # give flushed completions a moment, then free everything
+        # flushed completions arrive meanwhile; then free everything
         self.dev.rctx.loop.call_later(0.5, self.destroy)
 
     # -- completions -------------------------------------------------------------
@@ -541,9 +537,17 @@ class RdmaConn:
             self.qp.read_done(req, ok)
 
     def on_send(self, slot: int, ok: bool) -> None:
-        req = self.send_req.pop(slot, None)
+        tok = self.send_tok.pop(slot, None)
         self.free_slots.append(slot)
-        self.qp.send_done(req, ok)
+        if tok is None:
+            return
+        token, adhoc = tok
+        if adhoc is not None:
+            try:
+                adhoc[0].close()
+            except Exception:
+                pass
+        self.qp.send_done(token, ok)
 
     def failed(self, why: str) -> None:
         if not self.qp.closed:
@@ -556,7 +560,6 @@ class RdmaConn:
             return
         if etype in (
             ce.RDMA_CM_EVENT_DISCONNECTED,
-            ce.RDMA_CM_EVENT_TIMEWAIT_EXIT,
             ce.RDMA_CM_EVENT_DEVICE_REMOVAL,
             ce.RDMA_CM_EVENT_CONNECT_ERROR,
             ce.RDMA_CM_EVENT_UNREACHABLE,
@@ -575,13 +578,12 @@ class RdmaConn:
         for req in list(self.reads.values()):
             self.qp.read_done(req, False)
         self.reads.clear()
-        for sreq in list(self.send_req.values()):
-            self.qp.send_done(sreq, False)
-        self.send_req.clear()
+        for slot in list(self.send_tok):
+            self.on_send(slot, False)
         self.qp.flushed()
         dev.by_qpn.pop(self.qpn, None)
         dev.conns.pop(self.num, None)
-        self.dev.driver.by_cm.pop(self.cm_ptr, None)
+        dev.driver.by_cm.pop(self.cm_ptr, None)
         try:
             self.vqp.close()
         except Exception:
@@ -603,7 +605,13 @@ class RdmaListener:
     """A listening cm_id on one reactor, with its event channel in epoll."""
 
     def __init__(
-        self, driver: NvmfRdmaDriver, ctx: ReactorContext, key: str, traddr: str, trsvcid: int
+        self,
+        driver: Any,
+        ctx: ReactorContext,
+        key: str,
+        traddr: str,
+        trsvcid: int,
+        backlog: int = 100,
     ) -> None:
         import pyverbs.cm_enums as ce
         import pyverbs.cmid as cm
@@ -618,7 +626,7 @@ class RdmaListener:
             src=traddr, src_service=str(trsvcid), port_space=ce.RDMA_PS_TCP, flags=ce.RAI_PASSIVE
         )
         self.lid.bind_addr(ai)
-        self.lid.listen(128)
+        self.lid.listen(backlog)
         self.dev = driver.device(ctx, self.lid)
         ctx.loop.add_fd(self.fd, EPOLLIN, self._on_events)
         log.info(
@@ -658,161 +666,3 @@ class RdmaListener:
             self.lid.close()
         except Exception:
             log.debug("nvmf-rdma: listener close failed", exc_info=True)
-
-
-class NvmfRdmaDriver:
-    proto = "nvmf-rdma"
-
-    def __init__(self) -> None:
-        self.listeners: dict[tuple[int, str], RdmaListener] = {}
-        self.devices: dict[tuple[int, str], RdmaDevice] = {}
-        self.by_cm: dict[int, RdmaConn] = {}
-        self.failed: dict[str, str] = {}
-
-    # -- transport ops ---------------------------------------------------------
-    def accept(self, ctx: ReactorContext, sock: Any, listener: str, preread: bytes = b"") -> None:
-        sock.close()  # RDMA connections never arrive as sockets
-
-    def target(self, ctx: ReactorContext) -> NvmfTarget:
-        from .driver import DRIVER
-
-        return DRIVER.target(ctx)  # one NVMe-oF target per reactor, every transport
-
-    def opts(self, ctx: ReactorContext) -> Any:
-        from .rdma_opts import RdmaOpts
-
-        tr = (ctx.nvmf_config or {}).get("transports", {})
-        if isinstance(tr, list):
-            tr = {t.get("trtype"): t for t in tr}
-        return RdmaOpts(tr.get("RDMA"))
-
-    def device(self, ctx: ReactorContext, listen_id: Any) -> RdmaDevice:
-        name = str(getattr(listen_id, "dev_name", "") or "rdma")
-        d = self.devices.get((id(ctx), name))
-        if d is None:
-            d = self.devices[(id(ctx), name)] = RdmaDevice(self, ctx, listen_id, self.opts(ctx))
-        return d
-
-    def on_config(self, ctx: ReactorContext) -> None:
-        want: dict[str, tuple[str, int]] = {}
-        subs = (ctx.nvmf_config or {}).get("subsystems") or {}
-        for ss in subs.values() if isinstance(subs, dict) else subs:
-            for li in ss.get("listeners", ()):
-                if str(li.get("trtype", "")).upper() != "RDMA":
-                    continue
-                key = li.get("key") or listener_key(li["traddr"], li["trsvcid"])
-                if owner_of(key, max(1, int(getattr(ctx, "num_reactors", 1)))) != ctx.reactor_id:
-                    continue
-                want[key] = (str(li["traddr"]), int(li["trsvcid"]))
-        rid = id(ctx)
-        for (r, key), lst in list(self.listeners.items()):
-            if r == rid and key not in want:
-                lst.close()
-                del self.listeners[(r, key)]
-        for key, (addr, port) in want.items():
-            if (rid, key) in self.listeners:
-                continue
-            why = pyverbs_available()
-            if why is not None:
-                if self.failed.get(key) != why:
-                    log.error("nvmf-rdma: cannot listen on %s: %s", key, why)
-                self.failed[key] = why
-                continue
-            try:
-                self.listeners[(rid, key)] = RdmaListener(self, ctx, key, addr, port)
-                self.failed.pop(key, None)
-            except Exception as e:
-                if self.failed.get(key) != str(e):
-                    log.exception("nvmf-rdma: cannot listen on %s:%d: %s", addr, port, e)
-                self.failed[key] = str(e)
-
-    def handle_event(self, lst: RdmaListener, ev: Any) -> None:
-        import pyverbs.cm_enums as ce
-
-        et = ev.event_type
-        if et == ce.RDMA_CM_EVENT_CONNECT_REQUEST:
-            return self._connect_request(lst, ev)
-        conn = self.by_cm.get(event_cm_id(ev))
-        ev.close()  # ack before anything may destroy the id
-        if conn is not None:
-            conn.cm_event(et)
-        elif et not in (ce.RDMA_CM_EVENT_ESTABLISHED, ce.RDMA_CM_EVENT_TIMEWAIT_EXIT):
-            log.debug("nvmf-rdma: CM event %d for an unknown cm_id", et)
-
-    def _connect_request(self, lst: RdmaListener, ev: Any) -> None:
-        import pyverbs.cmid as cm
-
-        ctx = lst.ctx
-        target = self.target(ctx)
-        opts = self.opts(ctx)
-        pdata = ev.private_data
-        # the new id; a bare listen_id keeps pyverbs from sharing (and later
-        # clearing) the listener's context and PD objects
-        cmid = cm.CMID(creator=ev, listen_id=cm.CMID())
-        ev.close()
-        try:
-            creq = R.parse_connect(pdata)
-            depth = R.check_connect(
-                creq, opts.max_queue_depth, opts.max_aq_depth, opts.max_io_qpairs_per_ctrlr
-            )
-            if len(target.qpairs) >= opts.max_connections:
-                raise R.CmError(R.REJ_NO_RESOURCES, "max_connections_per_reactor reached")
-        except R.CmError as e:
-            target.stats["refused_connections"] += 1
-            log.warning("nvmf-rdma: connection refused: %s", e)
-            rej = R.pack_reject(e.sts)
-            try:
-                cmid.reject(rej, len(rej))
-            finally:
-                cmid.close()
-            return
-        try:
-            conn = RdmaConn(lst.dev, cmid, target, opts, creq, depth, lst.key)
-        except Exception as e:
-            log.exception("nvmf-rdma: cannot set up a queue pair: %s", e)
-            rej = R.pack_reject(R.REJ_NO_RESOURCES)
-            try:
-                cmid.reject(rej, len(rej))
-            finally:
-                cmid.close()
-            return
-        self.by_cm[conn.cm_ptr] = conn
-        acc = R.pack_accept(depth)
-        param = cm.ConnParam(resources=16, depth=16, qp_num=conn.qpn, data_len=len(acc))
-        param.set_private_data(acc)
-        try:
-            cmid.accept(param)
-        except Exception as e:
-            log.warning("nvmf-rdma: accept failed: %s", e)
-            conn.qp.close("accept failed")
-
-    def on_event(self, ctx: ReactorContext, op: str, args: dict[str, Any]) -> Any:
-        return None  # the nvmf-tcp driver answers for the shared NvmfTarget
-
-    def shutdown(self, ctx: ReactorContext) -> None:
-        rid = id(ctx)
-        for conn in [c for c in self.by_cm.values() if c.dev.rctx is ctx]:
-            if not conn.qp.closed:
-                conn.qp.close("target shutting down")
-            conn.destroy()
-        for (r, key), lst in list(self.listeners.items()):
-            if r == rid:
-                lst.close()
-                del self.listeners[(r, key)]
-        for (r, name), d in list(self.devices.items()):
-            if r == rid:
-                d.close()
-                del self.devices[(r, name)]
-
-
-def listener_key(traddr: Any, trsvcid: Any) -> str:
-    return f"rdma:{traddr}:{trsvcid}"
-
-
-def owner_of(key: str, nreactors: int) -> int:
-    """The reactor that owns an RDMA listener (a stable hash of its address)."""
-    return zlib.crc32(key.encode()) % nreactors
-
-
-DRIVER = NvmfRdmaDriver()
-register_driver(DRIVER)

@@ -13,63 +13,136 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_mod
+from dataclasses import replace
 from typing import Any
 
+from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
-from ...control.registry import Param, rpc_method
+from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
 from .nqn import DISCOVERY_NQN, validate_nqn
-from .rdma_opts import RDMA_OPTS
-from .rdma_opts import validate as rdma_validate
 from .state import (
     DEFAULT_MAX_NAMESPACES,
     DEFAULT_MODEL,
     DEFAULT_SERIAL,
     MAX_CNTLID,
     MIN_CNTLID,
-    TCP_DEFAULTS,
     NvmfState,
     new_subsystem,
 )
+from .transport import (
+    ListenAddress,
+    NvmfTransportOps,
+    OptSpec,
+    UnknownTransport,
+    get_transport,
+    loadable,
+)
 
-PROTO = "nvmf-tcp"
-
-# option -> (type, min, max)
-_TCP_OPTS: dict[str, tuple[type, int | None, int | None]] = {
-    "max_queue_depth": (int, 2, 65535),
-    "max_io_qpairs_per_ctrlr": (int, 1, 65534),
-    "in_capsule_data_size": (int, 0, 131072),
-    "max_io_size": (int, 4096, 1 << 24),
-    "io_unit_size": (int, 512, 1 << 24),
-    "max_aq_depth": (int, 2, 4096),
-    "num_shared_buffers": (int, 0, None),
-    "buf_cache_size": (int, 0, 0xFFFFFFFF),
-    "dif_insert_or_strip": (bool, None, None),
-    "zcopy": (bool, None, None),
-    "c2h_success": (bool, None, None),
-    "sock_priority": (int, 0, 16),
-    "abort_timeout_sec": (int, 0, None),
-    "control_msg_num": (int, 1, None),
-    "acceptor_poll_rate": (int, 0, None),
-    "ack_timeout": (int, 0, None),
-    "data_wr_pool_size": (int, 0, None),
-    "disable_command_passthru": (bool, None, None),
-    "kas": (int, 0, 65535),
-    "min_kato": (int, 1, None),
-    "connect_timeout_ms": (int, 0, 3_600_000),
-    "h2c_data_timeout_ms": (int, 0, 3_600_000),
-    "max_unsent_bytes": (int, 65536, 1 << 30),
-    "max_connections_per_reactor": (int, 1, 1 << 20),
-}
-# vfio-user only options SPDK's rpc.py may send: accepted, ignored
-_IGNORED_TRANSPORT = (
-    "disable_mappable_bar0",
-    "disable_adaptive_irq",
-    "disable_shadow_doorbells",
+# options SPDK's rpc.py may send that no transport of this build takes:
+# accepted, ignored (a loaded transport that declares one takes it over)
+_SPDK_OTHER_TRANSPORT_OPTS = (
+    Param("num_cqe", int, required=False, short="-d", help="The number of CQ entries (RDMA)"),
+    Param(
+        "max_srq_depth",
+        int,
+        required=False,
+        short="-s",
+        help="Max number of outstanding I/O per SRQ (RDMA)",
+    ),
+    Param(
+        "no_srq",
+        bool,
+        required=False,
+        short="-r",
+        help="Disable per-thread shared receive queue (RDMA)",
+    ),
+    Param(
+        "acceptor_backlog",
+        int,
+        required=False,
+        short="-l",
+        help="Pending connections allowed at one time (RDMA)",
+    ),
+    Param(
+        "no_wr_batching",
+        bool,
+        required=False,
+        short="-w",
+        help="Disable work requests batching (RDMA)",
+    ),
+    Param("disable_mappable_bar0", bool, required=False, short="-M", help="(VFIO-USER)"),
+    Param("disable_adaptive_irq", bool, required=False, short="-I", help="(VFIO-USER)"),
+    Param("disable_shadow_doorbells", bool, required=False, short="-S", help="(VFIO-USER)"),
     "iobuf_small_cache_size",
     "iobuf_large_cache_size",
     "masked_oncs",
     "masked_fuses",
+)
+
+
+def _declared_options() -> tuple[dict[str, OptSpec], tuple[Param | str, ...]]:
+    """The union of the options of every transport that loads here (each
+    with its CLI form), and the options SPDK's rpc.py may send that none of
+    them takes (accepted, ignored)."""
+    opts: dict[str, OptSpec] = {}
+    ignored: list[str] = []
+    for ops in loadable():
+        for k, o in ops.options.items():
+            opts.setdefault(k, o)
+        ignored += ops.ignored_options
+    extra: list[Param | str] = [
+        x for x in _SPDK_OTHER_TRANSPORT_OPTS if (x if isinstance(x, str) else x.name) not in opts
+    ]
+    named = {x if isinstance(x, str) else x.name for x in extra}
+    extra += sorted(set(ignored) - set(opts) - named)
+    return opts, tuple(extra)
+
+
+def _opt_param(name: str, o: OptSpec) -> Param:
+    return Param(
+        name,
+        o.type,
+        required=False,
+        short=o.short,
+        help=o.help,
+        negate=o.negate,
+        spdk=o.spdk,
+    )
+
+
+_TRANSPORT_OPTS, _IGNORED_TRANSPORT = _declared_options()
+
+
+_LISTEN_ADDRESS = Param(
+    "listen_address",
+    dict,
+    fields=(
+        Param("trtype", str, short="-t", help="NVMe-oF transport type: e.g., tcp"),
+        Param("traddr", str, short="-a", help="NVMe-oF transport address: e.g., an ip address"),
+        Param(
+            "adrfam",
+            str,
+            required=False,
+            short="-f",
+            help="NVMe-oF transport adrfam: e.g., ipv4, ipv6",
+        ),
+        Param(
+            "trsvcid",
+            str,
+            required=False,
+            short="-s",
+            help="NVMe-oF transport service id: e.g., a port number",
+        ),
+    ),
+)
+
+_TGT_NAME = Param(
+    "tgt_name",
+    str,
+    required=False,
+    short="-t",
+    help="The name of the parent NVMe-oF target (optional)",
 )
 
 
@@ -79,10 +152,16 @@ def _st(ctx: RpcContext) -> NvmfState:
     return ctx.nvmf
 
 
+def _transport(t: str) -> NvmfTransportOps:
+    """The ops of transport type ``t`` (case-insensitive) or the RPC error."""
+    try:
+        return get_transport(t)
+    except UnknownTransport as e:
+        raise invalid_params(str(e)) from None
+
+
 def _trtype(t: str) -> str:
-    if t.upper() not in ("TCP", "RDMA"):
-        raise invalid_params(f"Transport type '{t}' is not supported (TCP, RDMA)")
-    return t.upper()
+    return _transport(t).trtype
 
 
 def _subsys(st: NvmfState, nqn: str, allow_discovery: bool = False) -> dict[str, Any]:
@@ -110,68 +189,40 @@ def _printable(s: str, name: str, maxlen: int) -> None:
 # ---------------------------------------------------------------- transports
 @rpc_method(
     "nvmf_create_transport",
-    Param("trtype", str),
-    Param("tgt_name", str, required=False),
-    *[Param(k, t, required=False) for k, (t, _lo, _hi) in _TCP_OPTS.items()],
-    *[Param(k, t, required=False) for k, (t, _lo, _hi) in RDMA_OPTS.items() if k not in _TCP_OPTS],
+    Param("trtype", str, short="-t", help="Transport type (ex. TCP)"),
+    replace(_TGT_NAME, short="-g"),
+    *[_opt_param(k, o) for k, o in _TRANSPORT_OPTS.items()],
     ignored=_IGNORED_TRANSPORT,
 )
 def nvmf_create_transport(
     ctx: RpcContext, trtype: str, tgt_name: str | None = None, **opts: Any
 ) -> bool:
+    """Create a transport (TCP, RDMA, FC) with its own option set and defaults."""
     st = _st(ctx)
-    tt = _trtype(trtype)
+    ops = _transport(trtype)
+    tt = ops.trtype
     if tt in st.transports:
         raise invalid_params(f"Transport type '{tt}' already exists")
-    if tt == "RDMA":
-        return _create_rdma(ctx, st, opts)
-    for k, v in opts.items():
-        if v is not None and k not in _TCP_OPTS:
-            raise invalid_params(f"parameter '{k}' is not an option of the TCP transport")
-    conf = dict(TCP_DEFAULTS)
-    for k, v in opts.items():
-        if v is None:
-            continue
-        _t, lo, hi = _TCP_OPTS[k]
-        if lo is not None and v < lo or hi is not None and v > hi:
-            raise invalid_params(
-                f"parameter '{k}' must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}"
-            )
-        conf[k] = v
-    if conf["in_capsule_data_size"] % 16:
-        raise invalid_params("parameter 'in_capsule_data_size' must be a multiple of 16")
-    if conf["max_io_size"] % 4096:
-        raise invalid_params("parameter 'max_io_size' must be a multiple of 4096")
-    if conf["in_capsule_data_size"] > conf["max_io_size"]:
-        raise invalid_params("parameter 'in_capsule_data_size' exceeds 'max_io_size'")
-    conf["trtype"] = tt
-    st.transports[tt] = conf
-    ctx.config_changed()
-    return True
-
-
-def _create_rdma(ctx: RpcContext, st: NvmfState, opts: dict[str, Any]) -> bool:
-    from .rdma_verbs import pyverbs_available
-
-    for k, v in opts.items():
-        if v is not None and k not in RDMA_OPTS:
-            raise invalid_params(f"parameter '{k}' is not an option of the RDMA transport")
-    why = pyverbs_available()
+    why = ops.unavailable()
     if why is not None:
-        raise invalid_params(f"Transport type 'RDMA' is not available: {why}")
+        raise invalid_params(f"Transport type '{tt}' is not available: {why}")
+    # an option another transport declares: accepted and ignored, as
+    # SPDK's rpc.py sends every option it was given to any transport
+    mine = {k: v for k, v in opts.items() if k in ops.options}
     try:
-        conf = rdma_validate(opts)
+        conf = ops.validate(mine)
     except ValueError as e:
         raise invalid_params(str(e)) from None
-    st.transports["RDMA"] = conf
+    st.transports[tt] = dict(conf)
     ctx.config_changed()
     return True
 
 
 @rpc_method(
     "nvmf_get_transports",
-    Param("trtype", str, required=False),
-    Param("tgt_name", str, required=False),
+    Param("trtype", str, required=False, help="Transport type (optional)"),
+    _TGT_NAME,
+    cli_out=OUT_DICT,
 )
 def nvmf_get_transports(
     ctx: RpcContext, trtype: str | None = None, tgt_name: str | None = None
@@ -185,11 +236,47 @@ def nvmf_get_transports(
     return [dict(t) for t in st.transports.values()]
 
 
+def _set_config_cli(args: dict[str, Any]) -> dict[str, Any]:
+    """rpc.py's -i: the old spelling of -p identify_ctrlr."""
+    if args.pop("passthru_identify_ctrlr", False):
+        args["admin_cmd_passthru"] = {**args.get("admin_cmd_passthru", {}), "identify_ctrlr": True}
+    return args
+
+
 @rpc_method(
     "nvmf_set_config",
-    Param("discovery_filter", str, required=False),
-    Param("admin_cmd_passthru", dict, required=False),
-    ignored=("poll_groups_mask", "dhchap_digests", "dhchap_dhgroups", "dup_host_policy"),
+    Param(
+        "discovery_filter",
+        str,
+        required=False,
+        short="-d",
+        help="Set discovery filter (only match_any)",
+    ),
+    Param(
+        "admin_cmd_passthru",
+        dict,
+        required=False,
+        short="-p",
+        long="--passthru-admin-cmds",
+        parse=cli_forms.flag_set,
+        help="Comma-separated list of admin commands to be passthru (not supported)",
+    ),
+    ignored=(
+        Param("poll_groups_mask", str, required=False, short="-m", help="(no effect)"),
+        Param("dhchap_digests", list, required=False, parse=cli_forms.commas, help="(no effect)"),
+        Param("dhchap_dhgroups", list, required=False, parse=cli_forms.commas, help="(no effect)"),
+        "dup_host_policy",
+    ),
+    cli_extra=(
+        Param(
+            "passthru_identify_ctrlr",
+            bool,
+            required=False,
+            short="-i",
+            help="deprecated form of -p identify_ctrlr",
+        ),
+    ),
+    cli_build=_set_config_cli,
 )
 def nvmf_set_config(
     ctx: RpcContext,
@@ -208,7 +295,10 @@ def nvmf_set_config(
     return True
 
 
-@rpc_method("nvmf_set_max_subsystems", Param("max_subsystems", int, min=1))
+@rpc_method(
+    "nvmf_set_max_subsystems",
+    Param("max_subsystems", int, min=1, short="-x", help="Max number of NVMf subsystems"),
+)
 def nvmf_set_max_subsystems(ctx: RpcContext, max_subsystems: int) -> bool:
     _st(ctx).max_subsystems = max_subsystems
     return True
@@ -217,16 +307,72 @@ def nvmf_set_max_subsystems(ctx: RpcContext, max_subsystems: int) -> bool:
 # ---------------------------------------------------------------- subsystems
 @rpc_method(
     "nvmf_create_subsystem",
-    Param("nqn", str),
-    Param("tgt_name", str, required=False),
-    Param("serial_number", str, default=DEFAULT_SERIAL),
-    Param("model_number", str, default=DEFAULT_MODEL),
-    Param("allow_any_host", bool, required=False, default=False),
-    Param("max_namespaces", int, required=False, min=0, max=0xFFFFFFFE),
-    Param("ana_reporting", bool, required=False, default=False),
-    Param("min_cntlid", int, default=MIN_CNTLID, min=MIN_CNTLID, max=MAX_CNTLID),
-    Param("max_cntlid", int, default=MAX_CNTLID, min=MIN_CNTLID, max=MAX_CNTLID),
-    ignored=("admin_label", "dmrsl", "wzsl", "passthrough", "enable_nssr"),
+    Param("nqn", str, pos=0, help="Subsystem NQN (ASCII)"),
+    _TGT_NAME,
+    Param(
+        "serial_number",
+        str,
+        default=DEFAULT_SERIAL,
+        short="-s",
+        help="Serial number, e.g. SPDK00000000000001",
+    ),
+    Param(
+        "model_number",
+        str,
+        default=DEFAULT_MODEL,
+        short="-d",
+        help="Model number, e.g. 'SPDK Controller'",
+    ),
+    Param(
+        "allow_any_host",
+        bool,
+        required=False,
+        default=False,
+        short="-a",
+        help="Allow any host to connect",
+    ),
+    Param(
+        "max_namespaces",
+        int,
+        required=False,
+        min=0,
+        max=0xFFFFFFFE,
+        short="-m",
+        help="Maximum number of namespaces allowed",
+    ),
+    Param(
+        "ana_reporting",
+        bool,
+        required=False,
+        default=False,
+        short="-r",
+        help="Enable ANA reporting feature",
+    ),
+    Param(
+        "min_cntlid",
+        int,
+        default=MIN_CNTLID,
+        min=MIN_CNTLID,
+        max=MAX_CNTLID,
+        short="-i",
+        help="Minimum controller ID",
+    ),
+    Param(
+        "max_cntlid",
+        int,
+        default=MAX_CNTLID,
+        min=MIN_CNTLID,
+        max=MAX_CNTLID,
+        short="-I",
+        help="Maximum controller ID",
+    ),
+    ignored=(
+        "admin_label",
+        "dmrsl",
+        "wzsl",
+        Param("passthrough", bool, required=False, short="-p", help="NVMe passthrough (no effect)"),
+        Param("enable_nssr", bool, required=False, short="-n", help="NSSR support (no effect)"),
+    ),
 )
 def nvmf_create_subsystem(
     ctx: RpcContext,
@@ -272,7 +418,11 @@ def _drop_ctrlrs(ctx: RpcContext, st: NvmfState, nqn: str, hostnqn: str | None =
         st.drop_ctrlr(ctx, nqn, e.cntlid)
 
 
-@rpc_method("nvmf_delete_subsystem", Param("nqn", str), Param("tgt_name", str, required=False))
+@rpc_method(
+    "nvmf_delete_subsystem",
+    Param("nqn", str, pos=0, metavar="subsystem_nqn", help="subsystem nqn to be deleted"),
+    _TGT_NAME,
+)
 def nvmf_delete_subsystem(ctx: RpcContext, nqn: str, tgt_name: str | None = None) -> bool:
     st = _st(ctx)
     ss = _subsys(st, nqn)
@@ -322,7 +472,10 @@ def subsystem_info(ss: dict[str, Any]) -> dict[str, Any]:
 
 
 @rpc_method(
-    "nvmf_get_subsystems", Param("nqn", str, required=False), Param("tgt_name", str, required=False)
+    "nvmf_get_subsystems",
+    Param("nqn", str, required=False, pos=0, help="Subsystem NQN (optional)"),
+    _TGT_NAME,
+    cli_out=OUT_DICT,
 )
 def nvmf_get_subsystems(
     ctx: RpcContext, nqn: str | None = None, tgt_name: str | None = None
@@ -352,10 +505,57 @@ def _hex_id(v: Any, name: str, nbytes: int) -> str:
 
 @rpc_method(
     "nvmf_subsystem_add_ns",
-    Param("nqn", str),
-    Param("namespace", dict),
-    Param("tgt_name", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    Param(
+        "namespace",
+        dict,
+        fields=(
+            Param(
+                "bdev_name", str, pos=1, help="The name of the bdev that will back this namespace"
+            ),
+            Param(
+                "ptpl_file",
+                str,
+                required=False,
+                short="-p",
+                help="The persistent reservation storage location (optional)",
+            ),
+            Param("nsid", int, required=False, short="-n", help="The requested NSID (optional)"),
+            Param(
+                "nguid",
+                str,
+                required=False,
+                short="-g",
+                help="Namespace globally unique identifier (optional)",
+            ),
+            Param(
+                "eui64",
+                str,
+                required=False,
+                short="-e",
+                help="Namespace EUI-64 identifier (optional)",
+            ),
+            Param("uuid", str, required=False, short="-u", help="Namespace UUID (optional)"),
+            Param("anagrpid", int, required=False, short="-a", help="ANA group ID (optional)"),
+            Param(
+                "no_auto_visible",
+                bool,
+                required=False,
+                short="-i",
+                help="Do not auto make namespace visible to controllers (optional)",
+            ),
+            Param(
+                "hide_metadata",
+                bool,
+                required=False,
+                short="-N",
+                help="Enable hide_metadata option to the bdev (optional)",
+            ),
+        ),
+    ),
+    _TGT_NAME,
     ignored=("no_auto_visible",),
+    cli_out=OUT_JSON,
 )
 def nvmf_subsystem_add_ns(
     ctx: RpcContext, nqn: str, namespace: dict[str, Any], tgt_name: str | None = None
@@ -425,9 +625,9 @@ def nvmf_subsystem_add_ns(
 
 @rpc_method(
     "nvmf_subsystem_remove_ns",
-    Param("nqn", str),
-    Param("nsid", int, min=1),
-    Param("tgt_name", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    Param("nsid", int, min=1, pos=1, help="The requested NSID"),
+    _TGT_NAME,
 )
 def nvmf_subsystem_remove_ns(
     ctx: RpcContext, nqn: str, nsid: int, tgt_name: str | None = None
@@ -443,31 +643,23 @@ def nvmf_subsystem_remove_ns(
 
 # ---------------------------------------------------------------- listeners
 def _listen_address(la: dict[str, Any]) -> dict[str, Any]:
+    """Validate a listen_address with its transport's rules (IP transports:
+    adrfam and a port; FC: WWNN/WWPN)."""
     for k in la:
         if k not in ("trtype", "traddr", "trsvcid", "adrfam", "priority"):
             raise invalid_params(f"unknown parameter 'listen_address.{k}'")
     if "trtype" not in la or not isinstance(la["trtype"], str):
         raise invalid_params("missing required parameter 'listen_address.trtype'")
-    tt = _trtype(la["trtype"])
-    traddr = la.get("traddr")
-    if not isinstance(traddr, str) or not traddr:
-        raise invalid_params("missing required parameter 'listen_address.traddr'")
-    svc = la.get("trsvcid")
-    if svc is None:
-        raise invalid_params("missing required parameter 'listen_address.trsvcid'")
+    ops = _transport(la["trtype"])
     try:
-        port = int(str(svc))
-    except ValueError:
-        raise invalid_params(
-            f"parameter 'listen_address.trsvcid' must be a port number, got {svc!r}"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise invalid_params(f"parameter 'listen_address.trsvcid' out of range: {port}")
-    fam = str(la.get("adrfam", "IPv6" if ":" in traddr else "IPv4"))
-    if fam.lower() not in ("ipv4", "ipv6"):
-        raise invalid_params(f"parameter 'listen_address.adrfam' must be IPv4 or IPv6, got {fam!r}")
-    fam = "IPv4" if fam.lower() == "ipv4" else "IPv6"
-    return {"trtype": tt, "adrfam": fam, "traddr": traddr, "trsvcid": str(port)}
+        addr = ops.check_address(la)
+    except ValueError as e:
+        raise invalid_params(str(e)) from None
+    return dict(addr.as_dict())
+
+
+def _addr(li: dict[str, Any]) -> ListenAddress:
+    return ListenAddress(li["trtype"], li["adrfam"], li["traddr"], li["trsvcid"])
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -481,10 +673,8 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
     n = st.listener_refs.get(key, 0) - 1
     if n <= 0:
         st.listener_refs.pop(key, None)
-        if li["trtype"] == "RDMA":
-            return  # the owning reactor drops its cm_id with the next snapshot
         try:
-            ctx.remove_listener(PROTO, li["traddr"], int(li["trsvcid"]))
+            _transport(li["trtype"]).stop_listen(ctx, _addr(li), key)
         except RpcError:
             pass
     else:
@@ -493,12 +683,31 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
 
 @rpc_method(
     "nvmf_subsystem_add_listener",
-    Param("nqn", str),
-    Param("listen_address", dict),
-    Param("tgt_name", str, required=False),
-    Param("secure_channel", bool, required=False, default=False),
-    Param("ana_state", str, required=False),
-    Param("sock_impl", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    _LISTEN_ADDRESS,
+    replace(_TGT_NAME, short="-p"),
+    Param(
+        "secure_channel",
+        bool,
+        required=False,
+        default=False,
+        short="-k",
+        help="Immediately establish a secure channel",
+    ),
+    Param(
+        "ana_state",
+        str,
+        required=False,
+        short="-n",
+        help="ANA state to set: optimized, non_optimized, or inaccessible",
+    ),
+    Param(
+        "sock_impl",
+        str,
+        required=False,
+        short="-S",
+        help="The socket implementation to use for the listener (ex. posix)",
+    ),
 )
 def nvmf_subsystem_add_listener(
     ctx: RpcContext,
@@ -514,9 +723,10 @@ def nvmf_subsystem_add_listener(
     if secure_channel:
         raise invalid_params("parameter 'secure_channel': TLS is not supported")
     li = _listen_address(listen_address)
-    if li["trtype"] not in st.transports:
+    tt = li["trtype"]
+    if tt not in st.transports:
         raise invalid_params(
-            f"Unable to find transport {li['trtype']}: create it with nvmf_create_transport first"
+            f"Unable to find transport {tt}: create it with nvmf_create_transport first"
         )
     for other in ss["listeners"]:
         if _same(other, li):
@@ -528,16 +738,12 @@ def nvmf_subsystem_add_listener(
             if _same(o, li):
                 key = o["key"]
                 li["trsvcid"] = o["trsvcid"]
-    if key is None and li["trtype"] == "RDMA":
-        # a reactor listens with its own RDMA CM id (rdma_verbs.py); no socket here
-        if li["trsvcid"] == "0":
-            raise invalid_params("parameter 'listen_address.trsvcid': RDMA needs a fixed port")
-        key = f"rdma:{li['traddr']}:{li['trsvcid']}"
     if key is None:
-        key = ctx.add_listener(PROTO, li["traddr"], int(li["trsvcid"]), li["adrfam"].lower())
-        port = key.rpartition(":")[2]
-        if li["trsvcid"] == "0" and port.isdigit():
-            li["trsvcid"] = port  # an ephemeral port: advertise the real one
+        try:
+            key, svc = _transport(tt).listen(ctx, _addr(li))
+        except ValueError as e:
+            raise invalid_params(str(e)) from None
+        li["trsvcid"] = svc  # e.g. the real port when 0 (ephemeral) was asked for
     li["key"] = key
     st.listener_refs[key] = st.listener_refs.get(key, 0) + 1
     ss["listeners"].append(li)
@@ -548,9 +754,9 @@ def nvmf_subsystem_add_listener(
 
 @rpc_method(
     "nvmf_subsystem_remove_listener",
-    Param("nqn", str),
-    Param("listen_address", dict),
-    Param("tgt_name", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    _LISTEN_ADDRESS,
+    replace(_TGT_NAME, short="-p"),
 )
 def nvmf_subsystem_remove_listener(
     ctx: RpcContext, nqn: str, listen_address: dict[str, Any], tgt_name: str | None = None
@@ -569,7 +775,10 @@ def nvmf_subsystem_remove_listener(
 
 
 @rpc_method(
-    "nvmf_subsystem_get_listeners", Param("nqn", str), Param("tgt_name", str, required=False)
+    "nvmf_subsystem_get_listeners",
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _TGT_NAME,
+    cli_out=OUT_DICT,
 )
 def nvmf_subsystem_get_listeners(
     ctx: RpcContext, nqn: str, tgt_name: str | None = None
@@ -584,9 +793,9 @@ def nvmf_subsystem_get_listeners(
 # ---------------------------------------------------------------- hosts
 @rpc_method(
     "nvmf_subsystem_add_host",
-    Param("nqn", str),
-    Param("host", str),
-    Param("tgt_name", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    Param("host", str, pos=1, help="Host NQN"),
+    _TGT_NAME,
     Param("psk", str, required=False),
     Param("dhchap_key", str, required=False),
     Param("dhchap_ctrlr_key", str, required=False),
@@ -615,10 +824,10 @@ def nvmf_subsystem_add_host(
 
 @rpc_method(
     "nvmf_subsystem_remove_host",
-    Param("nqn", str),
-    Param("host", str),
-    Param("tgt_name", str, required=False),
-    Param("timeout_ms", int, required=False, min=0),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    Param("host", str, pos=1, help="Host NQN"),
+    _TGT_NAME,
+    Param("timeout_ms", int, required=False, min=0, spdk=False),
 )
 def nvmf_subsystem_remove_host(
     ctx: RpcContext, nqn: str, host: str, tgt_name: str | None = None, timeout_ms: int | None = None
@@ -635,11 +844,23 @@ def nvmf_subsystem_remove_host(
     return True
 
 
+def _allow_any_cli(args: dict[str, Any]) -> dict[str, Any]:
+    """rpc.py's -e/-d: allow unless -d is given."""
+    disable = args.pop("disable", False)
+    args.pop("enable", None)
+    return {**args, "allow_any_host": not disable}
+
+
 @rpc_method(
     "nvmf_subsystem_allow_any_host",
-    Param("nqn", str),
-    Param("allow_any_host", bool),
-    Param("tgt_name", str, required=False),
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    Param("allow_any_host", bool, cli=False),
+    _TGT_NAME,
+    cli_extra=(
+        Param("enable", bool, required=False, short="-e", help="Enable allowing any host"),
+        Param("disable", bool, required=False, short="-d", help="Disable allowing any host"),
+    ),
+    cli_build=_allow_any_cli,
 )
 def nvmf_subsystem_allow_any_host(
     ctx: RpcContext, nqn: str, allow_any_host: bool, tgt_name: str | None = None
@@ -658,7 +879,10 @@ def nvmf_subsystem_allow_any_host(
 
 # ---------------------------------------------------------------- runtime queries
 @rpc_method(
-    "nvmf_subsystem_get_controllers", Param("nqn", str), Param("tgt_name", str, required=False)
+    "nvmf_subsystem_get_controllers",
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _TGT_NAME,
+    cli_out=OUT_DICT,
 )
 def nvmf_subsystem_get_controllers(
     ctx: RpcContext, nqn: str, tgt_name: str | None = None
@@ -682,7 +906,12 @@ def nvmf_subsystem_get_controllers(
     return out
 
 
-@rpc_method("nvmf_subsystem_get_qpairs", Param("nqn", str), Param("tgt_name", str, required=False))
+@rpc_method(
+    "nvmf_subsystem_get_qpairs",
+    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _TGT_NAME,
+    cli_out=OUT_DICT,
+)
 def nvmf_subsystem_get_qpairs(
     ctx: RpcContext, nqn: str, tgt_name: str | None = None
 ) -> list[dict[str, Any]]:
@@ -693,7 +922,11 @@ def nvmf_subsystem_get_qpairs(
     return sorted(out, key=lambda q: (q["cntlid"], q["qid"]))
 
 
-@rpc_method("nvmf_get_stats", Param("tgt_name", str, required=False))
+@rpc_method(
+    "nvmf_get_stats",
+    _TGT_NAME,
+    cli_out=OUT_DICT,
+)
 def nvmf_get_stats(ctx: RpcContext, tgt_name: str | None = None) -> dict[str, Any]:
     _st(ctx)
     groups = [g for g in ctx.gather("nvmf.stats", {}) if g]

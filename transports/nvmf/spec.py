@@ -259,11 +259,9 @@ def aen_dw0(ev_type: int, info: int, lid: int) -> int:
 # ------------------------------------------------------------- discovery
 NVME_DISC_SUBSYS_NAME = "nqn.2014-08.org.nvmexpress.discovery"
 TRTYPE_RDMA = 1
+TRTYPE_FC = 2
 TRTYPE_TCP = 3
-# RDMA transport specific address subtype (discovery log entry TSAS)
-RDMA_QPTYPE_CONNECTED = 1
-RDMA_PRTYPE_NOT_SPECIFIED = 1
-RDMA_CMS_RDMA_CM = 1
+TRTYPE_LOOP = 254
 ADRFAM_IPV4 = 1
 ADRFAM_IPV6 = 2
 SUBTYPE_DISCOVERY = 1  # referral to another discovery service

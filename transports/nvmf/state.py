@@ -18,7 +18,7 @@ Owns (in the supervisor process only):
 Snapshot format (plain msgpack-able data)::
 
     {"genctr": int,                 # discovery log generation counter
-     "transport": {TCP options} | None,
+     "transports": {trtype: {options of that transport}},  # nvmf_create_transport
      "subsystems": {nqn: {"nqn", "subtype": "NVMe"|"Discovery", "serial_number",
                           "model_number", "max_namespaces", "min_cntlid", "max_cntlid",
                           "allow_any_host", "ana_reporting", "hosts": [hostnqn, ...],
@@ -39,42 +39,6 @@ from typing import Any
 from ...control.context import RpcContext, supervisor_op
 from .nqn import DISCOVERY_NQN
 
-TCP_DEFAULTS: dict[str, Any] = {
-    "trtype": "TCP",
-    "max_queue_depth": 128,
-    "max_io_qpairs_per_ctrlr": 127,
-    "in_capsule_data_size": 4096,
-    "max_io_size": 131072,
-    "io_unit_size": 131072,
-    "max_aq_depth": 128,
-    "num_shared_buffers": 511,
-    "buf_cache_size": 0xFFFFFFFF,
-    "dif_insert_or_strip": False,
-    "zcopy": False,
-    "c2h_success": True,
-    "sock_priority": 0,
-    "abort_timeout_sec": 1,
-    "control_msg_num": 32,
-    "acceptor_poll_rate": 10000,
-    "ack_timeout": 0,
-    "data_wr_pool_size": 0,
-    "disable_command_passthru": False,
-    # keep-alive granularity in 100 ms units (Identify KAS); KATO is rounded
-    # up to a multiple of it, like SPDK (default 100 = 10 s)
-    "kas": 100,
-    "min_kato": 10000,
-    # blockfabric extensions (hostile hosts, issue 8); 0 disables a timeout
-    # a connection must complete ICReq + admin/I/O Connect within this time
-    "connect_timeout_ms": 10000,
-    # an R2T whose H2CData has not all arrived within this time fails its
-    # command and closes the connection
-    "h2c_data_timeout_ms": 10000,
-    # stop reading a connection while this many response bytes are unsent
-    "max_unsent_bytes": 4 << 20,
-    # connections one reactor accepts (beyond: refused with a log line)
-    "max_connections_per_reactor": 1024,
-}
-
 DEFAULT_SERIAL = "00000000000000000000"
 DEFAULT_MODEL = "blockfabric Controller"  # SPDK's default is "SPDK bdev Controller"
 DEFAULT_MAX_NAMESPACES = 32
@@ -90,6 +54,7 @@ class CtrlrEntry:
     hostid: str
     admin_reactor: int
     kato_ms: int = 0
+    trtype: str = ""  # the transport of its admin queue ("" when not told)
     enabled: bool = False
     vwc: int = 1  # Volatile Write Cache feature (0: write-through on every I/O queue)
     qpairs: dict[int, int] = field(default_factory=dict)  # qid -> reactor id
@@ -158,10 +123,6 @@ class NvmfState:
         self._next_cntlid: dict[str, int] = {}
 
     # ------------------------------------------------------------ queries
-    @property
-    def tcp(self) -> dict[str, Any] | None:
-        return self.transports.get("TCP")
-
     def subsystem(self, nqn: str) -> dict[str, Any] | None:
         return self.subsystems.get(nqn)
 
@@ -185,8 +146,7 @@ class NvmfState:
             subs[nqn] = d
         return {
             "genctr": self.genctr,
-            "transport": dict(self.tcp) if self.tcp else None,
-            "transports": {k: dict(v) for k, v in self.transports.items()},
+            "transports": {tt: dict(c) for tt, c in self.transports.items()},
             "subsystems": subs,
         }
 
@@ -323,6 +283,7 @@ def op_create_ctrlr(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> d
         args.get("hostid", ""),
         reactor_id,
         int(args.get("kato_ms", 0)),
+        trtype=str(args.get("trtype", "")),
     )
     return {"cntlid": cntlid}
 
@@ -341,7 +302,12 @@ def op_find_ctrlr(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> dic
     if args.get("hostid", e.hostid) != e.hostid:
         return {"error": "hostid"}
     qid = int(args["qid"])
-    tr = st.tcp or TCP_DEFAULTS
+    tt = str(args.get("trtype") or e.trtype)
+    tr = st.transports.get(tt.upper()) if tt else None
+    if tr is None:  # not told: the most any created transport allows
+        tr = {"max_io_qpairs_per_ctrlr": max(
+            (int(c["max_io_qpairs_per_ctrlr"]) for c in st.transports.values()), default=0xFFFF
+        )}  # fmt: skip
     if qid < 1 or qid > int(tr["max_io_qpairs_per_ctrlr"]) or qid in e.qpairs:
         return {"error": "qid"}
     if not e.enabled:

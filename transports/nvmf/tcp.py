@@ -39,112 +39,24 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from ...bdevs.base import IoStatus
-from ...control.hostlog import HostLog
-from ...shm.iobuf import CHUNK, IoBufs, IoVec, IoWait
-from . import admin, fabrics, io, spec
+from ...runtime.loop import Timer
+from ...shm.iobuf import CHUNK, IoVec
+from . import io, spec
 from . import pdu as P
-from .core import NvmfTarget, QueuePair
+from .core import NvmfTarget
+from .qpair import QueuePair
+from .request import FAST_SQE, FUA, XFER_C2H, XFER_H2C, Request
+from .tcp_ops import TCP
 
 log = logging.getLogger(__name__)
 
 HPDA_MAX = 31
-XFER_NONE, XFER_H2C, XFER_C2H = 0, 1, 2
 IC_BUFSIZE = 8192  # receive buffer before the IC exchange (an ICReq is 128 bytes)
-FUA = 1 << 30  # CDW12 bit 30 of Write / Write Zeroes / Compare
+__all__ = ["FUA", "Request", "TcpQpair"]
 
 
-class Request:
-    """One command in flight on a queue pair."""
-
-    __slots__ = (
-        "qp",
-        "sqe",
-        "cid",
-        "opcode",
-        "nsid",
-        "sgl_len",
-        "xfer",
-        "data",
-        "ttag",
-        "h2c_off",
-        "buf",
-        "done",
-        "ddgst_err",
-        "fused",
-        "ctx",
-        "iov",
-        "wait",
-        "deadline",
-    )
-
-    def __init__(
-        self, qp: TcpQpair, sqe: spec.Sqe, cid: int = 0, opcode: int = 0, nsid: int = 0
-    ) -> None:
-        # the Read/Write fast path passes _FAST_SQE and the decoded fields
-        self.qp = qp
-        self.sqe = sqe
-        if sqe is not _FAST_SQE:
-            cid, opcode, nsid = sqe.cid, sqe.opcode, sqe.nsid
-        self.cid = cid
-        self.opcode = opcode
-        self.nsid = nsid
-        self.sgl_len = 0
-        self.xfer = XFER_NONE
-        self.data: memoryview | None = None  # host data, once complete
-        self.ttag = 0
-        self.h2c_off = 0
-        self.buf: bytearray | None = None
-        self.done = False
-        self.ddgst_err = False
-        self.fused: Request | None = None
-        self.ctx: Any = None  # command-specific state (e.g. connect)
-        self.iov: IoVec | None = None  # pool buffers of an R2T transfer
-        self.wait: IoWait | None = None  # queued for pool buffers
-        self.deadline = 0.0  # H2CData must have arrived by then
-
-    def complete(self, status: int = 0, result: int = 0) -> None:
-        self.qp.complete(self, status, result)
-
-    def complete_with_data(
-        self, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
-    ) -> None:
-        qp = self.qp
-        if qp.qid <= 0:  # admin payloads built: what the bounds tests count
-            qp.target.stats["admin_data_bytes"] += len(data)
-        qp.complete_with_data(self, data, status, result)
-
-    @property
-    def fua(self) -> bool:
-        """FUA asked (CDW12 bit 30) or the controller is in write-through (VWC = 0)."""
-        return bool(self.sqe.cdw12 & FUA) or self.qp.write_through
-
-    # bound-method callbacks of the fast path (no closure per command)
-    def read_done(self, status: IoStatus, data: memoryview | None) -> None:
-        try:
-            if status:
-                return self.qp.complete(self, io.status_of(status, True))
-            if data is None or len(data) < self.sgl_len:
-                return self.qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
-            self.qp.complete_with_data(self, data)
-        except Exception as e:
-            self.qp.crash(e, "a read completion")
-
-    def write_done(self, status: IoStatus) -> None:
-        try:
-            self.qp.complete(self, io.status_of(status) if status else 0)
-        except Exception as e:
-            self.qp.crash(e, "a write completion")
-
-    def got_iov(self, iov: IoVec) -> None:
-        """The pool granted this R2T transfer its buffers: ask for the data."""
-        self.qp._send_r2t(self)
-        self.qp._wake()
-
-
-_FAST_SQE = spec.Sqe(0, 0, 0, 0, 0, 0, 0, bytes(16), 0, 0, 0, 0, 0, 0)
+_FAST_SQE = FAST_SQE
 # CapsuleCmd common header without digests or data, as one integer
 _CH_NODATA = P.CH.unpack(P.CH.pack(P.CAPSULE_CMD, 0, 72, 0, 72))
 # the SQE fields a Read/Write needs: opcode flags cid nsid [cdw2 cdw3 mptr]
@@ -169,9 +81,8 @@ class TcpQpair(QueuePair):
         wake: Callable[[], None] | None = None,
         on_close: Callable[[TcpQpair], None] | None = None,
     ) -> None:
-        super().__init__(target, listener, peer)
-        opts = target.opts
-        self.opts = opts
+        super().__init__(target, TCP, listener, peer)
+        opts = self.opts
         self.maxh2cdata = opts.max_io_size
         self.c2h_unit = max(4096, min(opts.io_unit_size, opts.max_io_size))
         self.bufsize = max(1 << 18, 2 * (opts.max_io_size + 256))
@@ -186,27 +97,23 @@ class TcpQpair(QueuePair):
         self.cpda = 0
         self.maxr2t = 0
         self.ic_done = False
-        self.out: list[Any] = []
+        self.out: list[bytes | bytearray | memoryview] = []
         self.want_close = False
-        self.wake = wake
+        self._wake_cb = wake
         self.on_close = on_close
-        self.reqs: dict[int, Request] = {}
         self.ttags: dict[int, Request] = {}
         self._next_ttag = 0
         self._pool: list[bytearray] = []
-        self.fused_first: Request | None = None
-        self.close_reason = ""
+        self._cur_hdr: bytes | memoryview = (
+            b""  # header of the capsule being admitted (for a TermReq)
+        )
         ctx = target.ctx
-        self.iobufs: IoBufs | None = getattr(ctx, "iobufs", None)
-        self.hlog = HostLog(log, f"nvmf-tcp {peer}")
-        self.write_through = False  # VWC = 0 on this queue's controller: every write FUA
         # backpressure: response bytes produced since take_output / held unsent by the driver
         self.out_bytes = 0
         self.backlog = 0
         self.paused = False
-        self.crashed = False
-        self._h2c_timer: Any = None
-        self._conn_timer: Any = None
+        self._h2c_timer: Timer | None = None
+        self._conn_timer: Timer | None = None
         # pool buffers whose bytes are queued for the socket: released once
         # the driver reports them sent (byte marks of the taken output)
         self.taken_total = 0
@@ -215,7 +122,6 @@ class TcpQpair(QueuePair):
         self._held: deque[tuple[int, list[IoVec]]] = deque()
         if opts.connect_timeout > 0:
             self._conn_timer = ctx.loop.call_later(opts.connect_timeout, self._connect_timeout)
-        target.qpairs.add(self)
 
     # ------------------------------------------------------------ input side
     def get_buffer(self) -> memoryview:
@@ -236,10 +142,10 @@ class TcpQpair(QueuePair):
             mv = mv[n:]
             self.received(n)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
         """Feed bytes, return the output produced (sans-I/O tests; the output
         counts as sent at once, so backpressure pauses are resumed here)."""
-        out: list[Any] = []
+        out: list[bytes | bytearray | memoryview] = []
         mv = memoryview(data)
         while mv and not self.want_close:
             buf = self.get_buffer()
@@ -253,7 +159,7 @@ class TcpQpair(QueuePair):
                 self.resume()
         return out + self.take_output()
 
-    def take_output(self) -> list[Any]:
+    def take_output(self) -> list[bytes | bytearray | memoryview]:
         out, self.out = self.out, []
         self.out_bytes = 0
         n = self.last_taken = sum(map(len, out))
@@ -261,38 +167,9 @@ class TcpQpair(QueuePair):
         if self._hold_now:
             self._held.append((self.taken_total, self._hold_now))
             self._hold_now = []
-        if self.wake is None:  # no driver (sans-I/O use): taken counts as sent
+        if self._wake_cb is None:  # no driver (sans-I/O use): taken counts as sent
             self.sent_upto(self.taken_total)
         return out
-
-    # -- pool buffers -----------------------------------------------------------------
-    def acquire(self, req: Request, nbytes: int, fn: Callable[[IoVec], None]) -> None:
-        """Pool buffers for ``req`` (``req.iov``), then ``fn(iov)``: now, or
-        first come first served once buffers are released (possibly from
-        another connection's completion). A grant for a request that finished
-        or a closed connection goes straight back; an exception in ``fn`` is
-        contained to this connection. Raises ValueError when the whole pool
-        could never hold ``nbytes``."""
-        iob = self.iobufs
-        assert iob is not None
-
-        def grant(iov: IoVec) -> None:
-            req.wait = None
-            if req.done or self.closed:
-                return iob.release(iov)
-            req.iov = iov
-            try:
-                fn(iov)
-            except Exception as e:
-                if req.iov is iov:
-                    req.iov = None
-                    iob.release(iov)
-                self.crash(e, "a pool buffer grant")
-
-        w = iob.acquire(nbytes, grant)
-        if w is not None:
-            req.wait = w
-            self.target.stats["iobuf_waits"] += 1
 
     # -- transmit buffers from the pool -------------------------------------------
     def hold_tx(self, iov: IoVec) -> None:
@@ -307,17 +184,22 @@ class TcpQpair(QueuePair):
         """The driver has sent ``total`` bytes of taken output in all."""
         held = self._held
         while held and held[0][0] <= total:
+            iob = self.iobufs
+            assert iob is not None  # only pool buffers are held
             for iov in held.popleft()[1]:
-                self.iobufs.release(iov)  # type: ignore[union-attr]
+                iob.release(iov)
 
     def release_tx(self) -> None:
         """Nothing more will be sent (the socket is closed): free what was held."""
+        iob = self.iobufs
+        if iob is None:
+            return  # nothing can be held without a pool
         for _mark, iovs in self._held:
             for iov in iovs:
-                self.iobufs.release(iov)  # type: ignore[union-attr]
+                iob.release(iov)
         self._held.clear()
         for iov in self._hold_now:
-            self.iobufs.release(iov)  # type: ignore[union-attr]
+            iob.release(iov)
         self._hold_now = []
 
     @property
@@ -354,31 +236,21 @@ class TcpQpair(QueuePair):
         except Exception as e:
             self.crash(e, "a PDU")
 
-    def crash(self, exc: BaseException, what: str) -> None:
-        """Containment: an unexpected exception while handling ``what`` closes
-        this connection only (C2HTermReq, requests and buffers freed), logs
-        the traceback once and counts it (nvmf_get_stats)."""
-        if self.crashed:
-            return
-        self.crashed = True
-        self.target.stats["qpair_exceptions"] += 1
-        self.hlog.event(
-            logging.ERROR,
-            "internal error while handling %s (%s: %s): closing the connection",
-            what,
-            type(exc).__name__,
-            exc,
-            exc_info=True,
+    def abort(self, reason: str) -> None:
+        """A fatal error without a framing cause (an internal error):
+        C2HTermReq, then close once it is flushed."""
+        if not self.want_close:
+            self.out.append(P.encode_term_req(P.C2H_TERM_REQ, P.FES_PDU_SEQUENCE_ERROR, 0, b""))
+            self.want_close = True
+        self.close(reason)
+
+    def queue_full(self, req: Request) -> None:
+        self.fatal(
+            P.FES_PDU_SEQUENCE_ERROR,
+            0,
+            f"more than {self.queue_limit()} commands outstanding",
+            bytes(self._cur_hdr),
         )
-        try:
-            if not self.want_close:
-                self.out.append(P.encode_term_req(P.C2H_TERM_REQ, P.FES_PDU_SEQUENCE_ERROR, 0, b""))
-                self.want_close = True
-            self.close_reason = self.close_reason or f"internal error: {exc!r}"
-            self.close(self.close_reason)
-        except Exception:  # never let teardown itself escape
-            log.exception("nvmf-tcp %s: teardown after an internal error failed", self.peer)
-            self.closed = True
 
     # -- timers ----------------------------------------------------------------
     def _clock(self) -> float:
@@ -437,7 +309,7 @@ class TcpQpair(QueuePair):
             self.close_reason = "H2CData timeout"
             self.want_close = True
             self.reader.failed = self.reader.failed or P.PduError(0, 0, "H2CData timeout")
-            self._wake()
+            self.wake()
         except Exception as e:
             self.crash(e, "the H2CData timer")
 
@@ -453,7 +325,9 @@ class TcpQpair(QueuePair):
         s = r._start
         reqs = self.reqs
         limit = self.sqsize + 1
-        namespaces = self.subsys.namespaces  # type: ignore[union-attr]
+        subsys = self.subsys
+        assert subsys is not None  # fast_ok checked it
+        namespaces = subsys.namespaces
         icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
         max_io = self.opts.max_io_size
         ch_unpack = P.CH.unpack_from
@@ -560,11 +434,11 @@ class TcpQpair(QueuePair):
         self.close_reason = msg
         self.want_close = True
         self.reader.failed = self.reader.failed or P.PduError(fes, fei, msg)
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
-        if self.wake is not None:
-            self.wake()
+    def wake(self) -> None:
+        if self._wake_cb is not None:
+            self._wake_cb()
 
     def _handle(self, pdu: P.Pdu) -> None:
         t = pdu.type
@@ -581,7 +455,7 @@ class TcpQpair(QueuePair):
             )
             self.close_reason = "H2CTermReq"
             self.want_close = True
-            self._wake()
+            self.wake()
 
     def _icreq(self, pdu: P.Pdu) -> None:
         pfv, hpda, hd, dd, maxr2t = P.parse_ic(pdu.hdr)
@@ -604,29 +478,14 @@ class TcpQpair(QueuePair):
         self.ic_done = True
 
     # -- commands ------------------------------------------------------------
-    def queue_limit(self) -> int:
-        if self.qid < 0:
-            return self.opts.max_aq_depth
-        return self.sqsize + 1
-
     def _capsule(self, pdu: P.Pdu) -> None:
         sqe = spec.unpack_sqe(pdu.hdr, 8)
-        if len(self.reqs) >= self.queue_limit():
-            return self.fatal(
-                P.FES_PDU_SEQUENCE_ERROR,
-                0,
-                f"more than {self.queue_limit()} commands outstanding",
-                bytes(pdu.hdr),
-            )
-        if self.qid >= 0:
-            self.sqhd = (self.sqhd + 1) % (self.sqsize + 1)
         req = Request(self, sqe)
-        if sqe.cid in self.reqs:
-            # answer without touching the command already using this CID
-            req.done = True
-            self._send_resp(req.cid, spec.status_field(0, spec.SC_CMDID_CONFLICT, dnr=True), 0)
+        self._cur_hdr = pdu.hdr
+        admitted = self.submit(req)  # queue depth, SQHD, CID uniqueness (core)
+        self._cur_hdr = b""
+        if not admitted:
             return
-        self.reqs[sqe.cid] = req
         op = sqe.opcode
         if op == spec.FABRICS_OPCODE:
             op = spec.u8(pdu.hdr, 8 + 4)  # fctype: its low bits give the direction
@@ -657,7 +516,7 @@ class TcpQpair(QueuePair):
                     and io.async_copying_ns(self, req.nsid)
                 ):
                     return self._stage_incapsule(req)
-            return self._execute(req)
+            return self.execute(req)
         if ident == spec.SGL_TYPE_TRANSPORT:
             if data is not None:
                 return self.complete(req, spec.ST_INVALID_FIELD)
@@ -665,10 +524,10 @@ class TcpQpair(QueuePair):
                 return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
             req.sgl_len = sgl.length
             if req.xfer & XFER_H2C and sgl.length:
-                return self._start_h2c(req)
-            return self._execute(req)
+                return self.start_h2c(req)  # pool buffers, then fetch_data (R2T)
+            return self.execute(req)
         if sgl.length == 0 and ident == 0:
-            return self._execute(req)  # an all-zero descriptor: no data
+            return self.execute(req)  # an all-zero descriptor: no data
         return self.complete(req, spec.ST_SGL_INVALID_TYPE)
 
     def _stage_incapsule(self, req: Request) -> None:
@@ -682,28 +541,13 @@ class TcpQpair(QueuePair):
             v = iov.views[0]
             v[:] = view
             req.data = v
-            self._execute(req)
-            self._wake()
+            self.execute(req)
+            self.wake()
 
         self.acquire(req, len(view), got)
 
-    def _execute(self, req: Request) -> None:
-        if self.fused_first is not None or req.sqe.fuse:
-            io.fused_gate(req)
-            return
-        dispatch(req)
-
-    def _start_h2c(self, req: Request) -> None:
-        """Buffers first (from the pool, FIFO when it is empty), then the R2T."""
-        iob = self.iobufs
-        if iob is None:
-            return self._send_r2t(req)  # no pool on this reactor: bounded bytearrays
-        try:
-            self.acquire(req, req.sgl_len, req.got_iov)
-        except ValueError:  # the whole pool could never hold it
-            return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
-
-    def _send_r2t(self, req: Request) -> None:
+    def fetch_data(self, req: Request) -> None:
+        """Ask the host for the data: an R2T (H2CData then arrives in _h2c_data)."""
         ttag = self._next_ttag
         while True:
             ttag = (ttag + 1) & 0xFFFF
@@ -730,9 +574,9 @@ class TcpQpair(QueuePair):
             return self.fatal(
                 P.FES_INVALID_HEADER_FIELD, P.OFF_DATA_CCCID, f"CCCID {cccid} != {req.cid}", hdr
             )
-        if datao != req.h2c_off:
+        if datao != req.xfer_off:
             return self.fatal(
-                P.FES_DATA_OUT_OF_RANGE, P.OFF_DATA_DATAO, f"DATAO {datao} != {req.h2c_off}", hdr
+                P.FES_DATA_OUT_OF_RANGE, P.OFF_DATA_DATAO, f"DATAO {datao} != {req.xfer_off}", hdr
             )
         if datao + datal > req.sgl_len:
             return self.fatal(
@@ -740,7 +584,7 @@ class TcpQpair(QueuePair):
             )
         assert pdu.data is not None
         if not pdu.ddgst_ok:
-            req.ddgst_err = True
+            req.data_err = True
         iov = req.iov
         if iov is not None:
             _copy_in(iov, datao, pdu.data)  # into the pool buffers
@@ -750,8 +594,8 @@ class TcpQpair(QueuePair):
             if req.buf is None:
                 req.buf = self._get_buf(req.sgl_len)
             req.buf[datao : datao + datal] = pdu.data
-        req.h2c_off = datao + datal
-        if req.h2c_off < req.sgl_len:
+        req.xfer_off = datao + datal
+        if req.xfer_off < req.sgl_len:
             return
         del self.ttags[ttag]
         if iov is not None:
@@ -763,26 +607,16 @@ class TcpQpair(QueuePair):
                 req.data = memoryview(b"".join(iov.views))[: req.sgl_len]
         elif req.buf is not None:
             req.data = memoryview(req.buf)[: req.sgl_len]
-        if req.ddgst_err:
+        if req.data_err:
             return self.complete(req, spec.ST_TRANSIENT_TRANSPORT_ERROR)
-        self._execute(req)
+        self.execute(req)
 
     def _get_buf(self, n: int) -> bytearray:
         if self._pool and n <= self.opts.max_io_size:
             return self._pool.pop()
         return bytearray(max(n, self.opts.max_io_size) if n <= self.opts.max_io_size else n)
 
-    def _release(self, req: Request) -> None:
-        req.data = None
-        if req.iov is not None or req.wait is not None:
-            iob = self.iobufs
-            assert iob is not None
-            if req.wait is not None:
-                iob.cancel(req.wait)
-                req.wait = None
-            if req.iov is not None:
-                iob.release(req.iov)
-                req.iov = None
+    def release_transfer(self, req: Request) -> None:
         if req.buf is not None:
             if len(self._pool) < 8 and len(req.buf) == self.opts.max_io_size:
                 self._pool.append(req.buf)
@@ -790,63 +624,37 @@ class TcpQpair(QueuePair):
         if req.ttag and self.ttags.get(req.ttag) is req:
             del self.ttags[req.ttag]
 
+    def pending_transfers(self) -> list[Request]:
+        return list(self.ttags.values())
+
     # ------------------------------------------------------------ output side
-    def _send_resp(self, cid: int, status: int, result: int) -> None:
+    def send_response(self, req: Request, status: int, result: int) -> None:
         self.out_bytes += 24
         if not self.hdgst:
             self.out.append(
                 _RESP_PACK(
-                    P.CAPSULE_RESP, 0, 24, 0, 24, result, self.sqhd, max(self.qid, 0), cid, status
+                    P.CAPSULE_RESP,
+                    0,
+                    24,
+                    0,
+                    24,
+                    result,
+                    self.sqhd,
+                    max(self.qid, 0),
+                    req.cid,
+                    status,
                 )
             )
             return
         self.out.extend(
-            P.encode_capsule_resp(cid, status, result, self.sqhd, max(self.qid, 0), self.hdgst)
+            P.encode_capsule_resp(req.cid, status, result, self.sqhd, max(self.qid, 0), self.hdgst)
         )
 
-    def _finish(self, req: Request, status: int) -> bool:
-        if req.done:
-            return False
-        req.done = True
-        if self.reqs.get(req.cid) is req:
-            del self.reqs[req.cid]
-        self._release(req)  # also after close: a bdev finished with the buffers
-        if self.closed:
-            return False
-        if status and self.ctrl is not None:
-            self.ctrl.record_error(max(self.qid, 0), req.cid, status, req.nsid)
-        return True
-
-    def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
-        try:
-            if not self._finish(req, status):
-                return
-            self._send_resp(req.cid, status, result)
-            self._wake()
-        except Exception as e:
-            self.crash(e, "a completion")
-
-    def complete_with_data(
-        self, req: Request, data: bytes | bytearray | memoryview, status: int = 0, result: int = 0
-    ) -> None:
-        try:
-            self._complete_with_data(req, data, status, result)
-        except Exception as e:
-            self.crash(e, "a completion with data")
-
-    def _complete_with_data(
-        self, req: Request, data: bytes | bytearray | memoryview, status: int, result: int
-    ) -> None:
-        if req.done:
-            return
-        if self.closed:
-            self._finish(req, status)
-            return
-        n = min(len(data), req.sgl_len)
+    def send_data(self, req: Request, mv: memoryview, status: int, result: int) -> bool:
+        """C2HData PDUs (split at the C2H unit); True when the last one
+        carries SUCCESS (the host disabled SQ flow control): no CapsuleResp."""
+        n = len(mv)
         self.out_bytes += n
-        mv = data if isinstance(data, memoryview) else memoryview(data)
-        if n < len(mv):
-            mv = mv[:n]
         success = (
             status == 0
             and result == 0
@@ -895,41 +703,20 @@ class TcpQpair(QueuePair):
                     self.out,
                 )
                 off += len(chunk)
-        if not self._finish(req, status):
-            return
-        if not success:
-            self._send_resp(req.cid, status, result)
-        self._wake()
+        return success
 
     # ------------------------------------------------------------ teardown
-    def close(self, reason: str = "") -> None:
-        """Stop the queue pair (the driver closes the socket via on_close)."""
-        if self.closed:
-            return
-        self.closed = True
+    def transport_close(self) -> None:
+        """From QueuePair.close: stop the timers, close the socket once the
+        queued output is out (the driver, via on_close)."""
         self.want_close = True
-        self.close_reason = self.close_reason or reason
         for t in (self._conn_timer, self._h2c_timer):
             if t is not None:
                 t.cancel()
         self._conn_timer = self._h2c_timer = None
-        # requests still waiting for data or pool buffers free them now; one
-        # that a bdev (or the supervisor) is working on frees them when it
-        # completes, so no buffer is reused under an in-flight write
-        idle = set(map(id, self.ttags.values()))
-        if self.fused_first is not None:
-            idle.add(id(self.fused_first))
-            self.fused_first = None
-        for req in list(self.reqs.values()):
-            if id(req) in idle or req.wait is not None or req.iov is None:
-                req.done = True
-                self._release(req)
-        self.reqs.clear()
         self.ttags.clear()
-        if self.wake is None:
+        if self._wake_cb is None:
             self.release_tx()  # sans-I/O: nothing is still being sent
-        self.hlog.close()
-        self.target.qpair_closed(self)
         if self.on_close is not None:
             self.on_close(self)
 
@@ -949,17 +736,3 @@ def _copy_in(iov: IoVec, off: int, data: memoryview) -> None:
         pos += k
         i += 1
         o = 0
-
-
-def dispatch(req: Request) -> None:
-    """Route a command whose data (if any) has arrived."""
-    qp = req.qp
-    if req.opcode == spec.FABRICS_OPCODE:
-        fabrics.execute(req)
-    elif qp.qid > 0:
-        io.execute(req)
-    elif qp.qid == 0 and qp.ctrl is not None:
-        admin.execute(req)
-    else:
-        # no Connect yet: only the fabrics Connect command is allowed
-        qp.complete(req, spec.ST_CMD_SEQ_ERROR)

@@ -608,7 +608,7 @@ class LoopQueue:
         on_fail: Callable[[str], Any],
         timeout: float = 10.0,
     ) -> None:
-        from ...actors.loop import EPOLLOUT
+        from ...runtime.loop import EPOLLOUT
 
         self.loop = loop
         self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
@@ -640,7 +640,7 @@ class LoopQueue:
             self._fail("connect timed out")
 
     def _on_event(self, ev: int) -> None:
-        from ...actors.loop import EPOLLERR, EPOLLHUP, EPOLLIN
+        from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN
 
         if self.closed:
             return
@@ -716,7 +716,7 @@ class LoopQueue:
             send_all_nb(self.sock, self._pending + self.q.take_tx())
 
     def _flush(self) -> None:
-        from ...actors.loop import EPOLLIN, EPOLLOUT
+        from ...runtime.loop import EPOLLIN, EPOLLOUT
 
         self._flush_scheduled = False
         if self.closed:

@@ -390,7 +390,7 @@ def test_exception_in_completion_is_contained(h, tgt, monkeypatch) -> None:  # t
     _a, cntlid = _admin(h, rpc, key)
     q = _io(h, rpc, key, cntlid)
     q.cmd(spec.IO_READ, cid=1, nsid=1, cdws=_rw(0, 512), sgl_len=512)  # fast path opened
-    monkeypatch.setattr(q.qp, "_send_resp", lambda *a: 1 / 0)
+    monkeypatch.setattr(q.qp, "send_response", lambda *a: 1 / 0)
     q.cmd(spec.IO_WRITE, cid=2, nsid=1, cdws=_rw(0, 512), data=bytes(512))
     assert q.qp.closed and q.term() is not None
     assert q.qp.target.stats["qpair_exceptions"] == 1
@@ -700,7 +700,7 @@ def test_exception_in_a_pool_grant_stays_with_its_connection(h, pooled, monkeypa
         )
     a.cmd(spec.IO_WRITE, cid=7, nsid=1, cdws=_rw(0, n), data=bytes(n), incapsule=False)
     assert iob.queued == 1
-    monkeypatch.setattr(a.qp, "_send_r2t", lambda req: 1 / 0)
+    monkeypatch.setattr(a.qp, "fetch_data", lambda req: 1 / 0)
     _c, ttag, _o, _l = P.parse_data_hdr(r2ts[0].hdr)
     pdus = b.send(_j(P.encode_data(P.H2C_DATA, 1, ttag, 0, bytes(n))))
     assert b.resp(pdus).status == 0 and not b.qp.closed

@@ -41,7 +41,7 @@ def test_transport(rpc) -> None:  # type: ignore[no-untyped-def]
         t["max_aq_depth"],
     ) == (127, 4096, 131072, 131072, 128)
     assert "already exists" in _err(rpc, "nvmf_create_transport", {"trtype": "TCP"})
-    assert "not supported" in _err(rpc, "nvmf_create_transport", {"trtype": "RDMA"})
+    assert "not supported" in _err(rpc, "nvmf_create_transport", {"trtype": "VFIOUSER"})
     assert "max_queue_depth" in _err(
         rpc, "nvmf_get_transports", {"trtype": "TCP", "max_queue_depth": 1}
     )
