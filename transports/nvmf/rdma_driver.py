@@ -18,6 +18,7 @@ listen addresses spread over the reactors. See docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
 from typing import Any
@@ -44,6 +45,7 @@ class NvmfRdmaDriver:
         self.devices: dict[tuple[int, str], Any] = {}
         self.by_cm: dict[int, Any] = {}
         self.failed: dict[str, str] = {}
+        self.opening: set[tuple[int, str]] = set()
 
     # -- transport driver -------------------------------------------------------
     def accept(self, ctx: ReactorContext, sock: Any, listener: str, preread: bytes = b"") -> None:
@@ -94,25 +96,35 @@ class NvmfRdmaDriver:
                 del self.listeners[(r, key)]
         if not want:
             return
-        why = RDMA.unavailable()
         for key, (addr, port) in want.items():
-            if (rid, key) in self.listeners:
+            if (rid, key) in self.listeners or (rid, key) in self.opening:
                 continue
-            if why is not None:
-                if self.failed.get(key) != why:
-                    log.error("nvmf-rdma: cannot listen on %s: %s", key, why)
-                self.failed[key] = why
-                continue
-            try:
-                from .rdma_verbs import RdmaListener
+            # opened from the loop: importing pyverbs, opening the device and
+            # registering memory must not hold up the answer to the config
+            self.opening.add((rid, key))
+            ctx.loop.call_soon(functools.partial(self._open, ctx, key, addr, port))
 
-                backlog = int(target_for(ctx).opts_for("RDMA").raw.get("acceptor_backlog", 100))
-                self.listeners[(rid, key)] = RdmaListener(self, ctx, key, addr, port, backlog)
-                self.failed.pop(key, None)
-            except Exception as e:
-                if self.failed.get(key) != str(e):
-                    log.exception("nvmf-rdma: cannot listen on %s:%d: %s", addr, port, e)
-                self.failed[key] = str(e)
+    def _open(self, ctx: ReactorContext, key: str, addr: str, port: int) -> None:
+        rid = id(ctx)
+        self.opening.discard((rid, key))
+        if (rid, key) in self.listeners or key not in self.wanted(ctx):
+            return
+        why = RDMA.unavailable()
+        if why is not None:
+            if self.failed.get(key) != why:
+                log.error("nvmf-rdma: cannot listen on %s: %s", key, why)
+            self.failed[key] = why
+            return
+        try:
+            from .rdma_verbs import RdmaListener
+
+            backlog = int(target_for(ctx).opts_for("RDMA").raw.get("acceptor_backlog", 100))
+            self.listeners[(rid, key)] = RdmaListener(self, ctx, key, addr, port, backlog)
+            self.failed.pop(key, None)
+        except Exception as e:
+            if self.failed.get(key) != str(e):
+                log.exception("nvmf-rdma: cannot listen on %s:%d: %s", addr, port, e)
+            self.failed[key] = str(e)
 
     # -- RDMA CM events ------------------------------------------------------------
     def handle_event(self, lst: Any, ev: Any) -> None:

@@ -159,6 +159,9 @@ def _wrid(conn: int, kind: int, idx: int) -> int:
     return (conn << 32) | (kind << 28) | idx
 
 
+_KEEP: list[Any] = []  # verbs contexts librdmacm owns: never deallocated by us
+
+
 class _Region:
     __slots__ = ("start", "end", "mr", "owner")
 
@@ -187,6 +190,7 @@ class RdmaDevice:
         self.bufsize = R.SQE_SIZE + int(opts.in_capsule_data_size)
         self.cq = cq.CQ(self.vctx, int(raw["num_cqe"]), None, self.chan, 0)
         self.cq.req_notify()
+        self.closed = False
         self.regions: list[_Region] = []
         self.conns: dict[int, RdmaConn] = {}  # conn number -> conn
         self.by_qpn: dict[int, RdmaConn] = {}
@@ -270,8 +274,24 @@ class RdmaDevice:
         self.srq_arena, self.srq_mr, self.srq_addr, self.srq_bs = m, mr, a, bs
         view = memoryview(m)
         self.srq_bufs = [view[i * bs : (i + 1) * bs] for i in range(depth)]
-        for i in range(depth):
+        # posted in batches from the loop: thousands of work requests take
+        # seconds of Python under emulation, the config answer must not wait
+        first = min(depth, 256)
+        for i in range(first):
             self.post_srq(i)
+        self._post_more(first, depth)
+
+    def _post_more(self, start: int, depth: int) -> None:
+        if start >= depth or self.closed:
+            return
+
+        def more() -> None:
+            end = min(depth, start + 256)
+            for i in range(start, end):
+                self.post_srq(i)
+            self._post_more(end, depth)
+
+        self.rctx.loop.call_soon(more)
 
     def post_srq(self, slot: int) -> None:
         import pyverbs.wr as wr
@@ -337,6 +357,8 @@ class RdmaDevice:
         return n
 
     def close(self) -> None:
+        """Free the device's verbs objects in dependency order (reactor stop)."""
+        self.closed = True
         try:
             self.rctx.loop.remove_fd(self.chan_fd)
         except Exception:
@@ -345,6 +367,16 @@ class RdmaDevice:
             self.rctx.loop.remove_poller(self.poll)
         except Exception:
             pass
+        objs = [self.srq, self.srq_mr, self.cq, self.chan] + [r.mr for r in self.regions]
+        for o in objs + [self.pd]:
+            try:
+                if o is not None:
+                    o.close()
+            except Exception:
+                log.debug("nvmf-rdma: close of %r failed", o, exc_info=True)
+        self.regions.clear()
+        # the context belongs to librdmacm: never closed here, kept to the end
+        _KEEP.append(self.vctx)
 
 
 class RdmaConn:
