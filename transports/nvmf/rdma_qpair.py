@@ -65,7 +65,8 @@ class RdmaRequest(Request):
     def __init__(self, qp: RdmaQpair, sqe: spec.Sqe, slot: int) -> None:
         super().__init__(qp, sqe)
         self.slot = slot  # receive buffer holding the capsule (-1: given back)
-        self.tx: memoryview | None = None  # data to RDMA WRITE before the response
+        # (data, remote address, key) to RDMA WRITE before the response
+        self.tx: tuple[memoryview, int, int] | None = None
 
 
 class _Tx:
@@ -187,9 +188,11 @@ class RdmaQpair(QueuePair):
     def fetch_data(self, req: Request) -> None:
         assert isinstance(req, RdmaRequest) and req.tp is not None
         iov = req.iov
-        if iov is None:  # no pool on this reactor: the transport needs it
-            return self.complete(req, spec.ST_INTERNAL)
-        views = _cut(iov.views, req.sgl_len)
+        if iov is None:  # no pool on this reactor: a buffer bounded by max_io_size
+            req.buf = bytearray(req.sgl_len)
+            views = [memoryview(req.buf)]
+        else:
+            views = _cut(iov.views, req.sgl_len)
         self.stats["rdma_read"] += 1
         self.reading[id(req)] = req
         addr, key = _keyed(req.tp)
@@ -210,8 +213,10 @@ class RdmaQpair(QueuePair):
                 self.complete(req, spec.ST_TRANSIENT_TRANSPORT_ERROR)
                 return self.abort("RDMA READ failed")
             iov = req.iov
-            assert iov is not None
-            if len(iov.views) == 1:
+            if iov is None:
+                assert req.buf is not None
+                req.data = memoryview(req.buf)
+            elif len(iov.views) == 1:
                 req.data = iov.views[0][: req.sgl_len]
             elif req.opcode != spec.IO_WRITE or self.qid <= 0:
                 # only Write moves chunk by chunk; others get one MDTS-bounded copy
@@ -229,7 +234,8 @@ class RdmaQpair(QueuePair):
             return False
         if self.verbs.lkey(data) is None:
             data = self._bounce(req, data)
-        req.tx = data
+        addr, key = _keyed(req.tp)  # kept here: finish() drops req.tp before the response
+        req.tx = (data, addr, key)
         return False  # RDMA always sends the response capsule
 
     def _bounce(self, req: RdmaRequest, data: memoryview) -> memoryview:
@@ -260,12 +266,15 @@ class RdmaQpair(QueuePair):
         if self.closed:
             return
         tx = _Tx()
-        data, req.tx = req.tx, None
+        data: memoryview | None = None
+        addr = key = 0
+        if req.tx is not None:
+            data, addr, key = req.tx
+            req.tx = None
         bounce = self._pending_bounce
         if bounce is not None:
             tx.iovs.append(bounce)
             self._pending_bounce = None
-        addr, key = _keyed(req.tp)
         if data is not None:
             self.stats["rdma_write"] += 1
             tx.data = data
@@ -300,9 +309,8 @@ class RdmaQpair(QueuePair):
             self.close("SEND failed")
 
     def release_transfer(self, req: Request) -> None:
-        req.tp = None
-        if isinstance(req, RdmaRequest):
-            req.tx = None
+        req.buf = None
+        req.tp = None  # the keyed SGL; a pending WRITE keeps its copy in req.tx
 
     # -- teardown -------------------------------------------------------------------
     def transport_close(self) -> None:

@@ -442,6 +442,7 @@ class RdmaConn:
         self.free_slots = list(range(self.nslots - 1, -1, -1))
         self.send_tok: dict[int, tuple[Any, Any]] = {}  # slot -> (token, ad hoc MR)
         self.reads: dict[int, RdmaRequest] = {}
+        self.read_mrs: dict[int, list[Any]] = {}
         self._next_read = 0
         for st in (e.IBV_QPS_INIT, e.IBV_QPS_RTR, e.IBV_QPS_RTS):
             attr, mask = cmid.init_qp_attr(st)
@@ -458,12 +459,14 @@ class RdmaConn:
         k = self.dev.lkey_for(data)
         return None if k is None else k[1]
 
-    def _sges(self, views: list[memoryview]) -> list[Any]:
+    def _sges(self, views: list[memoryview], keep: list[Any]) -> list[Any]:
         out = []
         for v in views:
             k = self.dev.lkey_for(v)
-            if k is None:
-                raise ValueError("buffer not in registered memory")
+            if k is None:  # a private bounded buffer (no pool): registered for this READ
+                mr = self.dev.register_once(v)
+                keep.append(mr)
+                k = (addr_of(v), mr.lkey)
             out.append(self.wr.SGE(k[0], v.nbytes, k[1]))
         return out
 
@@ -475,7 +478,8 @@ class RdmaConn:
         while idx in self.reads:
             idx = (idx + 1) & 0xFFFFFFF
         self._next_read = (idx + 1) & 0xFFFFFFF
-        sges = self._sges(views)
+        keep: list[Any] = []
+        sges = self._sges(views, keep)
         w = self.wr.SendWR(
             wr_id=_wrid(self.num, K_READ, idx),
             opcode=self.e.IBV_WR_RDMA_READ,
@@ -485,6 +489,8 @@ class RdmaConn:
         )
         w.set_wr_rdma(key, addr)
         self.reads[idx] = req
+        if keep:
+            self.read_mrs[idx] = keep
         self.vqp.post_send(w)
 
     def post_response(
@@ -564,6 +570,11 @@ class RdmaConn:
         self.qp.capsule(slot, buf, wc.byte_len)
 
     def on_read(self, idx: int, ok: bool) -> None:
+        for mr in self.read_mrs.pop(idx, ()):
+            try:
+                mr.close()
+            except Exception:
+                pass
         req = self.reads.pop(idx, None)
         if req is not None:
             self.qp.read_done(req, ok)
