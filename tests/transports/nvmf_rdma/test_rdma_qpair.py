@@ -346,3 +346,20 @@ def test_short_capsule_and_overrun_disconnect(h, rdma_target) -> None:  # type: 
         b[4] = spec.FCTYPE_CONNECT
         qp2.capsule(slot, memoryview(b), 64)  # READs stay posted: the commands stay outstanding
     assert fv2.disconnected and qp2.closed
+
+
+def test_without_pyverbs_rdma_is_refused_naming_the_package(h, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    for m in [m for m in sys.modules if m == "pyverbs" or m.startswith("pyverbs.")]:
+        monkeypatch.delitem(sys.modules, m)
+    monkeypatch.setitem(sys.modules, "pyverbs", None)  # import pyverbs now raises ImportError
+    why = RDMA.unavailable()
+    assert why is not None and "python3-pyverbs" in why
+    rpc = h.FakeRpc(nreactors=1)
+    try:
+        with pytest.raises(Exception, match="python3-pyverbs"):
+            rpc.rpc("nvmf_create_transport", {"trtype": "RDMA"})
+        assert "RDMA" not in rpc.nvmf.transports
+    finally:
+        rpc.stop()
