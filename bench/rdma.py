@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     rc, facts, out = run(a.n4k, a.seq_mb, a.timeout, a.out / "rdma-guest.log")
     meta = {
-        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "params": f"{a.n4k} reads x 32 readers, {a.seq_mb} MiB sequential",
         "rc": rc,
     }
