@@ -82,6 +82,11 @@ def parse_trid(s: str) -> dict[str, str]:
         out[k] = v
     if "trtype" not in out:
         raise TridError("transport ID needs trtype (only TCP is supported)")
+    if out["trtype"].upper() == "RDMA":
+        raise TridError(
+            "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
+            "the target side is: nvmf_create_transport -t RDMA); use TCP"
+        )
     if out["trtype"].upper() != "TCP":
         raise TridError(f"trtype {out['trtype']!r} is not supported (only TCP)")
     out["trtype"] = "TCP"
