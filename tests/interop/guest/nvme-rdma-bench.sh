@@ -1,15 +1,15 @@
 #!/bin/bash
 # nvme-rdma-bench.sh - GUEST_RDMA=1: the kernel nvme-rdma host reads from
 # blockfabric's NVMe/RDMA target and from the kernel nvmet-rdma target in the
-# same guest run, same host tool: 32 parallel O_DIRECT dd readers of 4 KiB
-# blocks at random offsets (QD ~32; the guest userland has no fio), and one
-# 128 KiB sequential O_DIRECT read. Prints KH-FACT <target>_<test>=IOPS|MiB/s.
-# Variables: BF_REPO, SECS_4K (reads per reader: N4K, default 64), SEQ_MB (32)
+# same guest run, same host tool (rdma-randread.py: 32 threads of O_DIRECT
+# 4 KiB preadv at random offsets = QD32, the guest userland has no fio; then
+# 128 KiB sequential O_DIRECT reads, QD1). Prints KH-FACT <target>_<test>=N.
+# Variables: BF_REPO, SECS (seconds per measurement, 15), SEQ_MB (MiB written first, 16)
 . /guest/interop-lib.sh
 REPO=${BF_REPO:?}
 ADDR=10.0.2.15
-N4K=${N4K:-64}
-SEQ_MB=${SEQ_MB:-32}
+SECS=${SECS:-15}
+SEQ_MB=${SEQ_MB:-16}
 BFNQN=nqn.2016-06.io.blockfabric:bench
 KNQN=nqn.2024-01.io.kernel-host:rdma-bench
 export BLOCKFABRIC_RUN_DIR=/tmp/bfrun BLOCKFABRIC_REACTOR_START_TIMEOUT=120
@@ -41,20 +41,12 @@ measure() {  # NAME PORT NQN
   local name=$1 dev t0 t1 i pids
   dev=$(kh_nvme_rdma_connect $ADDR "$2" "$3") || { ki_fail "$name-connect"; return 1; }
   dd if=/dev/urandom of="$dev" bs=1M count=$SEQ_MB oflag=direct status=none
-  t0=$(date +%s.%N); pids=""
-  for i in $(seq 0 31); do
-    ( r=$RANDOM; for j in $(seq 1 $N4K); do
-        dd if="$dev" of=/dev/null bs=4k count=1 skip=$(( (r * 31 + j * 977 + i * 131) % 8192 )) iflag=direct status=none
-      done ) &
-    pids="$pids $!"
-  done
-  wait $pids
-  t1=$(date +%s.%N)
-  ki_fact "${name}_randread_4k_iops" "$(awk -v a="$t0" -v b="$t1" -v n=$((32 * N4K)) 'BEGIN{printf "%.0f", n/(b-a)}')"
-  t0=$(date +%s.%N)
-  dd if="$dev" of=/dev/null bs=128k count=$(( SEQ_MB * 8 )) iflag=direct status=none
-  t1=$(date +%s.%N)
-  ki_fact "${name}_seqread_128k_mibs" "$(awk -v a="$t0" -v b="$t1" -v m=$SEQ_MB 'BEGIN{printf "%.1f", m/(b-a)}')"
+  r=$("$REPO/.venv/bin/python" /guest/rdma-randread.py "$dev" 4096 32 "$SECS")
+  kh_log "$name 4k randread QD32: $r"
+  ki_fact "${name}_randread_4k_iops" "$(echo "$r" | sed 's/.*iops=\([0-9.]*\).*/\1/')"
+  r=$("$REPO/.venv/bin/python" /guest/rdma-randread.py "$dev" 131072 1 "$SECS" seq)
+  kh_log "$name 128k seqread QD1: $r"
+  ki_fact "${name}_seqread_128k_mibs" "$(echo "$r" | sed 's/.*mibs=\([0-9.]*\).*/\1/')"
   nvme disconnect -n "$3" >/dev/null
   ki_pass "$name"
 }
