@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "rc": rc,
     }
     (a.out / "rdma.json").write_text(json.dumps({"meta": meta, "facts": facts}, indent=1))
-    if rc != 0 or "blockfabric_randread_4k_iops" not in facts:
+    if rc != 0 or not facts.get("blockfabric_randread_4k_iops"):
         print(out[-3000:], file=sys.stderr)
         print(f"bench rdma: guest run failed (rc {rc})", file=sys.stderr)
         return 1

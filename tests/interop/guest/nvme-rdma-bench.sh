@@ -41,10 +41,10 @@ measure() {  # NAME PORT NQN
   local name=$1 dev t0 t1 i pids
   dev=$(kh_nvme_rdma_connect $ADDR "$2" "$3") || { ki_fail "$name-connect"; return 1; }
   dd if=/dev/urandom of="$dev" bs=1M count=$SEQ_MB oflag=direct status=none
-  r=$("$REPO/.venv/bin/python" /guest/rdma-randread.py "$dev" 4096 32 "$SECS")
+  r=$("$REPO/.venv/bin/python" "$REPO/tests/interop/guest/rdma-randread.py" "$dev" 4096 32 "$SECS")
   kh_log "$name 4k randread QD32: $r"
   ki_fact "${name}_randread_4k_iops" "$(echo "$r" | sed 's/.*iops=\([0-9.]*\).*/\1/')"
-  r=$("$REPO/.venv/bin/python" /guest/rdma-randread.py "$dev" 131072 1 "$SECS" seq)
+  r=$("$REPO/.venv/bin/python" "$REPO/tests/interop/guest/rdma-randread.py" "$dev" 131072 1 "$SECS" seq)
   kh_log "$name 128k seqread QD1: $r"
   ki_fact "${name}_seqread_128k_mibs" "$(echo "$r" | sed 's/.*mibs=\([0-9.]*\).*/\1/')"
   nvme disconnect -n "$3" >/dev/null
