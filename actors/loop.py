@@ -227,8 +227,22 @@ class EventLoop:
         try:
             cb(*args)
         except Exception:  # one failing handler must not stop the reactor
-            self.callback_errors += 1
-            self._errlog.report("callback", cb)
+            self._callback_failed(cb)
+
+    def _callback_failed(self, cb: Callable[..., Any]) -> None:
+        self.callback_errors += 1
+        self._errlog.report("callback", cb)
+
+    def _run_soon(self) -> None:
+        """The deferred calls queued so far (not those they queue). The try
+        is inline, not a `_safe` call per callback: every flush of every
+        connection comes through here."""
+        soon, self._soon = self._soon, []
+        for cb in soon:
+            try:
+                cb()
+            except Exception:  # one failing callback must not stop the others
+                self._callback_failed(cb)
 
     def _fd_failed(self, fd: int, h: Callable[[int], Any], exc: BaseException) -> None:
         self.callback_errors += 1
@@ -247,10 +261,8 @@ class EventLoop:
     def run_once(self, timeout: float) -> int:
         work = 0
         if self._soon:
-            soon, self._soon = self._soon, []
-            for cb in soon:
-                self._safe(cb)
-            work += len(soon)
+            work += len(self._soon)
+            self._run_soon()
             timeout = 0
         events = self._ep.poll(timeout)
         handlers = self._handlers
@@ -293,9 +305,7 @@ class EventLoop:
         n = idle = 0
         while not self._stopping and self.poll_mode == "busy":
             if self._soon:
-                soon, self._soon = self._soon, []
-                for cb in soon:
-                    self._safe(cb)
+                self._run_soon()
             events = poll(0)
             for fd, ev in events:
                 h = handlers.get(fd)

@@ -13,6 +13,7 @@ names a slice of a shared-memory segment that both sides have mapped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
@@ -31,23 +32,29 @@ _KINDS: dict[str, type[Message]] = {}
 
 class Message:
     TAG: ClassVar[str] = ""
+    # set by @message (every kind is a dataclass); declared so that
+    # dataclasses.fields() accepts a Message for mypy
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def fields(self) -> list[Any]:
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        """The field values in order (msgpack-encodable values)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
 
-_M = TypeVar("_M", bound=type)
+_M = TypeVar("_M", bound=type[Message])
 
 
 @dataclass_transform(field_specifiers=(field,))
-def message(tag: str) -> Any:
+def message(tag: str) -> Callable[[_M], _M]:
+    """Register a message kind under ``tag`` and make it a dataclass."""
+
     def deco(cls: _M) -> _M:
-        dc: Any = dataclass(cls)
-        dc.TAG = tag
+        dataclass(cls)  # in place: the same class object comes back (no slots)
+        cls.TAG = tag
         if tag in _KINDS:
             raise ValueError(f"duplicate message tag {tag}")
-        _KINDS[tag] = dc
-        return dc  # type: ignore[no-any-return]
+        _KINDS[tag] = cls
+        return cls
 
     return deco
 
@@ -66,7 +73,7 @@ def decode(data: bytes) -> tuple[Message, int]:
     cls = _KINDS.get(arr[0])
     if cls is None:
         raise MessageError(f"unknown message kind {arr[0]!r}")
-    nf = len(dataclasses.fields(cls))  # type: ignore[arg-type]
+    nf = len(dataclasses.fields(cls))
     if len(arr) - 2 != nf:
         raise MessageError(f"{arr[0]}: expected {nf} fields, got {len(arr) - 2}")
     return cls(*arr[2:]), int(arr[1])

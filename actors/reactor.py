@@ -198,7 +198,7 @@ class Reactor:
         try:
             host, port = sock.getpeername()[:2]
             peer = f"{host}:{port}"
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a Unix socket's peer name is a str
             peer = "?"
         send_fd(self.fd_sock, Handoff(sock.fileno(), proto, listener, peer, preread, reactor_id))
         sock.close()
@@ -285,6 +285,18 @@ class Reactor:
                     for n, ch in self._channels.items()
                     if n in set(args.get("names", []))
                 }
+            if op == "bdev.resized":  # the new geometry came with the last ConfigUpdate
+                told: set[str] = set()  # once per family ("nvmf": the shared target)
+                for drv in DRIVERS.values():
+                    family = drv.proto.split("-", 1)[0]
+                    if family in told:
+                        continue
+                    told.add(family)
+                    try:
+                        drv.on_event(self, family + ".bdev_resized", dict(args))
+                    except Exception:
+                        log.exception("driver %s: bdev_resized handler failed", drv.proto)
+                return True
             return None
         d = DRIVERS.get(prefix)  # "nvmf-rdma.<op>": that transport's driver
         if d is not None:

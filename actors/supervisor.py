@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -619,16 +620,25 @@ class Supervisor:
         self.config_changed()
 
     def bdev_save_config(self) -> list[dict[str, Any]]:
-        out = [
+        from ..bdevs.claims import save_order, stacked_on
+        from ..bdevs.rbd_rpc import save_config as rbd_clusters  # before the bdevs using them
+
+        # bases first, then the remote (nvme) bdevs, then what is stacked on
+        # them, each after its bases: a restart recreates them in that order
+        order = save_order(self.bdevs.values())
+        entries = [
             {"method": b.create_method, "params": dict(b.create_params)}
-            for b in self.bdevs.values()
+            for b in order
             if b.create_method
         ]
+        stacked = [bool(stacked_on(b)) for b in order if b.create_method]
+        out = rbd_clusters() + [e for e, st in zip(entries, stacked, strict=True) if not st]
+        top = [e for e, st in zip(entries, stacked, strict=True) if st]
         try:
             from ..bdevs.nvme_rpc import save_config as nvme_save_config
         except ImportError:
-            return out
-        return out + nvme_save_config()
+            return out + top
+        return out + nvme_save_config() + top
 
     def _watch_aio(self) -> None:
         """An aio file that vanished is hot-removed like a deleted bdev."""
@@ -650,6 +660,25 @@ class Supervisor:
         if lst is not None:
             lst.users += 1
             return f"{addr}:{port}"
+        if family.lower() == "unix":  # a Unix stream socket at path ``addr`` (FC loopback LLD)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.lstat(addr).st_mode):
+                        os.unlink(addr)  # a stale socket of a dead instance
+                s.bind(addr)
+                s.listen(128)
+            except OSError as e:
+                s.close()
+                raise RpcError(
+                    -98 if e.errno == 98 else -22, f"cannot listen on {addr}: {e.strerror}"
+                ) from None
+            s.setblocking(False)
+            key = (proto, addr, 0)
+            self.listeners[key] = Listener(proto, addr, 0, s)
+            self.loop.add_fd(s.fileno(), EPOLLIN, functools.partial(self._on_accept, key))
+            log.info("listening for %s on %s", proto, addr)
+            return f"{addr}:0"
         fam = socket.AF_INET6 if family.lower() == "ipv6" or ":" in addr else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -677,6 +706,9 @@ class Supervisor:
         lst.users -= 1
         if lst.users <= 0:
             self.loop.remove_fd(lst.sock.fileno())
+            if lst.sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(lst.addr)
             lst.sock.close()
             del self.listeners[key]
 
@@ -704,7 +736,10 @@ class Supervisor:
                 send_fd(
                     rp.chan,
                     Handoff(
-                        conn.fileno(), lst.proto, f"{lst.addr}:{lst.port}", f"{peer[0]}:{peer[1]}"
+                        conn.fileno(),
+                        lst.proto,
+                        f"{lst.addr}:{lst.port}",
+                        f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix",
                     ),
                 )
             except OSError as e:
@@ -949,6 +984,9 @@ class Supervisor:
         for lst in list(self.listeners.values()):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_fd(lst.sock.fileno())
+            if lst.sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(lst.addr)
             lst.sock.close()
         self.listeners.clear()
         if self.rpc is not None:

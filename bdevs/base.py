@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..runtime.loop import Loop
+
 
 class IoStatus(enum.IntEnum):
     SUCCESS = 0
@@ -297,8 +299,8 @@ class Bdev:
     def size_bytes(self) -> int:
         return self.block_size * self.num_blocks
 
-    def open_channel(self, loop: Any = None) -> IoChannel:
-        """Open this process's channel. ``loop`` (an actors.loop.EventLoop) is
+    def open_channel(self, loop: Loop | None = None) -> IoChannel:
+        """Open this process's channel. ``loop`` (the reactor's event loop) is
         given on reactors; modules that complete I/O later (aio) use it to get
         their completions back onto the reactor thread."""
         raise NotImplementedError

@@ -187,6 +187,7 @@ class NvmeChannel(IoChannel):
                 self._on_ready,
                 self._on_fail,
                 timeout=5.0,
+                fc=(c["host_traddr"], c["assoc_id"]) if c.get("trtype") == "FC" else None,
             )
             self.connected_gen = c.get("gen", 0)
         except TransportError as e:
@@ -513,7 +514,7 @@ class NvmeBdev(Bdev):
             "nvme": [
                 {
                     "trid": {
-                        "trtype": "TCP",
+                        "trtype": c.get("trtype", "TCP"),
                         "adrfam": c.get("adrfam", "IPv4"),
                         "traddr": c.get("traddr"),
                         "trsvcid": str(c.get("trsvcid")),

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
@@ -52,8 +53,12 @@ class NvmeCtrlr:
             nr_io_queues=0,
             timeout=5.0,
             keepalive_thread=False,
+            trtype=p.get("trtype", "TCP"),
+            host_traddr=p.get("hostaddr") if p.get("trtype") == "FC" else None,
         )
         c.connect()
+        if p.get("trtype") == "FC":
+            p["hostaddr"] = c.host_traddr  # the I/O queues join this host port's association
         # MDTS is in units of the minimum memory page size (CAP.MPSMIN, 4 KiB
         # on every fabrics target we know); 0 means no limit
         mdts = c.identify_controller().mdts
@@ -82,6 +87,9 @@ class NvmeCtrlr:
             range(self.ctx.num_reactors)
         )
         return {
+            "trtype": p.get("trtype", "TCP"),
+            "host_traddr": p.get("hostaddr"),
+            "assoc_id": getattr(c, "assoc_id", 0) if c else 0,
             "traddr": p["traddr"],
             "trsvcid": str(p["trsvcid"]),
             "adrfam": p.get("adrfam") or "IPv4",
@@ -232,7 +240,7 @@ class NvmeCtrlr:
                     "state": self.state,
                     "cntlid": self.ctrl.cntlid if self.ctrl else 0,
                     "trid": {
-                        "trtype": "TCP",
+                        "trtype": p.get("trtype", "TCP"),
                         "adrfam": p.get("adrfam") or "IPv4",
                         "traddr": p["traddr"],
                         "trsvcid": str(p["trsvcid"]),
@@ -248,25 +256,27 @@ class NvmeCtrlr:
         }
 
 
+# the transport ID of a controller (attach; detach selects a path by it)
+_TRTYPE = Param("trtype", str, short="-t", help="NVMe-oF target trtype: e.g., tcp, rdma, pcie")
+_TRADDR = Param("traddr", str, short="-a", help="NVMe-oF target address: e.g., an ip address")
+_ADRFAM = Param("adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam: ipv4, ipv6")
+_TRSVCID = Param("trsvcid", str, required=False, short="-s", help="NVMe-oF target trsvcid (port)")
+_SUBNQN = Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn")
+_HOSTADDR = Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address")
+_HOSTSVCID = Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid")
+
+
 @rpc_method(
     "bdev_nvme_attach_controller",
     Param("name", str, short="-b", help="Name of the NVMe controller, prefix for each bdev name"),
-    Param("trtype", str, short="-t", help="NVMe-oF target trtype: e.g., tcp, rdma, pcie"),
-    Param("traddr", str, short="-a", help="NVMe-oF target address: e.g., an ip address or BDF"),
-    Param(
-        "adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam: e.g., ipv4, ipv6"
-    ),
-    Param(
-        "trsvcid",
-        str,
-        required=False,
-        short="-s",
-        help="NVMe-oF target trsvcid: e.g., a port number",
-    ),
-    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
+    _TRTYPE,
+    _TRADDR,
+    _ADRFAM,
+    _TRSVCID,
+    _SUBNQN,
     Param("hostnqn", str, required=False, short="-q", help="NVMe-oF host subnqn"),
-    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
-    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
+    _HOSTADDR,
+    _HOSTSVCID,
     Param("priority", str, required=False, short="-p", help="NVMe-oF connection priority"),
     Param(
         "prchk_reftag", bool, required=False, short="-r", help="Enable checking of PI reference tag"
@@ -338,13 +348,28 @@ def bdev_nvme_attach_controller(
 ) -> list[str]:
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
 
-    if trtype.upper() != "TCP":
-        raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (only TCP)")
-    if adrfam is not None and adrfam.lower() not in ("ipv4", "ipv6"):
-        raise invalid_params(f"parameter 'adrfam' must be IPv4 or IPv6, got {adrfam!r}")
-    port = trsvcid or "4420"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise invalid_params(f"parameter 'trsvcid' {port!r} is not a TCP port")
+    if trtype.upper() == "FC":  # over the loopback FC LLD (transports/fc)
+        from ..transports.fc.addr import FcAddrError, parse_traddr
+
+        try:
+            traddr = parse_traddr(traddr).traddr
+            if hostaddr:
+                hostaddr = parse_traddr(hostaddr).traddr
+        except FcAddrError as e:
+            raise invalid_params(f"parameter 'traddr'/'hostaddr': {e}") from None
+        if adrfam is not None and adrfam.lower() != "fc":
+            raise invalid_params(f"parameter 'adrfam' must be FC with trtype FC, got {adrfam!r}")
+        if trsvcid not in (None, "", "none"):
+            raise invalid_params(f"parameter 'trsvcid': FC has none, got {trsvcid!r}")
+        adrfam, port = "FC", "none"
+    else:
+        if trtype.upper() != "TCP":
+            raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (TCP, FC)")
+        if adrfam is not None and adrfam.lower() not in ("ipv4", "ipv6"):
+            raise invalid_params(f"parameter 'adrfam' must be IPv4 or IPv6, got {adrfam!r}")
+        port = trsvcid or "4420"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise invalid_params(f"parameter 'trsvcid' {port!r} is not a TCP port")
     if not name or any(c.isspace() for c in name):
         raise invalid_params(f"parameter 'name' {name!r} is not a valid controller name")
     if name in CTRLRS:
@@ -360,7 +385,7 @@ def bdev_nvme_attach_controller(
             "parameter 'reconnect_delay_sec' must not exceed ctrlr_loss_timeout_sec"
         )
     p = {
-        "trtype": "TCP",
+        "trtype": trtype.upper(),
         "traddr": traddr,
         "adrfam": adrfam or "IPv4",
         "trsvcid": port,
@@ -414,13 +439,13 @@ def bdev_nvme_attach_controller(
 @rpc_method(
     "bdev_nvme_detach_controller",
     Param("name", str, pos=0, help="Name of the controller"),
-    Param("trtype", str, required=False, short="-t", help="NVMe-oF target trtype"),
-    Param("traddr", str, required=False, short="-a", help="NVMe-oF target address"),
-    Param("adrfam", str, required=False, short="-f", help="NVMe-oF target adrfam"),
-    Param("trsvcid", str, required=False, short="-s", help="NVMe-oF target trsvcid"),
-    Param("subnqn", str, required=False, short="-n", help="NVMe-oF target subnqn"),
-    Param("hostaddr", str, required=False, short="-i", help="NVMe-oF host address"),
-    Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF host svcid"),
+    replace(_TRTYPE, required=False),
+    replace(_TRADDR, required=False),
+    _ADRFAM,
+    _TRSVCID,
+    _SUBNQN,
+    _HOSTADDR,
+    _HOSTSVCID,
     aliases=("delete_nvme_controller",),
 )
 def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:

@@ -10,6 +10,7 @@ from ..control.errors import EEXIST, ENODEV, RpcError, invalid_params
 from ..control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
 from .aio import AioBdev
 from .base import Bdev, IoStats
+from .claims import bdev_claimers, claimers, export_claimers
 from .malloc import MallocBdev
 from .null import NullBdev
 from .wcache import DEFAULT_MAX_DIRTY_MB, WcacheBdev
@@ -60,20 +61,26 @@ def get_bdev(ctx: Any, name: str) -> Bdev:
 
 
 def _claimed_by(ctx: Any, name: str) -> str | None:
-    for x in ctx.bdevs.values():
-        if isinstance(x, WcacheBdev) and x.base_name == name:
-            return str(x.name)
-    return None
+    """The first bdev built on ``name`` (a raid, split, passthru, wcache...)."""
+    owners = bdev_claimers(ctx, name)
+    return owners[0] if owners else None
 
 
-def _delete(ctx: Any, name: str, cls: type[Bdev]) -> bool:
+def _delete(ctx: Any, name: str, cls: type[Bdev], force: bool = False) -> bool:
+    """Delete unless claimed. A bdev another bdev is built on is never
+    deleted; one only exported (namespace, LUN) is hot-removed with ``force``."""
     b = get_bdev(ctx, name)
     if not isinstance(b, cls):
-        raise RpcError(ENODEV, f"bdev {name} is a {b.product_name}, not a {cls.__name__}")
-    owner = _claimed_by(ctx, b.name)
-    if owner is not None:
+        raise RpcError(ENODEV, f"bdev {b.name} is a {b.product_name}, not a {cls.__name__}")
+    owners = bdev_claimers(ctx, b.name)
+    if owners:
+        raise RpcError(EBUSY, f"bdev {b.name} is claimed by {', '.join(owners)}: delete that first")
+    exports = export_claimers(ctx, b.name)
+    if exports and not force:
         raise RpcError(
-            EBUSY, f"bdev {b.name} is the base of wcache bdev {owner}: delete that first"
+            EBUSY,
+            f"bdev {b.name} is claimed by {', '.join(exports)}: remove it there first "
+            "(or pass force: true to hot-remove it)",
         )
     ctx.remove_bdev(b.name)
     return True
@@ -85,7 +92,33 @@ def _size_in_mb(args: dict[str, Any]) -> dict[str, Any]:
     return {"num_blocks": mib_to_blocks(total, args["block_size"]), **args}
 
 
+# parameters several create methods share (metadata: only md_size 0 is supported)
+_UUID = Param("uuid", str, required=False, short="-u", help="UUID of the bdev")
+_MD_SIZE = Param("md_size", int, required=False, max=0, short="-m", help="Metadata size (only 0)")
+_DIF_TYPE = Param(
+    "dif_type", int, required=False, max=0, short="-t", help="Protection information type (only 0)"
+)
+_DIF_IS_HEAD_OF_MD = Param(
+    "dif_is_head_of_md",
+    bool,
+    required=False,
+    short="-d",
+    help="Protection information is in the first 8 bytes of metadata",
+)
+_PHYSICAL_BLOCK_SIZE = Param(
+    "physical_block_size", int, required=False, short="-p", help="Physical block size"
+)
+
 _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in MB (float > 0)")
+
+
+FORCE = Param(
+    "force",
+    bool,
+    required=False,
+    spdk=False,
+    help="blockfabric extension: hot-remove even when a namespace or LUN exports it",
+)
 
 
 @rpc_method(
@@ -93,7 +126,7 @@ _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in 
     Param("num_blocks", int, min=1, cli=False),
     Param("block_size", int, pos=1, help="Block size for this bdev"),
     Param("name", str, required=False, short="-b", help="Name of the bdev"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    _UUID,
     Param(
         "optimal_io_boundary",
         int,
@@ -101,17 +134,11 @@ _TOTAL_SIZE_MB = Param("total_size", float, pos=0, help="Size of malloc bdev in 
         short="-o",
         help="Split on optimal IO boundary, in blocks",
     ),
-    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size (only 0)"),
+    _MD_SIZE,
     Param("md_interleave", bool, required=False, short="-i", help="Metadata interleaved"),
-    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
-    Param(
-        "dif_is_head_of_md",
-        bool,
-        required=False,
-        short="-d",
-        help="Protection information is in the first 8 bytes of metadata",
-    ),
-    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
+    _DIF_TYPE,
+    _DIF_IS_HEAD_OF_MD,
+    _PHYSICAL_BLOCK_SIZE,
     aliases=("construct_malloc_bdev",),
     cli_out=OUT_JSON,
     cli_extra=(_TOTAL_SIZE_MB,),
@@ -148,10 +175,11 @@ def bdev_malloc_create(
 @rpc_method(
     "bdev_malloc_delete",
     Param("name", str, pos=0, help="malloc bdev name"),
+    FORCE,
     aliases=("delete_malloc_bdev",),
 )
-def bdev_malloc_delete(ctx: Any, name: str) -> bool:
-    return _delete(ctx, name, MallocBdev)
+def bdev_malloc_delete(ctx: Any, name: str, force: bool | None = None) -> bool:
+    return _delete(ctx, name, MallocBdev, bool(force))
 
 
 @rpc_method(
@@ -159,17 +187,11 @@ def bdev_malloc_delete(ctx: Any, name: str) -> bool:
     Param("name", str, pos=0, help="Block device name"),
     Param("num_blocks", int, min=1, cli=False),
     Param("block_size", int, pos=2, help="Block size for this bdev"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
-    Param("md_size", int, required=False, max=0, short="-m", help="Metadata size for this bdev"),
-    Param("dif_type", int, required=False, max=0, short="-t", help="Protection information type"),
-    Param(
-        "dif_is_head_of_md",
-        bool,
-        required=False,
-        short="-d",
-        help="PI is in the first 8 bytes of metadata",
-    ),
-    Param("physical_block_size", int, required=False, short="-p", help="Physical block size"),
+    _UUID,
+    _MD_SIZE,
+    _DIF_TYPE,
+    _DIF_IS_HEAD_OF_MD,
+    _PHYSICAL_BLOCK_SIZE,
     Param("dif_pi_format", int, required=False, short="-f", help="Protection information format"),
     aliases=("construct_null_bdev",),
     cli_out=OUT_JSON,
@@ -188,10 +210,11 @@ def bdev_null_create(
 @rpc_method(
     "bdev_null_delete",
     Param("name", str, pos=0, help="null bdev name"),
+    FORCE,
     aliases=("delete_null_bdev",),
 )
-def bdev_null_delete(ctx: Any, name: str) -> bool:
-    return _delete(ctx, name, NullBdev)
+def bdev_null_delete(ctx: Any, name: str, force: bool | None = None) -> bool:
+    return _delete(ctx, name, NullBdev, bool(force))
 
 
 @rpc_method(
@@ -201,7 +224,7 @@ def bdev_null_delete(ctx: Any, name: str) -> bool:
     Param("block_size", int, required=False, pos=2, help="Block size for this bdev"),
     Param("readonly", bool, required=False, short="-r", help="Set this bdev as read-only"),
     Param("fallocate", bool, required=False, help="Support unmap/write zeroes by fallocate"),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev (optional)"),
+    _UUID,
     Param("direct", bool, required=False, spdk=False, help="Open the file with O_DIRECT"),
     aliases=("construct_aio_bdev",),
     cli_out=OUT_JSON,
@@ -228,10 +251,13 @@ def bdev_aio_create(
 
 
 @rpc_method(
-    "bdev_aio_delete", Param("name", str, pos=0, help="aio bdev name"), aliases=("delete_aio_bdev",)
+    "bdev_aio_delete",
+    Param("name", str, pos=0, help="aio bdev name"),
+    FORCE,
+    aliases=("delete_aio_bdev",),
 )
-def bdev_aio_delete(ctx: Any, name: str) -> bool:
-    return _delete(ctx, name, AioBdev)
+def bdev_aio_delete(ctx: Any, name: str, force: bool | None = None) -> bool:
+    return _delete(ctx, name, AioBdev, bool(force))
 
 
 @rpc_method(
@@ -247,7 +273,7 @@ def bdev_aio_delete(ctx: Any, name: str) -> bool:
         required=False,
         help="TEST ONLY: treat FUA writes and flushes as ordinary cached writes",
     ),
-    Param("uuid", str, required=False, short="-u", help="UUID of the bdev"),
+    _UUID,
     cli_out=OUT_JSON,
 )
 def bdev_wcache_create(
@@ -332,9 +358,17 @@ def bdev_wcache_power_fail(
 def bdev_get_bdevs(
     ctx: Any, name: str | None = None, timeout: int | None = None
 ) -> list[dict[str, Any]]:
-    if name is not None:
-        return [get_bdev(ctx, name).get_bdevs_entry()]
-    return [b.get_bdevs_entry() for b in ctx.bdevs.values()]
+    bdevs = [get_bdev(ctx, name)] if name is not None else list(ctx.bdevs.values())
+    out = []
+    for b in bdevs:
+        e = b.get_bdevs_entry()
+        owners = claimers(ctx, b.name)
+        e["claimed"] = bool(owners)
+        if owners:
+            e["claim_type"] = "exclusive_write"
+            e["claimed_by"] = owners  # blockfabric extension: who holds it
+        out.append(e)
+    return out
 
 
 @rpc_method(

@@ -378,7 +378,9 @@ def _disturbed_warning(results: dict[str, Any]) -> list[str]:
 STANDALONE = (
     ("attacks", "Hostile hosts: a well-behaved host next to each attack"),
     ("recovery", "Recovery after a reactor kill"),
+    ("rbd", "Ceph RBD: blockfabric NVMe/TCP on an RBD image vs `rbd bench` (same run)"),
     ("fuzz", "Coverage-guided fuzzing"),
+    ("stack", "Stackable bdevs: cost on the malloc path"),
 )
 
 

@@ -482,11 +482,11 @@ class BlockfabricTarget:
             pass
         return f"iscsi://127.0.0.1:{port}/{iqn}/0"
 
-    def setup_nvmf(self) -> str:
+    def setup_nvmf(self, bdev: str = "Malloc0") -> str:
         port = free_port()
         self.rpc("nvmf_create_transport", {"trtype": "TCP"})
         self.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
-        self.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}})
+        self.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": bdev}})
         self.rpc(
             "nvmf_subsystem_add_listener",
             {

@@ -90,3 +90,17 @@ def mib_to_blocks(total_size_mb: float, block_size: int) -> int:
     if block_size <= 0:
         raise ValueError("block_size must be > 0")
     return int((total_size_mb * 1024 * 1024) // block_size)
+
+
+def key_value(s: str) -> tuple[str, str]:
+    """'key=value' -> ("key", "value"); a repeatable option (rpc.py's
+    action='append', e.g. bdev_rbd_create --config k=v --config k2=v2): the
+    CLI collects the pairs in a list, the method's cli_build makes the map."""
+    k, sep, v = s.partition("=")
+    if not sep or not k.strip():
+        raise ValueError(f"{s!r} is not in key=value form")
+    return k.strip(), v
+
+
+key_value.repeat = True  # type: ignore[attr-defined]
+key_value.__name__ = "key=value"

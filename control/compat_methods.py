@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .context import RpcContext
 from .registry import REGISTRY, Param, rpc_method
 
 
-def _noop(ctx: Any, **_: Any) -> bool:
+def _noop(ctx: RpcContext, **_: Any) -> bool:
     return True
 
 

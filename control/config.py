@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .context import RpcContext
 from .errors import RpcError
 from .registry import Registry
 
@@ -107,7 +108,7 @@ def load_config_file(path: str, registry: Registry) -> list[Entry]:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def apply_config(ctx: Any, entries: list[Entry], registry: Registry) -> None:
+def apply_config(ctx: RpcContext, entries: list[Entry], registry: Registry) -> None:
     """Run validated entries in order; the first failure stops with its label."""
     for label, method, params in entries:
         try:
@@ -124,12 +125,12 @@ Section = Callable[[Any], list[dict[str, Any]] | None]
 def default_sections() -> dict[str, Section]:
     """Per-subsystem save_config producers from an RpcContext (absent parts give [])."""
 
-    def bdev(ctx: Any) -> list[dict[str, Any]] | None:
+    def bdev(ctx: RpcContext) -> list[dict[str, Any]] | None:
         fn = getattr(ctx, "bdev_save_config", None)
         return fn() if fn is not None else []
 
     def proto(attr: str) -> Section:
-        def fn(ctx: Any) -> list[dict[str, Any]] | None:
+        def fn(ctx: RpcContext) -> list[dict[str, Any]] | None:
             state = getattr(ctx, attr, None)
             save = getattr(state, "save_config", None) if state is not None else None
             return save() if save is not None else []
@@ -139,7 +140,7 @@ def default_sections() -> dict[str, Section]:
     return {"bdev": bdev, "nvmf": proto("nvmf"), "iscsi": proto("iscsi")}
 
 
-def build_config(ctx: Any, sections: Mapping[str, Section] | None = None) -> dict[str, Any]:
+def build_config(ctx: RpcContext, sections: Mapping[str, Section] | None = None) -> dict[str, Any]:
     """save_config's answer: every subsystem (bdev, nvmf, iscsi first), even if empty."""
     if sections is None:
         sections = default_sections()

@@ -38,8 +38,15 @@ class RpcContext(Protocol):
     instance: str
     state_dir: str  # per-instance folder for persistent files (e.g. PR APTPL)
     bdevs: dict[str, Bdev]
-    nvmf: Any  # transports.nvmf.state.NvmfState
-    iscsi: Any  # transports.iscsi.state.IscsiState
+
+    # the protocol states (transports.nvmf.state.NvmfState,
+    # transports.iscsi.state.IscsiState): handlers narrow them with isinstance
+    @property
+    def nvmf(self) -> ProtocolState: ...
+
+    @property
+    def iscsi(self) -> ProtocolState: ...
+
     num_reactors: int
 
     def config_changed(self) -> None: ...

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from .config import ConfigError, apply_config, build_config, default_sections, validate_config
+from .context import RpcContext
 from .errors import INVALID_PARAMS, RpcError, invalid_params
 from .registry import OUT_CONFIG, OUT_DICT, OUT_JSON, REGISTRY, Param, Registry, rpc_method
 
@@ -32,7 +33,7 @@ SUBSYSTEMS: dict[str, list[str]] = {"bdev": [], "nvmf": ["bdev"], "iscsi": ["bde
 DEFAULT_TICK_RATE = 1_000_000_000
 
 
-def _registry(ctx: Any) -> Registry:
+def _registry(ctx: RpcContext) -> Registry:
     reg = getattr(ctx, "registry", None)
     return reg if isinstance(reg, Registry) else REGISTRY
 
@@ -53,7 +54,7 @@ def version_fields(version: str = __version__) -> dict[str, Any]:
 
 
 @rpc_method("spdk_get_version", aliases=("get_spdk_version",), cli_out=OUT_JSON)
-def spdk_get_version(ctx: Any) -> dict[str, Any]:
+def spdk_get_version(ctx: RpcContext) -> dict[str, Any]:
     """Version of the target (SPDK's shape: version string + fields)."""
     return {"version": f"blockfabric v{__version__}", "fields": version_fields()}
 
@@ -81,7 +82,7 @@ def spdk_get_version(ctx: Any) -> dict[str, Any]:
     cli_out=OUT_DICT,
 )
 def rpc_get_methods(
-    ctx: Any,
+    ctx: RpcContext,
     current: bool = False,
     include_aliases: bool = False,
     include_deprecated: bool = False,
@@ -117,7 +118,7 @@ def _no_indent(args: dict[str, Any]) -> dict[str, Any]:
     ),
     cli_build=_no_indent,
 )
-def save_config(ctx: Any) -> dict[str, Any]:
+def save_config(ctx: RpcContext) -> dict[str, Any]:
     """The live configuration as an SPDK JSON config."""
     return build_config(ctx, default_sections())
 
@@ -145,7 +146,7 @@ def _read_config(args: dict[str, Any]) -> Any:
     ),
     cli_build=_read_config,
 )
-def load_config(ctx: Any, subsystems: list[Any], include_aliases: bool = False) -> bool:
+def load_config(ctx: RpcContext, subsystems: list[Any], include_aliases: bool = False) -> bool:
     """Apply an SPDK JSON config (the file's object is the params); the whole
     config is validated before its first entry runs."""
     reg = _registry(ctx)
@@ -161,7 +162,7 @@ def load_config(ctx: Any, subsystems: list[Any], include_aliases: bool = False) 
     "log_set_level",
     Param("level", str, pos=0, help='log level we want to set. (for example "DEBUG").'),
 )
-def log_set_level(ctx: Any, level: str) -> bool:
+def log_set_level(ctx: RpcContext, level: str) -> bool:
     """Set the log level of the supervisor and every reactor."""
     name = level.upper()
     if name not in LOG_LEVELS:
@@ -176,7 +177,7 @@ def log_set_level(ctx: Any, level: str) -> bool:
 
 
 @rpc_method("log_get_level", cli_out=OUT_DICT)
-def log_get_level(ctx: Any) -> str:
+def log_get_level(ctx: RpcContext) -> str:
     lvl = logging.getLogger(LOG_ROOT).getEffectiveLevel()
     for name, value in LOG_LEVELS.items():
         if value == lvl:
@@ -185,7 +186,7 @@ def log_get_level(ctx: Any) -> str:
 
 
 @rpc_method("framework_get_subsystems", cli_out=OUT_DICT)
-def framework_get_subsystems(ctx: Any) -> list[dict[str, Any]]:
+def framework_get_subsystems(ctx: RpcContext) -> list[dict[str, Any]]:
     return [{"subsystem": n, "depends_on": list(d)} for n, d in SUBSYSTEMS.items()]
 
 
@@ -194,7 +195,7 @@ def framework_get_subsystems(ctx: Any) -> list[dict[str, Any]]:
     Param("name", str, pos=0, help="Name of subsystem to query"),
     cli_out=OUT_DICT,
 )
-def framework_get_config(ctx: Any, name: str) -> list[dict[str, Any]]:
+def framework_get_config(ctx: RpcContext, name: str) -> list[dict[str, Any]]:
     sections = default_sections()
     if name not in sections:
         raise RpcError(INVALID_PARAMS, f"subsystem '{name}' not found")
@@ -213,7 +214,7 @@ def _cpu_times(lcore: int) -> tuple[int, int]:
 
 
 @rpc_method("framework_get_reactors", cli_out=OUT_DICT)
-def framework_get_reactors(ctx: Any) -> dict[str, Any]:
+def framework_get_reactors(ctx: RpcContext) -> dict[str, Any]:
     """One entry per reactor process, shaped like SPDK's reactors."""
     answers = ctx.gather("framework.reactor_info", {})
     tick_rate = DEFAULT_TICK_RATE
@@ -254,7 +255,7 @@ def framework_get_reactors(ctx: Any) -> dict[str, Any]:
 
 
 @rpc_method("iobuf_get_stats", cli_out=OUT_DICT)
-def iobuf_get_stats(ctx: Any) -> list[dict[str, Any]]:
+def iobuf_get_stats(ctx: RpcContext) -> list[dict[str, Any]]:
     """Transfer-buffer statistics, one entry per reactor, in SPDK's shape
     (``module``, ``small_pool``/``large_pool`` with ``cache`` = served from
     the reactor's own share, ``main`` = from the shared reserve, ``retry`` =

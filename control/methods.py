@@ -11,6 +11,8 @@ MODULES = (
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",
     "blockfabric.bdevs.nvme_rpc",
+    "blockfabric.bdevs.rbd_rpc",
+    "blockfabric.bdevs.stack_rpc",
     "blockfabric.control.compat_methods",  # last: only names nobody else serves
 )
 

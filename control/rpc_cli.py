@@ -99,6 +99,8 @@ def _add_argument(ap: argparse.ArgumentParser, p: Param) -> None:
         return
     if p.parse is not None:
         kw["type"] = p.parse
+        if getattr(p.parse, "repeat", False):  # rpc.py's action="append"
+            kw["action"] = "append"
     elif p.type in (int, float, str):
         kw["type"] = p.type
     elif p.type in (list, dict):
@@ -200,15 +202,19 @@ def parse_method_args(argv: list[str]) -> tuple[str, Any, str]:
     """``METHOD [ARGS]`` -> (method, params, output mode); params None = none sent."""
     if not argv:
         raise CliError("no METHOD given (blockfabric rpc -h lists them)")
-    parser, names = build_method_parser()
+    reg = _registry()
     method = argv[0]
     rest = _fix_underscores(argv[1:])
-    if method not in names:
+    if method not in reg.methods and method not in reg.alias_of:
         gp = argparse.ArgumentParser(prog=f"blockfabric rpc {method}")
         gp.add_argument("--params", dest="params_json", metavar="JSON")
         ga = gp.parse_args(rest)
         params = _json_params(ga.params_json) if ga.params_json is not None else None
         return method, params, OUT_DICT
+    # only this method's sub-command is built (the full parser is for -h)
+    parser = argparse.ArgumentParser(prog="blockfabric rpc")
+    sub = parser.add_subparsers(dest="called_rpc_name", metavar="METHOD")
+    add_method_parser(sub, method, reg.lookup(method))
     a = parser.parse_args([method, *rest])
     m: Method = a.rpc_decl
     dests = {p.dest for p in m.cli_params()}

@@ -135,6 +135,14 @@ class _SpdkConn:
         self.closing = False
 
 
+def _int_opt(sock: zmq.Socket[bytes], opt: int) -> int:
+    """An integer socket option (pyzmq types getsockopt as int | bytes | str)."""
+    v = sock.getsockopt(opt)
+    if not isinstance(v, int):
+        raise TypeError(f"zmq option {opt} is not an integer: {v!r}")
+    return v
+
+
 class RpcServer:
     def __init__(
         self,
@@ -189,7 +197,7 @@ class RpcServer:
                 self._files.append(path)
             # the address actually bound (tcp://127.0.0.1:0 -> real port)
             self.addr = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._zfd: int = int(self.sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
+            self._zfd: int = _int_opt(self.sock, zmq.FD)
             loop.add_fd(self._zfd, EPOLLIN, self._on_zmq)
             if spdk_path is not None:
                 self._open_spdk(spdk_path)
@@ -206,7 +214,7 @@ class RpcServer:
         sock = self.sock
         handled = 0
         # zmq's fd is edge-triggered: drain until EVENTS says nothing is left
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:  # type: ignore[arg-type]
+        while _int_opt(sock, zmq.EVENTS) & zmq.POLLIN:
             if handled >= _MAX_BATCH:
                 self.loop.call_soon(lambda: self._on_zmq(EPOLLIN))
                 return

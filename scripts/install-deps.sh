@@ -13,6 +13,13 @@
 #             symlink in its site-packages when the venv's interpreter has the
 #             same SOABI, otherwise a note (nvmf_create_transport -t RDMA then
 #             refuses with the package name)
+#             + Ceph for the RBD bdev and its tests (ceph-mon, ceph-osd, ceph-common
+#             for the rbd/ceph tools, python3-rados + python3-rbd: the bindings).
+#   rbd:      only the Ceph part.
+# The Ceph bindings are Debian's, built for the system python3 (3.11): the
+# script links just their two extension modules (rados, rbd) into the venv
+# ($VENV, default .venv next to scripts/) so nothing else of the system's
+# site-packages shadows the venv's own packages.
 set -e
 what=${1:-all}
 pyverbs_link() {
@@ -34,6 +41,8 @@ need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
 [ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
+ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
+{ [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done
 if [ -n "$need" ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -49,6 +58,23 @@ if [ "$what" = all ]; then
     bash "$kh/setup.sh" >/dev/null || echo "install-deps: kernel-host setup failed (its interop tests skip, and FAIL under CI=true)" >&2
   else
     echo "install-deps: no kernel-host harness at $kh (set BLOCKFABRIC_KERNEL_HOST; its interop tests skip, and FAIL under CI=true)" >&2
+  fi
+fi
+if [ "$what" = all ] || [ "$what" = rbd ]; then
+  venv="${VENV:-$(dirname "$0")/../.venv}"
+  if [ -x "$venv/bin/python" ]; then
+    sp=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')
+    soabi=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("SOABI"))')
+    for m in rados rbd; do
+      so=/usr/lib/python3/dist-packages/$m.$soabi.so
+      if [ -f "$so" ]; then
+        ln -sf "$so" "$sp/"
+      else
+        echo "install-deps: no $so for the venv's python ($soabi): the RBD bdev and its tests need python3-$m built for it" >&2
+      fi
+    done
+    "$venv/bin/python" -c 'import rados, rbd' 2>/dev/null ||
+      echo "install-deps: the venv cannot import rados/rbd (the RBD tests FAIL under CI=true)" >&2
   fi
 fi
 if [ "$what" = all ]; then

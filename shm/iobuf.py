@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from .pool import Buffer, BufferPool
 
@@ -131,7 +130,7 @@ class IoBufs:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int]:
         return {
             "in_use": self.in_use,
             "in_use_bytes": self.in_use_bytes,

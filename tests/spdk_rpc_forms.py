@@ -83,6 +83,29 @@ SPDK_FORMS: dict[str, str] = {
         "-i/--hostaddr -c/--hostsvcid"
     ),
     "bdev_nvme_get_controllers": "-n/--name",
+    # stackable bdevs (bdevs/stack_rpc.py)
+    "bdev_raid_create": (
+        "-n/--name! -z/--strip-size-kb -r/--raid-level! -b/--base-bdevs! --uuid -s/--superblock"
+    ),
+    "bdev_raid_delete": "name",
+    "bdev_raid_get_bdevs": "category",
+    "bdev_raid_add_base_bdev": "raid_bdev base_bdev",
+    "bdev_raid_remove_base_bdev": "name",
+    "bdev_split_create": "base_bdev split_count -s/--split-size-mb",
+    "bdev_split_delete": "base_bdev",
+    "bdev_passthru_create": "-b/--base-bdev-name! -p/--name! -u/--uuid",
+    "bdev_passthru_delete": "name",
+    "bdev_delay_create": (
+        "-b/--base-bdev-name! -d/--name! -u/--uuid -r/--avg-read-latency! "
+        "-t/--nine-nine-read-latency! -w/--avg-write-latency! -n/--nine-nine-write-latency!"
+    ),
+    "bdev_delay_update_latency": "delay_bdev_name latency_type latency_us",
+    "bdev_delay_delete": "name",
+    "bdev_error_create": "base_name --uuid",
+    "bdev_error_inject_error": (
+        "name io_type error_type -n/--num -q/--queue-depth -o/--corrupt-offset -v/--corrupt-value"
+    ),
+    "bdev_error_delete": "name",
     # --- nvmf.py ------------------------------------------------------------
     "nvmf_set_max_subsystems": "-x/--max-subsystems!",
     "nvmf_set_config": (
@@ -166,12 +189,25 @@ SPDK_FORMS: dict[str, str] = {
     "iscsi_get_connections": "",
     "iscsi_get_stats": "",
     "iscsi_get_options": "",
+    # --- bdev.py: rbd ---------------------------------------------------------
+    "bdev_rbd_register_cluster": (
+        "name --user --config-param --config-file --key-file --core-mask"
+    ),
+    "bdev_rbd_unregister_cluster": "name",
+    "bdev_rbd_get_clusters_info": "-b/--name",
+    "bdev_rbd_create": (
+        "pool_name rbd_name block_size -b/--name --user --config -c/--cluster-name "
+        "-u/--uuid -r/--readonly"
+    ),
+    "bdev_rbd_delete": "name",
+    "bdev_rbd_resize": "name new_size",
 }
 
 # Arguments of SPDK's form that blockfabric does not declare, each with why.
 # The server answers -32602 "unknown parameter" when one is sent (refused,
 # never silently ignored).
 NOT_DECLARED: dict[tuple[str, str], str] = {
+    ("bdev_rbd_create", "-r/--readonly"): "read-only RBD bdevs are not implemented",
     ("save_config", "-s/--subsystems"): "save_config always writes every subsystem",
     ("bdev_get_iostat", "--reset-mode"): "iostat counters are not resettable",
     ("bdev_get_iostat", "--names"): "one bdev (-b) or all",

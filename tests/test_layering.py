@@ -30,8 +30,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "blockfabric"
 SKIP_DIRS = {"tests", ".venv", "build", "docs", "scripts", ".git", "__pycache__"}
@@ -44,6 +42,12 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("blockfabric.transports.nvmf.spec", 3),
     ("blockfabric.transports.nvmf.pdu", 3),
     ("blockfabric.transports.nvmf_host", 3),
+    # FC-NVMe wire definitions (IUs, link services, FC addresses, the loopback
+    # LLD's framing): the FC host in nvmf_host is built on them, like pdu.py
+    ("blockfabric.transports.nvmf.fc_iu", 3),
+    ("blockfabric.transports.nvmf.fc_ls", 3),
+    ("blockfabric.transports.fc.addr", 3),
+    ("blockfabric.transports.fc.frame", 3),
     ("blockfabric.bdevs", 4),
     ("blockfabric.transports", 5),
     ("blockfabric.actors", 6),
@@ -215,27 +219,10 @@ def test_layers_point_one_way() -> None:
     assert not bad, "lower layer imports a higher one:\n" + "\n".join(bad)
 
 
-# What the core engineer (branch h-core) removes: the core modules take the
-# request type from transports/nvmf/tcp.py for their annotations. Only these
-# exact imports are tolerated (as an expected failure) until h-core lands; any
-# other core -> transport import fails now.
-KNOWN_CORE_VIOLATIONS_H_CORE = {
-    ("blockfabric.transports.nvmf.admin", "blockfabric.transports.nvmf.tcp"),
-    ("blockfabric.transports.nvmf.core", "blockfabric.transports.nvmf.tcp"),
-    ("blockfabric.transports.nvmf.fabrics", "blockfabric.transports.nvmf.tcp"),
-    ("blockfabric.transports.nvmf.io", "blockfabric.transports.nvmf.tcp"),
-}
-
-
 def test_nvmf_core_imports_no_transport() -> None:
     assert {p.stem for p in core_modules()} >= {"core", "admin", "fabrics", "io", "discovery"}
     bad = core_violations()
     text = "\n".join(m for _, _, m in bad)
-    if bad and {(a, b) for a, b, _ in bad} <= KNOWN_CORE_VIOLATIONS_H_CORE:
-        pytest.xfail(
-            "h-core (issue 16 items 4/5, NVMe-oF core engineer) removes the core's "
-            "import of the TCP transport's Request type:\n" + text
-        )
     assert not bad, "the NVMe-oF core imports a transport:\n" + text
 
 

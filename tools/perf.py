@@ -81,14 +81,16 @@ def parse_trid(s: str) -> dict[str, str]:
             raise TridError(f"transport ID key {k!r} given twice")
         out[k] = v
     if "trtype" not in out:
-        raise TridError("transport ID needs trtype (only TCP is supported)")
+        raise TridError("transport ID needs trtype (TCP or FC)")
+    if out["trtype"].upper() == "FC":
+        return _parse_fc_trid(out)
     if out["trtype"].upper() == "RDMA":
         raise TridError(
             "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
-            "the target side is: nvmf_create_transport -t RDMA); use TCP"
+            "the target side is: nvmf_create_transport -t RDMA); use TCP or FC"
         )
     if out["trtype"].upper() != "TCP":
-        raise TridError(f"trtype {out['trtype']!r} is not supported (only TCP)")
+        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP or FC)")
     out["trtype"] = "TCP"
     fam = out.setdefault("adrfam", "IPv4")
     if fam.lower() not in ("ipv4", "ipv6"):
@@ -98,6 +100,32 @@ def parse_trid(s: str) -> dict[str, str]:
     port = out.setdefault("trsvcid", "4420")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise TridError(f"trsvcid {port!r} is not a TCP port")
+    if "ns" in out and (not out["ns"].isdigit() or int(out["ns"]) == 0):
+        raise TridError(f"ns {out['ns']!r} must be a namespace id >= 1")
+    out.setdefault("subnqn", "nqn.2014-08.org.nvmexpress.discovery")
+    return out
+
+
+def _parse_fc_trid(out: dict[str, str]) -> dict[str, str]:
+    """FC over the loopback LLD: traddr (and hostaddr, the host port) are
+    ``nn-0x<WWNN>:pn-0x<WWPN>``; there is no service id."""
+    from ..transports.fc.addr import FcAddrError, parse_traddr
+
+    out["trtype"] = "FC"
+    fam = out.setdefault("adrfam", "FC")
+    if fam.lower() != "fc":
+        raise TridError(f"adrfam {fam!r} must be FC with trtype FC")
+    if "traddr" not in out:
+        raise TridError("transport ID needs traddr")
+    for k in ("traddr", "hostaddr"):
+        if k in out:
+            try:
+                out[k] = parse_traddr(out[k]).traddr
+            except FcAddrError as e:
+                raise TridError(f"{k}: {e}") from None
+    svc = out.setdefault("trsvcid", "none")
+    if svc != "none":
+        raise TridError(f"trsvcid {svc!r}: FC has no service id")
     if "ns" in out and (not out["ns"].isdigit() or int(out["ns"]) == 0):
         raise TridError(f"ns {out['ns']!r} must be a namespace id >= 1")
     out.setdefault("subnqn", "nqn.2014-08.org.nvmexpress.discovery")
@@ -140,9 +168,30 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
     its socket to non-blocking for the load loop)."""
     from ..transports.nvmf_host.controller import BlockingQueue
 
-    bq = BlockingQueue(
-        cfg["traddr"], cfg["trsvcid"], cfg["qid"], cfg["qd"] + 1, cfg["hdgst"], cfg["ddgst"], 10.0
-    )
+    if cfg.get("trtype") == "FC":
+        from ..transports.nvmf_host.fc import FcBlockingQueue
+
+        bq: BlockingQueue = FcBlockingQueue(
+            cfg["traddr"],
+            cfg["host_traddr"],
+            cfg["qid"],
+            cfg["qd"] + 1,
+            10.0,
+            cfg["subnqn"],
+            cfg["hostnqn"],
+            bytes.fromhex(cfg["hostid"]),
+            cfg["assoc_id"],
+        )
+    else:
+        bq = BlockingQueue(
+            cfg["traddr"],
+            cfg["trsvcid"],
+            cfg["qid"],
+            cfg["qd"] + 1,
+            cfg["hdgst"],
+            cfg["ddgst"],
+            10.0,
+        )
     try:
         bq.execute(
             lambda cb: bq.q.connect(
@@ -715,6 +764,13 @@ def run(a: argparse.Namespace) -> int:
         )
         return 2
     delay = float(a.reconnect_delay_sec)
+    if loss and trid["trtype"] == "FC":
+        print(
+            "perf: --ctrlr-loss-timeout-sec is not supported over FC (a new controller "
+            "is a new association its workers would have to learn)",
+            file=sys.stderr,
+        )
+        return 2
     if loss and delay <= 0:
         print(
             "perf: --reconnect-delay-sec must be > 0 with --ctrlr-loss-timeout-sec", file=sys.stderr
@@ -733,6 +789,8 @@ def run(a: argparse.Namespace) -> int:
             hdgst=a.hdgst,
             ddgst=a.ddgst,
             nr_io_queues=0,
+            trtype=trid["trtype"],
+            host_traddr=trid.get("hostaddr"),
         ).connect()
 
     try:
@@ -783,8 +841,11 @@ def run(a: argparse.Namespace) -> int:
                 "index": i,
                 "qid": i + 1,
                 "core": cores[i % len(cores)] if cores else None,
+                "trtype": trid["trtype"],
                 "traddr": trid["traddr"],
                 "trsvcid": trid["trsvcid"],
+                "host_traddr": ctrl.host_traddr,
+                "assoc_id": ctrl.assoc_id,
                 "subnqn": trid["subnqn"],
                 "hostnqn": ctrl.hostnqn,
                 "hostid": ctrl.hostid.hex(),

@@ -146,9 +146,11 @@ def test_save_config_restart_reproduces(daemon_factory, run_dir):
             "host": "nqn.2014-08.org.nvmexpress:uuid:" + "1" * 8 + "-1111-1111-1111-" + "1" * 12,
         },
     )
-    with socket.socket() as s:
+    # two distinct free ports (port + 1 may be any other process's ephemeral port)
+    with socket.socket() as s, socket.socket() as s2:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        s2.bind(("127.0.0.1", 0))
+        port, port2 = s.getsockname()[1], s2.getsockname()[1]
     d.rpc(
         "nvmf_subsystem_add_listener",
         {
@@ -163,7 +165,7 @@ def test_save_config_restart_reproduces(daemon_factory, run_dir):
     )
     d.rpc(
         "iscsi_create_portal_group",
-        {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port + 1)}]},
+        {"tag": 1, "portals": [{"host": "127.0.0.1", "port": str(port2)}]},
     )
     d.rpc(
         "iscsi_create_initiator_group",

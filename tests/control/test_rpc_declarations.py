@@ -110,6 +110,7 @@ def test_help_shows_every_argument(name: str) -> None:
     parser, names = rpc_cli.build_method_parser()
     assert name in names
     sub = next(a for a in parser._actions if a.dest == "called_rpc_name")
+    # argparse types _actions as Action; the sub-parsers action has .choices
     text = sub.choices[name].format_help()  # type: ignore[attr-defined]
     m = REGISTRY.methods[name]
     for p in m.cli_params():

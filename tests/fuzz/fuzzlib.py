@@ -35,6 +35,7 @@ HARNESSES = (
     "jsonrpc_msgpack",
     "json_config",
     "ini_config",
+    "nvmf_fc",
 )
 
 _loaded: dict[str, ModuleType] = {}

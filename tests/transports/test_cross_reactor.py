@@ -90,7 +90,7 @@ def test_hot_remove_under_io(daemon_factory):
     t.start()
     while ok[0] < 2 and t.is_alive():
         pass
-    d.rpc("bdev_malloc_delete", {"name": "Malloc0"})
+    d.rpc("bdev_malloc_delete", {"name": "Malloc0", "force": True})
     t.join(20)
     stop.set()
     assert not t.is_alive()

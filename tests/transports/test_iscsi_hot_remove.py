@@ -191,7 +191,7 @@ def test_malloc_hot_remove_under_io(daemon_factory: Any) -> None:
         assert writer.error is None, f"writer failed before the delete: {writer.error!r}"
         assert set(writer.statuses) == {raw.GOOD}, writer.statuses
         t0 = time.monotonic()
-        assert d.rpc("bdev_malloc_delete", {"name": "Malloc0"}) is True
+        assert d.rpc("bdev_malloc_delete", {"name": "Malloc0", "force": True}) is True
         delete_s = time.monotonic() - t0
         # writes keep being submitted until they fail: the removal reached the LUN
         assert _wait_for(lambda: writer.first_error_at is not None or writer.error is not None, 15)

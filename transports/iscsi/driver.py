@@ -9,7 +9,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from typing import Any
 
 from ...control.hostlog import HostLog
@@ -17,6 +16,7 @@ from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
 from ..context import ReactorContext
 from ..scsi.task import ScsiTask
+from ..sockout import SockOut
 from . import pdu as P
 from . import text
 from .connection import Connection
@@ -69,6 +69,7 @@ class ReactorIscsi:
         self.view = ConfigView(getattr(ctx, "iscsi_config", None) or {})
         self.sessions = SessionRegistry(ctx.reactor_id, getattr(ctx, "num_reactors", 1))
         self.devices: dict[str, Any] = {}
+        self._dev_cache: dict[str, Any] = {}
         self.conns: set[SockConn] = set()
         self.timer: Any = None
         self.iobufs: Any = getattr(ctx, "iobufs", None)
@@ -77,14 +78,28 @@ class ReactorIscsi:
 
     # ConnEnv
     def device(self, target_name: str) -> Any:
+        # every SCSI command asks: cached per name until the devices change
+        try:
+            return self._dev_cache[target_name]
+        except KeyError:
+            pass
         t = self.view.target(target_name)
-        return self.devices.get(t.name) if t else None
+        dev = self.devices.get(t.name) if t else None
+        self._dev_cache[target_name] = dev
+        return dev
 
     def make_task(self, **kw: Any) -> Any:
         return ScsiTask(**kw)
 
     # devices of the targets homed here
     def sync_devices(self) -> None:
+        self._dev_cache.clear()
+        try:
+            self._sync_devices()
+        finally:
+            self._dev_cache.clear()  # lookups made while it ran may be stale
+
+    def _sync_devices(self) -> None:
         rid = self.ctx.reactor_id
         wanted = {t.name: t for t in self.view.targets.values() if t.home_reactor == rid}
         for name in list(self.devices):
@@ -162,22 +177,9 @@ def _run_now(cb: Any) -> None:
     cb()
 
 
-class _Sent:
-    """A marker in the output queue: run cb once what precedes it was sent."""
-
-    __slots__ = ("cb",)
-
-    def __init__(self, cb: Any) -> None:
-        self.cb = cb
-
-    def run(self) -> None:
-        cb, self.cb = self.cb, None
-        if cb is not None:
-            cb()
-
-
 class SockConn:
-    """A socket, its output queue, and the protocol `Connection` on it."""
+    """A socket, its output (transports/sockout.py), and the protocol
+    `Connection` on it."""
 
     def __init__(self, rs: ReactorIscsi, sock: socket.socket, listener: str, route: bool) -> None:
         self.rs = rs
@@ -186,12 +188,10 @@ class SockConn:
         self.listener = listener
         self.route = route
         self.route_buf = bytearray()
-        self.out: deque[P.Buffer | _Sent] = deque()
-        self.out_bytes = 0  # queued, not yet sent
-        self.reading = True  # EPOLLIN armed
+        self.out = SockOut(sock.sendmsg, OUT_HIGH, OUT_LOW, IOV_MAX)
+        self.mask = EPOLLIN
         self._close_timer: Any = None
         self.flush_scheduled = False
-        self.closing = False
         self.closed = False
         self.started = time.monotonic()
         try:
@@ -206,9 +206,21 @@ class SockConn:
         self.conn.after_sent = self._after_sent
         self.conn.on_flow = self._rearm
 
+    @property
+    def out_bytes(self) -> int:
+        """Queued, not yet sent."""
+        return self.out.unsent
+
+    def on_loop_error(self, exc: BaseException) -> None:
+        """The loop's hook when `on_events` raised (driver code, not a PDU:
+        those are contained by Connection.receive): count it, close only
+        this connection."""
+        self.conn.crash("socket events")
+        self._drop("internal error")
+
     # -------------------------------------------------------------- input
     def on_events(self, ev: int) -> None:
-        if ev & (EPOLLERR | EPOLLHUP) and not self.reading and not self.route:
+        if ev & (EPOLLERR | EPOLLHUP) and not self.mask & EPOLLIN and not self.route:
             self._drop("connection error/hang-up")  # nothing more can be read or sent
             return
         if ev & EPOLLIN or ev & (EPOLLERR | EPOLLHUP):
@@ -222,14 +234,17 @@ class SockConn:
         if self.route:
             self._route_read()
             return
-        if not self._may_read():
+        conn = self.conn
+        out = self.out
+        if conn.input_stalled or not out.may_read():
             self._rearm()
             return
-        reader = self.conn.reader
+        reader = conn.reader
+        recv_into = self.sock.recv_into
         for _ in range(16):  # bounded: other connections get their turn
             try:
                 buf = reader.recv_buffer()
-                n = self.sock.recv_into(buf)
+                n = recv_into(buf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -238,12 +253,12 @@ class SockConn:
             if n == 0:
                 self._drop("peer closed")
                 return
-            self.conn.last_rx = time.monotonic()
+            conn.last_rx = time.monotonic()
             full = n == len(buf)
-            self.conn.receive(reader.feed(n))
-            if not self._may_read():
+            conn.receive(reader.feed(n))
+            if conn.input_stalled or not out.may_read():
                 break
-            if self.closed or self.conn.state == "closed" or not full:
+            if self.closed or conn.state == "closed" or not full:
                 # a short read drained the socket: skip the recv that would
                 # only raise EAGAIN (epoll reports anything that comes later)
                 break
@@ -286,94 +301,57 @@ class SockConn:
         self.schedule_flush()
 
     # ----------------------------------------------------- flow control
-    def _may_read(self) -> bool:
-        """Read more only while the protocol is not waiting for pool buffers
-        and the host reads what we send (unsent output below the bound)."""
-        if self.conn.input_stalled:
-            return False
-        if self.reading:
-            return self.out_bytes <= OUT_HIGH
-        return self.out_bytes <= OUT_LOW
-
     def _rearm(self) -> None:
+        """Read more only while the protocol is not waiting for pool buffers
+        and the host reads what we send (sockout's backpressure); write
+        while output is pending."""
         if self.closed:
             return
-        want = self._may_read()
-        mask = (EPOLLIN if want else 0) | (EPOLLOUT if self.out else 0)
-        self.reading = want
-        # level-triggered epoll reports what waits in the socket once re-armed
-        self.rs.ctx.loop.modify_fd(self.fd, mask)
+        want = not self.conn.input_stalled and self.out.may_read()
+        mask = (EPOLLIN if want else 0) | (EPOLLOUT if self.out.pending else 0)
+        if mask != self.mask:
+            self.mask = mask
+            # level-triggered epoll reports what waits in the socket once re-armed
+            self.rs.ctx.loop.modify_fd(self.fd, mask)
 
     # ------------------------------------------------------------- output
     def _send(self, bufs: list[P.Buffer]) -> None:
-        self.out.extend(bufs)
-        for b in bufs:
-            self.out_bytes += len(b)
-        self.schedule_flush()
+        self.out.push(bufs)
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.rs.ctx.loop.call_soon(self.flush)
 
     def _after_sent(self, cb: Any) -> None:
         """Run cb once everything queued so far has left (pool buffers of a
         Data-In go back to the pool then); at once if nothing is queued."""
-        if not self.out or self.closed:
+        if self.closed:
             cb()
             return
-        self.out.append(_Sent(cb))
+        self.out.mark(cb)
 
     def schedule_flush(self) -> None:
-        if not self.flush_scheduled and self.out and not self.closed:
+        if not self.flush_scheduled and self.out.pending and not self.closed:
             self.flush_scheduled = True
             self.rs.ctx.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
-        out = self.out
-        while out and not self.closed:
-            while out and isinstance(out[0], _Sent):
-                marker = out.popleft()
-                assert isinstance(marker, _Sent)
-                marker.run()
-            if not out:
-                break
-            iov: list[P.Buffer] = []
-            for i in range(min(len(out), IOV_MAX)):
-                b = out[i]
-                if isinstance(b, _Sent):
-                    break
-                iov.append(b)
-            try:
-                n = self.sock.sendmsg(iov)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except OSError as e:
-                self._drop(f"send: {e}")
-                return
-            if n < 0:
-                break
-            self.out_bytes -= n
-            while n > 0:
-                b = out[0]
-                assert not isinstance(b, _Sent)
-                lb = len(b)
-                if n >= lb:
-                    out.popleft()
-                    n -= lb
-                else:
-                    out[0] = memoryview(b)[n:]
-                    n = 0
         if self.closed:
             return
-        if not out and self.closing:
-            self._drop(self.conn.close_reason)
+        try:
+            self.out.flush()
+        except OSError as e:
+            self._drop(f"send: {e}")
             return
         self._rearm()
 
     # -------------------------------------------------------------- close
     def _on_close(self, reason: str) -> None:
         # the protocol is done: send what is queued (a final response), then close
-        self.closing = True
-        if not self.out:
-            self._drop(reason)
-        else:
+        if self.out.closing or self.closed:
+            return
+        self.out.close_when_drained(lambda: self._drop(reason))
+        if not self.closed:
             self.schedule_flush()
             self._close_timer = self.rs.ctx.loop.call_later(
                 5.0, lambda: self._drop("close timeout")
@@ -396,11 +374,7 @@ class SockConn:
             self.rs.stats["exceptions"] += 1
             self.conn.hostlog.event(logging.ERROR, "internal error closing", exc_info=True)
         # unsent Data-In goes nowhere now: its pool buffers go back
-        for b in self.out:
-            if isinstance(b, _Sent):
-                b.run()
-        self.out.clear()
-        self.out_bytes = 0
+        self.out.discard()
         self.conn.hostlog.close()
         self._unlink()
         if self._close_timer is not None:
@@ -521,7 +495,7 @@ class IscsiDriver:
     def on_config(self, ctx: ReactorContext) -> None:
         rs = self._rs(ctx)
         rs.view = ConfigView(getattr(ctx, "iscsi_config", None) or {})
-        rs.sync_devices()
+        rs.sync_devices()  # (clears the device cache)
 
     def on_event(self, ctx: ReactorContext, op: str, args: dict[str, Any]) -> Any:
         rs = self._rs(ctx)
@@ -547,6 +521,16 @@ class IscsiDriver:
         if op == "iscsi.bdev_removed":
             rs.sync_devices()
             return True
+        if op == "iscsi.bdev_resized":  # CAPACITY DATA HAS CHANGED to every nexus of its LUNs
+            from ..scsi.sense import ASC_CAPACITY_CHANGED
+
+            n = 0
+            for dev in rs.devices.values():
+                for lid, lun in dev.luns.items():
+                    if lun.bdev.name == args.get("name"):
+                        dev.establish_ua(lid, None, ASC_CAPACITY_CHANGED)
+                        n += 1
+            return n
         return None
 
     def shutdown(self, ctx: ReactorContext) -> None:

@@ -145,6 +145,7 @@ class Login:
         self.reinstate: SessionLike | None = None
         self.outcome: LoginOutcome | None = None
         self.failed = False
+        self.error = ""  # why, when failed
 
     # ------------------------------------------------------------------
     def on_pdu(self, pdu: P.Pdu) -> list[P.Buffer]:

@@ -14,27 +14,31 @@ from ...control.registry import OUT_DICT, Param, rpc_method
 from .state import IscsiState, Portal
 
 # iscsi_initiator_group_add/remove_initiators: rpc.py's -n/-m
+# the object a method names (positional, as in rpc.py)
+_PG_TAG = Param("tag", int, min=1, pos=0, help="Portal group tag (unique, integer > 0)")
+_IG_TAG = Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)")
+_AUTH_TAG = Param("tag", int, min=1, pos=0, help="Authentication group tag (unique, integer > 0)")
+_NODE_NAME = Param("name", str, pos=0, help="Target node name (ASCII)")
+
+# an initiator group's members: positional in iscsi_create_initiator_group,
+# rpc.py's -n/-m in iscsi_initiator_group_add/remove_initiators
+_INITIATORS = Param(
+    "initiators",
+    list,
+    item=str,
+    parse=cli_forms.words,
+    help="Whitespace-separated list of initiator hostnames or IP addresses, e.g. 'ANY'",
+)
+_NETMASKS = Param(
+    "netmasks",
+    list,
+    item=str,
+    parse=cli_forms.words,
+    help="Whitespace-separated list of initiator netmasks, e.g. '127.0.0.1/32'",
+)
 _IG_MEMBERS = (
-    Param(
-        "initiators",
-        list,
-        item=str,
-        required=False,
-        short="-n",
-        long=None,
-        parse=cli_forms.words,
-        help="Whitespace-separated list of initiator hostnames or IP addresses",
-    ),
-    Param(
-        "netmasks",
-        list,
-        item=str,
-        required=False,
-        short="-m",
-        long=None,
-        parse=cli_forms.words,
-        help="Whitespace-separated list of initiator netmasks",
-    ),
+    replace(_INITIATORS, required=False, short="-n", long=None),
+    replace(_NETMASKS, required=False, short="-m", long=None),
 )
 
 _PG_IG_MAPS = Param(
@@ -291,7 +295,7 @@ def iscsi_set_discovery_auth(
 # ------------------------------------------------------------ portal groups
 @rpc_method(
     "iscsi_create_portal_group",
-    Param("tag", int, min=1, pos=0, help="Portal group tag (unique, integer > 0)"),
+    _PG_TAG,
     Param(
         "portals",
         list,
@@ -340,7 +344,7 @@ def iscsi_create_portal_group(
 
 @rpc_method(
     "iscsi_delete_portal_group",
-    Param("tag", int, min=1, pos=0, help="Portal group tag (unique, integer > 0)"),
+    _PG_TAG,
     aliases=("delete_portal_group",),
 )
 def iscsi_delete_portal_group(ctx: Any, tag: int) -> bool:
@@ -359,23 +363,9 @@ def iscsi_get_portal_groups(ctx: Any) -> list[dict[str, Any]]:
 # --------------------------------------------------------- initiator groups
 @rpc_method(
     "iscsi_create_initiator_group",
-    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
-    Param(
-        "initiators",
-        list,
-        item=str,
-        pos=1,
-        parse=cli_forms.words,
-        help="Whitespace-separated list of initiator hostnames or IP addresses, e.g. 'ANY'",
-    ),
-    Param(
-        "netmasks",
-        list,
-        item=str,
-        pos=2,
-        parse=cli_forms.words,
-        help="Whitespace-separated list of initiator netmasks, e.g. '127.0.0.1/32'",
-    ),
+    _IG_TAG,
+    replace(_INITIATORS, pos=1),
+    replace(_NETMASKS, pos=2),
     aliases=("add_initiator_group",),
 )
 def iscsi_create_initiator_group(
@@ -388,7 +378,7 @@ def iscsi_create_initiator_group(
 
 @rpc_method(
     "iscsi_initiator_group_add_initiators",
-    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    _IG_TAG,
     *_IG_MEMBERS,
     aliases=("add_initiators_to_initiator_group",),
 )
@@ -402,7 +392,7 @@ def iscsi_initiator_group_add_initiators(
 
 @rpc_method(
     "iscsi_initiator_group_remove_initiators",
-    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    _IG_TAG,
     *_IG_MEMBERS,
     aliases=("delete_initiators_from_initiator_group",),
 )
@@ -416,7 +406,7 @@ def iscsi_initiator_group_remove_initiators(
 
 @rpc_method(
     "iscsi_delete_initiator_group",
-    Param("tag", int, min=1, pos=0, help="Initiator group tag (unique, integer > 0)"),
+    _IG_TAG,
     aliases=("delete_initiator_group",),
 )
 def iscsi_delete_initiator_group(ctx: Any, tag: int) -> bool:
@@ -433,7 +423,7 @@ def iscsi_get_initiator_groups(ctx: Any) -> list[dict[str, Any]]:
 # -------------------------------------------------------------- auth groups
 @rpc_method(
     "iscsi_create_auth_group",
-    Param("tag", int, min=1, pos=0, help="Authentication group tag (unique, integer > 0)"),
+    _AUTH_TAG,
     Param(
         "secrets",
         list,
@@ -454,7 +444,7 @@ def iscsi_create_auth_group(ctx: Any, tag: int, secrets: Any = None) -> bool:
 
 @rpc_method(
     "iscsi_delete_auth_group",
-    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    _AUTH_TAG,
     aliases=("delete_iscsi_auth_group",),
 )
 def iscsi_delete_auth_group(ctx: Any, tag: int) -> bool:
@@ -465,7 +455,7 @@ def iscsi_delete_auth_group(ctx: Any, tag: int) -> bool:
 
 @rpc_method(
     "iscsi_auth_group_add_secret",
-    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    _AUTH_TAG,
     Param("user", str, short="-u", help="User name for one-way CHAP authentication"),
     Param("secret", str, short="-s", help="Secret for one-way CHAP authentication"),
     Param(
@@ -484,7 +474,7 @@ def iscsi_auth_group_add_secret(
 
 @rpc_method(
     "iscsi_auth_group_remove_secret",
-    Param("tag", int, min=1, pos=0, help="Authentication group tag"),
+    _AUTH_TAG,
     Param("user", str, short="-u", help="User name for one-way CHAP authentication"),
     aliases=("delete_secret_from_iscsi_auth_group",),
 )
@@ -502,7 +492,7 @@ def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
 # ------------------------------------------------------------- target nodes
 @rpc_method(
     "iscsi_create_target_node",
-    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _NODE_NAME,
     Param("alias_name", str, pos=1, help="Target node alias name (ASCII)"),
     Param(
         "luns",
@@ -512,14 +502,7 @@ def iscsi_get_auth_groups(ctx: Any) -> list[dict[str, Any]]:
         parse=cli_forms.luns,
         help="Whitespace-separated list of <bdev name:LUN ID> pairs, e.g. 'Malloc0:0 Malloc1:1'",
     ),
-    Param(
-        "pg_ig_maps",
-        list,
-        item=dict,
-        pos=3,
-        parse=cli_forms.pg_ig_maps,
-        help="Whitespace-separated list of <portal group tag:initiator group tag> maps, e.g. '1:2'",
-    ),
+    replace(_PG_IG_MAPS, pos=3),
     Param("queue_depth", int, min=1, pos=4, help="Desired target queue depth"),
     *_CHAP,
     Param(
@@ -570,7 +553,7 @@ def iscsi_delete_target_node(ctx: Any, name: str) -> bool:
 
 @rpc_method(
     "iscsi_target_node_add_lun",
-    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _NODE_NAME,
     Param("bdev_name", str, pos=1, help="bdev name"),
     Param(
         "lun_id",
@@ -591,7 +574,7 @@ def iscsi_target_node_add_lun(ctx: Any, name: str, bdev_name: str, lun_id: Any =
 
 @rpc_method(
     "iscsi_target_node_add_pg_ig_maps",
-    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _NODE_NAME,
     _PG_IG_MAPS,
     aliases=("add_pg_ig_maps",),
 )
@@ -603,7 +586,7 @@ def iscsi_target_node_add_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[Any])
 
 @rpc_method(
     "iscsi_target_node_remove_pg_ig_maps",
-    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _NODE_NAME,
     _PG_IG_MAPS,
     aliases=("delete_pg_ig_maps",),
 )
@@ -615,7 +598,7 @@ def iscsi_target_node_remove_pg_ig_maps(ctx: Any, name: str, pg_ig_maps: list[An
 
 @rpc_method(
     "iscsi_target_node_set_auth",
-    Param("name", str, pos=0, help="Target node name (ASCII)"),
+    _NODE_NAME,
     *_CHAP,
     aliases=("set_iscsi_target_node_auth",),
 )

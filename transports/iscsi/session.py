@@ -49,7 +49,7 @@ class Session:
         self.exp_cmdsn = cmdsn & 0xFFFFFFFF
         # MaxCmdSN moves when commands complete, not when they arrive: the
         # free window plus the commands outstanding never exceed queue_depth
-        self._max_cmdsn = (self.exp_cmdsn + self.queue_depth - 1) & 0xFFFFFFFF
+        self.max_cmdsn = (self.exp_cmdsn + self.queue_depth - 1) & 0xFFFFFFFF
         self.outstanding = 0  # delivered non-immediate commands not yet finished
         self.outstanding_immediate = 0
         self.stats = {"cmdsn_dropped": 0, "immediate_refused": 0}
@@ -65,13 +65,44 @@ class Session:
         self.nexus = (self.initiator_port, self.target_port)
         self.closed = False
 
-    @property
-    def max_cmdsn(self) -> int:
-        return self._max_cmdsn
+    # ------------------------------------------------------------ tasks
+    def add_task(self, itt: int, task: Any) -> None:
+        self.tasks[itt] = task
+
+    def task(self, itt: int) -> Any:
+        return self.tasks.get(itt)
+
+    def remove_task(self, itt: int, task: Any) -> None:
+        """Forget ``task`` under ``itt`` (only if it is still that task)."""
+        if self.tasks.get(itt) is task:
+            del self.tasks[itt]
+
+    def tasks_of_lun(self, lun: int) -> list[Any]:
+        return [t for t in self.tasks.values() if t.lun == lun]
+
+    def all_tasks(self) -> list[Any]:
+        return list(self.tasks.values())
+
+    # ------------------------------------------------------ connections
+    def attach(self, conn: Connection) -> None:
+        self.connections.append(conn)
+
+    def detach(self, conn: Connection) -> bool:
+        """``conn`` is gone; True when it was the last one (the session is
+        closed then, and the caller removes it from the registry)."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+        if self.connections:
+            return False
+        self.closed = True
+        return True
+
+    def connection(self, cid: int) -> Connection | None:
+        return next((c for c in self.connections if c.cid == cid), None)
 
     def free_slots(self) -> int:
         """CmdSNs the initiator may still use: [ExpCmdSN, MaxCmdSN]."""
-        return (self._max_cmdsn + 1 - self.exp_cmdsn) & 0xFFFFFFFF
+        return (self.max_cmdsn + 1 - self.exp_cmdsn) & 0xFFFFFFFF
 
     def took(self) -> None:
         """A non-immediate command was delivered (ExpCmdSN passed it)."""
@@ -89,22 +120,40 @@ class Session:
 
     def done(self, immediate: bool) -> None:
         """A command finished (response sent, aborted or dropped): its slot
-        opens the window again unless immediate commands hold it."""
+        opens the window again unless immediate commands hold it.
+
+        The window invariant: free CmdSNs + commands outstanding never exceed
+        queue_depth, and MaxCmdSN never moves back. So MaxCmdSN becomes
+        ExpCmdSN + queue_depth - 1 - outstanding when that is further on
+        (one subtraction, no loop: this runs once per command)."""
         if immediate:
             if self.outstanding_immediate:
                 self.outstanding_immediate -= 1
         elif self.outstanding:
             self.outstanding -= 1
-        self._grow()
+        want = (
+            self.exp_cmdsn + self.queue_depth - 1 - self.outstanding - self.outstanding_immediate
+        ) & 0xFFFFFFFF
+        # grow only: `want` lies ahead of MaxCmdSN by less than queue_depth
+        if (want - self.max_cmdsn) & 0xFFFFFFFF <= self.queue_depth and want != self.max_cmdsn:
+            self.max_cmdsn = want
 
-    def _grow(self) -> None:
-        busy = self.outstanding + self.outstanding_immediate
-        free = self.free_slots()
-        if free > self.queue_depth:  # ExpCmdSN == MaxCmdSN + 1 wraps to 0 above
-            free = 0
-        while free + busy < self.queue_depth:
-            self._max_cmdsn = (self._max_cmdsn + 1) & 0xFFFFFFFF
-            free += 1
+    def next_in_order(self, cmdsn: int) -> bool:
+        """The hot path of `order` for a non-immediate command: True when
+        ``cmdsn`` is ExpCmdSN, nothing waits ahead of it, no abort marks it
+        and the window is open; the command is then taken (ExpCmdSN moves on,
+        it counts as outstanding) and must be run by the caller. False: the
+        caller goes through `order`, which handles every other case."""
+        if (
+            cmdsn != self.exp_cmdsn
+            or self._ahead
+            or self._aborted_sns
+            or self.max_cmdsn == (cmdsn - 1) & 0xFFFFFFFF
+        ):
+            return False
+        self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+        self.outstanding += 1
+        return True
 
     def connection_count(self) -> int:
         return len(self.connections)

@@ -526,6 +526,7 @@ class NvmfTarget:
         * "nvmf.stats" {}                               -> poll group statistics
         * "nvmf.counters" {nqn, cntlid}                 -> {read_bytes, write_bytes, ...}
         * "nvmf.set_vwc" {nqn, cntlid, vwc}             -> number of I/O queues switched
+        * "nvmf.bdev_resized" {name}                    -> controllers sent the ns-changed AEN
         """
         nqn = args.get("nqn")
         if op == "nvmf.destroy_ctrlr":
@@ -547,6 +548,18 @@ class NvmfTarget:
             return self.counters_for(str(nqn), int(args["cntlid"]))
         if op == "nvmf.set_vwc":
             return self.set_write_through(str(nqn), int(args["cntlid"]), not int(args["vwc"]))
+        if op == "nvmf.bdev_resized":  # {name}: namespace attribute changed AEN to its hosts
+            n = 0
+            for ctrl in list(self.controllers.values()):
+                nsids = [
+                    ns.nsid
+                    for ns in ctrl.subsys.namespaces.values()
+                    if ns.bdev_name == args.get("name")
+                ]
+                if nsids:
+                    ctrl.ns_changed(nsids)
+                    n += 1
+            return n
         log.debug("nvmf: unknown event %s", op)
         return None
 

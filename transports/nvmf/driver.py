@@ -2,9 +2,10 @@
 
 Owns the `TransportDriver` registered as "nvmf-tcp" at import (the TCP entry of the ops table is tcp_ops.py): ``accept``
 (non-blocking socket, TCP_NODELAY, SO_PRIORITY, epoll registration),
-batched ``recv_into`` straight into the PDU reader's buffer, ``sendmsg`` of
-buffer lists with partial-send handling (EPOLLOUT only while output is
-pending), clean close; ``on_config`` hands new snapshots to the reactor's
+batched ``recv_into`` straight into the PDU reader's buffer, output through
+transports/sockout.py (the path the iSCSI driver uses too: scatter-gather
+``sendmsg``, partial sends; EPOLLOUT only while output is pending), clean
+close; ``on_config`` hands new snapshots to the reactor's
 `NvmfTarget` (core.target_for: one per reactor, shared with every other
 NVMe-oF transport; it emits namespace/discovery AENs) and ``on_event``
 passes the supervisor's "nvmf.*" broadcasts and queries to it
@@ -20,7 +21,6 @@ connection's event handler closes that connection only (``qp.crash``).
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from typing import Any
@@ -29,13 +29,13 @@ from ...control.hostlog import HostLog
 from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from ..base import register_driver
 from ..context import ReactorContext
+from ..sockout import IOV_MAX, SockOut
 from .core import NvmfTarget, drop_target, target_for
 from .tcp import TcpQpair
 from .tcp_ops import TCP
 
 log = logging.getLogger(__name__)
 
-IOV_MAX = 1024
 RECV_BATCH = 16  # recv calls per wake-up before yielding to other sockets
 
 
@@ -45,14 +45,12 @@ class TcpConnection:
         "sock",
         "fd",
         "qp",
-        "pending",
+        "out",
         "mask",
         "closed",
         "flush_scheduled",
         "reading",
         "driver",
-        "pending_bytes",
-        "sent_total",
     )
 
     def __init__(
@@ -71,15 +69,15 @@ class TcpConnection:
             peer = "{}:{}".format(*sock.getpeername()[:2])
         except OSError:
             peer = "?"
-        self.pending: list[
-            bytes | bytearray | memoryview
-        ] = []  # buffers not yet accepted by the kernel
-        self.pending_bytes = 0
-        self.sent_total = 0
         self.closed = False
         self.flush_scheduled = False
         self.reading = False
         self.qp = TcpQpair(target, listener, peer, wake=self._wake, on_close=self._qp_closed)
+        # the output path shared with the iSCSI driver (transports/sockout.py);
+        # the queue pair pauses its own parsing above max_unsent_bytes and is
+        # resumed once the output drained to half of it
+        mx = self.qp.opts.max_unsent_bytes
+        self.out = SockOut(sock.sendmsg, mx, mx // 2, IOV_MAX)
         self.mask = EPOLLIN
         ctx.loop.add_fd(self.fd, EPOLLIN, self._on_events)
 
@@ -145,8 +143,8 @@ class TcpConnection:
                 self._send()
                 if self.closed:
                     return
-                qp.backlog = self.pending_bytes
-                if not (qp.paused and self.pending_bytes <= qp.opts.max_unsent_bytes // 2):
+                qp.backlog = self.out.unsent
+                if not (qp.paused and self.out.unsent <= self.out.low):
                     break
                 qp.resume()  # drained: parse what is buffered, then read again
                 if not qp.out:
@@ -158,7 +156,7 @@ class TcpConnection:
         if self.closed:
             return
         mask = 0 if qp.paused else EPOLLIN
-        if self.pending:
+        if self.out.pending:
             self._set_mask(mask | EPOLLOUT)
         else:
             self._set_mask(mask)
@@ -167,59 +165,17 @@ class TcpConnection:
 
     def _send(self) -> None:
         qp = self.qp
+        out = self.out
         if qp.out:
-            self.pending.extend(qp.take_output())
-            self.pending_bytes += qp.last_taken
-        before = self.pending_bytes
+            out.push(qp.take_output(), qp.last_taken)
         try:
-            self._sendmsg()
+            out.flush()
+        except OSError as e:
+            log.debug("nvmf-tcp %s: send failed: %s", qp.peer, e)
+            self.close()
         finally:
-            self.sent_total += before - self.pending_bytes
             if qp._held:
-                qp.sent_upto(self.sent_total)
-
-    def _sendmsg(self) -> None:
-        qp = self.qp
-        pending = self.pending
-        sendmsg = self.sock.sendmsg
-        while pending:
-            batch = pending[:IOV_MAX] if len(pending) > IOV_MAX else pending
-            try:
-                sent = sendmsg(batch)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    log.debug("nvmf-tcp %s: send failed: %s", qp.peer, e)
-                    self.close()
-                    return
-                break
-            if sent == sum(map(len, batch)) and batch is pending:
-                pending.clear()  # the usual case: everything went out
-                self.pending_bytes = 0
-                break
-            self.pending_bytes -= sent
-            if batch is pending:
-                batch = pending[:]
-            # drop what went out, keep the unsent tail of a partial buffer
-            i = 0
-            nb = len(batch)
-            while i < nb:
-                b = batch[i]
-                ln = b.nbytes if isinstance(b, memoryview) else len(b)
-                if sent >= ln:
-                    sent -= ln
-                    i += 1
-                else:
-                    mv = batch[i] if isinstance(batch[i], memoryview) else memoryview(batch[i])
-                    batch[i] = mv[sent:]
-                    break
-            del pending[:i]
-            if i < nb:
-                pending[0] = batch[i]
-                break
-        if not pending:
-            self.pending_bytes = 0
+                qp.sent_upto(out.sent_total)
 
     def _set_mask(self, mask: int) -> None:
         if mask != self.mask:
@@ -232,17 +188,16 @@ class TcpConnection:
         # out what is queued (e.g. a TermReq) and close the socket
         if not self.closed:
             if qp.out:
-                self.pending.extend(qp.take_output())
-                self.pending_bytes += qp.last_taken
+                self.out.push(qp.take_output(), qp.last_taken)
             self.ctx.loop.call_soon(self._final_close)
 
     def _final_close(self) -> None:
         if self.closed:
             return
-        if self.pending:
-            try:
+        if self.out.pending:
+            try:  # best effort: what the socket takes now (a TermReq)
                 self.sock.setblocking(False)
-                self.sock.sendmsg(self.pending[:IOV_MAX])
+                self.out.flush()
             except OSError:
                 pass
         self.close()
@@ -251,8 +206,7 @@ class TcpConnection:
         if self.closed:
             return
         self.closed = True
-        self.pending.clear()
-        self.pending_bytes = 0
+        self.out.discard()
         self.ctx.loop.remove_fd(self.fd)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)

@@ -137,6 +137,8 @@ _LISTEN_ADDRESS = Param(
     ),
 )
 
+_NQN = Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN")
+
 _TGT_NAME = Param(
     "tgt_name",
     str,
@@ -505,7 +507,7 @@ def _hex_id(v: Any, name: str, nbytes: int) -> str:
 
 @rpc_method(
     "nvmf_subsystem_add_ns",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param(
         "namespace",
         dict,
@@ -625,7 +627,7 @@ def nvmf_subsystem_add_ns(
 
 @rpc_method(
     "nvmf_subsystem_remove_ns",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("nsid", int, min=1, pos=1, help="The requested NSID"),
     _TGT_NAME,
 )
@@ -683,7 +685,7 @@ def _release_listener(ctx: RpcContext, st: NvmfState, li: dict[str, Any]) -> Non
 
 @rpc_method(
     "nvmf_subsystem_add_listener",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    replace(_NQN, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
     _LISTEN_ADDRESS,
     replace(_TGT_NAME, short="-p"),
     Param(
@@ -754,7 +756,7 @@ def nvmf_subsystem_add_listener(
 
 @rpc_method(
     "nvmf_subsystem_remove_listener",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
+    replace(_NQN, help="NVMe-oF subsystem NQN ('discovery' for the discovery NQN)"),
     _LISTEN_ADDRESS,
     replace(_TGT_NAME, short="-p"),
 )
@@ -776,7 +778,7 @@ def nvmf_subsystem_remove_listener(
 
 @rpc_method(
     "nvmf_subsystem_get_listeners",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )
@@ -793,7 +795,7 @@ def nvmf_subsystem_get_listeners(
 # ---------------------------------------------------------------- hosts
 @rpc_method(
     "nvmf_subsystem_add_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("psk", str, required=False),
@@ -824,7 +826,7 @@ def nvmf_subsystem_add_host(
 
 @rpc_method(
     "nvmf_subsystem_remove_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("timeout_ms", int, required=False, min=0, spdk=False),
@@ -853,7 +855,7 @@ def _allow_any_cli(args: dict[str, Any]) -> dict[str, Any]:
 
 @rpc_method(
     "nvmf_subsystem_allow_any_host",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     Param("allow_any_host", bool, cli=False),
     _TGT_NAME,
     cli_extra=(
@@ -880,7 +882,7 @@ def nvmf_subsystem_allow_any_host(
 # ---------------------------------------------------------------- runtime queries
 @rpc_method(
     "nvmf_subsystem_get_controllers",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )
@@ -908,7 +910,7 @@ def nvmf_subsystem_get_controllers(
 
 @rpc_method(
     "nvmf_subsystem_get_qpairs",
-    Param("nqn", str, pos=0, help="NVMe-oF subsystem NQN"),
+    _NQN,
     _TGT_NAME,
     cli_out=OUT_DICT,
 )

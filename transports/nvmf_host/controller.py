@@ -175,9 +175,9 @@ def parse_discovery_log(b: bytes) -> tuple[int, list[DiscoveryEntry]]:
                 cntlid,
                 asqsz,
                 eflags,
-                s(32, 32),
-                s(256, 256),
-                s(512, 256),
+                s(32, 32),  # TRSVCID
+                s(512, 256),  # TRADDR
+                s(256, 256),  # SUBNQN
             )
         )
     return int(genctr), out
@@ -292,7 +292,14 @@ class Controller:
         io_queue_size: int = 128,
         timeout: float = 10.0,
         keepalive_thread: bool = True,
+        trtype: str = "tcp",
+        host_traddr: str | None = None,
     ) -> None:
+        self.trtype = trtype.lower()
+        if self.trtype not in ("tcp", "fc"):
+            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
+        self.host_traddr = host_traddr
+        self.assoc_id = 0  # FC: the association of the admin queue
         self.traddr = traddr
         self.trsvcid = str(trsvcid)
         self.subnqn = subnqn
@@ -316,8 +323,32 @@ class Controller:
         self.last_error: str = ""
 
     # ------------------------------------------------------ connect
+    def _open_queue(self, qid: int, qsize: int) -> BlockingQueue:
+        if self.trtype == "fc":
+            from .fc import FcBlockingQueue, default_host_port
+
+            if self.host_traddr is None:
+                self.host_traddr = default_host_port(self.hostid).traddr
+            bq = FcBlockingQueue(
+                self.traddr,
+                self.host_traddr,
+                qid,
+                qsize,
+                self.timeout,
+                self.subnqn,
+                self.hostnqn,
+                self.hostid,
+                self.assoc_id,
+            )
+            if qid == 0:
+                self.assoc_id = bq.q.assoc_id
+            return bq
+        return BlockingQueue(
+            self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout
+        )
+
     def connect(self, enable: bool = True) -> Controller:
-        a = BlockingQueue(self.traddr, self.trsvcid, 0, 32, self.hdgst, self.ddgst, self.timeout)
+        a = self._open_queue(0, 32)
         self.admin = a
         try:
             self.cntlid = (
@@ -367,7 +398,7 @@ class Controller:
 
     def connect_io_queue(self, qid: int, qsize: int | None = None) -> BlockingQueue:
         qs = min(qsize or self.io_queue_size, self.mqes)
-        bq = BlockingQueue(self.traddr, self.trsvcid, qid, qs, self.hdgst, self.ddgst, self.timeout)
+        bq = self._open_queue(qid, qs)
         try:
             bq.execute(
                 lambda cb: bq.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, cb),
@@ -576,6 +607,9 @@ class Controller:
                 with contextlib.suppress(Exception):
                     self.admin.timeout = min(self.admin.timeout, 2.0)
                     self.shutdown()
+            disconnect = getattr(self.admin, "disconnect", None)
+            if disconnect is not None:  # FC: end the association (Disconnect LS)
+                disconnect()
             self.admin.close()
             self.admin = None
 
@@ -607,11 +641,30 @@ class LoopQueue:
         on_ready: Callable[[], Any],
         on_fail: Callable[[str], Any],
         timeout: float = 10.0,
+        fc: tuple[str, int] | None = None,
     ) -> None:
+        """``fc``: (host port traddr, association id): an FC-NVMe I/O queue over
+        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``)."""
         from ...runtime.loop import EPOLLOUT
 
         self.loop = loop
-        self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
+        if fc is not None:
+            from ..fc import frame as fc_frame
+            from ..fc.addr import parse_traddr
+            from .fc import FcHostQueue
+
+            target = parse_traddr(traddr)
+            self.q: HostQueue = FcHostQueue(
+                parse_traddr(fc[0]), target, qid, qsize, subnqn, hostnqn, hostid, fc[1]
+            )
+            where: Any = fc_frame.socket_path(target)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
+            where = (traddr, int(trsvcid))
+            fam = socket.AF_INET6 if ":" in traddr else socket.AF_INET
+            self.sock = socket.socket(fam, socket.SOCK_STREAM)
+            _sock_opts(self.sock)
         self.icd_max = icd_max
         self.on_ready = on_ready
         self.on_fail = on_fail
@@ -621,12 +674,9 @@ class LoopQueue:
         self._pending: list[Any] = []
         self._flush_scheduled = False
         self._want_out = False
-        fam = socket.AF_INET6 if ":" in traddr else socket.AF_INET
-        self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.setblocking(False)
-        _sock_opts(self.sock)
         self.fd = self.sock.fileno()
-        err = self.sock.connect_ex((traddr, int(trsvcid)))
+        err = self.sock.connect_ex(where)
         if err not in (0, errno.EINPROGRESS):
             self.sock.close()
             self.closed = True

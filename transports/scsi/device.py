@@ -137,6 +137,9 @@ class ScsiDevice:
                 self.on_abort_nexus(n)
 
     # ------------------------------------------------------------- execute
+    def get_lun(self, lun_id: int) -> ScsiLun | None:
+        return self.luns.get(lun_id)
+
     def fast_lun(self, lun_id: int, nexus: Nexus) -> ScsiLun | None:
         """The LUN when a plain READ/WRITE from `nexus` may skip the generic
         dispatch: the nexus is known, no unit attention is pending anywhere on

@@ -34,7 +34,26 @@ def make_state(
     return st
 
 
+class _NoBdev:
+    """A bdev whose writes are never cut into pool chunks (block size 0)."""
+
+    block_size = 0
+    num_blocks = 0
+
+
 class FakeLun:
+    """The LunLike interface (transports/iscsi/tasks.py) for protocol tests."""
+
+    bdev: Any = _NoBdev()
+    max_transfer_blocks = 0
+    stage_reads = False
+
+    def channel_getter(self) -> Any:
+        return None
+
+    def io_error(self, task: Any, st: Any, read: bool) -> None:
+        task.check_condition(bytes([0x70, 0, 4, 0, 0, 0, 0, 10] + [0] * 4 + [0x44, 0, 0, 0, 0, 0]))
+
     def __init__(self) -> None:
         self.aborted: list[tuple[int, str]] = []
         self.resets = 0
@@ -69,6 +88,12 @@ class FakeDevice:
 
     def nexus_lost(self, ip: str, tp: str) -> None:
         self.lost.append((ip, tp))
+
+    def get_lun(self, lun_id: int) -> Any:
+        return self.luns.get(lun_id)
+
+    def fast_lun(self, lun_id: int, nexus: Any) -> Any:
+        return None  # every command takes the generic path
 
     def target_reset(self, on_done: Any = None) -> None:
         for lun in self.luns.values():

@@ -289,6 +289,15 @@ class _Boom:
     def nexus_lost(self, *a: Any) -> None:
         pass
 
+    def get_lun(self, lun_id: int) -> Any:
+        return self.dev.get_lun(lun_id)
+
+    def fast_lun(self, lun_id: int, nexus: Any) -> Any:
+        return None
+
+    def target_reset(self, on_done: Any = None) -> None:
+        self.dev.target_reset(on_done)
+
 
 def test_exception_closes_only_its_connection(kit: Any, caplog: Any) -> None:
     env = kit.Env(kit.make_state())
@@ -350,7 +359,7 @@ def test_burst_limits_are_enforced(kit: Any, pool: IoBufs) -> None:
 
 def test_r2t_phase_is_capped_per_connection(kit: Any, pool: IoBufs) -> None:
     h, ch, _ = _setup(kit, pool)
-    limit = h.conn._r2t_limit
+    limit = h.conn.dataout.r2t_limit
     assert limit == 4  # max_r2t_per_connection (SPDK's default)
     r2ts = []
     for i in range(10):
@@ -409,4 +418,4 @@ def test_text_sequence_is_capped(kit: Any) -> None:
         ttt = out[0].w20
     else:
         raise AssertionError("an endless Text sequence was accepted")
-    assert sent <= 96 * 1024 and len(h.conn._text_pending) == 0
+    assert sent <= 96 * 1024 and len(h.conn.text.pending) == 0

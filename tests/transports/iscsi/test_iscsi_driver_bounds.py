@@ -175,3 +175,42 @@ def test_output_backpressure_stops_reading(ctx_factory: Any, lsock: socket.socke
         sc.flush()
     assert ctx.loop.masks[sc.fd] & EPOLLIN
     c.close()
+
+
+def test_exception_in_socket_events_closes_only_that_connection(
+    ctx_factory: Any, lsock: socket.socket
+) -> None:
+    """A bug in the driver's event handler (not a PDU): the real loop calls
+    the owner's on_loop_error, which closes that connection only."""
+    from blockfabric.actors.loop import EventLoop
+
+    ctx = ctx_factory()
+    ctx.loop = EventLoop()
+    ctx.stats = {}
+    pairs = [_pair(lsock) for _ in range(2)]
+    for _, s in pairs:
+        D.DRIVER.accept(ctx, s, "127.0.0.1:3260")  # type: ignore[arg-type]
+    rs = D.DRIVER.reactors[id(ctx)]
+    bad, good = sorted(rs.conns, key=lambda x: x.fd)
+
+    def boom() -> None:
+        raise RuntimeError("driver bug")
+
+    bad.on_readable = boom  # type: ignore[method-assign]
+    bad.route = False
+    pairs[0][0].sendall(b"x")  # wakes the bad one
+    for _ in range(20):
+        ctx.loop.run_once(0.05)
+        if bad not in rs.conns:
+            break
+    assert bad not in rs.conns and good in rs.conns
+    assert rs.stats["exceptions"] == 1 and ctx.loop.callback_errors == 1
+    pairs[0][0].settimeout(2)
+    try:  # its socket was closed (a reset: the target left our byte unread)
+        assert pairs[0][0].recv(1) == b""
+    except ConnectionResetError:
+        pass
+    D.DRIVER.shutdown(ctx)  # type: ignore[arg-type]
+    ctx.loop.close()
+    for c, _ in pairs:
+        c.close()

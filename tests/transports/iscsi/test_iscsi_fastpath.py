@@ -186,7 +186,7 @@ def test_read_error_maps_to_sense(kit: Any, deferred: bool) -> None:
 def test_large_read_split_over_data_in(kit: Any) -> None:
     h, ch, dev = _env(kit)
     _first_read_clears_ua(h, kit)
-    h.conn.cp.max_xmit_dlen = 1024
+    h.conn.set_max_xmit_dlen(1024)
     r = h.cmd(kit.read10(0, 5), 5 * BS, read=True, itt=0x70)
     assert [p.opcode for p in r] == [P.OP_DATA_IN] * 3
     assert [p.w36 for p in r] == [0, 1, 2] and [p.w40 for p in r] == [0, 1024, 2048]

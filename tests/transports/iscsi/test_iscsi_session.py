@@ -31,7 +31,7 @@ def test_login_then_read_collapsed_status(kit: Any) -> None:
 def test_read_split_by_initiator_mrdsl(kit: Any) -> None:
     h = kit.Harness()
     h.login(extra=[])
-    h.conn.cp.max_xmit_dlen = 512
+    h.conn.set_max_xmit_dlen(512)
     r = h.cmd(kit.read10(0, 3), 1536, read=True)
     assert [p.datasn for p in r] == [0, 1, 2]
     assert [p.buffer_offset for p in r] == [0, 512, 1024]

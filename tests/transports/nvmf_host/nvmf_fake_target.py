@@ -226,8 +226,8 @@ class FakeTarget:
                 0,
             )
             log[1024 + 32 : 1024 + 36] = b"4420"
-            log[1024 + 256 : 1024 + 265] = b"127.0.0.1"
-            log[1024 + 512 : 1024 + 512 + len(SUBNQN)] = SUBNQN.encode()
+            log[1024 + 512 : 1024 + 521] = b"127.0.0.1"  # TRADDR (bytes 767:512)
+            log[1024 + 256 : 1024 + 256 + len(SUBNQN)] = SUBNQN.encode()  # SUBNQN (511:256)
             return self._data_out(st, cid, bytes(log[off : off + numd * 4]).ljust(numd * 4, b"\0"))
         return self._resp(st, cid, S.ST_INVALID_OPCODE)
 
