@@ -15,6 +15,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,dev,bench]'
+	@sh scripts/install-deps.sh pyverbs-link $(VENV)
 
 run: $(BIN)/python
 	$(BIN)/pip install -q -e .

@@ -54,7 +54,8 @@ from .loop import EPOLLIN, EventLoop
 
 log = logging.getLogger("blockfabric.supervisor")
 
-REACTOR_START_TIMEOUT = 20.0
+# BLOCKFABRIC_REACTOR_START_TIMEOUT: slow emulated machines (QEMU TCG guests)
+REACTOR_START_TIMEOUT = float(os.environ.get("BLOCKFABRIC_REACTOR_START_TIMEOUT", "20"))
 REACTOR_STOP_GRACE = 5.0
 REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_RESTARTS = 3

@@ -584,6 +584,10 @@ def merge_previous(results: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--only", "rdma"]:  # the RDMA row runs in a QEMU guest: bench/rdma.py
+        from . import rdma
+
+        return rdma.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

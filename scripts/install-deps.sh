@@ -6,6 +6,13 @@
 #             its setup.sh installs them; the harness itself is not in this
 #             repository, see BLOCKFABRIC_KERNEL_HOST). The fuzz harnesses' atheris
 #             is a Python package (the test and fuzz extras), wheels for x86_64.
+#             + rdma-core ibverbs-providers python3-pyverbs rdmacm-utils (the
+#             NVMe/RDMA transport; optional at run time), then pyverbs-link
+#   pyverbs-link [VENV]: make Debian's pyverbs (/usr/lib/python3/dist-packages,
+#             built for one CPython 3.x SOABI) importable from VENV (.venv): a
+#             symlink in its site-packages when the venv's interpreter has the
+#             same SOABI, otherwise a note (nvmf_create_transport -t RDMA then
+#             refuses with the package name)
 #             + Ceph for the RBD bdev and its tests (ceph-mon, ceph-osd, ceph-common
 #             for the rbd/ceph tools, python3-rados + python3-rbd: the bindings).
 #   rbd:      only the Ceph part.
@@ -15,10 +22,25 @@
 # site-packages shadows the venv's own packages.
 set -e
 what=${1:-all}
+pyverbs_link() {
+  venv=${1:-.venv}
+  src=/usr/lib/python3/dist-packages/pyverbs
+  [ -x "$venv/bin/python" ] || { echo "install-deps: no venv at $venv" >&2; return 0; }
+  [ -d "$src" ] || { echo "install-deps: $src missing (apt-get install python3-pyverbs): no RDMA transport" >&2; return 0; }
+  sp=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  soabi=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("SOABI"))')
+  if ! ls "$src"/base."$soabi".so >/dev/null 2>&1; then
+    echo "install-deps: Debian's pyverbs is not built for $soabi ($venv): no RDMA transport" >&2
+    return 0
+  fi
+  [ -e "$sp/pyverbs" ] || ln -s "$src" "$sp/pyverbs"
+  "$venv/bin/python" -c 'import pyverbs.cmid' && echo "install-deps: pyverbs linked into $venv"
+}
+if [ "$what" = pyverbs-link ]; then pyverbs_link "${2:-.venv}"; exit 0; fi
 need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
-[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt procps iproute2"
+[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
 ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
 { [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done
@@ -54,4 +76,7 @@ if [ "$what" = all ] || [ "$what" = rbd ]; then
     "$venv/bin/python" -c 'import rados, rbd' 2>/dev/null ||
       echo "install-deps: the venv cannot import rados/rbd (the RBD tests FAIL under CI=true)" >&2
   fi
+fi
+if [ "$what" = all ]; then
+  pyverbs_link "$(dirname "$0")/../.venv"
 fi

@@ -84,6 +84,11 @@ def parse_trid(s: str) -> dict[str, str]:
         raise TridError("transport ID needs trtype (TCP or FC)")
     if out["trtype"].upper() == "FC":
         return _parse_fc_trid(out)
+    if out["trtype"].upper() == "RDMA":
+        raise TridError(
+            "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
+            "the target side is: nvmf_create_transport -t RDMA); use TCP or FC"
+        )
     if out["trtype"].upper() != "TCP":
         raise TridError(f"trtype {out['trtype']!r} is not supported (TCP or FC)")
     out["trtype"] = "TCP"
