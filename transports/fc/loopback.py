@@ -18,7 +18,6 @@ reading until the host drained half of it.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Loop
+from ..sockout import IOV_MAX, SockOut
 from . import frame as F
 from .addr import FcName
 from .frame import socket_path
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 NAME = "loopback"
 RECV_SIZE = 1 << 17
-IOV_MAX = 1024
 
 
 PROTO = "nvmf-fc"  # the reactor driver the supervisor hands accepted paths to
@@ -99,12 +98,12 @@ class LoopbackPath:
         self.upcalls: FcUpcalls | None = None
         self.born = time.monotonic()  # for the login timeout
         self.raw = bytearray()  # bytes received before the login was decided
-        self.out: list[Any] = []
-        self.unsent = 0
+        # the one socket output path (transports/sockout.py): backpressure with
+        # hysteresis, stop reading past max_unsent, resume at half
+        self.out = SockOut(sock.sendmsg, max_unsent, max_unsent // 2, IOV_MAX)
         self.closed = False
         self.closing = False  # close once the output drained
         self.detached = False
-        self.reading = True
         self.flush_soon = False
         self.in_read = False  # output produced while reading is flushed at its end
         self.mask = EPOLLIN
@@ -165,9 +164,9 @@ class LoopbackPath:
     def _send_many(self, bufs: list[Any], n: int) -> None:
         if self.closed:
             return
-        self.out.extend(bufs)
-        self.unsent += n
-        if len(self.out) > 64 or self.unsent > 1 << 16:
+        out = self.out
+        out.push(bufs, n)
+        if len(out.queue) > 64 or out.unsent > 1 << 16:
             self._flush()
         elif not self.flush_soon and not self.in_read:
             # one flush per loop turn; EPOLLOUT only when the socket is full
@@ -184,36 +183,16 @@ class LoopbackPath:
         if self.closed:
             return
         out = self.out
-        while out:
-            batch = out[:IOV_MAX]
-            try:
-                sent = self.sock.sendmsg(batch)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                log.debug("fc loopback %s: send failed: %s", self.remote, e)
-                self.close()
-                return
-            self.unsent -= sent
-            i = 0
-            while i < len(batch) and sent >= len(batch[i]):
-                sent -= len(batch[i])
-                i += 1
-            del out[:i]
-            if sent:
-                out[0] = memoryview(out[0])[sent:]
-                break
-        if not out and self.closing:
+        try:
+            out.flush()
+        except OSError as e:
+            log.debug("fc loopback %s: send failed: %s", self.remote, e)
             self.close()
             return
-        # backpressure with hysteresis: stop reading past max_unsent, resume at half
-        if self.reading and self.unsent > self.max_unsent:
-            self.reading = False
-        elif not self.reading and self.unsent <= self.max_unsent // 2:
-            self.reading = True
-        self._set_mask((EPOLLIN if self.reading else 0) | (EPOLLOUT if out else 0))
+        if not out.pending and self.closing:
+            self.close()
+            return
+        self._set_mask((EPOLLIN if out.may_read() else 0) | (EPOLLOUT if out.pending else 0))
 
     def _on_events(self, ev: int) -> None:
         try:
@@ -352,7 +331,7 @@ class LoopbackPath:
             return
         self.closed = True
         self.rx.clear()
-        self.out.clear()
+        self.out.discard()
         try:
             self.loop.remove_fd(self.fd)
         except (KeyError, OSError, ValueError):
