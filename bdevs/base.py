@@ -139,6 +139,14 @@ class IoChannel:
         else:
             self._do_read(offset_blocks, num_blocks, cb, into)
 
+    def read_view(self, offset_blocks: int, num_blocks: int) -> memoryview | None:
+        """A synchronous zero-copy read for the transports' fast paths: the
+        medium's own view of the range, counted like `read`, or None when this
+        module cannot (it copies, completes later, or the request is not
+        plain: removed, out of range). None has no side effects; the caller
+        then uses `read`, which reports any error."""
+        return None
+
     def write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False) -> None:
         bs = self.bdev.block_size
         if len(data) % bs:

@@ -56,6 +56,19 @@ class MallocChannel(IoChannel):
         bs = self.bs  # zero copy: the view is the medium, ``into`` stays untouched
         cb(IoStatus.SUCCESS, self.mem[offset_blocks * bs : (offset_blocks + num_blocks) * bs])
 
+    def read_view(self, offset_blocks: int, num_blocks: int) -> memoryview | None:
+        # `read` + `_do_read` in one call, for the fast paths (no callback)
+        if self.removed or offset_blocks < 0 or num_blocks <= 0:
+            return None
+        end = offset_blocks + num_blocks
+        if end > self.bdev.num_blocks:
+            return None
+        st = self.stats
+        bs = self.bs
+        st.num_read_ops += 1
+        st.bytes_read += num_blocks * bs
+        return self.mem[offset_blocks * bs : end * bs]
+
     def _do_write(
         self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
     ) -> None:

@@ -21,6 +21,20 @@ class NullChannel(IoChannel):
         else:
             cb(IoStatus.SUCCESS, memoryview(bytes(n)))
 
+    def read_view(self, offset_blocks: int, num_blocks: int) -> memoryview | None:
+        n = num_blocks * self.bdev.block_size
+        if (
+            self.removed
+            or offset_blocks < 0
+            or num_blocks <= 0
+            or offset_blocks + num_blocks > self.bdev.num_blocks
+            or n > len(_ZEROS)
+        ):
+            return None
+        self.stats.num_read_ops += 1
+        self.stats.bytes_read += n
+        return _ZEROS[:n]
+
     def _do_write(
         self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False
     ) -> None:

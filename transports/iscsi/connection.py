@@ -37,8 +37,8 @@ from typing import Any
 from ...bdevs.base import IoStatus
 from ...control.hostlog import HostLog
 from ..scsi.cdb import parse_rw
+from . import fastread, tmf
 from . import pdu as P
-from . import tmf
 from .datain import DataInPacker
 from .dataout import DataOut
 from .login import LoginOutcome
@@ -103,6 +103,8 @@ class Connection:
         # fast READ path: ITT whose bdev completion is being awaited inline
         self._fast_itt = -1
         self._fast_box: list[Any] = []
+        # the batched READ path (fastread.py); off: every PDU goes one by one
+        self.fast_scan = True
         self.tasks: dict[int, Task] = {}
         self._ping_ttt = P.RSVD_TAG
         self.ping_sent_at: float | None = None
@@ -177,6 +179,27 @@ class Connection:
             self.reject(e.bhs or bytes(P.BHS_LEN), e.reason)
         if e.fatal or self.state != "ffp":
             self.close(str(e))
+
+    def on_recv(self, n: int) -> None:
+        """``n`` bytes arrived in the reader's `recv_buffer`: the batched READ
+        path (fastread.py) answers the plain READs at their head, then the
+        rest is framed and handled PDU by PDU."""
+        reader = self.reader
+        reader.advance(n)
+        if (
+            self.fast_scan
+            and self.state == "ffp"
+            and self._stalled_by is None
+            and not self._backlog
+            and not reader.header_digest
+            and not reader.broken
+        ):
+            try:
+                fastread.scan(self)
+            except Exception:
+                self.crash("a PDU")
+                return
+        self.receive(reader.feed(0))
 
     def receive(self, pdus: list[P.Pdu | P.PduError]) -> None:
         # one try for the batch: an exception closes the connection, so the

@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from . import pdu as P
 
 # a Data-In BHS (the layout of pdu.encode's header), packed in one call
-_HDR = struct.Struct(">4BIQ8I")
-_FS = P.F_FINAL | P.F_STATUS
+# (also by fastread.py, the batched READ path)
+DATA_IN_HDR = struct.Struct(">4BIQ8I")
+F_FINAL_STATUS = P.F_FINAL | P.F_STATUS
+_HDR = DATA_IN_HDR
+_FS = F_FINAL_STATUS
 
 
 class DataInPacker:

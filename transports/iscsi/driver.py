@@ -255,7 +255,7 @@ class SockConn:
                 return
             conn.last_rx = time.monotonic()
             full = n == len(buf)
-            conn.receive(reader.feed(n))
+            conn.on_recv(n)
             if conn.input_stalled or not out.may_read():
                 break
             if self.closed or conn.state == "closed" or not full:

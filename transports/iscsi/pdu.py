@@ -388,6 +388,11 @@ class PduReader:
             self._start, self._end = 0, n
         return self._view[self._end :]
 
+    def advance(self, n: int) -> None:
+        """Account ``n`` bytes received into `recv_buffer` without framing
+        them yet (the batched READ path looks at them first)."""
+        self._end += n
+
     def feed(self, n: int) -> list[Pdu | PduError]:
         """Account ``n`` received bytes; return the complete PDUs. A malformed
         PDU appears in the list as a `PduError`; after a fatal one nothing

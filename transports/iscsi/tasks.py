@@ -34,6 +34,7 @@ class LunLike(Protocol):
     max_transfer_blocks: int
     stage_reads: bool
     channel_getter: Callable[[], IoChannel | None]
+    fast_channel: IoChannel | None  # kept by the batched READ path (fastread.py)
 
     def abort_task(self, tag: int, initiator_port: str, on_done: Done | None = None) -> bool: ...
 

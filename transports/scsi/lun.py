@@ -90,6 +90,8 @@ class ScsiLun:
         self.lun_id = lun_id
         self.bdev = bdev
         self.channel_getter = channel_getter
+        # the channel the transports' fast paths last got (refreshed when removed)
+        self.fast_channel: IoChannel | None = None
         self.device = device
         # mode pages; saved values (MODE SELECT SP=1, e.g. WCE) persist in mode_path
         self.mode = ModePages(mode_path)

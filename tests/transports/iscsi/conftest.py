@@ -47,6 +47,7 @@ class FakeLun:
     bdev: Any = _NoBdev()
     max_transfer_blocks = 0
     stage_reads = False
+    fast_channel = None
 
     def channel_getter(self) -> Any:
         return None
