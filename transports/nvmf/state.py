@@ -215,6 +215,9 @@ class NvmfState:
             for nsid in [n for n, ns in ss["namespaces"].items() if ns["bdev_name"] == name]:
                 del ss["namespaces"][nsid]
                 gone.append((nqn, nsid))
+                if ss.get("ana_reporting"):  # the ANA log of every listener changed
+                    for li in ss["listeners"]:
+                        ana.bump(li.setdefault("ana", ana.new_listener_ana()))
         return gone
 
     # ---------------------------------------------------- controller directory
