@@ -193,6 +193,8 @@ def test_kernel_multipath_failover(daemon_factory: Any, run_dir: Path, tmp_path:
 
     def restart() -> None:  # (c): same name, same ports, the saved config
         nb = daemon_factory(mask="0x1", extra=["--json", str(seen["cfg_b"])], name=b.name)
+        # what an operator does after a crash: drop the dead instance's shared memory
+        nb.cli("shm", "cleanup", "--name", b.name)
         nb.start()
         seen["b2"] = nb
         seen["listeners_b2"] = nb.rpc("nvmf_subsystem_get_listeners", {"nqn": NQN})
@@ -208,7 +210,7 @@ def test_kernel_multipath_failover(daemon_factory: Any, run_dir: Path, tmp_path:
             "kill": kill,
             "restart": restart,
         },
-        log_path=tmp_path / "guest.log",
+        log_path=Path(os.environ.get("MULTIPATH_GUEST_LOG") or tmp_path / "guest.log"),
     )
     print(run.summary())
     f = run.facts
@@ -222,6 +224,9 @@ def test_kernel_multipath_failover(daemon_factory: Any, run_dir: Path, tmp_path:
     assert f.get("list_paths") == "2" and f.get("list_subsys") == "1", run.explain()
     assert f.get("block_devices") == "1", run.explain()
     assert (f.get("ana_a"), f.get("ana_b")) == ("optimized", "non-optimized"), run.explain()
+    # the writes really went through B after the move, through A after the kill, B again after
+    for k in ("moved_sectors_b", "failover_sectors_a", "back_sectors_b"):
+        assert int(f.get(k) or 0) > 0, f"{k}\n{run.explain()}"
     assert len(seen.get("ctrl_a") or []) == 1 and len(seen.get("ctrl_b") or []) == 1, seen
     assert seen["ctrl_a"][0]["cntlid"] != seen["ctrl_b"][0]["cntlid"]
     states = [s["ana_state"] for s in seen["listeners_b2"][0]["ana_states"]]

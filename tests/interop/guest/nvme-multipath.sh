@@ -33,7 +33,7 @@ kh_wait 30 kh_nvme_ns "$NQN" || { ki_fail connect "no namespace"; ki_exit; }
 DEV=$(kh_nvme_ns "$NQN")
 ki_pass connect "$DEV"
 
-# path_of PORT: the per-path namespace node (nvmeXcYnZ) of the controller on PORT
+# path_of PORT: the sysfs folder of the per-path namespace (nvmeXcYnZ) of the controller on PORT
 ctrl_of() {
   local _c
   for _c in /sys/class/nvme/nvme*; do
@@ -48,18 +48,25 @@ path_of() {
   local _c _n
   _c=$(ctrl_of "$1") || return 1
   for _n in /sys/class/nvme/$_c/nvme*c*n*; do
-    [ -e "$_n/ana_state" ] && { basename "$_n"; return 0; }
+    [ -e "$_n/ana_state" ] && { echo "$_n"; return 0; }
   done
   return 1
 }
-ana_of() { local _p; _p=$(path_of "$1") && cat "/sys/block/$_p/ana_state"; }
+ana_of() { local _p; _p=$(path_of "$1") && cat "$_p/ana_state"; }
 state_of() { local _c; _c=$(ctrl_of "$1") && cat "/sys/class/nvme/$_c/state"; }
 want_ana() {  # want_ana PORT STATE
   [ "$(ana_of "$1")" = "$2" ]
 }
 want_both() { want_ana "$PORT" "$1" && want_ana "$PORT_B" "$2"; }
+# sectors written through the path of PORT (the hidden per-path disk's stat)
+wsec() { local _p; _p=$(path_of "$1") && awk '{print $7}' "$_p/stat" 2> /dev/null; }
+show() {  # show WHAT: both paths' states, sectors written through each, recent kernel log
+  kh_log "$1: A $(state_of "$PORT") $(ana_of "$PORT") wsec $(wsec "$PORT"); B $(state_of "$PORT_B") $(ana_of "$PORT_B") wsec $(wsec "$PORT_B")"
+  dmesg | grep -i -E 'nvme|ana' | grep -v -E 'Reconnecting|reconnect attempt|failed to connect' | tail -n 8
+}
 
 kh_wait 20 want_both optimized non-optimized
+show connected
 nvme list-subsys "$DEV" > /tmp/ls.txt 2>&1
 cat /tmp/ls.txt
 npaths=$(grep -c -E '^ *[+]- nvme[0-9]+ tcp' /tmp/ls.txt)
@@ -119,7 +126,11 @@ sleep "$PHASE_S"
 # (a) the operator moves the optimized path to B; A is made inaccessible
 mark move
 if kh_wait 30 want_both inaccessible optimized; then ki_pass ana_move "A inaccessible, B optimized"; else ki_fail ana_move "A $(ana_of "$PORT") B $(ana_of "$PORT_B")"; fi
+b0=$(wsec "$PORT_B")
 sleep "$PHASE_S"
+b1=$(wsec "$PORT_B")
+show "after the move"
+ki_fact moved_sectors_b "$((b1 - b0))"
 mark restore
 if kh_wait 30 want_both non-optimized optimized; then ki_pass ana_restore "A non-optimized"; else ki_fail ana_restore "A $(ana_of "$PORT")"; fi
 sleep 2
@@ -131,7 +142,11 @@ if kh_wait 30 sh -c "[ \"\$(cat /sys/class/nvme/$(ctrl_of "$PORT_B")/state)\" !=
 else
   ki_fail path_down "B still $(state_of "$PORT_B")"
 fi
+a0=$(wsec "$PORT")
 sleep "$PHASE_S"
+a1=$(wsec "$PORT")
+show "after the kill"
+ki_fact failover_sectors_a "$((a1 - a0))"
 
 # (c) B comes back (same ports, saved config) and is optimized again
 mark restart
@@ -141,7 +156,11 @@ if kh_wait 60 sh -c "[ \"\$(cat /sys/class/nvme/$(ctrl_of "$PORT_B")/state)\" = 
 else
   ki_fail path_back "B $(state_of "$PORT_B") $(ana_of "$PORT_B"), A $(ana_of "$PORT")"
 fi
+b0=$(wsec "$PORT_B")
 sleep "$PHASE_S"
+b1=$(wsec "$PORT_B")
+show "after the restart"
+ki_fact back_sectors_b "$((b1 - b0))"
 mark end
 touch /tmp/stop
 wait $WPID
