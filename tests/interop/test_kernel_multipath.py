@@ -218,7 +218,7 @@ def test_kernel_multipath_failover(daemon_factory: Any, run_dir: Path, tmp_path:
     print("multipath stalls:", json.dumps(res))
     assert not run.mark_errors, run.explain()
     run.require(
-        "connect", "list_subsys", "ana_move", "ana_restore", "path_down", "path_back",
+        "connect", "ana_enabled", "list_subsys", "ana_move", "ana_restore", "path_down", "path_back",
         "no_io_error", "pattern",
     )  # fmt: skip
     assert f.get("list_paths") == "2" and f.get("list_subsys") == "1", run.explain()

@@ -257,9 +257,9 @@ def identify_ctrl_fields(b: bytearray, nn: int) -> None:
     oaes = struct.unpack_from("<I", b, 92)[0]
     struct.pack_into("<I", b, 92, oaes | AEC_ANA)
     gmax = min(nn, ANAGRPID_LIMIT)
-    b[343] = ANATT_S
-    b[344] = ANACAP
-    struct.pack_into("<II", b, 345, gmax, gmax)
+    b[342] = ANATT_S  # after HMMAXD (336), NSETIDMAX (338), ENDGIDMAX (340)
+    b[343] = ANACAP
+    struct.pack_into("<II", b, 344, gmax, gmax)  # ANAGRPMAX, NANAGRPID
     struct.pack_into("<I", b, 540, nn)  # MNAN
 
 

@@ -24,6 +24,7 @@ PHASE_S=${PHASE_S:-6}
 NBLK=$((IO_MB * 16))  # 64 KiB blocks
 
 ki_fact multipath_param "$(cat /sys/module/nvme_core/parameters/multipath 2> /dev/null)"
+dmesg -n 7 2> /dev/null
 for p in "$PORT" "$PORT_B"; do
   kh_run nvme connect -t tcp -a "$TARGET_ADDR" -s "$p" -n "$NQN" \
     --ctrl-loss-tmo=600 --reconnect-delay=1 \
@@ -32,6 +33,11 @@ done
 kh_wait 30 kh_nvme_ns "$NQN" || { ki_fail connect "no namespace"; ki_exit; }
 DEV=$(kh_nvme_ns "$NQN")
 ki_pass connect "$DEV"
+if dmesg | grep -q -E 'disabling ANA support|Invalid MNAN|Failed to get ANA log'; then
+  ki_fail ana_enabled "$(dmesg | grep -E 'ANA|MNAN' | tail -n 2)"
+else
+  ki_pass ana_enabled "the kernel uses ANA on both paths"
+fi
 
 # path_of PORT: the sysfs folder of the per-path namespace (nvmeXcYnZ) of the controller on PORT
 ctrl_of() {
@@ -48,7 +54,7 @@ path_of() {
   local _c _n
   _c=$(ctrl_of "$1") || return 1
   for _n in /sys/class/nvme/$_c/nvme*c*n*; do
-    [ -e "$_n/ana_state" ] && { echo "$_n"; return 0; }
+    [ -e "$_n/stat" ] && { echo "$_n"; return 0; }
   done
   return 1
 }

@@ -218,11 +218,17 @@ def test_host_identify_log_aen_and_io_statuses(ana_target: Any) -> None:
         raw = c.identify(S.CNS_CTRL)
         assert raw[76] & 0x0B == 0x0B  # CMIC: multi-port, multi-controller, ANA reporting
         assert struct.unpack_from("<I", raw, 92)[0] & ana.AEC_ANA  # OAES: ANA change notices
-        assert raw[343] == ana.ANATT_S and raw[344] == ana.ANACAP
-        gmax, ngrp = struct.unpack_from("<II", raw, 345)
+        # NVMe 1.4 Figure 247: HMMAXD 336-337, NSETIDMAX 338-339, ENDGIDMAX 340-341,
+        # ANATT 342, ANACAP 343, ANAGRPMAX 344-347, NANAGRPID 348-351, PELS 352-355
+        assert struct.unpack_from("<HHH", raw, 336) == (0, 0, 0)
+        assert raw[342] == ana.ANATT_S and raw[343] == ana.ANACAP
+        gmax, ngrp = struct.unpack_from("<II", raw, 344)
+        assert struct.unpack_from("<I", raw, 352)[0] == 0  # PELS
         mnan = struct.unpack_from("<I", raw, 540)[0]
         nn = struct.unpack_from("<I", raw, 516)[0]
         assert gmax == ngrp == 32 and 0 < mnan <= nn  # Linux refuses MNAN 0 or > NN
+        # Linux reads the whole log in one command: it must fit in MDTS
+        assert 16 + ngrp * 32 + mnan * 4 <= (1 << raw[77]) * 4096
         idns = c.identify(S.CNS_NS, 1)
         assert struct.unpack_from("<I", idns, 92)[0] == 3 and idns[30] & 1  # ANAGRPID, NMIC
         sup = c.get_log_page(S.LID_SUPPORTED_LOGS, 1024)
