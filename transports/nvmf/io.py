@@ -5,8 +5,9 @@ Owns: Read, Write, Flush, Write Zeroes, Dataset Management (deallocate ->
 status the specification gives each failure: Invalid Namespace or Format,
 LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
-Command Opcode. Read data is handed to the transport as the channel's
-memoryview (zero copy).
+Command Opcode; on a path whose ANA group refuses I/O, ANA Inaccessible or
+ANA Transition (ana.py), before anything else. Read data is handed to the
+transport as the channel's memoryview (zero copy).
 
 Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
 write half of a fused Compare-and-Write, and every write of a queue whose
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
 from ..context import ReactorContext
-from . import spec
+from . import ana, spec
 
 if TYPE_CHECKING:
     from .core import Namespace
@@ -121,6 +122,11 @@ def execute(req: Request) -> None:
     h = HANDLERS.get(op)
     if h is None:
         return req.complete(spec.ST_INVALID_OPCODE)
+    ss = req.qp.subsys
+    if ss is not None and ss.ana_reporting:
+        st = ana.io_status(ss, req.qp.listener, req.nsid)
+        if st:  # ANA Inaccessible / Transition on this path (no DNR: try another)
+            return req.complete(st)
     req.qp.target.stats["completed_nvme_io"] += 1
     h(req)
 

@@ -32,6 +32,7 @@ CORE = (
     "nqn",
     "state",
     "rpc",
+    "ana",
 )
 # shared helpers a core file may import besides other core files
 ALLOWED_OUTSIDE = (
