@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
 from ..context import ReactorContext
-from . import spec
+from . import reservation_io, spec
+from .reservation import RESV_OPCODES
 
 if TYPE_CHECKING:
     from .core import Namespace
@@ -122,6 +123,9 @@ def execute(req: Request) -> None:
     if h is None:
         return req.complete(spec.ST_INVALID_OPCODE)
     req.qp.target.stats["completed_nvme_io"] += 1
+    st = reservation_io.gate(req)  # reservation conflict / preempted
+    if st:
+        return req.complete(st)
     h(req)
 
 
@@ -337,6 +341,10 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
     if wr.opcode != spec.IO_WRITE or wr.nsid != cmp.nsid:
         cmp.complete(spec.ST_FUSED_FAIL)
         return wr.complete(spec.ST_INVALID_FIELD)
+    rst = reservation_io.gate(cmp) or reservation_io.gate(wr)
+    if rst:  # the write half decides for both: neither runs
+        cmp.complete(rst)
+        return wr.complete(spec.ST_FUSED_FAIL)
     ch, bs, nblocks = _channel(cmp)
     if ch is None:
         cmp.complete(bs)
@@ -380,4 +388,5 @@ HANDLERS = {
     spec.IO_WRITE_ZEROES: write_zeroes,
     spec.IO_DSM: dataset_management,
     spec.IO_COMPARE: compare,
+    **dict.fromkeys(RESV_OPCODES, reservation_io.execute),
 }

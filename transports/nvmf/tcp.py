@@ -348,8 +348,10 @@ class TcpQpair(QueuePair):
                     return
                 # what io._channel checks, for a namespace whose channel is open
                 ns = namespaces.get(nsid)
-                if ns is None or ns.copies:
-                    return  # (a copying bdev reads into pool buffers: general path)
+                if ns is None or ns.copies or ns.resv is not None:
+                    # (a copying bdev reads into pool buffers, a held
+                    # reservation is checked: general path)
+                    return
                 ch = ns.chan
                 bdev = ns.bdev
                 if ch is None or bdev is None or ch.removed or bdev.removed:
