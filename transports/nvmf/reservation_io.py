@@ -286,13 +286,14 @@ def on_event(target: NvmfTarget, op: str, args: dict[str, Any]) -> Any:
         if ns is not None:
             set_view(ns, args.get("view"))
         return ns is not None
-    if op == "nvmf.resv_notice":
-        ctrl = target.controllers.get((nqn, int(args["cntlid"])))
-        if ctrl is None:
-            return False
-        if ctrl.resv.notice(int(args["nsid"]), int(args["type"])):
-            _post(ctrl)
-        return True
+    if op == "nvmf.resv_notice":  # {nqn, nsid, entries: [[cntlid, type], ...]}
+        n = 0
+        for cntlid, ntype in args.get("entries", ()):
+            ctrl = target.controllers.get((nqn, int(cntlid)))
+            if ctrl is not None and ctrl.resv.notice(int(args["nsid"]), int(ntype)):
+                _post(ctrl)
+                n += 1
+        return n
     if op in ("nvmf.resv_abort", "nvmf.resv_inflight"):
         hosts = set(args.get("hosts", ()))
         nsid = int(args["nsid"])

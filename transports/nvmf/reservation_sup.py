@@ -78,13 +78,11 @@ def _notify(ctx: RpcContext, st: NvmfState, nqn: str, nsid: int, out: R.Outcome)
     by_host: dict[str, list[int]] = {}
     for h, t in out.notices:
         by_host.setdefault(h, []).append(t)
-    for e in st.ctrlrs_of(nqn):
-        for t in by_host.get(host_of(e), ()):
-            ctx.send_event(
-                e.admin_reactor,
-                "nvmf.resv_notice",
-                {"nqn": nqn, "cntlid": e.cntlid, "nsid": nsid, "type": t},
-            )
+    entries = [[e.cntlid, t] for e in st.ctrlrs_of(nqn) for t in by_host.get(host_of(e), ())]
+    if entries:
+        # every reactor files the entries of the controllers it owns before
+        # the command completes: a host reading the log page then finds them
+        ctx.gather("nvmf.resv_notice", {"nqn": nqn, "nsid": nsid, "entries": entries})
 
 
 @supervisor_op("nvmf.resv")
