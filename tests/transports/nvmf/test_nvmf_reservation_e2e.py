@@ -318,3 +318,26 @@ def test_ptpl_survives_restart(daemon_factory: Any, tmp_path: Path) -> None:
 
 def _hid(n: int) -> bytes:
     return uuid.UUID(int=0x5E5E0000 + n).bytes
+
+
+def test_notification_aen(target: Any) -> None:
+    """A notice for a host completes its outstanding Asynchronous Event
+    Request (type I/O command specific, Reservation Log Page Available,
+    LID 80h); reading the page re-arms it."""
+    d, _port, hosts = target
+    h, g = hosts["holder"], hosts["registrant"]
+    aq = g._admin()
+    box: list[tuple[int, int]] = []
+    with aq.lock:
+        aq.q.submit(spec.ADMIN_ASYNC_EVENT, 0, cb=lambda _r, st, res: box.append((st, res)))
+        aq._flush()
+    h.resv_register(1, 0, nrkey=1)
+    g.resv_register(1, 0, nrkey=2)
+    h.resv_acquire(1, 0, EARO, 1)
+    assert not box
+    h.resv_release(1, 0, EARO, 1)  # registrants-only: the others are told
+    with aq.lock:
+        aq._run(lambda: bool(box), time.monotonic() + 10, "AER")
+    st, res = box[0]
+    assert st == 0 and res & 0x7 == 6 and (res >> 8) & 0xFF == 0 and (res >> 16) & 0xFF == 0x80
+    assert g.resv_notification()[1] == 2
