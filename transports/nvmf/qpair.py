@@ -101,7 +101,7 @@ class QueuePair:
         self.cntlid = 0
         self.hostnqn = ""
         self.resv_id = ""  # host identifier for reservations (hex), from Connect
-        self.preempted: set[int] = set()  # CIDs to abort: preempt and abort
+        self.preempted: set[Request] = set()  # to abort when they start: preempt and abort
         self.counters = Counters()
         self.closed = False
         self.crashed = False

@@ -43,8 +43,8 @@ def gate(req: Request) -> int:
     host that had not started yet, Reservation Conflict per the command
     behaviour table."""
     qp = req.qp
-    if qp.preempted and req.cid in qp.preempted:
-        qp.preempted.discard(req.cid)
+    if qp.preempted and req in qp.preempted:
+        qp.preempted.discard(req)
         return R.ST_ABORTED_PREEMPT
     op = req.opcode
     if op not in R.CHECKED:
@@ -264,15 +264,17 @@ def _running(qp: QueuePair, nsid: int, mark: bool) -> int:
     waiting = {id(r) for r in qp.pending_transfers()}
     if qp.fused_first is not None:
         waiting.add(id(qp.fused_first))
+    # requests that ended another way (a transfer timeout, a close) are dropped
+    qp.preempted = {r for r in qp.preempted if not r.done}
     n = 0
     for req in list(qp.reqs.values()):
         if req.done or req.nsid not in (nsid, NSID_ALL) or req.opcode not in R.CHECKED:
             continue
-        if req.cid in qp.preempted:
+        if req in qp.preempted:
             continue
         if id(req) in waiting or req.wait is not None:
             if mark:
-                qp.preempted.add(req.cid)
+                qp.preempted.add(req)
             continue
         n += 1
     return n

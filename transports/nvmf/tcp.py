@@ -348,9 +348,10 @@ class TcpQpair(QueuePair):
                     return
                 # what io._channel checks, for a namespace whose channel is open
                 ns = namespaces.get(nsid)
-                if ns is None or ns.copies or ns.resv is not None:
-                    # (a copying bdev reads into pool buffers, a held
-                    # reservation is checked: general path)
+                if ns is None or ns.copies:
+                    return  # (a copying bdev reads into pool buffers: general path)
+                rv = ns.resv  # a reservation is held: the general path answers a conflict
+                if rv is not None and not rv.allows(self.resv_id, op != _IO_READ):
                     return
                 ch = ns.chan
                 bdev = ns.bdev
