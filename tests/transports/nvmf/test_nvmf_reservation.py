@@ -371,3 +371,42 @@ def test_decoders_round_trip() -> None:
     assert R.decode_acquire(cdw10, data) == R.AcquireCmd(2, False, EAAR, 5, 6)
     cdw10, data = R.encode_release(R.REL_CLEAR, 0, 9)
     assert R.decode_release(cdw10, data) == R.ReleaseCmd(1, False, 0, 9)
+
+
+def test_supervisor_op_rolls_back_when_the_ptpl_file_cannot_be_written(tmp_path, monkeypatch):
+    """A change that cannot be made durable is not made (Internal Error)."""
+    from blockfabric.control.context import SUPERVISOR_OPS
+    from blockfabric.transports.nvmf import reservation_sup
+    from blockfabric.transports.nvmf.state import NvmfState, new_subsystem
+
+    st = NvmfState()
+    nqn = "nqn.2016-06.io.blockfabric:rb"
+    st.subsystems[nqn] = new_subsystem(nqn)
+    ns = {"nsid": 1, "bdev_name": "M0", "ptpl_file": str(tmp_path / "p.ptpl")}
+    st.subsystems[nqn]["namespaces"][1] = ns
+    reservation_sup.namespace_added(st, nqn, 1, ns)
+    sent: list[str] = []
+
+    class Ctx:
+        nvmf = st
+
+        def gather(self, op, args, timeout=5.0):  # noqa: ANN001, ANN201
+            sent.append(op)
+            return []
+
+    op = SUPERVISOR_OPS["nvmf.resv"]
+    cdw10, data = R.encode_register(R.REG_REGISTER, 0, KA, cptpl=R.CPTPL_SET)
+    args = {"nqn": nqn, "nsid": 1, "host": A, "cmd": "register", "cdw10": cdw10, "data": data}
+    assert op(Ctx(), 0, args) == {"status": 0}
+    assert sent == ["nvmf.resv_view"] and ns["resv"]["r"] == [A] and ns["resv"]["p"]
+    assert json.loads((tmp_path / "p.ptpl").read_text())["registrants"][0]["host_id"] == A
+
+    def boom(path, s):  # noqa: ANN001, ANN202
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reservation_ptpl, "save", boom)
+    cdw10, data = R.encode_acquire(R.ACQ_ACQUIRE, EA, KA)
+    out = op(Ctx(), 0, {**args, "cmd": "acquire", "cdw10": cdw10, "data": data})
+    assert out["status"] == spec.ST_INTERNAL
+    assert st.resv[(nqn, 1)].rtype == 0  # rolled back, and not published
+    assert sent == ["nvmf.resv_view"]

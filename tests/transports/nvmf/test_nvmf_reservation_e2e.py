@@ -341,3 +341,57 @@ def test_notification_aen(target: Any) -> None:
     st, res = box[0]
     assert st == 0 and res & 0x7 == 6 and (res >> 8) & 0xFF == 0 and (res >> 16) & 0xFF == 0x80
     assert g.resv_notification()[1] == 2
+
+
+def test_restarted_reactor_enforces_the_reservation(daemon_factory: Any, tmp_path: Path) -> None:
+    """A reactor killed and restarted gets the reservation with its
+    configuration: the conflict holds on its queues too."""
+    import signal
+
+    d = daemon_factory(mask="0x3").start()
+    port = _export(d, tmp_path)
+    h = _host(port, 20)
+    try:
+        h.resv_register(1, 0, nrkey=5)
+        h.resv_acquire(1, 0, EA, 5)
+    finally:
+        h.close()
+    st = d.rpc("blockfabric_get_status")["reactors"]
+    victim = st[1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        r = d.rpc("blockfabric_get_status")["reactors"][1]
+        if r["pid"] != victim["pid"] and r["state"] == "running":
+            break
+        assert time.monotonic() < deadline, r
+        time.sleep(0.2)
+    o = _host(port, 21)
+    try:
+        qm = _queues_by_reactor(d, o)
+        assert len(qm) == 2, qm
+        for q in qm.values():
+            assert _status(lambda q=q: o.read(1, 0, 1, BS, q=q)) == CONFLICT
+            assert _status(lambda q=q: o.write(1, 0, bytes(BS), BS, q=q)) == CONFLICT
+    finally:
+        o.close()
+
+
+def test_add_ns_ptpl_file_rpc(daemon_factory: Any, tmp_path: Path) -> None:
+    from blockfabric.control.client import RpcClientError
+
+    d = daemon_factory().start()
+    _export(d, tmp_path)
+    cfg = d.rpc("save_config")
+    nvmf = next(s for s in cfg["subsystems"] if s["subsystem"] == "nvmf")
+    add = [c["params"] for c in nvmf["config"] if c["method"] == "nvmf_subsystem_add_ns"]
+    assert add[0]["namespace"]["ptpl_file"] == str(tmp_path / "ns1.ptpl")
+    assert "ptpl_file" not in add[1]["namespace"]
+    d.rpc("bdev_malloc_create", {"name": "M9", "num_blocks": 64, "block_size": BS})
+    with pytest.raises(RpcClientError, match="folder"):
+        d.rpc(
+            "nvmf_subsystem_add_ns",
+            {"nqn": NQN, "namespace": {"bdev_name": "M9", "ptpl_file": "/nonexistent/x.ptpl"}},
+        )
+    nss = next(s for s in d.rpc("nvmf_get_subsystems") if s["nqn"] == NQN)["namespaces"]
+    assert [n["nsid"] for n in nss] == [1, 2]  # the refused one was not added
