@@ -148,6 +148,10 @@ SPDK_FORMS: dict[str, str] = {
     "nvmf_subsystem_get_controllers": "nqn -t/--tgt-name",
     "nvmf_subsystem_get_qpairs": "nqn -t/--tgt-name",
     "nvmf_subsystem_get_listeners": "nqn -t/--tgt-name",
+    "nvmf_subsystem_listener_set_ana_state": (
+        "nqn -n/--ana-state! -t/--trtype! -a/--traddr! -p/--tgt-name -f/--adrfam "
+        "-s/--trsvcid -g/--anagrpid"
+    ),
     "nvmf_get_stats": "-t/--tgt-name",
     "nvmf_set_crdt": "-t1/--crdt1 -t2/--crdt2 -t3/--crdt3",
     # --- iscsi.py -----------------------------------------------------------

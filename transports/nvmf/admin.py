@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import Bdev
 from ...shm.iobuf import CHUNK, IoVec
-from . import discovery, reservation, reservation_io, spec
+from . import ana, discovery, reservation, reservation_io, spec
 from .core import (
     ERROR_LOG_ENTRIES,
     FIRMWARE_REV,
@@ -162,6 +163,8 @@ def identify_ctrl(ctrl: Controller) -> bytearray:
         # the transport's IOCCSZ/IORCSZ (16-byte units), ICDOFF, FCATT, MSDBD
         struct.pack_into("<IIHBB", b, 1792, tf.ioccsz, tf.iorcsz, tf.icdoff, tf.fcatt, tf.msdbd)
         struct.pack_into("<HxxII", b, 2048, 0x9C4, 0x10, 0x4)  # power state 0
+        if ss.ana_reporting:
+            ana.identify_ctrl_fields(b, ss.nn)
     return b
 
 
@@ -181,6 +184,7 @@ def identify_ns(ns: Namespace, bdev: Bdev | None) -> bytearray:
     b[120:128] = ns.eui64
     lbads = int(math.log2(int(bdev.block_size)))
     struct.pack_into("<HBB", b, 128, 0, lbads, 0)
+    struct.pack_into("<I", b, 92, ns.anagrpid)  # ANAGRPID (reported when CMIC.ANA is set)
     return b
 
 
@@ -241,7 +245,7 @@ def _send_log(req: Request, page: bytes | bytearray, length: int, offset: int) -
 
 
 def get_log_page(req: Request, ctrl: Controller) -> None:
-    lid, _lsp, rae, length, offset = _log_args(req)
+    lid, lsp, rae, length, offset = _log_args(req)
     if length > req.sgl_len:
         # NUMD asks for more than the host's buffer (the SGL, itself capped by
         # MDTS): refused before anything is built, as Linux nvmet does
@@ -256,7 +260,12 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
             return _send_log(req, _supported_logs((0x00, 0x70)), length, offset)
         return req.complete(spec.ST_INVALID_LOG_PAGE)
     if lid == spec.LID_SUPPORTED_LOGS:
-        return _send_log(req, _supported_logs((0, 1, 2, 3, 4, 5, 0x80)), length, offset)
+        lids: tuple[int, ...] = (0, 1, 2, 3, 4, 5, reservation.LID_RESV_NOTIFICATION)
+        if ctrl.subsys.ana_reporting:
+            lids += (ana.LID_ANA,)
+        return _send_log(req, _supported_logs(lids), length, offset)
+    if lid == ana.LID_ANA and ctrl.subsys.ana_reporting:
+        return _ana_log(req, ctrl, bool(lsp & 1), rae, length, offset)
     if lid == spec.LID_ERROR:
         err = b"".join(ctrl.errors) + bytes(64 * (ERROR_LOG_ENTRIES - len(ctrl.errors)))
         return _send_log(req, err, length, offset)
@@ -284,6 +293,19 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
         rpage = reservation_io.notification_log(ctrl, rae, offset)
         return _send_log(req, rpage, length, offset)
     req.complete(spec.ST_INVALID_LOG_PAGE)
+
+
+def _ana_log(
+    req: Request, ctrl: Controller, rgo: bool, rae: bool, length: int, offset: int
+) -> None:
+    """ANA log page (LID 0Ch) of the path the admin queue came on; LSP bit 0
+    is RGO. Reading it without RAE re-arms the ANA change notice."""
+    ss = ctrl.subsys
+    la = ss.ana.get(ctrl.admin_qp.listener) or ana.ListenerAna(None)
+    page = ana.log_page(la, ana.groups_of(ss.namespaces.values()), rgo, time.monotonic())
+    if not rae:
+        ctrl.unmask("ana")
+    _send_log(req, page, length, offset)
 
 
 def _supported_logs(lids: tuple[int, ...]) -> bytearray:
@@ -449,6 +471,8 @@ def set_features(req: Request, ctrl: Controller) -> None:
         return req.complete(0)
     if fid == spec.FID_ASYNC_EVENT_CONFIG:
         supported = OAES_DISC_CHANGE if ctrl.subsys.is_discovery else (OAES_NS_ATTR | 0xFF)
+        if ctrl.subsys.ana_reporting:
+            supported |= ana.AEC_ANA
         ctrl.features[fid] = cdw11 & supported
         return req.complete(0)
     if fid == spec.FID_VOLATILE_WC:

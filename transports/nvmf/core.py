@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ...bdevs.base import Bdev, IoChannel
 from ...runtime.loop import Timer
 from ..context import ReactorContext
-from . import reservation_io, spec
+from . import ana, reservation_io, spec
 from .nqn import DISCOVERY_NQN
 from .qpair import Counters, QueuePair
 from .reservation import CtrlResv, ResvView
@@ -90,6 +90,7 @@ class Namespace:
         "uuid",
         "nguid",
         "eui64",
+        "anagrpid",
         "bdev",
         "chan",
         "copies",
@@ -106,6 +107,7 @@ class Namespace:
         self.uuid = uuid_mod.UUID(d["uuid"]).bytes if d.get("uuid") else b"\0" * 16
         self.nguid = bytes.fromhex(d["nguid"]) if d.get("nguid") else b"\0" * 16
         self.eui64 = bytes.fromhex(d["eui64"]) if d.get("eui64") else b"\0" * 8
+        self.anagrpid = int(d.get("anagrpid") or self.nsid)  # ANA group (default: the NSID)
         # this reactor's bdev and channel, looked up on first I/O (a new
         # snapshot builds new Namespace objects, so the cache never goes stale)
         self.bdev: Bdev | None = None
@@ -117,8 +119,8 @@ class Namespace:
         self.ptpl_capable = bool(d.get("ptpl_file"))
         reservation_io.set_view(self, d.get("resv"))
 
-    def ident(self) -> tuple[str, bytes, bytes, bytes]:
-        return (self.bdev_name, self.uuid, self.nguid, self.eui64)
+    def ident(self) -> tuple[str, bytes, bytes, bytes, int]:
+        return (self.bdev_name, self.uuid, self.nguid, self.eui64, self.anagrpid)
 
 
 class Subsystem:
@@ -135,6 +137,8 @@ class Subsystem:
         self.listener_keys = {
             li.get("key", f"{li['traddr']}:{li['trsvcid']}") for li in self.listeners
         }
+        self.ana_reporting = bool(d.get("ana_reporting", False))
+        self.ana = ana.listener_map(self.listeners)  # listener key -> ANA states
         self.namespaces: dict[int, Namespace] = {}
         for nd in d.get("namespaces", ()):
             ns = Namespace(nd)
@@ -194,6 +198,7 @@ class Controller:
         self.io_qpairs: set[QueuePair] = set()  # this reactor's I/O queues
         self.last_ka = time.monotonic()
         self._timer: Timer | None = None
+        self.ana_timer: Timer | None = None  # end of an ANA transition (ana.py)
         self.destroyed = False
         self.disc_genctr = target.genctr
         self.resv = CtrlResv()  # reservation notification masks and log
@@ -314,6 +319,9 @@ class Controller:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.ana_timer is not None:
+            self.ana_timer.cancel()
+            self.ana_timer = None
         self.aers.clear()
         self.pending_events.clear()
 
@@ -394,6 +402,7 @@ class NvmfTarget:
             ]
             if changed:
                 ctrl.ns_changed(changed)
+            ana.controller_config(ctrl, prev, self._call_later)
         for qp in list(self.qpairs):
             ss = new.get(qp.subsys.nqn) if qp.subsys is not None else None
             if qp.subsys is None:
@@ -406,6 +415,9 @@ class NvmfTarget:
                 qp.close("no longer allowed by the configuration")
             else:
                 qp.subsys = ss
+
+    def _call_later(self, delay: float, cb: Callable[[], None]) -> Timer:
+        return self.ctx.loop.call_later(delay, cb)
 
     def subsystem(self, nqn: str) -> Subsystem | None:
         return self.subsystems.get(nqn)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
 from ..context import ReactorContext
-from . import reservation_io, spec
+from . import ana, reservation_io, spec
 from .reservation import RESV_OPCODES
 
 if TYPE_CHECKING:
@@ -122,6 +122,11 @@ def execute(req: Request) -> None:
     h = HANDLERS.get(op)
     if h is None:
         return req.complete(spec.ST_INVALID_OPCODE)
+    ss = req.qp.subsys
+    if ss is not None and ss.ana_reporting:
+        st = ana.io_status(ss, req.qp.listener, req.nsid)
+        if st:  # ANA Inaccessible / Transition on this path (no DNR: try another)
+            return req.complete(st)
     req.qp.target.stats["completed_nvme_io"] += 1
     st = reservation_io.gate(req)  # reservation conflict / preempted
     if st:

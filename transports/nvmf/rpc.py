@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid as uuid_mod
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,7 @@ from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
-from . import reservation_sup  # registers the reservation supervisor ops
+from . import ana, reservation_sup  # reservation_sup registers its supervisor ops
 from .nqn import DISCOVERY_NQN, validate_nqn
 from .state import (
     DEFAULT_MAX_NAMESPACES,
@@ -467,6 +468,12 @@ def subsystem_info(ss: dict[str, Any]) -> dict[str, Any]:
                         **({"nguid": ns["nguid"].upper()} if ns.get("nguid") else {}),
                         **({"eui64": ns["eui64"].upper()} if ns.get("eui64") else {}),
                         **({"uuid": ns["uuid"]} if ns.get("uuid") else {}),
+                        # as SPDK: only when the subsystem reports ANA
+                        **(
+                            {"anagrpid": int(ns.get("anagrpid") or nsid)}
+                            if ss.get("ana_reporting")
+                            else {}
+                        ),
                     }
                     for nsid, ns in sorted(ss["namespaces"].items())
                 ],
@@ -616,12 +623,14 @@ def nvmf_subsystem_add_ns(
         else uuid_mod.UUID(ns_uuid).hex
     )
     eui64 = _hex_id(namespace["eui64"], "eui64", 8) if "eui64" in namespace else ""
+    anagrpid = _anagrpid(ss, namespace.get("anagrpid") or nsid, "namespace.anagrpid")
     ss["namespaces"][nsid] = {
         "nsid": nsid,
         "bdev_name": bdev_name,
         "uuid": ns_uuid,
         "nguid": nguid,
         "eui64": eui64,
+        "anagrpid": anagrpid,
     }
     ptpl = namespace.get("ptpl_file")
     if ptpl:
@@ -630,8 +639,23 @@ def nvmf_subsystem_add_ns(
             raise invalid_params(f"ptpl_file {ptpl!r}: its folder does not exist")
         ss["namespaces"][nsid]["ptpl_file"] = ptpl
     reservation_sup.namespace_added(st, nqn, nsid, ss["namespaces"][nsid])
+    _ana_log_changed(ss)
     ctx.config_changed()
     return nsid
+
+
+def _anagrpid(ss: dict[str, Any], v: Any, name: str) -> int:
+    gmax = ana.anagrpmax(int(ss["max_namespaces"]))
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= gmax:
+        raise invalid_params(f"parameter '{name}' must be an ANA group ID in [1, {gmax}]")
+    return v
+
+
+def _ana_log_changed(ss: dict[str, Any]) -> None:
+    """A namespace came or went: every listener's ANA log page changed."""
+    if ss.get("ana_reporting"):
+        for li in ss["listeners"]:
+            ana.bump(li.setdefault("ana", ana.new_listener_ana()))
 
 
 @rpc_method(
@@ -649,6 +673,7 @@ def nvmf_subsystem_remove_ns(
         raise invalid_params(f"Namespace ID {nsid} does not exist in {nqn}")
     del ss["namespaces"][nsid]
     reservation_sup.namespace_removed(st, nqn, nsid)
+    _ana_log_changed(ss)
     ctx.config_changed()
     return True
 
@@ -734,6 +759,8 @@ def nvmf_subsystem_add_listener(
     ss = _subsys(st, nqn, allow_discovery=True)
     if secure_channel:
         raise invalid_params("parameter 'secure_channel': TLS is not supported")
+    if ana_state is not None:
+        _ana_state_name(ss, ana_state)
     li = _listen_address(listen_address)
     tt = li["trtype"]
     if tt not in st.transports:
@@ -757,6 +784,7 @@ def nvmf_subsystem_add_listener(
             raise invalid_params(str(e)) from None
         li["trsvcid"] = svc  # e.g. the real port when 0 (ephemeral) was asked for
     li["key"] = key
+    li["ana"] = ana.new_listener_ana(ana_state or "optimized")
     st.listener_refs[key] = st.listener_refs.get(key, 0) + 1
     ss["listeners"].append(li)
     st.bump_genctr()
@@ -796,10 +824,85 @@ def nvmf_subsystem_get_listeners(
     ctx: RpcContext, nqn: str, tgt_name: str | None = None
 ) -> list[dict[str, Any]]:
     ss = _subsys(_st(ctx), nqn, allow_discovery=True)
-    return [
-        {"address": _listener_out(li), "ana_states": [{"ana_group": 1, "ana_state": "optimized"}]}
-        for li in ss["listeners"]
-    ]
+    groups = sorted({int(ns.get("anagrpid") or n) for n, ns in ss["namespaces"].items()})
+    out = []
+    for li in ss["listeners"]:
+        view = ana.ListenerAna(li.get("ana"))
+        now = time.monotonic()
+        out.append(
+            {
+                "address": _listener_out(li),
+                "ana_states": [
+                    {"ana_group": g, "ana_state": ana.STATE_NAMES[view.state(g, now)]}
+                    for g in groups
+                ],
+            }
+        )
+    return out
+
+
+def _ana_state_name(ss: dict[str, Any], name: Any) -> str:
+    if not ss.get("ana_reporting"):
+        raise invalid_params(f"ANA reporting is disabled on {ss['nqn']} (nvmf_create_subsystem -r)")
+    if name not in ana.SETTABLE:
+        raise invalid_params(
+            f"parameter 'ana_state' must be one of {', '.join(ana.SETTABLE)}, not {name!r}"
+        )
+    return str(name)
+
+
+@rpc_method(
+    "nvmf_subsystem_listener_set_ana_state",
+    _NQN,
+    _LISTEN_ADDRESS,
+    Param(
+        "ana_state",
+        str,
+        short="-n",
+        help="ANA state to set: optimized, non_optimized, or inaccessible",
+    ),
+    replace(_TGT_NAME, short="-p"),
+    Param("anagrpid", int, required=False, short="-g", help="ANA group ID (optional)"),
+    Param(
+        "transition_ms",
+        int,
+        required=False,
+        default=0,
+        min=0,
+        max=ana.MAX_TRANSITION_MS,
+        spdk=False,
+        help="report ANA Change (I/O: ANA Transition) for this long before the new "
+        "state; at most ANATT (10 s); 0: at once, as SPDK",
+    ),
+)
+def nvmf_subsystem_listener_set_ana_state(
+    ctx: RpcContext,
+    nqn: str,
+    listen_address: dict[str, Any],
+    ana_state: str,
+    tgt_name: str | None = None,
+    anagrpid: int | None = None,
+    transition_ms: int = 0,
+) -> bool:
+    """The ANA state of one listener (a path) for one ANA group, or for every
+    group when anagrpid is not given; the hosts connected there get the ANA
+    change notice."""
+    st = _st(ctx)
+    ss = _subsys(st, nqn)
+    name = _ana_state_name(ss, ana_state)
+    grp = None if anagrpid is None else _anagrpid(ss, anagrpid, "anagrpid")
+    want = _listen_address(listen_address)
+    for li in ss["listeners"]:
+        if _same(li, want):
+            try:
+                ana.set_state(
+                    li.setdefault("ana", ana.new_listener_ana()), name, grp, transition_ms
+                )
+            except ValueError as e:
+                raise invalid_params(str(e)) from None
+            ctx.config_changed()
+            return True
+    raise invalid_params(f"Listener {want['traddr']}:{want['trsvcid']} not found on {nqn}")
 
 
 # ---------------------------------------------------------------- hosts

@@ -22,8 +22,10 @@ Snapshot format (plain msgpack-able data)::
      "subsystems": {nqn: {"nqn", "subtype": "NVMe"|"Discovery", "serial_number",
                           "model_number", "max_namespaces", "min_cntlid", "max_cntlid",
                           "allow_any_host", "ana_reporting", "hosts": [hostnqn, ...],
-                          "listeners": [{"trtype", "adrfam", "traddr", "trsvcid", "key"}],
-                          "namespaces": [{"nsid", "bdev_name", "uuid", "nguid", "eui64"}]}}}
+                          "listeners": [{"trtype", "adrfam", "traddr", "trsvcid", "key",
+                                         "ana": ana.new_listener_ana() form}],
+                          "namespaces": [{"nsid", "bdev_name", "uuid", "nguid", "eui64",
+                                          "anagrpid"}]}}}
 
 ``nguid``/``eui64`` are lowercase hex strings ("" when unset); ``key`` is the
 listener key ctx.add_listener returned ("ADDR:PORT"), which reactors compare
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...control.context import RpcContext, supervisor_op
+from . import ana
 from .nqn import DISCOVERY_NQN
 from .reservation import NsResv
 
@@ -194,6 +197,7 @@ class NvmfState:
                         },
                     }
                 )
+                out.extend(ana.saved_calls(nqn, li))
             for h in ss["hosts"]:
                 out.append({"method": "nvmf_subsystem_add_host", "params": {"nqn": nqn, "host": h}})
             for nsid, ns in sorted(ss["namespaces"].items()):
@@ -201,6 +205,8 @@ class NvmfState:
                 for k in ("nguid", "eui64", "uuid", "ptpl_file"):
                     if ns.get(k):
                         nsp[k] = ns[k]
+                if ss.get("ana_reporting") and ns.get("anagrpid"):
+                    nsp["anagrpid"] = ns["anagrpid"]  # as SPDK: with ANA reporting only
                 out.append(
                     {"method": "nvmf_subsystem_add_ns", "params": {"nqn": nqn, "namespace": nsp}}
                 )
@@ -213,6 +219,9 @@ class NvmfState:
             for nsid in [n for n, ns in ss["namespaces"].items() if ns["bdev_name"] == name]:
                 del ss["namespaces"][nsid]
                 gone.append((nqn, nsid))
+                if ss.get("ana_reporting"):  # the ANA log of every listener changed
+                    for li in ss["listeners"]:
+                        ana.bump(li.setdefault("ana", ana.new_listener_ana()))
         return gone
 
     # ---------------------------------------------------- controller directory

@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 from ...runtime.loop import Timer
 from ...shm.iobuf import CHUNK, IoVec
-from . import io, spec
+from . import ana, io, spec
 from . import pdu as P
 from .core import NvmfTarget
 from .qpair import QueuePair
@@ -426,6 +426,7 @@ class TcpQpair(QueuePair):
             and self.cpda == 0
             and self.fused_first is None
             and not self.closed
+            and not ana.refuses_io(self.subsys, self.listener)
         )
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:

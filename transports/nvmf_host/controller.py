@@ -215,6 +215,45 @@ def parse_discovery_log(b: bytes) -> tuple[int, list[DiscoveryEntry]]:
 
 
 # --------------------------------------------------------- blocking queue
+LID_ANA = 0x0C
+
+
+@dataclass
+class AnaGroup:
+    grpid: int
+    chgcnt: int
+    state: int  # 1 optimized, 2 non-optimized, 3 inaccessible, 4 persistent loss, 0xF change
+    nsids: list[int]
+
+
+@dataclass
+class AnaLog:
+    chgcnt: int
+    groups: list[AnaGroup]
+
+    def state_of(self, grpid: int) -> int | None:
+        return next((g.state for g in self.groups if g.grpid == grpid), None)
+
+
+def parse_ana_log(b: bytes) -> AnaLog:
+    """The ANA log page: 16-byte header, 32-byte group descriptors each
+    followed by its NSIDs (bounded by the buffer read)."""
+    chgcnt, ngrps = struct.unpack_from("<QH", b, 0)
+    groups: list[AnaGroup] = []
+    off = 16
+    for _ in range(ngrps):
+        if off + 32 > len(b):
+            raise ValueError("ANA log page truncated (group descriptor)")
+        grpid, nnsid, gcc, state = struct.unpack_from("<IIQB", b, off)
+        off += 32
+        if off + 4 * nnsid > len(b):
+            raise ValueError("ANA log page truncated (NSID list)")
+        nsids = list(struct.unpack_from(f"<{nnsid}I", b, off))
+        off += 4 * nnsid
+        groups.append(AnaGroup(grpid, gcc, state & 0xF, nsids))
+    return AnaLog(chgcnt, groups)
+
+
 class BlockingQueue:
     """A `HostQueue` on a blocking socket: one command at a time or many."""
 
@@ -550,6 +589,38 @@ class Controller:
             assert b is not None
             out += b
         return bytes(out)
+
+    def ana_log(self, rgo: bool = False, length: int = 4096) -> AnaLog:
+        """The ANA log page (LID 0Ch) of this path; ``rgo``: groups only (no NSIDs)."""
+        return parse_ana_log(self.get_log_page(LID_ANA, length, lsp=1 if rgo else 0))
+
+    def async_event_request(self) -> list[int]:
+        """Submit an Asynchronous Event Request without waiting; returns the
+        box [status, dw0] its completion fills (see `wait_async_event`)."""
+        a = self._admin()
+        box: list[int] = []
+
+        def cb(_r: Request, status: int, result: int) -> None:
+            box.extend((status, result))
+
+        with a.lock:
+            a.q.submit(S.ADMIN_ASYNC_EVENT, 0, (0, 0, 0, 0, 0, 0), cb)
+            a._flush()
+        return box
+
+    def wait_async_event(self, box: list[int], timeout: float | None = None) -> int:
+        """Wait for the AER of ``box`` to complete; returns its DW0 (event
+        type bits 2:0, information 15:8, log page 23:16)."""
+        a = self._admin()
+        with a.lock:
+            a._run(
+                lambda: bool(box),
+                time.monotonic() + (timeout or self.timeout),
+                "Asynchronous Event Request",
+            )
+        if box[0]:
+            raise NvmeStatusError(box[0], "Asynchronous Event Request")
+        return box[1] & 0xFFFFFFFF
 
     def discovery_log(self) -> tuple[int, list[DiscoveryEntry]]:
         hdr = self.get_log_page(S.LID_DISCOVERY, 1024, nsid=0)

@@ -32,6 +32,7 @@ CORE = (
     "nqn",
     "state",
     "rpc",
+    "ana",
     # NVMe reservations (issue 12 item 2)
     "reservation",
     "reservation_io",
