@@ -395,3 +395,33 @@ def test_add_ns_ptpl_file_rpc(daemon_factory: Any, tmp_path: Path) -> None:
         )
     nss = next(s for s in d.rpc("nvmf_get_subsystems") if s["nqn"] == NQN)["namespaces"]
     assert [n["nsid"] for n in nss] == [1, 2]  # the refused one was not added
+
+
+def test_malformed_reservation_commands(target: Any) -> None:
+    """Short data, a report longer than the host's buffer, reserved actions,
+    an unknown namespace: the right status, and the target keeps serving."""
+    d, _port, hosts = target
+    c = hosts["holder"]
+    bq = c._ioq(0)
+
+    def raw(op: int, nsid: int, cdw10: int, cdw11: int = 0, **kw: Any) -> int:
+        cd = (cdw10, cdw11, 0, 0, 0, 0)
+        return _status(lambda: bq.execute(lambda cb: bq.q.submit(op, nsid, cd, cb, **kw), "raw"))
+
+    sgl_len_invalid = spec.SC_DATA_SGL_LENGTH_INVALID
+    assert raw(spec.IO_RESV_REGISTER, 1, 0, write_from=bytes(8)) == sgl_len_invalid
+    assert raw(spec.IO_RESV_ACQUIRE, 1, 0, write_from=bytes(4)) == sgl_len_invalid
+    assert raw(spec.IO_RESV_RELEASE, 1, 0) == sgl_len_invalid  # no data at all
+    # NUMD asks for 4 KiB, the buffer has 64 bytes: refused before building
+    assert raw(spec.IO_RESV_REPORT, 1, 1023, 1, read_into=bytearray(64)) == sgl_len_invalid
+    assert raw(spec.IO_RESV_REPORT, 1, 0xFFFFFFFF, 1, read_into=bytearray(64)) == sgl_len_invalid
+    assert raw(spec.IO_RESV_REGISTER, 9, 0, write_from=bytes(16)) == spec.SC_INVALID_NS
+    assert raw(spec.IO_RESV_REGISTER, 1, 7, write_from=struct.pack("<QQ", 0, 1)) == 2
+    assert raw(spec.IO_RESV_ACQUIRE, 1, 0x0700, write_from=bytes(16)) == 2  # no type 7
+    assert raw(spec.IO_RESV_ACQUIRE, 1, 0x0100, write_from=bytes(16)) == CONFLICT  # unregistered
+    # a short report (8 bytes asked): just the start of the header
+    buf = bytearray(8)
+    assert raw(spec.IO_RESV_REPORT, 1, 1, 1, read_into=buf) == 0
+    c.resv_register(1, 0, nrkey=3)
+    assert c.resv_report(1).regs[0][3] == 3
+    assert "Traceback" not in d.log()
