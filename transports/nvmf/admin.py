@@ -2,8 +2,8 @@
 
 Owns: Identify (CNS 00h/01h/02h/03h/05h/06h/07h/08h), Get Log Page (supported
 logs, error information, SMART/health with real counters, firmware slot,
-changed namespace list, commands supported and effects; the discovery log is
-delegated to discovery.py), Get/Set Features, Keep Alive, Asynchronous Event
+changed namespace list, commands supported and effects, ANA with ana.py
+building it; the discovery log is delegated to discovery.py), Get/Set Features, Keep Alive, Asynchronous Event
 Request (at most 4 outstanding) and Abort. Abort behaves like Linux nvmet's
 "minimum viable" one: it always reports "command not aborted" (DW0 bit 0 = 1),
 which the specification allows since aborting is best effort.

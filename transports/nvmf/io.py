@@ -5,8 +5,9 @@ Owns: Read, Write, Flush, Write Zeroes, Dataset Management (deallocate ->
 status the specification gives each failure: Invalid Namespace or Format,
 LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
-Command Opcode. Read data is handed to the transport as the channel's
-memoryview (zero copy).
+Command Opcode; on a path whose ANA group refuses I/O, ANA Inaccessible or
+ANA Transition (ana.py), before anything else. Read data is handed to the
+transport as the channel's memoryview (zero copy).
 
 Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
 write half of a fused Compare-and-Write, and every write of a queue whose
