@@ -6,7 +6,10 @@ changed namespace list, commands supported and effects, ANA with ana.py
 building it; the discovery log is delegated to discovery.py), Get/Set Features, Keep Alive, Asynchronous Event
 Request (at most 4 outstanding) and Abort. Abort behaves like Linux nvmet's
 "minimum viable" one: it always reports "command not aborted" (DW0 bit 0 = 1),
-which the specification allows since aborting is best effort.
+which the specification allows since aborting is best effort. The
+reservation parts (Reservation Notification log 80h, features Host
+Identifier 81h, Reservation Notification Mask 82h, Reservation Persistence
+83h, RESCAP, ONCS bit 5) are in reservation_io.py / reservation.py.
 
 Admin commands other than fabrics commands are rejected with Command
 Sequence Error until CC.EN = 1 and CSTS.RDY = 1 (as nvmet does); opcodes we

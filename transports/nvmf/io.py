@@ -6,7 +6,10 @@ status the specification gives each failure: Invalid Namespace or Format,
 LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
 Command Opcode; on a path whose ANA group refuses I/O, ANA Inaccessible or
-ANA Transition (ana.py), before anything else. Read data is handed to the
+ANA Transition (ana.py), before anything else; then Reservation Conflict /
+Command Aborted due to Preempt and Abort (reservation_io.gate, a local check
+of the namespace's reservation view). The reservation commands themselves
+(0Dh, 0Eh, 11h, 15h) are reservation_io.execute. Read data is handed to the
 transport as the channel's memoryview (zero copy).
 
 Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
