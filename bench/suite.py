@@ -592,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import multipath
 
         return multipath.main(argv[2:])
+    if argv[:2] == ["--only", "resv"]:  # NVMe reservations' cost: bench/resv.py
+        from . import resv
+
+        return resv.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

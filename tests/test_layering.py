@@ -81,7 +81,12 @@ TRANSPORT_MODULE_PREFIXES = ("tcp_", "rdma", "fc", "verbs", "ibv")
 # supervisor-side configuration and RPC of NVMe-oF: not part of the core
 NOT_CORE = {"rpc", "state", "__init__"}
 # what the core may import under blockfabric.transports
-CORE_MAY_IMPORT_IN_TRANSPORTS = ("blockfabric.transports.context", "blockfabric.transports.base")
+CORE_MAY_IMPORT_IN_TRANSPORTS = (
+    "blockfabric.transports.context",
+    "blockfabric.transports.base",
+    # the reservation rules shared by NVMe and SCSI (issue 12 item 2)
+    "blockfabric.transports.resv_common",
+)
 
 
 def module_name(path: Path) -> str:

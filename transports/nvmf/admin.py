@@ -6,7 +6,10 @@ changed namespace list, commands supported and effects, ANA with ana.py
 building it; the discovery log is delegated to discovery.py), Get/Set Features, Keep Alive, Asynchronous Event
 Request (at most 4 outstanding) and Abort. Abort behaves like Linux nvmet's
 "minimum viable" one: it always reports "command not aborted" (DW0 bit 0 = 1),
-which the specification allows since aborting is best effort.
+which the specification allows since aborting is best effort. The
+reservation parts (Reservation Notification log 80h, features Host
+Identifier 81h, Reservation Notification Mask 82h, Reservation Persistence
+83h, RESCAP, ONCS bit 5) are in reservation_io.py / reservation.py.
 
 Admin commands other than fabrics commands are rejected with Command
 Sequence Error until CC.EN = 1 and CSTS.RDY = 1 (as nvmet does); opcodes we
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import Bdev
 from ...shm.iobuf import CHUNK, IoVec
-from . import ana, discovery, spec
+from . import ana, discovery, reservation, reservation_io, spec
 from .core import (
     ERROR_LOG_ENTRIES,
     FIRMWARE_REV,
@@ -49,7 +52,7 @@ DISCOVERY_OPCODES = frozenset(
 )
 NSID_ALL = 0xFFFFFFFF
 CMIC = 0x3  # multi-port, multi-controller (dynamic controller model)
-ONCS = 0x01 | 0x04 | 0x08  # Compare, Dataset Management, Write Zeroes
+ONCS = 0x01 | 0x04 | 0x08 | 0x20  # Compare, Dataset Management, Write Zeroes, Reservations
 FUSES = 0x01  # Compare and Write
 OAES_NS_ATTR = 1 << 8
 OAES_DISC_CHANGE = 1 << 31
@@ -178,6 +181,7 @@ def identify_ns(ns: Namespace, bdev: Bdev | None) -> bytearray:
     b[25] = 0  # NLBAF: one format
     b[26] = 0  # FLBAS
     b[30] = 0x1  # NMIC: shareable (CMIC multi-controller)
+    b[31] = reservation.rescap(ns.ptpl_capable)  # RESCAP
     b[33] = 0x1 if getattr(bdev, "supports_unmap", False) else 0  # DLFEAT: dealloc reads 0
     b[104:120] = ns.nguid
     b[120:128] = ns.eui64
@@ -259,7 +263,9 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
             return _send_log(req, _supported_logs((0x00, 0x70)), length, offset)
         return req.complete(spec.ST_INVALID_LOG_PAGE)
     if lid == spec.LID_SUPPORTED_LOGS:
-        lids = (0, 1, 2, 3, 4, 5, ana.LID_ANA) if ctrl.subsys.ana_reporting else (0, 1, 2, 3, 4, 5)
+        lids: tuple[int, ...] = (0, 1, 2, 3, 4, 5, reservation.LID_RESV_NOTIFICATION)
+        if ctrl.subsys.ana_reporting:
+            lids += (ana.LID_ANA,)
         return _send_log(req, _supported_logs(lids), length, offset)
     if lid == ana.LID_ANA and ctrl.subsys.ana_reporting:
         return _ana_log(req, ctrl, bool(lsp & 1), rae, length, offset)
@@ -286,6 +292,9 @@ def get_log_page(req: Request, ctrl: Controller) -> None:
         return _send_log(req, page, length, offset)
     if lid == spec.LID_CMD_EFFECTS:
         return _send_log(req, _cmd_effects(), length, offset)
+    if lid == reservation.LID_RESV_NOTIFICATION:
+        rpage = reservation_io.notification_log(ctrl, rae, offset)
+        return _send_log(req, rpage, length, offset)
     req.complete(spec.ST_INVALID_LOG_PAGE)
 
 
@@ -329,6 +338,7 @@ def _cmd_effects() -> bytearray:
         (spec.IO_COMPARE, csupp),
         (spec.IO_WRITE_ZEROES, csupp | lbcc),
         (spec.IO_DSM, csupp | lbcc),
+        *((op, csupp) for op in sorted(reservation.RESV_OPCODES)),
     ):
         struct.pack_into("<I", b, 1024 + op * 4, eff)
     return b
@@ -407,10 +417,14 @@ def get_features(req: Request, ctrl: Controller) -> None:
     sel = (cdw10 >> 8) & 0x7
     if ctrl.subsys.is_discovery and fid not in DISCOVERY_FIDS:
         return req.complete(spec.ST_INVALID_FIELD)
-    if fid == spec.FID_HOST_ID:
-        if not cdw11 & 0x1:  # EXHID: only the 128-bit identifier exists
+    if fid in _RESV_GET:
+        if sel == 3:  # changeable; 82h/83h are namespace specific
+            return req.complete(0, 0x4 if fid == spec.FID_HOST_ID else 0x6)
+        if sel in (1, 2) and fid != spec.FID_HOST_ID:
+            return req.complete(0, 0)  # default = saved (not saveable): 0
+        if sel > 3:
             return req.complete(spec.ST_INVALID_FIELD)
-        return req.complete_with_data(ctrl.hostid)
+        return _RESV_GET[fid](req, ctrl)
     default = _default(ctrl, fid, cdw11)
     if default is None:
         return req.complete(spec.ST_INVALID_FIELD)
@@ -435,9 +449,8 @@ def set_features(req: Request, ctrl: Controller) -> None:
         return req.complete(spec.ST_INVALID_FIELD)
     if cdw10 & (1 << 31):
         return req.complete(spec.ST_FEATURE_NOT_SAVEABLE)
-    if fid == spec.FID_HOST_ID:
-        # the host identifier was given in Connect; fabrics forbid changing it
-        return req.complete(spec.ST_CMD_SEQ_ERROR)
+    if fid in _RESV_SET:
+        return _RESV_SET[fid](req, ctrl)
     if fid in (spec.FID_IRQ_COALESCING, spec.FID_IRQ_CONFIG):
         return req.complete(spec.ST_FEATURE_NOT_CHANGEABLE)
     if fid == spec.FID_NUM_QUEUES:
@@ -478,6 +491,19 @@ def set_features(req: Request, ctrl: Controller) -> None:
         ctrl.features[fid] = cdw11
         return req.complete(0)
     req.complete(spec.ST_INVALID_FIELD)
+
+
+# Host Identifier, Reservation Notification Mask, Reservation Persistence
+_RESV_GET = {
+    spec.FID_HOST_ID: reservation_io.get_host_id,
+    reservation.FID_RESV_MASK: reservation_io.get_mask,
+    reservation.FID_RESV_PERSIST: reservation_io.get_persist,
+}
+_RESV_SET = {
+    spec.FID_HOST_ID: reservation_io.set_host_id,
+    reservation.FID_RESV_MASK: reservation_io.set_mask,
+    reservation.FID_RESV_PERSIST: reservation_io.set_persist,
+}
 
 
 def _set_vwc(req: Request, ctrl: Controller, vwc: int) -> None:

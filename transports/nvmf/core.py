@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from ...bdevs.base import Bdev, IoChannel
 from ...runtime.loop import Timer
 from ..context import ReactorContext
-from . import ana, spec
+from . import ana, reservation_io, spec
 from .nqn import DISCOVERY_NQN
 from .qpair import Counters, QueuePair
+from .reservation import CtrlResv, ResvView
 from .transport import UnknownTransport, find_transport, get_transport
 
 if TYPE_CHECKING:
@@ -84,8 +85,21 @@ class TransportOpts:
 
 class Namespace:
     __slots__ = (
-        "nsid", "bdev_name", "uuid", "nguid", "eui64", "anagrpid", "bdev", "chan", "copies"
-    )  # fmt: skip
+        "nsid",
+        "bdev_name",
+        "uuid",
+        "nguid",
+        "eui64",
+        "anagrpid",
+        "bdev",
+        "chan",
+        "copies",
+        # NVMe reservations (reservation_io.set_view): the view while a
+        # reservation is held (else None), PTPL active, a PTPL file exists
+        "resv",
+        "resv_ptpl",
+        "ptpl_capable",
+    )
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.nsid = int(d["nsid"])
@@ -100,6 +114,10 @@ class Namespace:
         self.chan: IoChannel | None = None
         # the channel copies read data (aio, nvme): reads go into pool buffers
         self.copies = False
+        self.resv: ResvView | None = None
+        self.resv_ptpl = False
+        self.ptpl_capable = bool(d.get("ptpl_file"))
+        reservation_io.set_view(self, d.get("resv"))
 
     def ident(self) -> tuple[str, bytes, bytes, bytes, int]:
         return (self.bdev_name, self.uuid, self.nguid, self.eui64, self.anagrpid)
@@ -183,6 +201,7 @@ class Controller:
         self.ana_timer: Timer | None = None  # end of an ANA transition (ana.py)
         self.destroyed = False
         self.disc_genctr = target.genctr
+        self.resv = CtrlResv()  # reservation notification masks and log
 
     @property
     def key(self) -> tuple[str, int]:
@@ -542,6 +561,8 @@ class NvmfTarget:
         * "nvmf.bdev_resized" {name}                    -> controllers sent the ns-changed AEN
         """
         nqn = args.get("nqn")
+        if op.startswith("nvmf.resv_") or op == "nvmf.set_hostid":
+            return reservation_io.on_event(self, op, args)
         if op == "nvmf.destroy_ctrlr":
             return self.close_ctrlr_queues(str(nqn), int(args["cntlid"]), bool(args.get("io_only")))
         if op == "nvmf.disconnect_host":

@@ -149,6 +149,7 @@ def _connect_admin(
         qp.subsys = cur
         qp.cntlid = cntlid
         qp.hostnqn = hostnqn
+        qp.resv_id = hostid.hex()
         target.add_controller(ctrl)
         target.stats["admin_qpairs"] += 1
         ctrl.start_keep_alive()
@@ -198,6 +199,7 @@ def _connect_io(
         qp.cntlid = cntlid
         qp.hostnqn = hostnqn
         qp.write_through = not int(result.get("vwc", 1))
+        qp.resv_id = str(result.get("resv_id") or hostid.hex())
         ctrl = target.find_local_ctrlr(ss.nqn, cntlid)
         if ctrl is not None:
             ctrl.io_qpairs.add(qp)

@@ -6,7 +6,10 @@ status the specification gives each failure: Invalid Namespace or Format,
 LBA Out of Range, Data SGL Length Invalid, Namespace Not Ready (hot-removed
 bdev), Compare Failure, Write Fault / Unrecovered Read Error, Invalid
 Command Opcode; on a path whose ANA group refuses I/O, ANA Inaccessible or
-ANA Transition (ana.py), before anything else. Read data is handed to the
+ANA Transition (ana.py), before anything else; then Reservation Conflict /
+Command Aborted due to Preempt and Abort (reservation_io.gate, a local check
+of the namespace's reservation view). The reservation commands themselves
+(0Dh, 0Eh, 11h, 15h) are reservation_io.execute. Read data is handed to the
 transport as the channel's memoryview (zero copy).
 
 Write semantics (issue 9): FUA (CDW12 bit 30) on Write, Write Zeroes and the
@@ -29,7 +32,8 @@ from typing import TYPE_CHECKING
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
 from ..context import ReactorContext
-from . import ana, spec
+from . import ana, reservation_io, spec
+from .reservation import RESV_OPCODES
 
 if TYPE_CHECKING:
     from .core import Namespace
@@ -128,6 +132,9 @@ def execute(req: Request) -> None:
         if st:  # ANA Inaccessible / Transition on this path (no DNR: try another)
             return req.complete(st)
     req.qp.target.stats["completed_nvme_io"] += 1
+    st = reservation_io.gate(req)  # reservation conflict / preempted
+    if st:
+        return req.complete(st)
     h(req)
 
 
@@ -343,6 +350,10 @@ def compare_and_write(cmp: Request, wr: Request) -> None:
     if wr.opcode != spec.IO_WRITE or wr.nsid != cmp.nsid:
         cmp.complete(spec.ST_FUSED_FAIL)
         return wr.complete(spec.ST_INVALID_FIELD)
+    rst = reservation_io.gate(cmp) or reservation_io.gate(wr)
+    if rst:  # the write half decides for both: neither runs
+        cmp.complete(rst)
+        return wr.complete(spec.ST_FUSED_FAIL)
     ch, bs, nblocks = _channel(cmp)
     if ch is None:
         cmp.complete(bs)
@@ -386,4 +397,5 @@ HANDLERS = {
     spec.IO_WRITE_ZEROES: write_zeroes,
     spec.IO_DSM: dataset_management,
     spec.IO_COMPARE: compare,
+    **dict.fromkeys(RESV_OPCODES, reservation_io.execute),
 }

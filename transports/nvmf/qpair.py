@@ -100,6 +100,8 @@ class QueuePair:
         self.subsys: Subsystem | None = None
         self.cntlid = 0
         self.hostnqn = ""
+        self.resv_id = ""  # host identifier for reservations (hex), from Connect
+        self.preempted: set[Request] = set()  # to abort when they start: preempt and abort
         self.counters = Counters()
         self.closed = False
         self.crashed = False

@@ -11,6 +11,7 @@ access are torn down through "nvmf.destroy_ctrlr" broadcasts.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid as uuid_mod
@@ -21,7 +22,7 @@ from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
-from . import ana
+from . import ana, reservation_sup  # reservation_sup registers its supervisor ops
 from .nqn import DISCOVERY_NQN, validate_nqn
 from .state import (
     DEFAULT_MAX_NAMESPACES,
@@ -631,6 +632,13 @@ def nvmf_subsystem_add_ns(
         "eui64": eui64,
         "anagrpid": anagrpid,
     }
+    ptpl = namespace.get("ptpl_file")
+    if ptpl:
+        if not isinstance(ptpl, str) or not os.path.isdir(os.path.dirname(os.path.abspath(ptpl))):
+            del ss["namespaces"][nsid]
+            raise invalid_params(f"ptpl_file {ptpl!r}: its folder does not exist")
+        ss["namespaces"][nsid]["ptpl_file"] = ptpl
+    reservation_sup.namespace_added(st, nqn, nsid, ss["namespaces"][nsid])
     _ana_log_changed(ss)
     ctx.config_changed()
     return nsid
@@ -664,6 +672,7 @@ def nvmf_subsystem_remove_ns(
     if nsid not in ss["namespaces"]:
         raise invalid_params(f"Namespace ID {nsid} does not exist in {nqn}")
     del ss["namespaces"][nsid]
+    reservation_sup.namespace_removed(st, nqn, nsid)
     _ana_log_changed(ss)
     ctx.config_changed()
     return True

@@ -37,6 +37,11 @@ IO_WRITE_UNCOR = 0x04
 IO_COMPARE = 0x05
 IO_WRITE_ZEROES = 0x08
 IO_DSM = 0x09
+# reservations (NVMe base spec 7.x / NVM command set)
+IO_RESV_REGISTER = 0x0D
+IO_RESV_REPORT = 0x0E
+IO_RESV_ACQUIRE = 0x11
+IO_RESV_RELEASE = 0x15
 FABRICS_OPCODE = 0x7F
 
 # ------------------------------------------------------- fabrics (fctype)
@@ -213,6 +218,7 @@ LID_FW_SLOT = 0x03
 LID_CHANGED_NS = 0x04
 LID_CMD_EFFECTS = 0x05
 LID_DISCOVERY = 0x70
+LID_RESV_NOTIFICATION = 0x80
 
 # ---------------------------------------------------------------- features
 FID_ARBITRATION = 0x01

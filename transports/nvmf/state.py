@@ -41,6 +41,7 @@ from typing import Any
 from ...control.context import RpcContext, supervisor_op
 from . import ana
 from .nqn import DISCOVERY_NQN
+from .reservation import NsResv
 
 DEFAULT_SERIAL = "00000000000000000000"
 DEFAULT_MODEL = "blockfabric Controller"  # SPDK's default is "SPDK bdev Controller"
@@ -61,6 +62,7 @@ class CtrlrEntry:
     enabled: bool = False
     vwc: int = 1  # Volatile Write Cache feature (0: write-through on every I/O queue)
     qpairs: dict[int, int] = field(default_factory=dict)  # qid -> reactor id
+    resv_id: str = ""  # Set Features Host Identifier (hex); "" = Connect's hostid
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -124,6 +126,8 @@ class NvmfState:
         # controller directory
         self.ctrlrs: dict[tuple[str, int], CtrlrEntry] = {}
         self._next_cntlid: dict[str, int] = {}
+        # NVMe reservations per namespace (reservation_sup.py is their writer)
+        self.resv: dict[tuple[str, int], NsResv] = {}
 
     # ------------------------------------------------------------ queries
     def subsystem(self, nqn: str) -> dict[str, Any] | None:
@@ -198,7 +202,7 @@ class NvmfState:
                 out.append({"method": "nvmf_subsystem_add_host", "params": {"nqn": nqn, "host": h}})
             for nsid, ns in sorted(ss["namespaces"].items()):
                 nsp: dict[str, Any] = {"nsid": nsid, "bdev_name": ns["bdev_name"]}
-                for k in ("nguid", "eui64", "uuid"):
+                for k in ("nguid", "eui64", "uuid", "ptpl_file"):
                     if ns.get(k):
                         nsp[k] = ns[k]
                 if ss.get("ana_reporting") and ns.get("anagrpid"):
@@ -322,7 +326,10 @@ def op_find_ctrlr(ctx: RpcContext, reactor_id: int, args: dict[str, Any]) -> dic
     if not e.enabled:
         return {"error": "not_enabled"}
     e.qpairs[qid] = reactor_id
-    return {"admin_reactor": e.admin_reactor, "vwc": e.vwc}
+    out: dict[str, Any] = {"admin_reactor": e.admin_reactor, "vwc": e.vwc}
+    if e.resv_id:  # Set Features Host Identifier changed it
+        out["resv_id"] = e.resv_id
+    return out
 
 
 @supervisor_op("nvmf.qpair_added")

@@ -350,6 +350,9 @@ class TcpQpair(QueuePair):
                 ns = namespaces.get(nsid)
                 if ns is None or ns.copies:
                     return  # (a copying bdev reads into pool buffers: general path)
+                rv = ns.resv  # a reservation is held: the general path answers a conflict
+                if rv is not None and not rv.allows(self.resv_id, op != _IO_READ):
+                    return
                 ch = ns.chan
                 bdev = ns.bdev
                 if ch is None or bdev is None or ch.removed or bdev.removed:

@@ -134,6 +134,37 @@ class IdentifyNamespace:
 
 
 @dataclass
+class ResvReport:
+    """A Reservation Report: generation, type, PTPL state and per
+    registered controller (cntlid, holds the reservation, host id, key)."""
+
+    gen: int
+    rtype: int
+    ptpls: bool
+    regs: list[tuple[int, bool, bytes, int]]
+
+    @classmethod
+    def parse(cls, b: bytes, eds: bool) -> ResvReport:
+        gen, rtype, regctl = struct.unpack_from("<IBH", b, 0)
+        ptpls = bool(b[9] & 1)
+        off, size = (64, 64) if eds else (24, 24)
+        regs = []
+        for i in range(regctl):
+            e = b[off + i * size : off + (i + 1) * size]
+            if len(e) < size:
+                break
+            cntlid, rcsts = struct.unpack_from("<HB", e, 0)
+            if eds:
+                (key,) = struct.unpack_from("<Q", e, 8)
+                hid = bytes(e[16:32])
+            else:
+                hid = bytes(e[8:16])
+                (key,) = struct.unpack_from("<Q", e, 16)
+            regs.append((cntlid, bool(rcsts & 1), hid, key))
+        return cls(gen, rtype, ptpls, regs)
+
+
+@dataclass
 class DiscoveryEntry:
     trtype: int
     adrfam: int
@@ -664,6 +695,104 @@ class Controller:
             ),
             "Dataset Management",
         )
+
+    # ------------------------------------------------------ reservations
+    def _resv(self, opcode: int, nsid: int, cdw10: int, data: bytes, q: int, what: str) -> int:
+        bq = self._ioq(q)
+        c = (cdw10, 0, 0, 0, 0, 0)
+        return bq.execute(lambda cb: bq.q.submit(opcode, nsid, c, cb, write_from=data), what)
+
+    def resv_register(
+        self,
+        nsid: int,
+        action: int,
+        crkey: int = 0,
+        nrkey: int = 0,
+        iekey: bool = False,
+        cptpl: int = 0,
+        q: int = 0,
+    ) -> None:
+        """Reservation Register: action 0 register, 1 unregister, 2 replace;
+        cptpl 0 no change, 2 clear PTPL, 3 set PTPL."""
+        cdw10 = (action & 7) | (0x8 if iekey else 0) | ((cptpl & 3) << 30)
+        data = struct.pack("<QQ", crkey, nrkey)
+        self._resv(S.IO_RESV_REGISTER, nsid, cdw10, data, q, "Reservation Register")
+
+    def resv_acquire(
+        self,
+        nsid: int,
+        action: int,
+        rtype: int,
+        crkey: int,
+        prkey: int = 0,
+        iekey: bool = False,
+        q: int = 0,
+    ) -> None:
+        """Reservation Acquire: action 0 acquire, 1 preempt, 2 preempt and abort."""
+        cdw10 = (action & 7) | (0x8 if iekey else 0) | ((rtype & 0xFF) << 8)
+        data = struct.pack("<QQ", crkey, prkey)
+        self._resv(S.IO_RESV_ACQUIRE, nsid, cdw10, data, q, "Reservation Acquire")
+
+    def resv_release(
+        self, nsid: int, action: int, rtype: int, crkey: int, iekey: bool = False, q: int = 0
+    ) -> None:
+        """Reservation Release: action 0 release, 1 clear."""
+        cdw10 = (action & 7) | (0x8 if iekey else 0) | ((rtype & 0xFF) << 8)
+        self._resv(
+            S.IO_RESV_RELEASE, nsid, cdw10, struct.pack("<Q", crkey), q, "Reservation Release"
+        )
+
+    def resv_report(
+        self, nsid: int, eds: bool = True, length: int = 4096, q: int = 0
+    ) -> ResvReport:
+        """Reservation Report (EDS: the extended structure, 128-bit host ids)."""
+        bq = self._ioq(q)
+        buf = bytearray(length)
+        c = (length // 4 - 1, 1 if eds else 0, 0, 0, 0, 0)
+        bq.execute(
+            lambda cb: bq.q.submit(S.IO_RESV_REPORT, nsid, c, cb, read_into=buf),
+            "Reservation Report",
+        )
+        return ResvReport.parse(bytes(buf), eds)
+
+    def set_host_id(self, hostid: bytes) -> None:
+        """Set Features Host Identifier: 8 bytes (64-bit) or 16 (EXHID)."""
+        if len(hostid) not in (8, 16):
+            raise ValueError("a host identifier has 8 or 16 bytes")
+        self.admin_cmd(
+            S.ADMIN_SET_FEATURES,
+            0,
+            (S.FID_HOST_ID, 1 if len(hostid) == 16 else 0),
+            write=hostid,
+            what="Set Features Host Identifier",
+        )
+
+    def get_host_id(self, extended: bool = True) -> bytes:
+        n = 16 if extended else 8
+        _, b = self.admin_cmd(
+            S.ADMIN_GET_FEATURES,
+            0,
+            (S.FID_HOST_ID, 1 if extended else 0),
+            n,
+            what="Get Features Host Identifier",
+        )
+        assert b is not None
+        return bytes(b)
+
+    def resv_notification(self, rae: bool = False) -> tuple[int, int, int, int]:
+        """The next Reservation Notification log page (LID 80h): (log page
+        count, type (0 empty, 1 registration preempted, 2 reservation
+        released, 3 reservation preempted), available after it, nsid)."""
+        _, b = self.admin_cmd(
+            S.ADMIN_GET_LOG_PAGE,
+            0xFFFFFFFF,
+            (S.LID_RESV_NOTIFICATION | (0x8000 if rae else 0) | ((64 // 4 - 1) << 16),),
+            64,
+            what="Get Log Page 80h",
+        )
+        assert b is not None
+        count, ntype, avail, nsid = struct.unpack_from("<QBBxxI", b, 0)
+        return count, ntype, avail, nsid
 
     # ------------------------------------------------------ teardown
     def close(self, shutdown: bool = True) -> None:

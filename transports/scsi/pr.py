@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from ..resv_common import SPC_TYPES, access_allowed, durable_replace, role_of
 from . import cdb as C
 from .sense import (
     ASC_INSUFFICIENT_REG_RESOURCES,
@@ -173,27 +174,6 @@ def transport_id(initiator_port: str) -> bytes:
     return bytes((0x40 | ISCSI_PROTOCOL_ID, 0)) + len(name).to_bytes(2, "big") + name
 
 
-def durable_replace(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a power loss leaves either the
-    old or the new file: write a temporary file, fsync it, rename it over
-    the old one, fsync the folder (the rename itself)."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 class PrStore:
     def __init__(self, aptpl_path: str | None = None, relative_port_id: int = 1) -> None:
         self.aptpl_path = aptpl_path
@@ -244,17 +224,14 @@ class PrStore:
             return not st.regs and not st.rtype
         if op in (C.RELEASE_6, C.RELEASE_10):
             return not st.rtype or st.is_holder(nexus)
-        if not st.rtype or op in _PR_EXEMPT or st.is_holder(nexus):
+        if not st.rtype or op in _PR_EXEMPT:
             return True
-        registered = nexus in st.regs
-        if registered and st.rtype in RO_TYPES:
-            return True
-        if st.rtype in EA_TYPES:
+        kind = SPC_TYPES.get(st.rtype)
+        if kind is None:
             return False
-        # Write Exclusive: only commands that read are allowed
-        if op == C.SERVICE_ACTION_IN_16 or op in _READ_CLASS:
-            return True
-        return False
+        # the access rule shared with NVMe reservations (transports/resv_common.py)
+        role = role_of(kind, st.is_holder(nexus), nexus in st.regs)
+        return access_allowed(kind, role, writes=op not in _READ_CLASS)
 
     # -------------------------------------------------------- SPC-2 reserve
     def legacy_reserve(self, lun: int, nexus: Nexus) -> PrResult:

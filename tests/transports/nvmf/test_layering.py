@@ -33,6 +33,11 @@ CORE = (
     "state",
     "rpc",
     "ana",
+    # NVMe reservations (issue 12 item 2)
+    "reservation",
+    "reservation_io",
+    "reservation_sup",
+    "reservation_ptpl",
 )
 # shared helpers a core file may import besides other core files
 ALLOWED_OUTSIDE = (
@@ -42,6 +47,8 @@ ALLOWED_OUTSIDE = (
     "blockfabric.runtime",
     "blockfabric.transports.context",
     "blockfabric.transports.base",
+    # what NVMe reservations share with SCSI persistent reservations
+    "blockfabric.transports.resv_common",
 )
 
 
