@@ -45,6 +45,8 @@ SPDK_FORMS: dict[str, str] = {
         "--small-cache-size --large-cache-size --task-count --sequence-count --buf-count"
     ),
     "keyring_file_add_key": "name path",
+    "keyring_file_remove_key": "name",
+    "keyring_get_keys": "-n/--name",
     "vmd_enable": "",
     # --- bdev.py ------------------------------------------------------------
     "bdev_set_options": (
