@@ -27,7 +27,7 @@ from blockfabric.control.keyring import (
 )
 from blockfabric.control.registry import REGISTRY
 
-from .. import bftest
+import bftest
 
 
 class Ctx:

@@ -1,0 +1,142 @@
+"""NVMe/TCP over TLS 1.3 against a real daemon (issue 11 items 2 and 4): the
+handshake matrix with blockfabric's host (right key with both hash variants
+and both suites, wrong key, no key, plain TCP on a secure listener, TLS to a
+plain listener, identity/NQN binding), key material kept out of RPC
+answers, save_config and the log."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from tls_fixtures import HOST0, HOST256, HOST384, NOKEY, SUB
+
+from blockfabric.control.keyring import TlsPsk
+from blockfabric.transports.nvmf_host.controller import Controller
+from blockfabric.transports.nvmf_host.queue import NvmeStatusError, TransportError
+from blockfabric.transports.nvmf_host.tls_sock import TlsHandshakeError
+from blockfabric.transports.tls.psk import derive
+
+pytestmark = pytest.mark.e2e
+
+
+def _ctrl(t, host, psk, port=None, **kw):
+    return Controller("127.0.0.1", port or t.secure, SUB, hostnqn=host, psk=psk, timeout=15.0, **kw)
+
+
+@pytest.mark.parametrize(
+    "host, suite",
+    [
+        (HOST256, "TLS_AES_128_GCM_SHA256"),  # NVMeTLSkey-1:01: (SHA-256), 32 bytes
+        (HOST384, "TLS_AES_256_GCM_SHA384"),  # NVMeTLSkey-1:02: (SHA-384), 48 bytes
+        (HOST0, "TLS_AES_256_GCM_SHA384"),  # NVMeTLSkey-1:00: (no retained hash)
+    ],
+)
+def test_right_key_io(tls_target, host, suite):
+    with _ctrl(tls_target, host, tls_target.keys[host], nr_io_queues=1).connect() as c:
+        assert c.admin.sock.cipher == suite
+        assert c.io[0].sock.cipher == suite
+        for lba, n in ((0, 8), (100, 256)):  # 4 KiB and 128 KiB: several records
+            data = os.urandom(n * 512)
+            c.write(1, lba, data, 512)
+            assert c.read(1, lba, n, 512) == data
+    ctrls = tls_target.d.rpc("nvmf_subsystem_get_controllers", {"nqn": SUB})
+    assert all(x["hostnqn"] != host for x in ctrls)  # disconnected on close
+
+
+def test_wrong_key_refused_in_handshake(tls_target):
+    wrong = TlsPsk(1, os.urandom(32))
+    with pytest.raises(TlsHandshakeError, match="TLS handshake failed"):
+        _ctrl(tls_target, HOST256, wrong).connect()
+
+
+def test_host_without_key_refused(tls_target):
+    # NOKEY is an allowed host, but has no PSK: its identity is unknown
+    with pytest.raises(TlsHandshakeError):
+        _ctrl(tls_target, NOKEY, TlsPsk(1, os.urandom(32))).connect()
+    # an unknown host with a key of its own fares no better
+    with pytest.raises(TlsHandshakeError):
+        _ctrl(tls_target, "nqn.2014-08.org.x:stranger", TlsPsk(2, os.urandom(48))).connect()
+
+
+def test_plain_tcp_on_secure_listener_refused(tls_target):
+    with pytest.raises((TransportError, OSError)):
+        _ctrl(tls_target, HOST256, None).connect()
+    assert "TLS refused" in tls_target.d.log()
+
+
+def test_tls_to_plain_listener_fails(tls_target):
+    with pytest.raises((TlsHandshakeError, TransportError, OSError)):
+        _ctrl(tls_target, HOST256, tls_target.keys[HOST256], port=tls_target.plain).connect()
+
+
+def test_host_with_psk_refused_over_plain_tcp(tls_target):
+    # the plain listener of the same subsystem: a host that has a PSK there
+    # must use TLS (or its key protects nothing)
+    with pytest.raises(NvmeStatusError):
+        _ctrl(tls_target, HOST256, None, port=tls_target.plain).connect()
+    # a host without a PSK may connect in the clear there
+    with _ctrl(tls_target, NOKEY, None, port=tls_target.plain).connect() as c:
+        assert c.cntlid
+
+
+def test_connect_must_match_the_identity(tls_target):
+    # a TLS session for HOST256 that then claims to be HOST384 in Connect
+    c = _ctrl(tls_target, HOST384, None)
+    c.tls = derive(tls_target.keys[HOST256], HOST256, SUB)
+    with pytest.raises(NvmeStatusError):
+        c.connect()
+    assert "connects with the TLS PSK of" in tls_target.d.log()
+
+
+def test_no_key_material_in_rpc_save_config_or_log(tls_target):
+    d = tls_target.d
+    subs = d.rpc("nvmf_get_subsystems", {"nqn": SUB})[0]
+    assert {"nqn": HOST256, "psk": tls_target.names[HOST256]} in subs["hosts"]
+    keys = d.rpc("keyring_get_keys")
+    assert {k["name"] for k in keys} >= set(tls_target.names.values())
+    assert all(k["refcnt"] == 1 for k in keys)
+    saved = d.rpc("save_config")
+    kr = next(s for s in saved["subsystems"] if s["subsystem"] == "keyring")["config"]
+    assert {e["params"]["name"] for e in kr} == set(tls_target.names.values())
+    nv = next(s for s in saved["subsystems"] if s["subsystem"] == "nvmf")["config"]
+    hosts = [e["params"] for e in nv if e["method"] == "nvmf_subsystem_add_host"]
+    assert {"nqn": SUB, "host": HOST384, "psk": tls_target.names[HOST384]} in hosts
+    lis = [e["params"] for e in nv if e["method"] == "nvmf_subsystem_add_listener"]
+    assert sorted(x["secure_channel"] for x in lis) == [False, True]
+    blob = json.dumps([subs, keys, saved]) + d.log()
+    for host, psk in tls_target.keys.items():
+        derived = derive(psk, host, SUB).key
+        for secret in (psk.key, derived):
+            assert secret.hex() not in blob and secret.hex().upper() not in blob
+        assert psk.interchange().split(":")[2] not in blob
+    # a key in use cannot be removed
+    err = d.cli(
+        "rpc", "-s", d.rpc_addr, "keyring_file_remove_key", tls_target.names[HOST256], check=False
+    )
+    assert err.returncode != 0 and "in use" in (err.stdout + err.stderr)
+
+
+def test_secure_listener_rules(tls_target):
+    d = tls_target.d
+    from blockfabric.control.client import RpcClientError as RpcError
+
+    d.rpc("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:any", "allow_any_host": True})
+    la = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": "0"}
+    with pytest.raises(RpcError, match="allows any host"):
+        d.rpc(
+            "nvmf_subsystem_add_listener",
+            {"nqn": "nqn.2016-06.io.spdk:any", "listen_address": la, "secure_channel": True},
+        )
+    # one address is TLS or plain for every subsystem
+    la2 = {**la, "trsvcid": str(tls_target.secure)}
+    with pytest.raises(RpcError, match="is a secure channel"):
+        d.rpc(
+            "nvmf_subsystem_add_listener", {"nqn": "nqn.2016-06.io.spdk:any", "listen_address": la2}
+        )
+    with pytest.raises(RpcError, match="does not exist"):
+        d.rpc(
+            "nvmf_subsystem_add_host", {"nqn": SUB, "host": "nqn.2014-08.org.x:h9", "psk": "nope"}
+        )
+    d.rpc("nvmf_delete_subsystem", {"nqn": "nqn.2016-06.io.spdk:any"})
