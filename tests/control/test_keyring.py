@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import zlib
 
+import bftest
 import pytest
 
 from blockfabric.control import methods  # noqa: F401  (registers every RPC)
@@ -26,8 +27,6 @@ from blockfabric.control.keyring import (
     parse_tls_psk,
 )
 from blockfabric.control.registry import REGISTRY
-
-import bftest
 
 
 class Ctx:
