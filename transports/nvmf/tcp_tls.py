@@ -62,10 +62,10 @@ class TlsTcpConnection(TcpConnection):
         except PskError as e:
             self.tls.refusal = str(e)
             return None
-        e = _psk_table(self.qp.target).get(identity.decode())
-        if e is None or e.get("suite") != suite:
+        found = _psk_table(self.qp.target).get(identity.decode())
+        if found is None or found.get("suite") != suite:
             return None
-        return PskEntry(identity.decode(), suite, bytes(e["key"]))
+        return PskEntry(identity.decode(), suite, bytes(found["key"]))
 
     # -- input ---------------------------------------------------------------------
     def _read(self) -> None:

@@ -686,7 +686,7 @@ class LoopQueue:
                 parse_traddr(fc[0]), target, qid, qsize, subnqn, hostnqn, hostid, fc[1]
             )
             where: Any = fc_frame.socket_path(target)
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock: Any = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
             self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
             where = (traddr, int(trsvcid))

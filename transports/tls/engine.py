@@ -140,6 +140,7 @@ class TlsEngine:
         lookup: Lookup | None = None,
         entry: PskEntry | None = None,
     ) -> None:
+        self._ssl: int | None = None
         if server == (lookup is None) or (not server and entry is None):
             raise ValueError("a server engine takes lookup=, a client engine entry=")
         lb = O.lib()
@@ -155,7 +156,7 @@ class TlsEngine:
         ssl = lb.SSL_new(_ctx(server))
         if not ssl:
             raise TlsError(f"SSL_new: {O.last_error()}")
-        self._ssl: int | None = int(ssl)
+        self._ssl = int(ssl)
         rbio, wbio = lb.BIO_new(lb.BIO_s_mem()), lb.BIO_new(lb.BIO_s_mem())
         lb.SSL_set_bio(ssl, rbio, wbio)  # the SSL owns both BIOs now
         self._rbio, self._wbio = rbio, wbio
