@@ -140,3 +140,54 @@ def test_secure_listener_rules(tls_target):
             "nvmf_subsystem_add_host", {"nqn": SUB, "host": "nqn.2014-08.org.x:h9", "psk": "nope"}
         )
     d.rpc("nvmf_delete_subsystem", {"nqn": "nqn.2016-06.io.spdk:any"})
+
+
+def test_bdev_nvme_attach_controller_over_tls(tls_target, daemon_factory, run_dir):
+    """A blockfabric imports the secured namespace (--psk KEYNAME) and serves it
+    on: I/O through the initiator's reactor goes over TLS to the target."""
+    from tls_fixtures import free_port, key_file
+
+    ini = daemon_factory().start()
+    path = key_file(run_dir, "host.key", tls_target.keys[HOST384])
+    ini.cli("rpc", "-s", ini.rpc_addr, "keyring_file_add_key", "hk", path)
+    wrong = key_file(run_dir, "wrong.key", TlsPsk(2, os.urandom(48)))
+    ini.rpc("keyring_file_add_key", {"name": "wrong", "path": wrong})
+    base = {
+        "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+        "trsvcid": str(tls_target.secure), "subnqn": SUB, "hostnqn": HOST384,
+    }  # fmt: skip
+    from blockfabric.control.client import RpcClientError
+
+    with pytest.raises(RpcClientError, match="TLS handshake failed"):
+        ini.rpc("bdev_nvme_attach_controller", {"name": "Bad", **base, "psk": "wrong"})
+    with pytest.raises(RpcClientError, match="does not exist"):
+        ini.rpc("bdev_nvme_attach_controller", {"name": "Bad", **base, "psk": "nokey"})
+    out = ini.cli(
+        "rpc", "-s", ini.rpc_addr, "bdev_nvme_attach_controller", "-b", "Tls", "-t", "tcp",
+        "-a", "127.0.0.1", "-s", str(tls_target.secure), "-f", "ipv4", "-n", SUB,
+        "-q", HOST384, "--psk", "hk",
+    ).stdout  # fmt: skip
+    assert "Tlsn1" in out
+    # serve it on in the clear from the initiator and drive I/O through it
+    port = free_port()
+    ini.rpc("nvmf_create_transport", {"trtype": "TCP"})
+    ini.rpc("nvmf_create_subsystem", {"nqn": "nqn.2016-06.io.spdk:re", "allow_any_host": True})
+    ini.rpc(
+        "nvmf_subsystem_add_ns",
+        {"nqn": "nqn.2016-06.io.spdk:re", "namespace": {"bdev_name": "Tlsn1"}},
+    )
+    la = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    ini.rpc("nvmf_subsystem_add_listener", {"nqn": "nqn.2016-06.io.spdk:re", "listen_address": la})
+    with Controller(
+        "127.0.0.1", port, "nqn.2016-06.io.spdk:re", nr_io_queues=1, timeout=15
+    ).connect() as c:
+        for lba, n in ((8, 8), (512, 256)):
+            data = os.urandom(n * 512)
+            c.write(1, lba, data, 512)
+            assert c.read(1, lba, n, 512) == data
+    saved = json.dumps(ini.rpc("save_config"))
+    assert '"psk": "hk"' in saved and tls_target.keys[HOST384].key.hex() not in saved
+    assert tls_target.keys[HOST384].interchange().split(":")[2] not in saved + ini.log()
+    assert ini.rpc("keyring_get_keys", {"name": "hk"})[0]["refcnt"] == 1
+    ini.rpc("bdev_nvme_detach_controller", {"name": "Tls"})
+    assert ini.rpc("keyring_get_keys", {"name": "hk"})[0]["refcnt"] == 0
