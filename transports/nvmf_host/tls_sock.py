@@ -118,6 +118,8 @@ class TlsSocket:
         return n
 
     def recv_into(self, buf: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if self.backlog:  # a load loop that only sends when it has new commands
+            self.flush()
         mv = memoryview(buf)
         if nbytes:
             mv = mv[:nbytes]

@@ -191,3 +191,37 @@ def test_bdev_nvme_attach_controller_over_tls(tls_target, daemon_factory, run_di
     assert ini.rpc("keyring_get_keys", {"name": "hk"})[0]["refcnt"] == 1
     ini.rpc("bdev_nvme_detach_controller", {"name": "Tls"})
     assert ini.rpc("keyring_get_keys", {"name": "hk"})[0]["refcnt"] == 0
+
+
+@pytest.mark.parametrize("host", [HOST256, HOST384])
+def test_perf_psk_path(tls_target, run_dir, host):
+    """blockfabric perf --psk-path (spdk_nvme_perf's option): a verified
+    write/read run over TLS, workers in their own processes."""
+    import subprocess
+    import sys
+
+    from tls_fixtures import key_file
+
+    path = key_file(run_dir, "perf.key", tls_target.keys[host])
+    out = run_dir / "perf.json"
+    trid = (
+        f"trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:{tls_target.secure} "
+        f"subnqn:{SUB} hostnqn:{host}"
+    )
+    args = ["-r", trid, "-q", "8", "-o", "65536", "-w", "randrw", "-M", "50", "-t", "2"]
+    p = subprocess.run(
+        [sys.executable, "-m", "blockfabric.tools.cli", "perf", *args, "--verify",
+         "--psk-path", path, "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["tls"] is True
+    assert doc["total"]["ios"] > 0 and doc["total"]["errors"] == 0
+    assert doc["total"]["miscompares"] == 0
+    # without the key, the same run cannot connect
+    p = subprocess.run(
+        [sys.executable, "-m", "blockfabric.tools.cli", "perf", *args, "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode != 0
