@@ -381,6 +381,7 @@ STANDALONE = (
     ("rbd", "Ceph RBD: blockfabric NVMe/TCP on an RBD image vs `rbd bench` (same run)"),
     ("fuzz", "Coverage-guided fuzzing"),
     ("stack", "Stackable bdevs: cost on the malloc path"),
+    ("tls", "NVMe/TCP with TLS 1.3: cost against plain TCP (same run)"),
 )
 
 
