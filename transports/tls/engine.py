@@ -291,4 +291,7 @@ class TlsEngine:
             O.lib().SSL_free(ssl)
 
     def __del__(self) -> None:
-        self.free()
+        try:
+            self.free()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: modules already gone
+            pass

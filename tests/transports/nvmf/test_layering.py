@@ -41,6 +41,9 @@ ALLOWED_OUTSIDE = (
     "blockfabric.runtime",
     "blockfabric.transports.context",
     "blockfabric.transports.base",
+    # TLS PSK identity/derivation: pure functions over keys (hashlib), no I/O;
+    # nvmf_subsystem_add_host --psk derives in the supervisor (rpc/state)
+    "blockfabric.transports.tls.psk",
 )
 
 

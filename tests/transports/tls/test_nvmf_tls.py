@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from tls_fixtures import HOST0, HOST256, HOST384, NOKEY, SUB
@@ -19,6 +20,16 @@ from blockfabric.transports.nvmf_host.tls_sock import TlsHandshakeError
 from blockfabric.transports.tls.psk import derive
 
 pytestmark = pytest.mark.e2e
+
+
+def _wait(cond, timeout=20.0):
+    """Poll ``cond`` (the daemon logs and tears down asynchronously)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _ctrl(t, host, psk, port=None, **kw):
@@ -41,8 +52,12 @@ def test_right_key_io(tls_target, host, suite):
             data = os.urandom(n * 512)
             c.write(1, lba, data, 512)
             assert c.read(1, lba, n, 512) == data
-    ctrls = tls_target.d.rpc("nvmf_subsystem_get_controllers", {"nqn": SUB})
-    assert all(x["hostnqn"] != host for x in ctrls)  # disconnected on close
+    assert _wait(  # disconnected on close
+        lambda: all(
+            x["hostnqn"] != host
+            for x in tls_target.d.rpc("nvmf_subsystem_get_controllers", {"nqn": SUB})
+        )
+    )
 
 
 def test_wrong_key_refused_in_handshake(tls_target):
@@ -63,7 +78,7 @@ def test_host_without_key_refused(tls_target):
 def test_plain_tcp_on_secure_listener_refused(tls_target):
     with pytest.raises((TransportError, OSError)):
         _ctrl(tls_target, HOST256, None).connect()
-    assert "TLS refused" in tls_target.d.log()
+    assert _wait(lambda: "TLS refused" in tls_target.d.log())
 
 
 def test_tls_to_plain_listener_fails(tls_target):
@@ -87,7 +102,7 @@ def test_connect_must_match_the_identity(tls_target):
     c.tls = derive(tls_target.keys[HOST256], HOST256, SUB)
     with pytest.raises(NvmeStatusError):
         c.connect()
-    assert "connects with the TLS PSK of" in tls_target.d.log()
+    assert _wait(lambda: "connects with the TLS PSK of" in tls_target.d.log())
 
 
 def test_no_key_material_in_rpc_save_config_or_log(tls_target):
@@ -225,3 +240,15 @@ def test_perf_psk_path(tls_target, run_dir, host):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert p.returncode != 0
+
+
+def test_discovery_marks_the_secure_listener(tls_target):
+    from blockfabric.transports.nvmf import spec as S
+
+    with Controller(
+        "127.0.0.1", tls_target.plain, S.NVME_DISC_SUBSYS_NAME, hostnqn=NOKEY, timeout=15
+    ).connect() as c:
+        _gen, entries = c.discovery_log()
+    mine = {int(e.trsvcid): e for e in entries if e.subnqn == SUB}
+    assert mine[tls_target.secure].treq & 0x3 == S.TREQ_SECURE_REQUIRED
+    assert mine[tls_target.plain].treq & 0x3 == 0
