@@ -252,3 +252,32 @@ def test_discovery_marks_the_secure_listener(tls_target):
     mine = {int(e.trsvcid): e for e in entries if e.subnqn == SUB}
     assert mine[tls_target.secure].treq & 0x3 == S.TREQ_SECURE_REQUIRED
     assert mine[tls_target.plain].treq & 0x3 == 0
+
+
+def test_garbage_and_silence_on_secure_listener_are_closed(tls_target):
+    """Bytes that are not TLS get the connection closed at once; a client that
+    says nothing is closed by the connect timeout (ICReq + Connect, 10 s)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", tls_target.secure), timeout=30) as s:
+        try:
+            s.sendall(os.urandom(1 << 16))
+        except OSError:
+            pass  # closed while sending: fine
+        got = b""
+        try:
+            while chunk := s.recv(65536):  # perhaps an alert, then the close
+                got += chunk
+                assert len(got) < 4096
+        except ConnectionResetError:
+            pass
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", tls_target.secure), timeout=30) as s:
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - t0 < 25
+    # the target still serves a good host afterwards
+    with _ctrl(tls_target, HOST384, tls_target.keys[HOST384]).connect() as c:
+        assert c.cntlid
