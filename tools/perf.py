@@ -790,11 +790,13 @@ def run(a: argparse.Namespace) -> int:
         from ..control.keyring import KeyFormatError, TlsPsk, read_key_file
 
         try:
-            psk = read_key_file(os.path.abspath(a.psk_path))
+            material = read_key_file(os.path.abspath(a.psk_path))
         except (OSError, KeyFormatError) as e:
             print(f"perf: --psk-path: {e}", file=sys.stderr)
             return 2
-        if not isinstance(psk, TlsPsk):
+        if isinstance(material, TlsPsk):
+            psk = material
+        else:
             print("perf: --psk-path: not a TLS PSK (NVMeTLSkey-1:HH:...:)", file=sys.stderr)
             return 2
         if trid["trtype"] != "TCP":
