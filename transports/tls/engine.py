@@ -25,6 +25,7 @@ from . import openssl as O
 from .psk import SUITES, PskEntry, cipher_id
 
 Lookup = Callable[[bytes], PskEntry | None]
+BIG_WRITE = 8192  # buffers at least this large are encrypted without joining
 
 
 class TlsError(Exception):
@@ -108,7 +109,6 @@ def _ctx(server: bool) -> int:
     lb.SSL_CTX_set_options(
         ctx, O.SSL_OP_NO_TICKET | O.SSL_OP_NO_COMPRESSION | O.SSL_OP_NO_RENEGOTIATION
     )
-    lb.SSL_CTX_ctrl(ctx, O.SSL_CTRL_MODE, O.SSL_MODE_RELEASE_BUFFERS, None)
     if lb.SSL_CTX_set_ciphersuites(ctx, ":".join(SUITES).encode()) != 1:
         raise TlsError(f"SSL_CTX_set_ciphersuites: {O.last_error()}")
     lb.SSL_CTX_set_num_tickets(ctx, 0)
@@ -237,16 +237,28 @@ class TlsEngine:
         return 0
 
     def write(self, bufs: Sequence[Any]) -> int:
-        """Encrypt plaintext buffers (one SSL_write for all); returns bytes taken."""
+        """Encrypt plaintext buffers; returns the bytes taken. Small buffers
+        (PDU headers, responses) are joined so that they share a record;
+        a large one (read data) is encrypted in place, not copied first."""
         if self._ssl is None:
             raise TlsError("TLS engine closed")
-        if len(bufs) == 1:
-            data = bufs[0]
-        else:
-            data = b"".join(bufs)
+        total = 0
+        small: list[Any] = []
+        for b in bufs:
+            n = len(b)
+            if n >= BIG_WRITE:
+                if small:
+                    total += self._write1(b"".join(small))
+                    small = []
+                total += self._write1(b)
+            elif n:
+                small.append(b)
+        if small:
+            total += self._write1(small[0] if len(small) == 1 else b"".join(small))
+        return total
+
+    def _write1(self, data: Any) -> int:
         n = len(data)
-        if not n:
-            return 0
         lb = O.lib()
         lb.ERR_clear_error()
         done = c_size_t(0)
@@ -271,14 +283,16 @@ class TlsEngine:
             return 0
         return int(O.lib().BIO_ctrl(self._wbio, O.BIO_CTRL_PENDING, 0, None))
 
-    def take_output(self) -> bytes:
+    def take_output(self) -> bytearray:
         """Ciphertext to send to the peer (b"" when none)."""
         n = self.pending_output()
         if not n:
             return b""
         out = bytearray(n)
         got = O.lib().BIO_read(self._wbio, (ctypes.c_char * n).from_buffer(out), n)
-        return bytes(out[: max(got, 0)])
+        if got != n:
+            del out[max(got, 0) :]
+        return out
 
     def close_notify(self) -> None:
         if self._ssl is not None and self.done:
