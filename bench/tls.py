@@ -219,9 +219,10 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "The TLS path (transports/nvmf/tcp_tls.py, transports/tls/) copies: ciphertext into "
         "OpenSSL's memory BIO and back out, plaintext into the PDU reader's buffer; a flush's "
-        "output is joined and encrypted in one SSL_write (16 KiB records), then leaves in one "
-        "sendmsg. AES-GCM itself runs in OpenSSL (AES-NI); the per-I/O Python cost is the "
-        "ctypes calls (SSL_write, BIO_read, BIO_write, SSL_read: 4-6 per flush on each side).",
+        "small buffers (headers, responses) are joined into one record, read data is encrypted "
+        "in place (16 KiB records), and all of it leaves in one sendmsg. AES-GCM itself runs in "
+        "OpenSSL (AES-NI); the per-I/O Python cost is the ctypes calls (SSL_write, BIO_read, "
+        "BIO_write, SSL_read per record on each side).",
     ]
     errs = [
         f"{row['label']} {w}: {e}"

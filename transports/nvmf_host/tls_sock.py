@@ -33,6 +33,7 @@ class TlsSocket:
         self.backlog = bytearray()
         self._rbuf = bytearray(RECV_SIZE)
         self._eof = False
+        self._maybe = True  # SSL_read may find plaintext (input fed since it last had none)
 
     # -- the handshake (blocking, with a deadline) -------------------------------
     def handshake(self, timeout: float) -> None:
@@ -64,6 +65,7 @@ class TlsSocket:
                         "(no TLS on this listener, or the key was refused)"
                     )
                 self.tls.feed(memoryview(self._rbuf)[:n])
+                self._maybe = True
         finally:
             sock.settimeout(was)
 
@@ -124,14 +126,16 @@ class TlsSocket:
         if nbytes:
             mv = mv[:nbytes]
         while True:
-            try:
-                got = self.tls.read_into(mv)
-            except TlsClosed:
-                return 0
-            except TlsError as e:
-                raise ConnectionError(f"TLS: {e}") from None
-            if got:
-                return got
+            if self._maybe:  # OpenSSL may hold input: a poll loop skips SSL_read when not
+                try:
+                    got = self.tls.read_into(mv)
+                except TlsClosed:
+                    return 0
+                except TlsError as e:
+                    raise ConnectionError(f"TLS: {e}") from None
+                if got:
+                    return got
+                self._maybe = False
             if self._eof:
                 return 0
             n = self.sock.recv_into(self._rbuf)  # BlockingIOError / timeout pass through
@@ -139,6 +143,7 @@ class TlsSocket:
                 self._eof = True
                 return 0
             self.tls.feed(memoryview(self._rbuf)[:n])
+            self._maybe = True
 
     def recv(self, n: int, flags: int = 0) -> bytes:
         if flags & socket.MSG_PEEK:
