@@ -281,3 +281,33 @@ def test_garbage_and_silence_on_secure_listener_are_closed(tls_target):
     # the target still serves a good host afterwards
     with _ctrl(tls_target, HOST384, tls_target.keys[HOST384]).connect() as c:
         assert c.cntlid
+
+
+def test_save_config_restart_reloads_keys(daemon_factory, run_dir):
+    """save_config holds key names and paths; a target started from it reads
+    the key files again and serves TLS with them."""
+    from tls_fixtures import free_port, key_file
+
+    psk = TlsPsk(2, os.urandom(48))
+    d = daemon_factory().start()
+    d.rpc("keyring_file_add_key", {"name": "k", "path": key_file(run_dir, "r.key", psk)})
+    d.rpc("bdev_malloc_create", {"name": "Malloc0", "num_blocks": 2048, "block_size": 512})
+    d.rpc("nvmf_create_transport", {"trtype": "TCP"})
+    d.rpc("nvmf_create_subsystem", {"nqn": SUB})
+    d.rpc("nvmf_subsystem_add_ns", {"nqn": SUB, "namespace": {"bdev_name": "Malloc0"}})
+    port = free_port()
+    la = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}
+    d.rpc("nvmf_subsystem_add_listener", {"nqn": SUB, "listen_address": la, "secure_channel": True})
+    d.rpc("nvmf_subsystem_add_host", {"nqn": SUB, "host": HOST384, "psk": "k"})
+    cfg = run_dir / "saved.json"
+    cfg.write_text(json.dumps(d.rpc("save_config")))
+    d.stop()
+    assert psk.key.hex() not in cfg.read_text()
+    d2 = daemon_factory(extra=["--json", str(cfg)]).start()
+    assert d2.rpc("keyring_get_keys")[0]["name"] == "k"
+    with Controller("127.0.0.1", port, SUB, hostnqn=HOST384, psk=psk, timeout=15).connect() as c:
+        assert c.admin.sock.cipher == "TLS_AES_256_GCM_SHA384"
+    with pytest.raises(TlsHandshakeError):
+        Controller(
+            "127.0.0.1", port, SUB, hostnqn=HOST384, psk=TlsPsk(2, os.urandom(48)), timeout=15
+        ).connect()
