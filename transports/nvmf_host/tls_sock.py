@@ -69,7 +69,7 @@ class TlsSocket:
         finally:
             sock.settimeout(was)
 
-    def _send_blocking(self, data: bytes, deadline: float) -> None:
+    def _send_blocking(self, data: bytes | bytearray, deadline: float) -> None:
         mv = memoryview(data)
         while mv:
             left = max(deadline - time.monotonic(), 0.001)

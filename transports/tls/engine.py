@@ -284,10 +284,10 @@ class TlsEngine:
         return int(O.lib().BIO_ctrl(self._wbio, O.BIO_CTRL_PENDING, 0, None))
 
     def take_output(self) -> bytearray:
-        """Ciphertext to send to the peer (b"" when none)."""
+        """Ciphertext to send to the peer (empty when none)."""
         n = self.pending_output()
         if not n:
-            return b""
+            return bytearray()
         out = bytearray(n)
         got = O.lib().BIO_read(self._wbio, (ctypes.c_char * n).from_buffer(out), n)
         if got != n:
