@@ -921,6 +921,10 @@ def nvmf_subsystem_allow_any_host(
 ) -> bool:
     st = _st(ctx)
     ss = _subsys(st, nqn)
+    if allow_any_host and any(li.get("secure_channel") for li in ss["listeners"]):
+        raise invalid_params(
+            f"{nqn} has a secure-channel listener: allowing any host would bypass its PSKs"
+        )
     ss["allow_any_host"] = allow_any_host
     if not allow_any_host:
         for e in st.ctrlrs_of(nqn):

@@ -155,6 +155,10 @@ def test_secure_listener_rules(tls_target):
             "nvmf_subsystem_add_host", {"nqn": SUB, "host": "nqn.2014-08.org.x:h9", "psk": "nope"}
         )
     d.rpc("nvmf_delete_subsystem", {"nqn": "nqn.2016-06.io.spdk:any"})
+    # and the other way round: no allow_any_host once a listener is secure
+    with pytest.raises(RpcError, match="secure-channel listener"):
+        d.rpc("nvmf_subsystem_allow_any_host", {"nqn": SUB, "allow_any_host": True})
+    assert d.rpc("nvmf_get_subsystems", {"nqn": SUB})[0]["allow_any_host"] is False
 
 
 def test_bdev_nvme_attach_controller_over_tls(tls_target, daemon_factory, run_dir):
