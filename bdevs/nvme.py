@@ -113,6 +113,15 @@ class _Fused:
         self.ch.read(self.lba, self.nlb, got)
 
 
+def _tls_entry(c: dict[str, Any]) -> Any:
+    """The TLS PSK of the controller's queues (derived in the supervisor)."""
+    if not c.get("tls_identity"):
+        return None
+    from ..transports.tls.psk import PskEntry
+
+    return PskEntry(c["tls_identity"], c["tls_suite"], bytes(c["tls_key"]))
+
+
 class NvmeChannel(IoChannel):
     def __init__(self, bdev: NvmeBdev, loop: Any) -> None:
         super().__init__(bdev)
@@ -188,6 +197,7 @@ class NvmeChannel(IoChannel):
                 self._on_fail,
                 timeout=5.0,
                 fc=(c["host_traddr"], c["assoc_id"]) if c.get("trtype") == "FC" else None,
+                tls=_tls_entry(c),
             )
             self.connected_gen = c.get("gen", 0)
         except TransportError as e:

@@ -21,6 +21,10 @@ HEALTH_PERIOD = 1.0  # keep-alive / health check interval on the supervisor
 CTRLRS: dict[str, NvmeCtrlr] = {}  # name -> controller (supervisor process only)
 
 
+def _tls_desc(e: Any) -> dict[str, Any]:
+    return {"tls_identity": e.identity, "tls_suite": e.suite, "tls_key": e.key}
+
+
 class NvmeCtrlr:
     def __init__(self, ctx: Any, name: str, p: dict[str, Any]) -> None:
         self.ctx = ctx
@@ -55,6 +59,7 @@ class NvmeCtrlr:
             keepalive_thread=False,
             trtype=p.get("trtype", "TCP"),
             host_traddr=p.get("hostaddr") if p.get("trtype") == "FC" else None,
+            psk=self._psk(),
         )
         c.connect()
         if p.get("trtype") == "FC":
@@ -74,6 +79,16 @@ class NvmeCtrlr:
 
             self._fd = c.admin.sock.fileno()
             loop.add_fd(self._fd, EPOLLIN, lambda _e: self._on_readable())
+
+    def _psk(self) -> Any:
+        """The configured TLS PSK named by --psk (read from the keyring at
+        each connect, so a reconnect uses the key as loaded now)."""
+        name = self.p.get("psk")
+        if not name:
+            return None
+        from ..control.keyring import keyring_of
+
+        return keyring_of(self.ctx).tls_psk(name)
 
     def namespaces(self) -> list[tuple[int, Any]]:
         return [
@@ -109,6 +124,9 @@ class NvmeCtrlr:
             "ctrlr_loss_timeout_sec": p.get("ctrlr_loss_timeout_sec") or 0,
             "fast_io_fail_timeout_sec": p.get("fast_io_fail_timeout_sec") or 0,
             "max_xfer": self.max_xfer,
+            # the reactors' I/O queues do TLS with the same derived PSK (the
+            # configured key never leaves the supervisor)
+            **(_tls_desc(c.tls) if c is not None and getattr(c, "tls", None) else {}),
         }
 
     def publish(self) -> None:
@@ -316,6 +334,13 @@ _HOSTSVCID = Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF h
         help="Set multipath behavior (disable, failover, multipath)",
     ),
     Param("num_io_queues", int, required=False, min=1, help="Number of IO queues to request"),
+    Param(
+        "psk",
+        str,
+        required=False,
+        short="-k",
+        help="Name of the TLS PSK (keyring_file_add_key) for NVMe/TCP over TLS 1.3",
+    ),
     aliases=("construct_nvme_bdev",),
     ignored=(
         Param(
@@ -344,6 +369,7 @@ def bdev_nvme_attach_controller(
     fast_io_fail_timeout_sec: int | None = None,
     hostaddr: str | None = None,
     hostsvcid: str | None = None,
+    psk: str | None = None,
     **_: Any,
 ) -> list[str]:
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
@@ -398,8 +424,15 @@ def bdev_nvme_attach_controller(
         "fast_io_fail_timeout_sec": fast_io_fail_timeout_sec,
         "hostaddr": hostaddr,
         "hostsvcid": hostsvcid,
+        "psk": psk,  # the key's name: save_config never holds the material
     }
+    if psk is not None and p["trtype"] != "TCP":
+        raise invalid_params("parameter 'psk': TLS is for the TCP transport only")
     nc = NvmeCtrlr(ctx, name, p)
+    if psk is not None:
+        from ..control.keyring import keyring_of
+
+        keyring_of(ctx).tls_psk(psk)  # -ENOKEY / -EINVAL before any connection
     try:
         nc.connect()
         nss = nc.namespaces()
@@ -415,6 +448,10 @@ def bdev_nvme_attach_controller(
             nc._drop_ctrl()
             raise RpcError(EEXIST, f"bdev {n} already exists")
     CTRLRS[name] = nc
+    if psk is not None:
+        from ..control.keyring import keyring_of
+
+        keyring_of(ctx).acquire(psk, f"nvme controller {name}")
     for i, (nsid, ns) in enumerate(nss):
         kw: dict[str, Any] = {}
         if any(ns.nguid):
@@ -453,6 +490,10 @@ def bdev_nvme_detach_controller(ctx: Any, name: str, **_: Any) -> bool:
     if nc is None:
         raise RpcError(ENODEV, f"nvme controller {name} not found")
     nc.destroy()
+    if nc.p.get("psk"):
+        from ..control.keyring import keyring_of
+
+        keyring_of(ctx).release(nc.p["psk"], f"nvme controller {name}")
     return True
 
 

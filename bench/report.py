@@ -382,6 +382,7 @@ STANDALONE = (
     ("fuzz", "Coverage-guided fuzzing"),
     ("stack", "Stackable bdevs: cost on the malloc path"),
     ("resv", "NVMe reservations: cost of a held reservation (same run)"),
+    ("tls", "NVMe/TCP with TLS 1.3: cost against plain TCP (same run)"),
 )
 
 

@@ -596,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import resv
 
         return resv.main(argv[2:])
+    if argv[:2] == ["--only", "tls"]:  # TLS vs plain NVMe/TCP rows: bench/tls.py
+        from . import tls
+
+        return tls.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

@@ -685,7 +685,13 @@ def parse_bf_perf(res: Any, wl: Workload) -> tuple[float, float, float | None]:
 
 
 def bf_perf_cmd(
-    trid: str, wl: Workload, duration: float, workers: int, json_path: str, busy_poll: bool = False
+    trid: str,
+    wl: Workload,
+    duration: float,
+    workers: int,
+    json_path: str,
+    busy_poll: bool = False,
+    extra: list[str] | None = None,
 ) -> list[str]:
     return [
         *BF_CLI,
@@ -705,6 +711,7 @@ def bf_perf_cmd(
         "--json",
         json_path,
         *(["--busy-poll"] if busy_poll else []),
+        *(extra or []),
     ]
 
 
@@ -718,12 +725,13 @@ def run_bf_perf(
     rec: Recorder,
     during: Callable[[], Callable[[], None]] | None = None,
     busy_poll: bool = False,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
     """One `blockfabric perf` run. `during` (optional) is started just before
     the load and returns a function to finish it after (used for py-spy)."""
     fd, json_path = tempfile.mkstemp(prefix="bf-perf-", suffix=".json")
     os.close(fd)
-    cmd = bf_perf_cmd(trid, wl, duration, workers, json_path, busy_poll)
+    cmd = bf_perf_cmd(trid, wl, duration, workers, json_path, busy_poll, extra)
     shown = ["FILE" if x == json_path else x for x in cmd]
     rec.add(["taskset", "-c", cpulist(load_cpus), *shown])
     cs = shlex.join(["taskset", "-c", cpulist(load_cpus), *shown])

@@ -61,7 +61,6 @@ _COMPAT: dict[str, tuple[Param, ...]] = {
     ),
     "vmd_enable": (),
     "nvmf_set_crdt": (_o("crdt1", int, "-t1"), _o("crdt2", int, "-t2"), _o("crdt3", int, "-t3")),
-    "keyring_file_add_key": (Param("name", str, pos=0), Param("path", str, pos=1)),
     "scsi_set_options": (),
 }
 

@@ -24,7 +24,7 @@ from .errors import RpcError
 from .registry import Registry
 
 # save_config order: what a namespace / LUN refers to must exist before it
-SUBSYSTEM_ORDER = ("bdev", "nvmf", "iscsi")
+SUBSYSTEM_ORDER = ("keyring", "bdev", "nvmf", "iscsi")
 
 Entry = tuple[str, str, dict[str, Any]]  # (label, method, params)
 
@@ -137,7 +137,18 @@ def default_sections() -> dict[str, Section]:
 
         return fn
 
-    return {"bdev": bdev, "nvmf": proto("nvmf"), "iscsi": proto("iscsi")}
+    def keyring(ctx: RpcContext) -> list[dict[str, Any]] | None:
+        # names and paths only: a restart reads the key files again
+        kr = getattr(ctx, "keyring", None)
+        save = getattr(kr, "save_config", None)
+        return save() if save is not None else []
+
+    return {
+        "keyring": keyring,
+        "bdev": bdev,
+        "nvmf": proto("nvmf"),
+        "iscsi": proto("iscsi"),
+    }
 
 
 def build_config(ctx: RpcContext, sections: Mapping[str, Section] | None = None) -> dict[str, Any]:

@@ -27,7 +27,12 @@ LOG_LEVELS = {
 LOG_ROOT = "blockfabric"
 
 # subsystem -> subsystems it depends on (framework_get_subsystems)
-SUBSYSTEMS: dict[str, list[str]] = {"bdev": [], "nvmf": ["bdev"], "iscsi": ["bdev"]}
+SUBSYSTEMS: dict[str, list[str]] = {
+    "keyring": [],
+    "bdev": [],
+    "nvmf": ["bdev", "keyring"],
+    "iscsi": ["bdev"],
+}
 
 # reactors report busy/idle in nanoseconds unless they say otherwise
 DEFAULT_TICK_RATE = 1_000_000_000

@@ -7,6 +7,7 @@ import importlib
 MODULES = (
     "blockfabric.bdevs.rpc",
     "blockfabric.control.framework_methods",
+    "blockfabric.control.keyring_methods",
     "blockfabric.actors.supervisor",
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",

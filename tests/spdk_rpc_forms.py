@@ -45,6 +45,8 @@ SPDK_FORMS: dict[str, str] = {
         "--small-cache-size --large-cache-size --task-count --sequence-count --buf-count"
     ),
     "keyring_file_add_key": "name path",
+    "keyring_file_remove_key": "name",
+    "keyring_get_keys": "-n/--name",
     "vmd_enable": "",
     # --- bdev.py ------------------------------------------------------------
     "bdev_set_options": (
@@ -223,7 +225,6 @@ NOT_DECLARED: dict[tuple[str, str], str] = {
     ("bdev_null_create", "-c/--preferred-unmap-alignment"): "no unmap-hint geometry",
     ("bdev_null_create", "-r/--preferred-unmap-granularity"): "no unmap-hint geometry",
     ("bdev_aio_create", "--no-wait"): "RWF_NOWAIT is not used",
-    ("bdev_nvme_attach_controller", "-k/--psk"): "NVMe/TCP TLS is not supported",
     ("bdev_nvme_attach_controller", "-m/--max-bdevs"): "no limit on namespaces per controller",
     ("bdev_nvme_attach_controller", "--dhchap-key"): "DH-HMAC-CHAP is not supported",
     ("bdev_nvme_attach_controller", "--dhchap-ctrlr-key"): "DH-HMAC-CHAP is not supported",

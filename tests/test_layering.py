@@ -42,6 +42,9 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("blockfabric.transports.nvmf.spec", 3),
     ("blockfabric.transports.nvmf.pdu", 3),
     ("blockfabric.transports.nvmf_host", 3),
+    # NVMe/TCP TLS (PSK derivation, the OpenSSL record layer): the host and
+    # the target's TCP driver both use it
+    ("blockfabric.transports.tls", 3),
     # FC-NVMe wire definitions (IUs, link services, FC addresses, the loopback
     # LLD's framing): the FC host in nvmf_host is built on them, like pdu.py
     ("blockfabric.transports.nvmf.fc_iu", 3),

@@ -163,6 +163,14 @@ def worker_main(conn: Any, cfg: dict[str, Any], progress: Any, shared: Any = Non
     conn.close()
 
 
+def _tls_entry(t: list[str] | None) -> Any:
+    if not t:
+        return None
+    from ..transports.tls.psk import PskEntry
+
+    return PskEntry(t[0], t[1], bytes.fromhex(t[2]))
+
+
 def _connect_queue(cfg: dict[str, Any]) -> Any:
     """A connected I/O queue (a blocking `BlockingQueue`; the caller switches
     its socket to non-blocking for the load loop)."""
@@ -191,6 +199,7 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             cfg["hdgst"],
             cfg["ddgst"],
             10.0,
+            _tls_entry(cfg.get("tls")),
         )
     try:
         bq.execute(
@@ -776,6 +785,23 @@ def run(a: argparse.Namespace) -> int:
             "perf: --reconnect-delay-sec must be > 0 with --ctrlr-loss-timeout-sec", file=sys.stderr
         )
         return 2
+    psk = None
+    if a.psk_path:
+        from ..control.keyring import KeyFormatError, TlsPsk, read_key_file
+
+        try:
+            material = read_key_file(os.path.abspath(a.psk_path))
+        except (OSError, KeyFormatError) as e:
+            print(f"perf: --psk-path: {e}", file=sys.stderr)
+            return 2
+        if isinstance(material, TlsPsk):
+            psk = material
+        else:
+            print("perf: --psk-path: not a TLS PSK (NVMeTLSkey-1:HH:...:)", file=sys.stderr)
+            return 2
+        if trid["trtype"] != "TCP":
+            print("perf: --psk-path: TLS is for the TCP transport only", file=sys.stderr)
+            return 2
     ident: dict[str, Any] = {"hostnqn": trid.get("hostnqn"), "hostid": None}
 
     def make() -> Any:
@@ -791,6 +817,7 @@ def run(a: argparse.Namespace) -> int:
             nr_io_queues=0,
             trtype=trid["trtype"],
             host_traddr=trid.get("hostaddr"),
+            psk=psk,
         ).connect()
 
     try:
@@ -867,6 +894,10 @@ def run(a: argparse.Namespace) -> int:
                 "busy_poll": a.busy_poll,
                 "ctrlr_loss_timeout": loss,
                 "reconnect_delay": delay,
+                # TLS: the PSK derived for (host, subsystem); workers never see the key file
+                "tls": [ctrl.tls.identity, ctrl.tls.suite, ctrl.tls.key.hex()]
+                if ctrl.tls
+                else None,
             }
             r, w = ctx.Pipe(duplex=False)
             v = ctx.RawValue("q", 0)
@@ -1047,6 +1078,7 @@ def _report(
             "time_s": a.time,
             "hdgst": a.hdgst,
             "ddgst": a.ddgst,
+            "tls": bool(a.psk_path),
             "verify": a.verify,
             "ctrlr_loss_timeout_sec": a.ctrlr_loss_timeout_sec,
             "reconnect_delay_sec": a.reconnect_delay_sec,
@@ -1100,6 +1132,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="ddgst",
         action="store_true",
         help="NVMe/TCP data digest",
+    )
+    p.add_argument(
+        "--psk-path",
+        default=None,
+        metavar="FILE",
+        help="NVMe/TCP over TLS 1.3 with the PSK in FILE (NVMeTLSkey-1 interchange format, "
+        "mode 0600); spdk_nvme_perf's option",
     )
     p.add_argument(
         "--verify", action="store_true", help="data integrity mode (write, read back, compare)"

@@ -225,9 +225,9 @@ class FakeCtx:
 def test_build_config_order_and_empty_sections():
     ctx = FakeCtx()
     cfg = build_config(ctx)
-    assert [s["subsystem"] for s in cfg["subsystems"]] == ["bdev", "nvmf", "iscsi"]
-    assert cfg["subsystems"][2]["config"] == []
-    assert cfg["subsystems"][1]["config"] == [
+    assert [s["subsystem"] for s in cfg["subsystems"]] == ["keyring", "bdev", "nvmf", "iscsi"]
+    assert cfg["subsystems"][3]["config"] == []
+    assert cfg["subsystems"][2]["config"] == [
         {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}}
     ]
     # a saved config validates and loads back
@@ -269,7 +269,7 @@ def test_rpc_get_methods_aliases():
 def test_save_and_load_config_methods():
     ctx = FakeCtx()
     saved = REGISTRY.call(ctx, "save_config", None)
-    assert [s["subsystem"] for s in saved["subsystems"]] == ["bdev", "nvmf", "iscsi"]
+    assert [s["subsystem"] for s in saved["subsystems"]] == ["keyring", "bdev", "nvmf", "iscsi"]
     CALLS.clear()
     assert REGISTRY.call(ctx, "load_config", saved) is True
     assert [c[0] for c in CALLS] == ["bdev_malloc_create", "nvmf_create_transport"]
@@ -324,5 +324,5 @@ def test_framework_get_reactors_shape():
 
 def test_framework_get_subsystems():
     subs = REGISTRY.call(None, "framework_get_subsystems", None)
-    assert [s["subsystem"] for s in subs] == ["bdev", "nvmf", "iscsi"]
+    assert [s["subsystem"] for s in subs] == ["keyring", "bdev", "nvmf", "iscsi"]
     assert all(isinstance(s["depends_on"], list) for s in subs)

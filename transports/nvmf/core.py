@@ -133,6 +133,8 @@ class Subsystem:
         self.max_namespaces = int(d.get("max_namespaces", 0))
         self.allow_any_host = bool(d.get("allow_any_host", False))
         self.hosts = set(d.get("hosts", ()))
+        # hosts with a TLS PSK (nvmf_subsystem_add_host --psk): TLS connections only
+        self.tls_hosts = set(d.get("host_psks", ()))
         self.listeners: list[dict[str, Any]] = list(d.get("listeners", ()))
         self.listener_keys = {
             li.get("key", f"{li['traddr']}:{li['trsvcid']}") for li in self.listeners
@@ -332,6 +334,7 @@ class NvmfTarget:
     def __init__(self, ctx: ReactorContext) -> None:
         self.ctx = ctx
         self.subsystems: dict[str, Subsystem] = {}
+        self.has_secure_listeners = False  # a --secure-channel listener exists (TLS)
         self.transport_opts: dict[str, TransportOpts] = {}
         self._applied: dict[str, Any] | None = None
         self.genctr = 0
@@ -383,6 +386,9 @@ class NvmfTarget:
         disc_changed = int(snap.get("genctr", 0)) != self.genctr
         self.genctr = int(snap.get("genctr", 0))
         self.subsystems = new
+        self.has_secure_listeners = any(
+            li.get("secure_channel") for ss in new.values() for li in ss.listeners
+        )
         for ctrl in list(self.controllers.values()):
             ss = new.get(ctrl.subsys.nqn)
             if ss is None or not ss.host_allowed(ctrl.hostnqn):

@@ -58,7 +58,7 @@ def entry(
         tr.trtype_code,
         tr.adrfam_code(str(li.get("adrfam", "IPv4"))),
         subtype,
-        tr.treq(),
+        tr.treq() | (spec.TREQ_SECURE_REQUIRED if li.get("secure_channel") else 0),
         portid,
         spec.CNTLID_DYNAMIC,
         AQ_DEPTH,

@@ -259,7 +259,13 @@ class NvmfTcpDriver:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, opts.sock_priority)
         except OSError:
             pass
-        conn = TcpConnection(self, ctx, sock, listener, target)
+        cls = TcpConnection
+        if target.has_secure_listeners:  # TLS only where a listener asks for it
+            from .tcp_tls import TlsTcpConnection, secure_listener
+
+            if secure_listener(target, listener):
+                cls = TlsTcpConnection
+        conn = cls(self, ctx, sock, listener, target)
         self.conns.add(conn)
         if preread:
             # bytes another reactor read before handing the socket over

@@ -56,6 +56,20 @@ def _invalid(req: Request, offset: int, in_data: bool) -> None:
     req.complete(spec.ST_CONNECT_INVALID_PARAM, spec.connect_ipo(offset, in_data))
 
 
+def _tls_refusal(peer: tuple[str, str] | None, ss: Any, hostnqn: str, subnqn: str) -> str:
+    """Why a Connect breaks the TLS binding ("" when it does not): over TLS the
+    host and subsystem NQNs must be the PSK identity's; a host that has a PSK
+    on the subsystem must come over TLS."""
+    if peer is not None:
+        if peer[0] != hostnqn:
+            return f"host {hostnqn!r} connects with the TLS PSK of {peer[0]!r}"
+        if peer[1] != subnqn and not ss.is_discovery:
+            return f"connect to {subnqn!r} with the TLS PSK for {peer[1]!r}"
+    elif hostnqn in ss.tls_hosts:
+        return f"host {hostnqn!r} has a TLS PSK on {subnqn}: plain TCP refused"
+    return ""
+
+
 def connect(req: Request) -> None:
     qp = req.qp
     target = qp.target
@@ -95,6 +109,12 @@ def connect(req: Request) -> None:
         return _invalid(req, spec.CONNECT_DATA_OFF_SUBNQN, True)
     if not ss.host_allowed(hostnqn):
         _hostlog(qp, "host %r may not access %s", hostnqn, subnqn)
+        return req.complete(
+            spec.ST_CONNECT_INVALID_HOST, spec.connect_ipo(spec.CONNECT_DATA_OFF_HOSTNQN, True)
+        )
+    tls_refusal = _tls_refusal(qp.tls_peer, ss, hostnqn, subnqn)
+    if tls_refusal:
+        _hostlog(qp, "%s", tls_refusal)
         return req.complete(
             spec.ST_CONNECT_INVALID_HOST, spec.connect_ipo(spec.CONNECT_DATA_OFF_HOSTNQN, True)
         )

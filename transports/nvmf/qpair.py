@@ -98,6 +98,8 @@ class QueuePair:
         self.sq_flow_disabled = False
         self.ctrl: Controller | None = None
         self.subsys: Subsystem | None = None
+        # (host NQN, subsystem NQN) of the TLS PSK identity (NVMe/TCP over TLS)
+        self.tls_peer: tuple[str, str] | None = None
         self.cntlid = 0
         self.hostnqn = ""
         self.resv_id = ""  # host identifier for reservations (hex), from Connect

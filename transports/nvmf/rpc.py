@@ -433,6 +433,8 @@ def nvmf_delete_subsystem(ctx: RpcContext, nqn: str, tgt_name: str | None = None
     ss = _subsys(st, nqn)
     for li in list(ss["listeners"]):
         _release_listener(ctx, st, li)
+    for h in list(ss.get("host_psks") or {}):
+        _drop_host_psk(ctx, st, ss, h)
     del st.subsystems[nqn]
     _drop_ctrlrs(ctx, st, nqn)
     st.bump_genctr()
@@ -450,7 +452,10 @@ def subsystem_info(ss: dict[str, Any]) -> dict[str, Any]:
         "subtype": ss["subtype"],
         "listen_addresses": [_listener_out(li) for li in ss["listeners"]],
         "allow_any_host": ss["allow_any_host"],
-        "hosts": [{"nqn": h} for h in ss["hosts"]],
+        "hosts": [
+            {"nqn": h, **({"psk": ss["host_psks"][h]} if h in ss.get("host_psks", {}) else {})}
+            for h in ss["hosts"]
+        ],
     }
     if ss["subtype"] != "Discovery":
         d.update(
@@ -757,12 +762,13 @@ def nvmf_subsystem_add_listener(
 ) -> bool:
     st = _st(ctx)
     ss = _subsys(st, nqn, allow_discovery=True)
-    if secure_channel:
-        raise invalid_params("parameter 'secure_channel': TLS is not supported")
     if ana_state is not None:
         _ana_state_name(ss, ana_state)
     li = _listen_address(listen_address)
     tt = li["trtype"]
+    if secure_channel:
+        _check_secure_listener(ss, tt)
+        li["secure_channel"] = True
     if tt not in st.transports:
         raise invalid_params(
             f"Unable to find transport {tt}: create it with nvmf_create_transport first"
@@ -775,6 +781,12 @@ def nvmf_subsystem_add_listener(
     for s2 in st.subsystems.values():
         for o in s2["listeners"]:
             if _same(o, li):
+                if bool(o.get("secure_channel")) != secure_channel:
+                    raise invalid_params(
+                        f"Listener {li['traddr']}:{li['trsvcid']} is "
+                        f"{'' if o.get('secure_channel') else 'not '}a secure channel "
+                        f"on {s2['nqn']}: one address is TLS or plain for every subsystem"
+                    )
                 key = o["key"]
                 li["trsvcid"] = o["trsvcid"]
     if key is None:
@@ -906,12 +918,49 @@ def nvmf_subsystem_listener_set_ana_state(
 
 
 # ---------------------------------------------------------------- hosts
+def _check_secure_listener(ss: dict[str, Any], trtype: str) -> None:
+    if trtype != "TCP":
+        raise invalid_params("parameter 'secure_channel': TLS is for the TCP transport only")
+    if ss["allow_any_host"]:
+        raise invalid_params(
+            f"{ss['nqn']} allows any host: a secure channel needs hosts with PSKs "
+            "(nvmf_subsystem_allow_any_host -d first)"
+        )
+
+
+def _add_host_psk(ctx: RpcContext, st: NvmfState, ss: dict[str, Any], host: str, psk: str) -> None:
+    """--psk NAME: derive the TLS PSK and identity for (host, subsystem) now;
+    reactors get them in the snapshot (transports/tls/psk.py)."""
+    from ...control.keyring import keyring_of
+    from ..tls.psk import PskError, derive
+
+    kr = keyring_of(ctx)
+    try:
+        entry = derive(kr.tls_psk(psk), host, ss["nqn"])
+    except PskError as e:
+        raise invalid_params(f"parameter 'psk': {e}") from None
+    kr.acquire(psk, f"host {host} on {ss['nqn']}")
+    ss.setdefault("host_psks", {})[host] = psk
+    st.tls_psks[entry.identity] = entry
+
+
+def _drop_host_psk(ctx: RpcContext, st: NvmfState, ss: dict[str, Any], host: str) -> None:
+    from ...control.keyring import keyring_of
+
+    name = (ss.get("host_psks") or {}).pop(host, None)
+    if name is None:
+        return
+    keyring_of(ctx).release(name, f"host {host} on {ss['nqn']}")
+    for ident in [i for i in st.tls_psks if i.endswith(f" {host} {ss['nqn']}")]:
+        del st.tls_psks[ident]
+
+
 @rpc_method(
     "nvmf_subsystem_add_host",
     _NQN,
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
-    Param("psk", str, required=False),
+    Param("psk", str, required=False, help="Name of the TLS PSK (keyring_file_add_key)"),
     Param("dhchap_key", str, required=False),
     Param("dhchap_ctrlr_key", str, required=False),
 )
@@ -927,10 +976,12 @@ def nvmf_subsystem_add_host(
     st = _st(ctx)
     ss = _subsys(st, nqn)
     _check_nqn(host, "host NQN")
-    if psk is not None or dhchap_key is not None or dhchap_ctrlr_key is not None:
+    if dhchap_key is not None or dhchap_ctrlr_key is not None:
         raise invalid_params("TLS PSK and DH-HMAC-CHAP keys are not supported")
     if host in ss["hosts"]:
         raise invalid_params(f"Host {host} is already allowed on {nqn}")
+    if psk is not None:
+        _add_host_psk(ctx, st, ss, host, psk)
     ss["hosts"].append(host)
     st.bump_genctr()
     ctx.config_changed()
@@ -952,6 +1003,7 @@ def nvmf_subsystem_remove_host(
     if host not in ss["hosts"]:
         raise invalid_params(f"Host {host} is not allowed on {nqn}")
     ss["hosts"].remove(host)
+    _drop_host_psk(ctx, st, ss, host)
     if not ss["allow_any_host"]:
         _drop_ctrlrs(ctx, st, nqn, host)
     st.bump_genctr()
@@ -982,6 +1034,10 @@ def nvmf_subsystem_allow_any_host(
 ) -> bool:
     st = _st(ctx)
     ss = _subsys(st, nqn)
+    if allow_any_host and any(li.get("secure_channel") for li in ss["listeners"]):
+        raise invalid_params(
+            f"{nqn} has a secure-channel listener: allowing any host would bypass its PSKs"
+        )
     ss["allow_any_host"] = allow_any_host
     if not allow_any_host:
         for e in st.ctrlrs_of(nqn):

@@ -40,6 +40,7 @@ from typing import Any
 
 from ...control.context import RpcContext, supervisor_op
 from . import ana
+from ..tls.psk import PskEntry
 from .nqn import DISCOVERY_NQN
 from .reservation import NsResv
 
@@ -123,6 +124,9 @@ class NvmfState:
         self.genctr = 0
         # listener key -> number of subsystems using it
         self.listener_refs: dict[str, int] = {}
+        # TLS PSK identity -> the derived PSK (nvmf_subsystem_add_host --psk);
+        # reactors get it in the snapshot, nothing else shows it
+        self.tls_psks: dict[str, PskEntry] = {}
         # controller directory
         self.ctrlrs: dict[tuple[str, int], CtrlrEntry] = {}
         self._next_cntlid: dict[str, int] = {}
@@ -148,6 +152,7 @@ class NvmfState:
         for nqn, ss in self.subsystems.items():
             d = {k: v for k, v in ss.items() if k != "namespaces"}
             d["hosts"] = list(ss["hosts"])
+            d["host_psks"] = dict(ss.get("host_psks") or {})
             d["listeners"] = [dict(x) for x in ss["listeners"]]
             d["namespaces"] = [dict(ns) for _, ns in sorted(ss["namespaces"].items())]
             subs[nqn] = d
@@ -155,6 +160,9 @@ class NvmfState:
             "genctr": self.genctr,
             "transports": {tt: dict(c) for tt, c in self.transports.items()},
             "subsystems": subs,
+            "tls_psks": {
+                ident: {"suite": e.suite, "key": e.key} for ident, e in self.tls_psks.items()
+            },
         }
 
     def save_config(self) -> list[dict[str, Any]]:
@@ -193,13 +201,17 @@ class NvmfState:
                             "listen_address": {
                                 k: li[k] for k in ("trtype", "adrfam", "traddr", "trsvcid")
                             },
-                            "secure_channel": False,
+                            "secure_channel": bool(li.get("secure_channel")),
                         },
                     }
                 )
                 out.extend(ana.saved_calls(nqn, li))
+            psks = ss.get("host_psks") or {}
             for h in ss["hosts"]:
-                out.append({"method": "nvmf_subsystem_add_host", "params": {"nqn": nqn, "host": h}})
+                hp: dict[str, Any] = {"nqn": nqn, "host": h}
+                if h in psks:
+                    hp["psk"] = psks[h]  # the key's name: keyring_file_add_key loads it
+                out.append({"method": "nvmf_subsystem_add_host", "params": hp})
             for nsid, ns in sorted(ss["namespaces"].items()):
                 nsp: dict[str, Any] = {"nsid": nsid, "bdev_name": ns["bdev_name"]}
                 for k in ("nguid", "eui64", "uuid", "ptpl_file"):

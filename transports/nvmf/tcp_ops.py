@@ -11,6 +11,7 @@ them there), the discovery entry fields and the per-poll-group statistics.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ...control.errors import RpcError
@@ -106,6 +107,11 @@ class TcpTransport(NvmfTransportOps):
             sgls=0x1 | (1 << 20),
             msdbd=1,
         )
+
+    def tsas(self, listener: Mapping[str, object]) -> bytes:
+        # TCP TSAS: SECTYPE (byte 0) TLS 1.3 on a --secure-channel listener
+        sectype = spec.TCP_SECTYPE_TLS13 if listener.get("secure_channel") else 0
+        return bytes([sectype]).ljust(256, b"\0")
 
     def listen(self, host: ListenHost, addr: ListenAddress) -> tuple[str, str]:
         # raises RpcError (e.g. -98 address in use), passed on to the RPC caller

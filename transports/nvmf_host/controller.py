@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ...control.keyring import TlsPsk
 from ..nvmf import spec as S
+from ..tls.psk import PskEntry, derive
 from .queue import (
     ST_ABORTED_BY_HOST,
     ST_HOST_PATH_ERROR,
@@ -44,6 +46,20 @@ def default_hostnqn(hostid: bytes) -> str:
 
 def _sock_opts(s: socket.socket) -> None:
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _tls_wrap(sock: socket.socket, entry: PskEntry, timeout: float) -> Any:
+    """TLS 1.3 handshake with the PSK ``entry`` on a connected socket; the
+    wrapper the queue uses from now on (tls_sock.py)."""
+    from .tls_sock import TlsSocket
+
+    ts = TlsSocket(sock, entry)
+    try:
+        ts.handshake(timeout)
+    except BaseException:
+        ts.close()
+        raise
+    return ts
 
 
 def send_all_nb(sock: socket.socket, bufs: list[Any]) -> list[Any]:
@@ -266,11 +282,14 @@ class BlockingQueue:
         hdgst: bool,
         ddgst: bool,
         timeout: float,
+        tls: PskEntry | None = None,
     ) -> None:
         self.timeout = timeout
         self.lock = threading.RLock()
-        self.sock = socket.create_connection((traddr, int(trsvcid)), timeout=timeout)
+        self.sock: Any = socket.create_connection((traddr, int(trsvcid)), timeout=timeout)
         _sock_opts(self.sock)
+        if tls is not None:
+            self.sock = _tls_wrap(self.sock, tls, timeout)
         self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
         self.q.start()
         try:
@@ -364,7 +383,10 @@ class Controller:
         keepalive_thread: bool = True,
         trtype: str = "tcp",
         host_traddr: str | None = None,
+        psk: TlsPsk | None = None,
     ) -> None:
+        """``psk``: a configured TLS PSK (keyring); the queues then speak
+        TLS 1.3 with the PSK derived for (host NQN, subsystem NQN)."""
         self.trtype = trtype.lower()
         if self.trtype not in ("tcp", "fc"):
             raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
@@ -375,6 +397,11 @@ class Controller:
         self.subnqn = subnqn
         self.hostid = hostid or uuid_mod.uuid4().bytes
         self.hostnqn = hostnqn or default_hostnqn(self.hostid)
+        self.tls: PskEntry | None = None
+        if psk is not None:
+            if self.trtype != "tcp":
+                raise ValueError("a TLS PSK is for the TCP transport only")
+            self.tls = derive(psk, self.hostnqn, subnqn)
         self.kato_ms = kato_ms
         self.hdgst = hdgst
         self.ddgst = ddgst
@@ -414,7 +441,7 @@ class Controller:
                 self.assoc_id = bq.q.assoc_id
             return bq
         return BlockingQueue(
-            self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout
+            self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout, self.tls
         )
 
     def connect(self, enable: bool = True) -> Controller:
@@ -842,6 +869,7 @@ class LoopQueue:
         on_fail: Callable[[str], Any],
         timeout: float = 10.0,
         fc: tuple[str, int] | None = None,
+        tls: PskEntry | None = None,
     ) -> None:
         """``fc``: (host port traddr, association id): an FC-NVMe I/O queue over
         the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``)."""
@@ -858,13 +886,15 @@ class LoopQueue:
                 parse_traddr(fc[0]), target, qid, qsize, subnqn, hostnqn, hostid, fc[1]
             )
             where: Any = fc_frame.socket_path(target)
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock: Any = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
             self.q = HostQueue(qid=qid, qsize=qsize, hdgst=hdgst, ddgst=ddgst)
             where = (traddr, int(trsvcid))
             fam = socket.AF_INET6 if ":" in traddr else socket.AF_INET
             self.sock = socket.socket(fam, socket.SOCK_STREAM)
             _sock_opts(self.sock)
+        self.tls = tls
+        self.timeout = timeout
         self.icd_max = icd_max
         self.on_ready = on_ready
         self.on_fail = on_fail
@@ -900,6 +930,16 @@ class LoopQueue:
                 self._fail(f"connect failed: {os.strerror(err)}")
                 return
             self._connecting = False
+            if self.tls is not None:
+                # the handshake blocks this loop for its round trips (bounded
+                # by the timeout); then the queue runs non-blocking over TLS
+                try:
+                    self.sock.setblocking(True)
+                    self.sock = _tls_wrap(self.sock, self.tls, self.timeout)
+                    self.sock.setblocking(False)
+                except (OSError, TransportError) as e:
+                    self._fail(str(e))
+                    return
             self.loop.modify_fd(self.fd, EPOLLIN)
             self.q.on_ic = self._after_ic
             self.q.start()
@@ -973,11 +1013,13 @@ class LoopQueue:
             return
         bufs = self._pending + self.q.take_tx() if self._pending else self.q.take_tx()
         try:
+            if self.tls is not None:
+                self.sock.flush()  # ciphertext the socket did not take last time
             self._pending = send_all_nb(self.sock, bufs)
         except OSError as e:
             self._fail(f"send failed: {e}")
             return
-        want = bool(self._pending)
+        want = bool(self._pending) or bool(getattr(self.sock, "backlog", None))
         if want != self._want_out:
             self._want_out = want
             self.loop.modify_fd(self.fd, EPOLLIN | (EPOLLOUT if want else 0))

@@ -49,6 +49,9 @@ ALLOWED_OUTSIDE = (
     "blockfabric.transports.base",
     # what NVMe reservations share with SCSI persistent reservations
     "blockfabric.transports.resv_common",
+    # TLS PSK identity/derivation: pure functions over keys (hashlib), no I/O;
+    # nvmf_subsystem_add_host --psk derives in the supervisor (rpc/state)
+    "blockfabric.transports.tls.psk",
 )
 
 
