@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...control.context import RpcContext, supervisor_op
-from . import ana
 from ..tls.psk import PskEntry
+from . import ana
 from .nqn import DISCOVERY_NQN
 from .reservation import NsResv
 
