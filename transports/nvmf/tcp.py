@@ -225,6 +225,11 @@ class TcpQpair(QueuePair):
                 if self.over_limit:
                     self.paused = True  # stop parsing until the output drains
                     return
+                if reader._start == reader._end and reader.failed is None:
+                    # all of it parsed (the usual end of a per-command recv):
+                    # what next_pdu would say, without the call
+                    reader._need = 8
+                    return
                 pdu = reader.next_pdu()
                 if pdu is None:
                     return
