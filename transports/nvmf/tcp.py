@@ -222,7 +222,7 @@ class TcpQpair(QueuePair):
                     self._fast_loop()
                     if self.paused or self.want_close:
                         return
-                if self.over_limit:
+                if self.out_bytes + self.backlog > self.opts.max_unsent_bytes:  # over_limit
                     self.paused = True  # stop parsing until the output drains
                     return
                 if reader._start == reader._end and reader.failed is None:
