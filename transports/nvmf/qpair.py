@@ -298,7 +298,7 @@ class QueuePair:
             if self.closed:
                 self.finish(req, status)
                 return
-            mv = data if isinstance(data, memoryview) else memoryview(data)
+            mv = data if type(data) is memoryview else memoryview(data)
             if len(mv) > req.sgl_len:
                 mv = mv[: req.sgl_len]
             implied = self.send_data(req, mv, status, result)

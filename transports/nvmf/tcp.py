@@ -333,7 +333,7 @@ class TcpQpair(QueuePair):
         subsys = self.subsys
         assert subsys is not None  # fast_ok checked it
         namespaces = subsys.namespaces
-        icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
+        icd = -1  # the in-capsule data limit: looked up at the first write
         max_io = self.opts.max_io_size
         ch_unpack = P.CH.unpack_from
         rw_unpack = _RW.unpack_from
@@ -389,6 +389,10 @@ class TcpQpair(QueuePair):
                     ch.read(slba, nlb, req.read_done)
                 elif op == _IO_WRITE:
                     # in-capsule data only; R2T writes take the general path
+                    if icd < 0:
+                        icd = min(
+                            r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size
+                        )
                     if ident != _SGL_INCAPSULE or sgl_len != n or addr or n > icd:
                         return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
