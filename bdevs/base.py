@@ -138,8 +138,9 @@ class IoChannel:
             self.stats.io_errors += 1
             cb(st, None)
             return
-        self.stats.num_read_ops += 1
-        self.stats.bytes_read += num_blocks * self.bdev.block_size
+        stats = self.stats
+        stats.num_read_ops += 1
+        stats.bytes_read += num_blocks * self.bdev.block_size
         # hooks take ``into``/``fua`` as optional trailing arguments, so
         # modules (and test doubles) written before them keep working
         if into is None:

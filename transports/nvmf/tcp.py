@@ -69,6 +69,8 @@ _IO_READ = spec.IO_READ
 _IO_WRITE = spec.IO_WRITE
 _C2H_SUCCESS_LAST = P.FLAG_DATA_LAST | P.FLAG_DATA_SUCCESS
 _RESP_PACK = P.RESP_HDR.pack
+_CH_UNPACK_FROM = P.CH.unpack_from
+_RW_UNPACK_FROM = _RW.unpack_from
 _DATA_PACK = P.DATA_HDR.pack
 
 
@@ -335,8 +337,8 @@ class TcpQpair(QueuePair):
         namespaces = subsys.namespaces
         icd = -1  # the in-capsule data limit: looked up at the first write
         max_io = self.opts.max_io_size
-        ch_unpack = P.CH.unpack_from
-        rw_unpack = _RW.unpack_from
+        ch_unpack = _CH_UNPACK_FROM
+        rw_unpack = _RW_UNPACK_FROM
         limit_out = self.opts.max_unsent_bytes - self.backlog
         wt = self.write_through
         n_io = 0
