@@ -10,18 +10,34 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# Published figures for SPDK on these machines (issue 5): reference only,
-# never measured in the same run as blockfabric.
+# Published figures for SPDK on these machines (issue 15: SPDK v26.05 nvmf_tgt and
+# iscsi_tgt on one core, driven by C load generators, 2026-12-01): reference
+# only, never measured in the same run as blockfabric.
 SPDK_NVMF_REF: dict[str, dict[str, float]] = {
-    "rr4k_qd1": {"iops": 52_000, "lat_us": 19.0},
-    "rr4k_qd32": {"iops": 357_000},
-    "rr4k_qd128": {"iops": 424_000},
-    "rw4k_qd32": {"iops": 342_000},
-    "sr128k_qd16": {"mib_s": 2_850, "iops": 2_850 * 8},
+    "rr4k_qd1": {"iops": 70_652},
+    "rr4k_qd32": {"iops": 396_125},
+    "rr4k_qd128": {"iops": 400_037},
+    "rw4k_qd32": {"iops": 326_583},
+    "sr128k_qd16": {"mib_s": 3_106, "iops": 3_106 * 8},
 }
-SPDK_ISCSI_REF: dict[str, dict[str, float]] = {"rr4k_qd32": {"iops": 119_000}}
+SPDK_ISCSI_REF: dict[str, dict[str, float]] = {"rr4k_qd32": {"iops": 209_606}}
+# issue 15's targets for one reactor, per-command submission
+NVMF_TARGETS: dict[str, dict[str, float]] = {
+    "rr4k_qd1": {"iops": 50_000},
+    "rr4k_qd32": {"iops": 200_000},
+    "rw4k_qd32": {"iops": 160_000},
+    "sr128k_qd16": {"mib_s": 3_000},
+}
 
-METRICS = ("iops", "mib_s", "lat_us", "target_cpu_pct", "load_cpu_pct", "other_cpu_pct")
+METRICS = (
+    "iops",
+    "mib_s",
+    "lat_us",
+    "target_cpu_pct",
+    "load_cpu_pct",
+    "other_cpu_pct",
+    "cpu_us_per_io",
+)
 
 
 def median_of(reps: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -156,6 +172,28 @@ def iscsi_table(results: dict[str, Any], markdown: bool) -> str:
     return table(hdr, out, markdown)
 
 
+def _nvmf_row(rows: list[dict[str, Any]], key: str, **mode: str) -> dict[str, Any] | None:
+    """The row of one submission/poll mode; results from before the modes
+    existed have one row per workload (batch submission, busy reactor)."""
+    r = _row(rows, system="blockfabric", workload=key, **mode)
+    if r is None and mode == {"submission": "batch", "poll": "busy"}:
+        r = _row(rows, system="blockfabric", workload=key, submission=None)
+    return r
+
+
+def _target(key: str, iops: float | None, mib: float | None) -> str:
+    t = NVMF_TARGETS.get(key)
+    if not t:
+        return "-"
+    if "mib_s" in t:
+        got, want, unit = mib, t["mib_s"], " MiB/s"
+    else:
+        got, want, unit = iops, t["iops"], ""
+    if got is None:
+        return f">= {want:,.0f}{unit}"
+    return f">= {want:,.0f}{unit}: {'met' if got >= want else f'{got / want:.2f}x'}"
+
+
 def nvmf_table(results: dict[str, Any], markdown: bool) -> str:
     sec = results["sections"]["nvmf"]
     rows = sec.get("rows", [])
@@ -166,14 +204,20 @@ def nvmf_table(results: dict[str, Any], markdown: bool) -> str:
         "bf MiB/s",
         "bf lat us",
         "bf CPU t/l %",
+        "adaptive IOPS",
+        "CPU us/IO (adaptive)",
+        "batch IOPS",
         "% of loopback ceiling",
         "SPDK ref IOPS",
         "SPDK ref MiB/s",
         "bf/SPDK ref",
+        "target (issue 15)",
     ]
     out = []
     for key, label in _workloads(sec):
-        b = _row(rows, system="blockfabric", workload=key)
+        b = _nvmf_row(rows, key, submission="per-command", poll="busy")
+        ad = _nvmf_row(rows, key, submission="per-command", poll="adaptive")
+        ba = _nvmf_row(rows, key, submission="batch", poll="busy")
         ref = SPDK_NVMF_REF.get(key, {})
         mib = _med(b, "mib_s")
         pct = (
@@ -189,10 +233,14 @@ def nvmf_table(results: dict[str, Any], markdown: bool) -> str:
                 _cell(b, "mib_s"),
                 _cell(b, "lat_us", ".1f"),
                 _cpu(b["median"]) if b and b["status"] == "ok" else "-",
+                _cell(ad, "iops") if ad else "-",
+                _cell(ad, "cpu_us_per_io", ".2f") if ad else "-",
+                _cell(ba, "iops") if ba else "-",
                 pct,
                 _n(ref.get("iops")),
                 _n(ref_mib) if ref_mib else "-",
                 _ratio(_med(b, "iops"), ref.get("iops")),
+                _target(key, _med(b, "iops"), mib),
             ]
         )
     return table(hdr, out, markdown)
@@ -202,13 +250,13 @@ def ceiling_table(results: dict[str, Any], markdown: bool) -> str:
     r = _row(results["sections"]["ceiling"].get("rows", []), system="loopback")
     hdr = ["stream", "MiB/s", "receiver CPU %", "sender CPU %"]
     if r is None:
-        return table(hdr, [["128 KiB sends, 1 TCP stream", "not run", "-", "-"]], markdown)
+        return table(hdr, [["iperf3, 128 KiB writes, 1 TCP stream", "not run", "-", "-"]], markdown)
     m = r["median"]
     return table(
         hdr,
         [
             [
-                "128 KiB sends, 1 TCP stream",
+                "iperf3, 128 KiB writes, 1 TCP stream",
                 _cell(r, "mib_s"),
                 _n(m.get("target_cpu_pct"), ".0f"),
                 _n(m.get("load_cpu_pct"), ".0f"),
@@ -309,11 +357,11 @@ def interference(sec: dict[str, Any]) -> str | None:
 
 
 SECTION_TITLES = {
-    "ceiling": "Loopback ceiling",
+    "ceiling": "Loopback ceiling (iperf3)",
     "iscsi": "iSCSI: blockfabric vs tgt (same run)",
     "nvmf": "NVMe/TCP: blockfabric (same run) vs SPDK nvmf_tgt (reference, NOT same run)",
     "scaling": "Scaling: blockfabric NVMe/TCP, 4 KiB rand read QD32, 1 vs 2+ reactors",
-    "profile": "Profile: blockfabric reactor during 4 KiB rand read QD32 (py-spy)",
+    "profile": "Profile: blockfabric reactor during 4 KiB rand read QD32, per-command submission (py-spy)",
 }
 TABLES = {
     "ceiling": ceiling_table,
@@ -459,12 +507,13 @@ def markdown_report(results: dict[str, Any]) -> str:
             md += [f"- {x}" for x in (*notes, *fl)] + [""]
     if "nvmf" in secs or "iscsi" in secs:
         md += [
-            "SPDK reference figures (from the issue, measured earlier on these machines, "
-            "not in this run): nvmf_tgt 4 KiB randread 52 000 IOPS at QD1 (19 us), 357 000 at "
-            "QD32, 424 000 at QD128, randwrite 342 000 at QD32, 2 850 MiB/s at 128 KiB QD16; "
-            "iscsi_tgt 119 000 IOPS at QD32 with iscsi-perf. There is no NVMe/TCP peer target "
-            "installable here (no SPDK package, no nvmet kernel module), so the NVMe/TCP table "
-            "compares against the loopback ceiling (same run) and these references.",
+            "SPDK reference figures (issue 15: SPDK v26.05 on one core of these machines, "
+            "driven by C load generators, 2026-12-01; not in this run): nvmf_tgt 4 KiB "
+            "randread 70 652 IOPS at QD1, 396 125 at QD32, 400 037 at QD128, randwrite "
+            "326 583 at QD32, 3 106 MiB/s at 128 KiB QD16; iscsi_tgt 209 606 IOPS at QD32 "
+            "with iscsi-perf. There is no NVMe/TCP peer target installable here (no SPDK "
+            "package, no nvmet kernel module), so the NVMe/TCP table compares against the "
+            "loopback ceiling (iperf3, same run) and these references.",
             "",
         ]
     if results.get("plot"):

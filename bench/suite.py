@@ -253,7 +253,7 @@ def measure(
 
 
 def section_ceiling(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
-    wl = Workload("stream128k", "128 KiB sends, 1 TCP stream", "write", 131072, 1)
+    wl = Workload("stream128k", "iperf3, 128 KiB writes, 1 TCP stream", "write", 131072, 1)
     row = measure(
         "loopback",
         "tcp",
@@ -265,8 +265,9 @@ def section_ceiling(a: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
     return {
         "rows": [row],
         "notes": [
-            f"receiver (recv_into a fixed 128 KiB buffer) pinned to CPU {a.target_cpus[0]}, sender "
-            f"(sendall of 128 KiB) pinned to CPU {a.load_cpus[0]}: the most one core pushes through "
+            f"iperf3 (C) over 127.0.0.1, one TCP stream of 128 KiB writes: server (receiver) "
+            f"pinned to CPU {a.target_cpus[0]} like the targets, client (sender) pinned to CPU "
+            f"{a.load_cpus[0]} like the load generators: the most one core pushes through "
             "loopback, the physical limit for 128 KiB transfers. CPU columns: receiver/sender."
         ],
     }
@@ -342,6 +343,8 @@ def section_nvmf(
     prof: dict[str, Any] | None = None
     run_rows = "nvmf" in a.sections
     bf1 = a.target_cpus[:1]
+    # the adaptive (CPU per I/O) and batch runs: one each, half as long
+    short = a.duration if a.quick else max(3.0, a.duration / 2)
     bf = BlockfabricTarget(bf1, bf1, rec, "n")
     _log("[nvmf] starting blockfabric")
     try:
@@ -367,6 +370,10 @@ def section_nvmf(
             rec,
         )
         if run_rows:
+            # the rows: per-command submission (as real hosts send), busy-polling
+            # reactor; then the same per-command load against the adaptive reactor
+            # (it sleeps when idle, so its CPU time is the cost of the I/O: CPU-s
+            # per I/O), then the batch submission (gathered sends) for comparison
             for wl in WORKLOADS:
                 rows.append(
                     measure(
@@ -378,15 +385,86 @@ def section_nvmf(
                             trid, wl, a.duration, 1, a.load_cpus, bf.pids, rec, busy_poll=True
                         ),
                         bf.alive,
+                        submission="per-command",
+                        poll="busy",
                     )
                 )
+            for wl in WORKLOADS:
+                rows.append(
+                    measure(
+                        "blockfabric",
+                        "nvmf",
+                        wl,
+                        1,
+                        lambda wl=wl: run_bf_perf(
+                            trid,
+                            wl,
+                            short,
+                            1,
+                            a.load_cpus,
+                            bf.pids,
+                            rec,
+                            busy_poll=True,
+                            submission="batch",
+                        ),
+                        bf.alive,
+                        submission="batch",
+                        poll="busy",
+                    )
+                )
+            try:
+                bf.rpc("framework_set_poll_mode", {"mode": "adaptive"})
+            except BenchError as e:
+                rows.extend(
+                    failed_row(
+                        "blockfabric",
+                        "nvmf",
+                        wl,
+                        f"adaptive mode: {e}",
+                        submission="per-command",
+                        poll="adaptive",
+                    )
+                    for wl in WORKLOADS
+                )
+            else:
+                for wl in WORKLOADS:
+                    rows.append(
+                        measure(
+                            "blockfabric",
+                            "nvmf",
+                            wl,
+                            1,
+                            lambda wl=wl: run_bf_perf(
+                                trid, wl, short, 1, a.load_cpus, bf.pids, rec, busy_poll=True
+                            ),
+                            bf.alive,
+                            submission="per-command",
+                            poll="adaptive",
+                        )
+                    )
+                try:
+                    bf.rpc("framework_set_poll_mode", {"mode": "busy"})
+                except BenchError as e:
+                    _log(f"[nvmf] back to busy polling failed: {e}")
         if profile:
             prof = run_profile(a, rec, bf, trid, out_dir)
     finally:
         bf.stop()
     notes = [
-        "Load: `blockfabric perf --busy-poll` (spdk_nvme_perf-like NVMe/TCP host in Python, "
-        "1 worker) pinned to the load CPU. % of loopback ceiling is given for the bandwidth case."
+        "Load: `blockfabric perf --busy-poll --submission per-command` (spdk_nvme_perf-like "
+        "NVMe/TCP host in Python, 1 worker) pinned to the load CPU: every command PDU is sent "
+        "on its own as it is queued (one send per command, as the Linux and SPDK hosts do). "
+        "IOPS, MiB/s, latency and CPU: the reactor busy-polls (`--poll-mode busy`), "
+        f"{a.reps} repetition(s), median.",
+        "CPU us/IO (adaptive): the same per-command load against the reactor in adaptive "
+        "polling (it spins 200 us after the last event, then sleeps; its CPU time is what "
+        "the I/O cost, spinning between close events included): target "
+        "CPU-seconds (supervisor + reactor, over the whole perf run) / completed I/Os, "
+        f"one {short:g} s run; its IOPS beside it.",
+        "batch IOPS: `--submission batch` (the commands queued while one recv's completions "
+        "are handled go out in one sendmsg: fewer target wakes than a real host causes), "
+        f"busy reactor, one {short:g} s run.",
+        "% of loopback ceiling (iperf3, same run) is given for the bandwidth case.",
     ]
     return ({"rows": rows, "notes": notes} if run_rows else None), prof
 
@@ -427,7 +505,8 @@ def run_profile(
         "notes": [
             "py-spy record --nonblocking -F -f raw at 250 Hz on the reactor process "
             "during a separate (profiled, not measured) 4 KiB rand read QD32 run; "
-            "self samples of the innermost frame, aggregated per function "
+            "self samples of the innermost frame, aggregated per function; load: "
+            "`blockfabric perf --busy-poll --submission per-command` "
             f"(profiled run: {rep.get('iops') or 0:,.0f} IOPS). Raw stacks: "
             f"bench/results/{raw_path.name}."
         ],
@@ -540,7 +619,7 @@ def run(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         (a.out / f"{name}.json").write_text(json.dumps(sec, indent=2))
 
     n_runs = (
-        a.reps * (len(WORKLOADS) if "nvmf" in a.sections else 0)
+        (a.reps + 1) * (len(WORKLOADS) if "nvmf" in a.sections else 0)
         + a.reps * (8 if "iscsi" in a.sections else 0)
         + a.reps * (len(a.scaling_counts) if "scaling" in a.sections else 0)
         + a.reps * (1 if "ceiling" in a.sections else 0)

@@ -692,6 +692,7 @@ def bf_perf_cmd(
     json_path: str,
     busy_poll: bool = False,
     extra: list[str] | None = None,
+    submission: str = "per-command",
 ) -> list[str]:
     return [
         *BF_CLI,
@@ -708,6 +709,8 @@ def bf_perf_cmd(
         str(max(1, round(duration))),
         "-P",
         str(workers),
+        "--submission",
+        submission,
         "--json",
         json_path,
         *(["--busy-poll"] if busy_poll else []),
@@ -726,12 +729,17 @@ def run_bf_perf(
     during: Callable[[], Callable[[], None]] | None = None,
     busy_poll: bool = False,
     extra: list[str] | None = None,
+    submission: str = "per-command",
 ) -> dict[str, Any]:
     """One `blockfabric perf` run. `during` (optional) is started just before
-    the load and returns a function to finish it after (used for py-spy)."""
+    the load and returns a function to finish it after (used for py-spy).
+    ``submission``: perf's --submission (per-command: one send per command PDU,
+    as the Linux and SPDK hosts send; batch: gathered per recv). The rep carries
+    ``cpu_us_per_io``: target CPU-seconds (all its processes, over the whole
+    perf run) per completed I/O, in microseconds."""
     fd, json_path = tempfile.mkstemp(prefix="bf-perf-", suffix=".json")
     os.close(fd)
-    cmd = bf_perf_cmd(trid, wl, duration, workers, json_path, busy_poll, extra)
+    cmd = bf_perf_cmd(trid, wl, duration, workers, json_path, busy_poll, extra, submission)
     shown = ["FILE" if x == json_path else x for x in cmd]
     rec.add(["taskset", "-c", cpulist(load_cpus), *shown])
     cs = shlex.join(["taskset", "-c", cpulist(load_cpus), *shown])
@@ -760,48 +768,88 @@ def run_bf_perf(
     finally:
         Path(json_path).unlink(missing_ok=True)
     if lat is None:
-        return _rep(iops, mib, wl.qd * workers / iops * 1e6, "derived", p, t_cpu, cs)
-    return _rep(iops, mib, lat, "reported", p, t_cpu, cs)
+        rep = _rep(iops, mib, wl.qd * workers / iops * 1e6, "derived", p, t_cpu, cs)
+    else:
+        rep = _rep(iops, mib, lat, "reported", p, t_cpu, cs)
+    ios = perf_ios(res)
+    rep["ios"] = ios
+    rep["cpu_us_per_io"] = round(t_cpu.target_s / ios * 1e6, 3) if ios else None
+    return rep
+
+
+def perf_ios(res: Any) -> int:
+    """Completed I/Os of a `blockfabric perf --json` result (0 if it has none)."""
+    tot = res.get("total") if isinstance(res, dict) else None
+    n = tot.get("ios") if isinstance(tot, dict) else None
+    return int(n) if isinstance(n, (int, float)) and n > 0 else 0
+
+
+def iperf3_path() -> str | None:
+    return shutil.which("iperf3")
+
+
+def parse_iperf3(doc: Any) -> tuple[float, float, float]:
+    """iperf3 -J (client side) -> (receiver MiB/s, receiver CPU %, sender CPU %)."""
+    try:
+        end = doc["end"]
+        bps = float(end["sum_received"]["bits_per_second"])
+        cpu = end.get("cpu_utilization_percent", {})
+        return (
+            bps / 8 / 2**20,
+            float(cpu.get("remote_total", 0.0)),
+            float(cpu.get("host_total", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        err = doc.get("error") if isinstance(doc, dict) else None
+        raise BenchError(f"iperf3 result without a throughput: {err or e}") from e
 
 
 def run_ceiling(
     duration: float, recv_cpus: list[int], send_cpus: list[int], rec: Recorder
 ) -> dict[str, Any]:
-    """One loopback stream, receiver on recv_cpus[0], sender on send_cpus[0]."""
-    base = [sys.executable, "-m", "bench.ceiling"]
-    rcmd = ["taskset", "-c", str(recv_cpus[0]), *base, "recv", "--duration", str(duration)]
-    rec.add(rcmd)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    recv = subprocess.Popen(
-        rcmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env
+    """The loopback ceiling measured by iperf3 (C): one TCP stream of 128 KiB
+    writes over 127.0.0.1, the server (receiver) pinned like the targets, on
+    recv_cpus[0], the client (sender) like the load generators, on send_cpus[0]."""
+    exe = iperf3_path()
+    if exe is None:
+        raise BenchError("iperf3 not installed (apt-get install iperf3; scripts/install-deps.sh)")
+    port = free_port()
+    scmd = ["taskset", "-c", str(recv_cpus[0]), exe, "-s", "-1", "-p", str(port), "-B", "127.0.0.1"]
+    rec.add([*scmd[:-3], "-p", "PORT", "-B", "127.0.0.1"])
+    srv = subprocess.Popen(
+        scmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
     )
     try:
-        assert recv.stdout is not None
-        line = recv.stdout.readline()
-        if not line.startswith("PORT "):
-            raise BenchError(f"ceiling receiver: {line!r}")
-        port = int(line.split()[1])
-        meter = Meter([recv.pid], recv_cpus[:1] + send_cpus[:1])
-        p = run_pinned(
-            [*base, "send", "--port", str(port), "--duration", str(duration)],
-            send_cpus[:1],
-            duration + 30,
-            rec,
-            env=env,
-        )
-        t_recv = meter.stop()
-        out, _ = recv.communicate(timeout=30)
+        ccmd = [exe, "-c", "127.0.0.1", "-p", str(port), "-t", str(max(1, round(duration)))]
+        ccmd += ["-l", "128K", "-J"]
+        p: Proc | None = None
+        for _ in range(50):  # the server listens within a few ms; retry its start-up race
+            meter = Meter([srv.pid], recv_cpus[:1] + send_cpus[:1])
+            p = run_pinned(ccmd, send_cpus[:1], duration + 30)
+            # (iperf3 -J exits 0 also when it could not connect: look at the output)
+            if "Connection refused" not in p.output or srv.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert p is not None
+        t_srv = meter.stop()
+        rec.add(["taskset", "-c", str(send_cpus[0]), *ccmd[:4], "PORT", *ccmd[5:]])
     finally:
-        if recv.poll() is None:
-            recv.kill()
-            recv.wait()
+        if srv.poll() is None:
+            srv.terminate()
+        try:
+            srv.wait(10)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv.wait()
+    if p.timed_out or p.rc != 0:
+        raise BenchError(f"iperf3 client exit {p.rc}: {tail(p.output)}")
     try:
-        r = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError) as e:
-        raise BenchError(f"ceiling receiver output {out!r}") from e
-    mib = r["bytes"] / r["seconds"] / 2**20
-    rep = _rep(mib * 2**20 / 131072, mib, None, "", p, t_recv, "")
-    rep["command"] = "receiver + sender (see commands)"
+        doc = json.loads(p.output[p.output.index("{") :])
+    except ValueError as e:
+        raise BenchError(f"iperf3 -J output is not JSON: {tail(p.output)}") from e
+    mib, _rcpu, _scpu = parse_iperf3(doc)
+    rep = _rep(mib * 2**20 / 131072, mib, None, "", p, t_srv, "")
+    rep["command"] = "iperf3 server + client (see commands)"
     return rep
 
 

@@ -2,6 +2,7 @@
 # Installs the Debian packages blockfabric's tests and benchmarks use.
 #   python: what `python3 -m venv` needs
 #   all:    + libiscsi-bin (iscsi-test-cu, iscsi-perf), tgt (peer target),
+#             iperf3 (the benchmarks' loopback ceiling, bench/systems.py),
 #             and the kernel-host interop harness (QEMU, nvme-cli, open-iscsi:
 #             its setup.sh installs them; the harness itself is not in this
 #             repository, see BLOCKFABRIC_KERNEL_HOST). The fuzz harnesses' atheris
@@ -40,7 +41,7 @@ if [ "$what" = pyverbs-link ]; then pyverbs_link "${2:-.venv}"; exit 0; fi
 need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
-[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
+[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
 ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
 { [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done

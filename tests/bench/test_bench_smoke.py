@@ -19,11 +19,14 @@ from bench.suite import SECTIONS, parse_args  # noqa: E402
 from bench.systems import (  # noqa: E402
     WL,
     BenchError,
+    bf_perf_cmd,
     core_mask,
     iscsi_perf_cmd,
     parse_bf_perf,
     parse_cpus,
+    parse_iperf3,
     parse_iscsi_perf,
+    perf_ios,
     top_self,
 )
 
@@ -107,6 +110,27 @@ def test_parse_bf_perf() -> None:
     assert (iops, mib, lat) == (8.0, 1.0, None)
     with pytest.raises(BenchError):
         parse_bf_perf({"nothing": 1}, WL["rr4k_qd1"])
+    assert perf_ios({"total": {"ios": 12345}}) == 12345
+    assert perf_ios({"total": {}}) == 0 and perf_ios([]) == 0
+
+
+def test_bf_perf_cmd_submission() -> None:
+    cmd = bf_perf_cmd("trtype:TCP", WL["rr4k_qd32"], 5, 1, "F")
+    assert cmd[cmd.index("--submission") + 1] == "per-command"  # the default: as real hosts
+    cmd = bf_perf_cmd("trtype:TCP", WL["rr4k_qd32"], 5, 1, "F", True, "batch")
+    assert cmd[cmd.index("--submission") + 1] == "batch" and "--busy-poll" in cmd
+
+
+def test_parse_iperf3() -> None:
+    doc = {
+        "end": {
+            "sum_received": {"bits_per_second": 8 * 4096 * 2**20},
+            "cpu_utilization_percent": {"host_total": 99.5, "remote_total": 40.0},
+        }
+    }
+    assert parse_iperf3(doc) == (4096.0, 40.0, 99.5)
+    with pytest.raises(BenchError, match="unable to connect"):
+        parse_iperf3({"error": "unable to connect to server"})
 
 
 def test_top_self() -> None:
@@ -208,10 +232,16 @@ def canned() -> dict[str, Any]:
         _failed("tgt", "iscsi", "rw4k_qd32", "iscsi-perf has no write mode", "n/a"),
         _failed("blockfabric", "iscsi", "rw4k_qd32", "iscsi-perf has no write mode", "n/a"),
     ]
+    pc = {"submission": "per-command", "poll": "busy"}
+    adaptive = _row("blockfabric", "nvmf", "rr4k_qd32", [30000], submission="per-command")
+    adaptive["poll"] = "adaptive"
+    adaptive["median"]["cpu_us_per_io"] = 3.25
     nvmf = [
-        _row("blockfabric", "nvmf", "rr4k_qd32", [35700]),
-        _row("blockfabric", "nvmf", "sr128k_qd16", [8000]),
-    ]  # 1000 MiB/s
+        _row("blockfabric", "nvmf", "rr4k_qd32", [39612.5], **pc),
+        _row("blockfabric", "nvmf", "sr128k_qd16", [8000], **pc),  # 1000 MiB/s
+        _row("blockfabric", "nvmf", "rr4k_qd32", [50000], submission="batch", poll="busy"),
+        adaptive,
+    ]
     scaling = [
         _row(
             "blockfabric",
@@ -265,15 +295,18 @@ def test_text_report() -> None:
     line = next(ln for ln in txt.splitlines() if ln.startswith("4 KiB rand read QD1 "))
     assert "10,000" in line and "12,000" in line and "1.20x" in line  # medians and bf/tgt ratio
     qd32 = next(ln for ln in txt.splitlines() if ln.startswith("4 KiB rand read QD32 "))
-    assert "30,000" in qd32 and "FAILED" in qd32 and "119,000" in qd32
+    assert "30,000" in qd32 and "FAILED" in qd32 and "209,606" in qd32
     assert (
         "FAILED: blockfabric iscsi (4 KiB rand read QD32): RPC iscsi_create_target_node: boom"
         in txt
     )
     nv = next(ln for ln in txt.splitlines() if ln.startswith("128 KiB seq read QD16"))
-    assert "1,000" in nv and "25.0%" in nv and "2,850" in nv  # vs the 4000 MiB/s ceiling
-    nv32 = next(ln for ln in txt.splitlines() if "QD32" in ln and "357,000" in ln)
-    assert "0.10x" in nv32
+    assert "1,000" in nv and "25.0%" in nv and "3,106" in nv  # vs the 4000 MiB/s ceiling
+    assert ">= 3,000 MiB/s: 0.33x" in nv  # the target, missed by that much
+    nv32 = next(ln for ln in txt.splitlines() if "QD32" in ln and "396,125" in ln)
+    # per-command busy IOPS, adaptive IOPS and its CPU cost, batch IOPS, ratio, target
+    assert "39,612" in nv32 and "0.10x" in nv32 and ">= 200,000: 0.20x" in nv32
+    assert "30,000" in nv32 and "3.25" in nv32 and "50,000" in nv32
     assert "1.50x" in txt  # 2 reactors vs 1
     assert "poll (r.py:5)" in txt and "60.0" in txt
     # --only limits what is printed
@@ -286,7 +319,7 @@ def test_markdown_report() -> None:
     assert md.startswith("# blockfabric benchmarks")
     assert "## Machine" in md and "AMD EPYC, 2 CPUs" in md and "1.19.0-3" in md
     assert "| workload | tgt IOPS |" in md
-    assert "reference, NOT same run" in md and "52 000 IOPS at QD1" in md
+    assert "reference, NOT same run" in md and "70 652 IOPS at QD1" in md
     assert "| 1 | `poll (r.py:5)` | 60.0 | 60 |" in md
     assert "taskset -c 1 blockfabric perf -q 32" in md
     assert "- reads only" in md

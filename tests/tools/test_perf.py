@@ -222,3 +222,41 @@ def test_verify_against_real_target(daemon_factory, tmp_path) -> None:
             assert all(w["ios"] > 0 for w in doc["workers"])
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("mode", ["per-command", "batch"])
+def test_submission_modes(target: FakeTarget, tmp_path, mode: str) -> None:
+    """per-command (the default) sends each command PDU on its own: at least one
+    sendmsg per submitted command; batch gathers the commands queued while one
+    recv's completions are handled (the first QD commands alone go out in one
+    sendmsg, so there are fewer sends than commands)."""
+    out = tmp_path / "r.json"
+    args = ["--submission", mode] if mode == "batch" else []
+    p = run_perf(
+        "-r",
+        f"trtype:TCP traddr:127.0.0.1 trsvcid:{target.port} subnqn:{SUBNQN}",
+        "-q",
+        "8",
+        "-o",
+        "4096",
+        "-w",
+        "randread",
+        "-t",
+        "1",
+        "-P",
+        "1",
+        "--json",
+        str(out),
+        "--quiet",
+        *args,
+    )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    w = doc["workers"][0]
+    assert doc["submission"] == w["submission"] == mode
+    submitted = w["reads"] + w["writes"]
+    assert w["ios"] > 100 and submitted >= w["ios"]
+    if mode == "per-command":
+        assert w["sends"] >= submitted
+    else:
+        assert 0 < w["sends"] < submitted

@@ -2,7 +2,10 @@
 
 Owns the `TransportDriver` registered as "nvmf-tcp" at import (the TCP entry of the ops table is tcp_ops.py): ``accept``
 (non-blocking socket, TCP_NODELAY, SO_PRIORITY, epoll registration),
-batched ``recv_into`` straight into the PDU reader's buffer, output through
+batched ``recv_into`` straight into the PDU reader's buffer (each recv takes
+all the socket holds, up to the buffer's free space), output once per loop
+turn per connection (``call_soon``: the reads and completions of a turn
+share one sendmsg) through
 transports/sockout.py (the path the iSCSI driver uses too: scatter-gather
 ``sendmsg``, partial sends; EPOLLOUT only while output is pending), clean
 close; ``on_config`` hands new snapshots to the reactor's
@@ -125,7 +128,12 @@ class TcpConnection:
                 self.reading = False
             if qp.want_close or qp.paused or n < want:
                 break
-        self._flush()
+        # the responses go out once per loop turn, after every ready socket
+        # was read (and every completion of the turn queued its response):
+        # one sendmsg per connection per turn, not one per wake
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.ctx.loop.call_soon(self._flush)
 
     def _wake(self) -> None:
         # output produced outside _read (async completion): flush on the next turn

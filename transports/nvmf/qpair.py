@@ -247,9 +247,21 @@ class QueuePair:
         if req.done:
             return False
         req.done = True
-        if self.reqs.get(req.cid) is req:
-            del self.reqs[req.cid]
-        self.release(req)  # also after close: a bdev finished with the buffers
+        reqs = self.reqs
+        if reqs.get(req.cid) is req:
+            del reqs[req.cid]
+        # also after close: a bdev finished with the buffers (the usual
+        # request holds none: only its data view is dropped, without the call)
+        if (
+            req.iov is None
+            and req.wait is None
+            and req.buf is None
+            and not req.ttag
+            and req.tp is None
+        ):
+            req.data = None
+        else:
+            self.release(req)
         if self.closed:
             return False
         if status and self.ctrl is not None:
@@ -290,7 +302,7 @@ class QueuePair:
             if self.closed:
                 self.finish(req, status)
                 return
-            mv = data if isinstance(data, memoryview) else memoryview(data)
+            mv = data if type(data) is memoryview else memoryview(data)
             if len(mv) > req.sgl_len:
                 mv = mv[: req.sgl_len]
             implied = self.send_data(req, mv, status, result)

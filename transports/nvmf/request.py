@@ -100,14 +100,15 @@ class Request:
 
     # bound-method callbacks of the fast paths (no closure per command)
     def read_done(self, status: IoStatus, data: memoryview | None) -> None:
+        qp = self.qp
         try:
             if status:
-                return self.qp.complete(self, status_of(status, True))
+                return qp.complete(self, status_of(status, True))
             if data is None or len(data) < self.sgl_len:
-                return self.qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
-            self.qp.complete_with_data(self, data)
+                return qp.complete(self, spec.ST_DATA_TRANSFER_ERROR)
+            qp.complete_with_data(self, data)
         except Exception as e:
-            self.qp.crash(e, "a read completion")
+            qp.crash(e, "a read completion")
 
     def write_done(self, status: IoStatus) -> None:
         try:

@@ -69,6 +69,8 @@ _IO_READ = spec.IO_READ
 _IO_WRITE = spec.IO_WRITE
 _C2H_SUCCESS_LAST = P.FLAG_DATA_LAST | P.FLAG_DATA_SUCCESS
 _RESP_PACK = P.RESP_HDR.pack
+_CH_UNPACK_FROM = P.CH.unpack_from
+_RW_UNPACK_FROM = _RW.unpack_from
 _DATA_PACK = P.DATA_HDR.pack
 
 
@@ -222,8 +224,13 @@ class TcpQpair(QueuePair):
                     self._fast_loop()
                     if self.paused or self.want_close:
                         return
-                if self.over_limit:
+                if self.out_bytes + self.backlog > self.opts.max_unsent_bytes:  # over_limit
                     self.paused = True  # stop parsing until the output drains
+                    return
+                if reader._start == reader._end and reader.failed is None:
+                    # all of it parsed (the usual end of a per-command recv):
+                    # what next_pdu would say, without the call
+                    reader._need = 8
                     return
                 pdu = reader.next_pdu()
                 if pdu is None:
@@ -328,10 +335,10 @@ class TcpQpair(QueuePair):
         subsys = self.subsys
         assert subsys is not None  # fast_ok checked it
         namespaces = subsys.namespaces
-        icd = min(r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size)
+        icd = -1  # the in-capsule data limit: looked up at the first write
         max_io = self.opts.max_io_size
-        ch_unpack = P.CH.unpack_from
-        rw_unpack = _RW.unpack_from
+        ch_unpack = _CH_UNPACK_FROM
+        rw_unpack = _RW_UNPACK_FROM
         limit_out = self.opts.max_unsent_bytes - self.backlog
         wt = self.write_through
         n_io = 0
@@ -387,6 +394,10 @@ class TcpQpair(QueuePair):
                     ch.read(slba, nlb, req.read_done)
                 elif op == _IO_WRITE:
                     # in-capsule data only; R2T writes take the general path
+                    if icd < 0:
+                        icd = min(
+                            r.max_data.get(P.CAPSULE_CMD, 1 << 30), self.opts.in_capsule_data_size
+                        )
                     if ident != _SGL_INCAPSULE or sgl_len != n or addr or n > icd:
                         return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
