@@ -20,6 +20,7 @@ from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
+from . import auth_config
 from .nqn import DISCOVERY_NQN, validate_nqn
 from .state import (
     DEFAULT_MAX_NAMESPACES,
@@ -263,10 +264,22 @@ def _set_config_cli(args: dict[str, Any]) -> dict[str, Any]:
         parse=cli_forms.flag_set,
         help="Comma-separated list of admin commands to be passthru (not supported)",
     ),
+    Param(
+        "dhchap_digests",
+        list,
+        required=False,
+        parse=cli_forms.commas,
+        help="Comma-separated list of allowed DH-HMAC-CHAP digests (sha256,sha384,sha512)",
+    ),
+    Param(
+        "dhchap_dhgroups",
+        list,
+        required=False,
+        parse=cli_forms.commas,
+        help="Comma-separated list of allowed DH-HMAC-CHAP DH groups (null,ffdhe2048,...,ffdhe8192)",
+    ),
     ignored=(
         Param("poll_groups_mask", str, required=False, short="-m", help="(no effect)"),
-        Param("dhchap_digests", list, required=False, parse=cli_forms.commas, help="(no effect)"),
-        Param("dhchap_dhgroups", list, required=False, parse=cli_forms.commas, help="(no effect)"),
         "dup_host_policy",
     ),
     cli_extra=(
@@ -284,8 +297,18 @@ def nvmf_set_config(
     ctx: RpcContext,
     discovery_filter: str | None = None,
     admin_cmd_passthru: dict[str, Any] | None = None,
+    dhchap_digests: list[str] | None = None,
+    dhchap_dhgroups: list[str] | None = None,
 ) -> bool:
     st = _st(ctx)
+    # validate everything before changing anything
+    digests = dhgroups = None
+    if dhchap_digests is not None:
+        digests = auth_config.check_names(dhchap_digests, auth_config.ALL_DIGESTS, "dhchap_digests")
+    if dhchap_dhgroups is not None:
+        dhgroups = auth_config.check_names(
+            dhchap_dhgroups, auth_config.ALL_DHGROUPS, "dhchap_dhgroups"
+        )
     if discovery_filter is not None:
         if discovery_filter != "match_any":
             raise invalid_params("parameter 'discovery_filter': only 'match_any' is supported")
@@ -294,6 +317,12 @@ def nvmf_set_config(
         if any(admin_cmd_passthru.values()):
             raise invalid_params("parameter 'admin_cmd_passthru': pass-through is not supported")
         st.config["admin_cmd_passthru"] = dict(admin_cmd_passthru)
+    if digests is not None:
+        st.config["dhchap_digests"] = digests
+    if dhgroups is not None:
+        st.config["dhchap_dhgroups"] = dhgroups
+    if digests is not None or dhgroups is not None:
+        ctx.config_changed()  # reactors offer the new lists from the next Negotiate on
     return True
 
 
@@ -431,6 +460,7 @@ def nvmf_delete_subsystem(ctx: RpcContext, nqn: str, tgt_name: str | None = None
     for li in list(ss["listeners"]):
         _release_listener(ctx, st, li)
     del st.subsystems[nqn]
+    auth_config.clear_subsystem(ctx, ss)
     _drop_ctrlrs(ctx, st, nqn)
     st.bump_genctr()
     ctx.config_changed()
@@ -447,7 +477,7 @@ def subsystem_info(ss: dict[str, Any]) -> dict[str, Any]:
         "subtype": ss["subtype"],
         "listen_addresses": [_listener_out(li) for li in ss["listeners"]],
         "allow_any_host": ss["allow_any_host"],
-        "hosts": [{"nqn": h} for h in ss["hosts"]],
+        "hosts": [{"nqn": h, **auth_config.host_params(ss, h)} for h in ss["hosts"]],
     }
     if ss["subtype"] != "Discovery":
         d.update(
@@ -799,8 +829,13 @@ def nvmf_subsystem_get_listeners(
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("psk", str, required=False),
-    Param("dhchap_key", str, required=False),
-    Param("dhchap_ctrlr_key", str, required=False),
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name (keyring)"),
+    Param(
+        "dhchap_ctrlr_key",
+        str,
+        required=False,
+        help="DH-HMAC-CHAP controller key name (bidirectional authentication)",
+    ),
 )
 def nvmf_subsystem_add_host(
     ctx: RpcContext,
@@ -814,10 +849,11 @@ def nvmf_subsystem_add_host(
     st = _st(ctx)
     ss = _subsys(st, nqn)
     _check_nqn(host, "host NQN")
-    if psk is not None or dhchap_key is not None or dhchap_ctrlr_key is not None:
-        raise invalid_params("TLS PSK and DH-HMAC-CHAP keys are not supported")
+    if psk is not None:
+        raise invalid_params("TLS PSK keys are not supported")
     if host in ss["hosts"]:
         raise invalid_params(f"Host {host} is already allowed on {nqn}")
+    auth_config.set_host_keys(ctx, ss, host, dhchap_key, dhchap_ctrlr_key)
     ss["hosts"].append(host)
     st.bump_genctr()
     ctx.config_changed()
@@ -839,9 +875,39 @@ def nvmf_subsystem_remove_host(
     if host not in ss["hosts"]:
         raise invalid_params(f"Host {host} is not allowed on {nqn}")
     ss["hosts"].remove(host)
+    auth_config.clear_host(ctx, ss, host)
     if not ss["allow_any_host"]:
         _drop_ctrlrs(ctx, st, nqn, host)
     st.bump_genctr()
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "nvmf_subsystem_set_keys",
+    _NQN,
+    Param("host", str, pos=1, help="Host NQN"),
+    _TGT_NAME,
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name"),
+    Param("dhchap_ctrlr_key", str, required=False, help="DH-HMAC-CHAP controller key name"),
+)
+def nvmf_subsystem_set_keys(
+    ctx: RpcContext,
+    nqn: str,
+    host: str,
+    tgt_name: str | None = None,
+    dhchap_key: str | None = None,
+    dhchap_ctrlr_key: str | None = None,
+) -> bool:
+    """New DH-HMAC-CHAP keys for a host already allowed on the subsystem
+    (rotation): connected queues stay, the next (re-)authentication of any of
+    them uses the new keys. Without dhchap_key the host needs no
+    authentication from now on."""
+    st = _st(ctx)
+    ss = _subsys(st, nqn)
+    if host not in ss["hosts"]:
+        raise invalid_params(f"Host {host} is not allowed on {nqn}")
+    auth_config.set_host_keys(ctx, ss, host, dhchap_key, dhchap_ctrlr_key)
     ctx.config_changed()
     return True
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...control.context import RpcContext, supervisor_op
+from . import auth_config
 from .nqn import DISCOVERY_NQN
 
 DEFAULT_SERIAL = "00000000000000000000"
@@ -141,6 +142,7 @@ class NvmfState:
         for nqn, ss in self.subsystems.items():
             d = {k: v for k, v in ss.items() if k != "namespaces"}
             d["hosts"] = list(ss["hosts"])
+            d.update(auth_config.snapshot_fields(self.config))
             d["listeners"] = [dict(x) for x in ss["listeners"]]
             d["namespaces"] = [dict(ns) for _, ns in sorted(ss["namespaces"].items())]
             subs[nqn] = d
@@ -191,7 +193,8 @@ class NvmfState:
                     }
                 )
             for h in ss["hosts"]:
-                out.append({"method": "nvmf_subsystem_add_host", "params": {"nqn": nqn, "host": h}})
+                hp = {"nqn": nqn, "host": h, **auth_config.host_params(ss, h)}
+                out.append({"method": "nvmf_subsystem_add_host", "params": hp})
             for nsid, ns in sorted(ss["namespaces"].items()):
                 nsp: dict[str, Any] = {"nsid": nsid, "bdev_name": ns["bdev_name"]}
                 for k in ("nguid", "eui64", "uuid"):

@@ -423,6 +423,7 @@ class TcpQpair(QueuePair):
             and self.cpda == 0
             and self.fused_first is None
             and not self.closed
+            and (self.auth is None or self.auth.authenticated)
         )
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:

@@ -32,6 +32,11 @@ CORE = (
     "nqn",
     "state",
     "rpc",
+    "auth",
+    "auth_msg",
+    "auth_crypto",
+    "auth_config",
+    "auth_host",
 )
 # shared helpers a core file may import besides other core files
 ALLOWED_OUTSIDE = (
