@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..nvmf import spec as S
+from ..nvmf.auth_host import AuthFailed
+from . import auth
+from .auth import HostAuthConfig
 from .queue import (
     ST_ABORTED_BY_HOST,
     ST_HOST_PATH_ERROR,
@@ -294,7 +297,11 @@ class Controller:
         keepalive_thread: bool = True,
         trtype: str = "tcp",
         host_traddr: str | None = None,
+        dhchap: HostAuthConfig | None = None,
     ) -> None:
+        """``dhchap``: DH-HMAC-CHAP secrets (auth.HostAuthConfig): every queue
+        authenticates after its Connect when the controller asks (AUTHREQ.ATR)
+        or a controller key is set (the host then authenticates the controller)."""
         self.trtype = trtype.lower()
         if self.trtype not in ("tcp", "fc"):
             raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
@@ -321,6 +328,8 @@ class Controller:
         self._ka_stop = threading.Event()
         self._ka: threading.Thread | None = None
         self.last_error: str = ""
+        self.dhchap = dhchap
+        self.auth_result: dict[int, tuple[str, str]] = {}  # qid -> (digest, dhgroup)
 
     # ------------------------------------------------------ connect
     def _open_queue(self, qid: int, qsize: int) -> BlockingQueue:
@@ -351,15 +360,14 @@ class Controller:
         a = self._open_queue(0, 32)
         self.admin = a
         try:
-            self.cntlid = (
-                a.execute(
-                    lambda cb: a.q.connect(
-                        self.subnqn, self.hostnqn, self.hostid, 0xFFFF, self.kato_ms, cb
-                    ),
-                    "Connect",
-                )
-                & 0xFFFF
+            res = a.execute(
+                lambda cb: a.q.connect(
+                    self.subnqn, self.hostnqn, self.hostid, 0xFFFF, self.kato_ms, cb
+                ),
+                "Connect",
             )
+            self.cntlid = res & 0xFFFF
+            self._maybe_authenticate(a, res)
             self.cap = self.property_get(S.PROP_CAP, True)
             self.vs = self.property_get(S.PROP_VS)
             if enable:
@@ -400,15 +408,43 @@ class Controller:
         qs = min(qsize or self.io_queue_size, self.mqes)
         bq = self._open_queue(qid, qs)
         try:
-            bq.execute(
+            res = bq.execute(
                 lambda cb: bq.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, cb),
                 f"Connect I/O queue {qid}",
             )
+            self._maybe_authenticate(bq, res)
         except BaseException:
             bq.close()
             raise
         bq.q.icd_max = self.icd_max
         return bq
+
+    def _maybe_authenticate(self, bq: BlockingQueue, connect_result: int) -> None:
+        need = auth.required(connect_result)
+        if self.dhchap is None:
+            if need:
+                raise AuthFailed("the controller requires DH-HMAC-CHAP and no key was given")
+            return
+        if need or self.dhchap.ctrl_key is not None:
+            self.authenticate(bq)
+
+    def authenticate(self, bq: BlockingQueue | None = None) -> tuple[str, str]:
+        """One DH-HMAC-CHAP transaction on ``bq`` (default: the admin queue;
+        called again it is a re-authentication). Returns (digest, DH group);
+        raises AuthFailed when refused."""
+        if self.dhchap is None:
+            raise AuthFailed("no DH-HMAC-CHAP key configured", by_controller=False)
+        bq = bq or self._admin()
+        ha = self.dhchap.transaction(self.hostnqn, self.subnqn)
+        box: list[BaseException | None] = []
+        with bq.lock:
+            auth.drive(bq.q, ha, box.append)
+            bq._run(lambda: bool(box), time.monotonic() + bq.timeout, "DH-HMAC-CHAP")
+        if box[0] is not None:
+            raise box[0]
+        got = (ha.digest, ha.dhgroup_name)
+        self.auth_result[bq.q.qid] = got
+        return got
 
     def create_io_queues(self, n: int) -> None:
         if n <= 0:
