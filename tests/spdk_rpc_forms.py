@@ -146,6 +146,7 @@ SPDK_FORMS: dict[str, str] = {
     "nvmf_subsystem_remove_ns": "nqn nsid -t/--tgt-name",
     "nvmf_subsystem_add_host": ("nqn host -t/--tgt-name --psk --dhchap-key --dhchap-ctrlr-key"),
     "nvmf_subsystem_remove_host": "nqn host -t/--tgt-name",
+    "nvmf_subsystem_set_keys": "nqn host -t/--tgt-name --dhchap-key --dhchap-ctrlr-key",
     "nvmf_subsystem_allow_any_host": "nqn -e/--enable -d/--disable -t/--tgt-name",
     "nvmf_subsystem_get_controllers": "nqn -t/--tgt-name",
     "nvmf_subsystem_get_qpairs": "nqn -t/--tgt-name",
