@@ -160,6 +160,7 @@ class NvmeChannel(IoChannel):
 
     # ---------------------------------------------------------- connection
     def _connect(self) -> None:
+        from ..transports.nvmf_host.auth import HostAuthConfig
         from ..transports.nvmf_host.controller import LoopQueue
         from ..transports.nvmf_host.queue import TransportError
 
@@ -188,6 +189,7 @@ class NvmeChannel(IoChannel):
                 self._on_fail,
                 timeout=5.0,
                 fc=(c["host_traddr"], c["assoc_id"]) if c.get("trtype") == "FC" else None,
+                dhchap=HostAuthConfig.from_strings(*c["dhchap"]) if c.get("dhchap") else None,
             )
             self.connected_gen = c.get("gen", 0)
         except TransportError as e:

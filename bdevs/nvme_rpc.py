@@ -35,6 +35,9 @@ class NvmeCtrlr:
         self._fd = -1
         self.last_error = ""
         self.max_xfer = 0
+        # DH-HMAC-CHAP (transports/nvmf_host/auth.py): the secrets, resolved
+        # from the keyring by name at attach time; p keeps only the names
+        self.dhchap: Any = None
 
     # ------------------------------------------------------------ connect
     def connect(self) -> None:
@@ -55,6 +58,7 @@ class NvmeCtrlr:
             keepalive_thread=False,
             trtype=p.get("trtype", "TCP"),
             host_traddr=p.get("hostaddr") if p.get("trtype") == "FC" else None,
+            dhchap=self.dhchap,
         )
         c.connect()
         if p.get("trtype") == "FC":
@@ -109,6 +113,16 @@ class NvmeCtrlr:
             "ctrlr_loss_timeout_sec": p.get("ctrlr_loss_timeout_sec") or 0,
             "fast_io_fail_timeout_sec": p.get("fast_io_fail_timeout_sec") or 0,
             "max_xfer": self.max_xfer,
+            # reactors authenticate their I/O queues with these (never shown:
+            # driver_specific and save_config pick their fields by name)
+            "dhchap": (
+                [
+                    self.dhchap.key.interchange(),
+                    self.dhchap.ctrl_key.interchange() if self.dhchap.ctrl_key else None,
+                ]
+                if self.dhchap is not None
+                else None
+            ),
         }
 
     def publish(self) -> None:
@@ -316,6 +330,13 @@ _HOSTSVCID = Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF h
         help="Set multipath behavior (disable, failover, multipath)",
     ),
     Param("num_io_queues", int, required=False, min=1, help="Number of IO queues to request"),
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name (keyring)"),
+    Param(
+        "dhchap_ctrlr_key",
+        str,
+        required=False,
+        help="DH-HMAC-CHAP controller key name (the host authenticates the controller too)",
+    ),
     aliases=("construct_nvme_bdev",),
     ignored=(
         Param(
@@ -344,8 +365,12 @@ def bdev_nvme_attach_controller(
     fast_io_fail_timeout_sec: int | None = None,
     hostaddr: str | None = None,
     hostsvcid: str | None = None,
+    dhchap_key: str | None = None,
+    dhchap_ctrlr_key: str | None = None,
     **_: Any,
 ) -> list[str]:
+    from ..transports.nvmf.auth_host import AuthFailed
+    from ..transports.nvmf_host.auth import HostAuthConfig
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
 
     if trtype.upper() == "FC":  # over the loopback FC LLD (transports/fc)
@@ -399,10 +424,29 @@ def bdev_nvme_attach_controller(
         "hostaddr": hostaddr,
         "hostsvcid": hostsvcid,
     }
+    dhchap = None
+    if dhchap_ctrlr_key is not None and dhchap_key is None:
+        raise invalid_params("parameter 'dhchap_ctrlr_key' needs 'dhchap_key'")
+    if dhchap_key is not None:
+        from ..control.keyring import keyring_of
+
+        kr = keyring_of(ctx)
+        dhchap = HostAuthConfig(
+            kr.dhchap_secret(dhchap_key),
+            kr.dhchap_secret(dhchap_ctrlr_key) if dhchap_ctrlr_key else None,
+        )
+        p["dhchap_key"] = dhchap_key
+        p["dhchap_ctrlr_key"] = dhchap_ctrlr_key
     nc = NvmeCtrlr(ctx, name, p)
+    nc.dhchap = dhchap
     try:
         nc.connect()
         nss = nc.namespaces()
+    except AuthFailed as e:
+        nc._drop_ctrl()
+        raise RpcError(
+            -13, f"controller {traddr}:{port} {p['subnqn']}: DH-HMAC-CHAP: {e}"
+        ) from None
     except (OSError, TransportError, TimeoutError) as e:
         nc._drop_ctrl()
         raise RpcError(-5, f"cannot connect to {traddr}:{port} {p['subnqn']}: {e}") from None

@@ -224,8 +224,6 @@ NOT_DECLARED: dict[tuple[str, str], str] = {
     ("bdev_aio_create", "--no-wait"): "RWF_NOWAIT is not used",
     ("bdev_nvme_attach_controller", "-k/--psk"): "NVMe/TCP TLS is not supported",
     ("bdev_nvme_attach_controller", "-m/--max-bdevs"): "no limit on namespaces per controller",
-    ("bdev_nvme_attach_controller", "--dhchap-key"): "DH-HMAC-CHAP is not supported",
-    ("bdev_nvme_attach_controller", "--dhchap-ctrlr-key"): "DH-HMAC-CHAP is not supported",
     ("bdev_nvme_attach_controller", "-U/--allow-unrecognized-csi"): "NVM command set only",
     ("nvmf_create_subsystem", "--max-discard-size"): "no per-subsystem discard limit",
     ("nvmf_create_subsystem", "--max-write-zeroes-size"): "no per-subsystem write-zeroes limit",

@@ -678,9 +678,14 @@ class LoopQueue:
         on_fail: Callable[[str], Any],
         timeout: float = 10.0,
         fc: tuple[str, int] | None = None,
+        dhchap: HostAuthConfig | None = None,
     ) -> None:
         """``fc``: (host port traddr, association id): an FC-NVMe I/O queue over
-        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``)."""
+        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``).
+        ``dhchap``: the queue authenticates (DH-HMAC-CHAP) after its Connect
+        when the controller asks or a controller key is set; ``on_ready`` runs
+        after that."""
+        self.dhchap = dhchap
         from ...runtime.loop import EPOLLOUT
 
         self.loop = loop
@@ -749,16 +754,38 @@ class LoopQueue:
             self._flush()
 
     def _after_ic(self) -> None:
-        def done(_r: Request, status: int, _res: int) -> None:
+        def ready() -> None:
+            self.q.icd_max = self.icd_max
+            self.ready = True
+            self._timer.cancel()
+            self.on_ready()
+
+        def authenticated(err: BaseException | None) -> None:
+            if err is not None:
+                self._fail(f"I/O queue {self.q.qid}: DH-HMAC-CHAP: {err}")
+            elif not self.closed:
+                ready()
+
+        def done(_r: Request, status: int, res: int) -> None:
             if status:
                 from .queue import status_str
 
                 self._fail(f"Connect I/O queue {self.q.qid} failed: {status_str(status)}")
                 return
-            self.q.icd_max = self.icd_max
-            self.ready = True
-            self._timer.cancel()
-            self.on_ready()
+            try:
+                need = auth.required(res)
+            except AuthFailed as e:
+                return self._fail(str(e))
+            cfg = self.dhchap
+            if cfg is None:
+                if need:
+                    self._fail(f"I/O queue {self.q.qid}: the controller requires DH-HMAC-CHAP")
+                else:
+                    ready()
+                return
+            if not need and cfg.ctrl_key is None:
+                return ready()
+            auth.drive(self.q, cfg.transaction(self.hostnqn, self.subnqn), authenticated)
 
         self.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, done)
 
