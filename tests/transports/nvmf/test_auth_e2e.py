@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,27 @@ def test_rpc_validation_and_save_config(h: Any, authtarget: Any) -> None:
     with pytest.raises(RpcError, match="not allowed"):
         rpc.rpc("nvmf_subsystem_set_keys", {"nqn": h.SUBNQN, "host": h.HOSTNQN, "dhchap_key": k})
     _ = struct  # (keeps the import list stable for the raw-capsule helpers above)
+
+
+def test_unauthenticated_queue_times_out(h: Any, authtarget: Any, monkeypatch: Any) -> None:
+    """A queue that never authenticates is closed after the timeout (KATO,
+    else 120 s: shortened here); an authenticated one stays."""
+    from blockfabric.transports.nvmf import auth
+
+    monkeypatch.setattr(auth, "DEFAULT_TIMEOUT_S", 0.5)
+    rpc, addr, add_key = authtarget
+    hk = _key(1, 32)
+    rpc.rpc(
+        "nvmf_subsystem_add_host", {"nqn": h.SUBNQN, "host": h.HOSTNQN, "dhchap_key": add_key(hk)}
+    )
+    a = h.Client(addr)
+    a.icreq()
+    cqe = a.connect(kato=0)
+    assert cqe.status == 0
+    with _ctrl(h, addr, HostAuthConfig.from_strings(hk)) as c:
+        c.connect()
+        a.sock.settimeout(10)
+        assert a.sock.recv(1) == b"", "the unauthenticated queue must be closed"
+        time.sleep(0.8)
+        _io_roundtrip(c)  # the authenticated association is untouched
+    a.close()
