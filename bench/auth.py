@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-load", default="1")
     ap.add_argument("--reps", type=int, default=15, help="connects per row")
     ap.add_argument("--time", type=int, default=10, help="seconds per perf run")
-    ap.add_argument("--quick", action="store_true", help="3 connects per row, 2 s perf runs")
+    ap.add_argument("--perf-reps", type=int, default=3, help="perf runs per row (median)")
+    ap.add_argument("--quick", action="store_true", help="3 connects per row, one 2 s perf run")
     a = ap.parse_args(argv)
     if a.quick:
-        a.reps, a.time = 3, 2
+        a.reps, a.time, a.perf_reps = 3, 2, 1
     from blockfabric.control.keyring import format_interchange
     from blockfabric.transports.nvmf_host.auth import HostAuthConfig
 
@@ -134,8 +135,17 @@ def main(argv: list[str] | None = None) -> int:
             "--dhchap-ctrlr-key",
             _keyfile(tmp, "h-ck", ck),
         ]
-        iops_plain = _perf_iops(f"{trid} subnqn:{PLAIN} hostnqn:{HOSTNQN}", [], a.time, lcpus)
-        iops_auth = _perf_iops(f"{trid} subnqn:{SECURE} hostnqn:{HOSTNQN}", keys, a.time, lcpus)
+        plain_runs: list[float] = []
+        auth_runs: list[float] = []
+        for _ in range(a.perf_reps):  # interleaved, medians
+            plain_runs.append(
+                _perf_iops(f"{trid} subnqn:{PLAIN} hostnqn:{HOSTNQN}", [], a.time, lcpus)
+            )
+            auth_runs.append(
+                _perf_iops(f"{trid} subnqn:{SECURE} hostnqn:{HOSTNQN}", keys, a.time, lcpus)
+            )
+        iops_plain = statistics.median(plain_runs)
+        iops_auth = statistics.median(auth_runs)
     finally:
         t.stop()
         for fn in CLEANUPS:
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     r = res["randread_4k_qd32"]
     lines += [
         "",
-        "| 4 KiB random read QD32, 1 worker | IOPS | ratio |",
+        f"| 4 KiB random read QD32, 1 worker (median of {a.perf_reps}) | IOPS | ratio |",
         "|---|---:|---:|",
         f"| plain (peer) | {r['plain_iops']:,.0f} | 1.00 |",
         f"| DH-HMAC-CHAP (ffdhe2048, bidirectional) | {r['auth_iops']:,.0f} | {r['ratio']:.2f} |",
