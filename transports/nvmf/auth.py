@@ -147,7 +147,10 @@ class TargetAuth:
         if atype == M.AUTH_TYPE_COMMON and aid == M.MSG_FAILURE2:
             if self.state != ST_SUCCESS2:
                 return self._fail(M.RCE_INCORRECT_MESSAGE, f"Failure2 in state {self.state}")
-            _t, _rc, rce = M.decode_failure(payload)
+            try:
+                _t, _rc, rce = M.decode_failure(payload)
+            except M.AuthPayloadError as e:
+                return self._fail(e.rce, str(e))
             self.last_error = f"the host refused the controller: {M.reason_name(rce)}"
             self.state = ST_NEGOTIATE
             self.dh = None

@@ -189,6 +189,25 @@ def test_out_of_order_and_garbage() -> None:
             M.RCE_INCORRECT_MESSAGE,
             M.RCE_NOT_USABLE,
         )
+    # a short AUTH_Failure2 while waiting for Success2 (6 of its 8 bytes)
+    key = secret()
+    t = target_for(key, secret(2, 48))
+    h = HostAuth(HOSTNQN, SUBNQN, key, secret(2, 48))
+    step = h.start()
+    while step is not None and h.state != "success1":
+        kind, arg = step
+        if kind == "send":
+            assert isinstance(arg, bytes)
+            t.send(arg)
+            step = h.feed(None)
+        else:
+            assert isinstance(arg, int)
+            step = h.feed(t.recv(arg))
+    t.recv(4096)  # Success1 with the controller's response: now it waits for Success2
+    assert t.state == "success2"
+    t.send(M.encode_failure(M.MSG_FAILURE2, h.tid, 1)[:6])
+    out = t.recv(4096)
+    assert out[1] == M.MSG_FAILURE1 and out[7] == M.RCE_INCORRECT_PAYLOAD
     # a Receive too small for the challenge: Failure1 incorrect payload
     t = target_for(secret())
     t.send(M.encode_negotiate(1, [1], [0]))
