@@ -11,6 +11,8 @@ import itertools
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockfabric.control.keyring import DhchapSecret, format_interchange, parse_dhchap_secret
 from blockfabric.transports.nvmf import auth_msg as M
@@ -310,3 +312,31 @@ def test_rfc7919_primes_match_openssl() -> None:
         lib.CRYPTO_free(hx, b"", 0)
         lib.DH_free(dh)
         assert p == ffdhe_prime(gid) and p.bit_length() == bits
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=4), st.integers(0, 5000))
+def test_target_never_crashes(payloads: list[bytes], al: int) -> None:
+    """Any sequence of Authentication Send payloads, then a Receive: the
+    controller answers a well-formed message (or Failure1), never raises."""
+    t = target_for(secret(), secret(2, 48), dhgroups=["null"])
+    for p in payloads:
+        t.send(p)
+        out = t.recv(max(al, 8))
+        assert len(out) >= 8 and out[0] in (M.AUTH_TYPE_COMMON, M.AUTH_TYPE_DHCHAP)
+    assert not t.authenticated
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_host_never_crashes(junk: bytes) -> None:
+    """A host fed any controller message fails cleanly (AuthFailed) or goes on."""
+    h = HostAuth(HOSTNQN, SUBNQN, secret(), secret(2, 48), dhgroups=["null"])
+    h.start()
+    h.feed(None)
+    try:
+        step = h.feed(junk)
+        if step is not None and step[0] == "send":
+            h.feed(None)
+    except AuthFailed:
+        pass
