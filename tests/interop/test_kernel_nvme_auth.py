@@ -103,3 +103,55 @@ def test_kernel_nvme_auth_blockfabric(daemon_factory: Any, tmp_path: Any) -> Non
     assert "authenticated with hash hmac(sha384) dhgroup ffdhe2048" in out, run.explain()
     assert "controller authenticated" in out, run.explain()
     assert left == [], f"controllers left after the guest disconnected: {left}"
+
+
+def test_kernel_nvme_auth_rotation_blockfabric(daemon_factory: Any, tmp_path: Any) -> None:
+    """nvmf_subsystem_set_keys while the 6.12 host is connected: the live
+    controller re-authenticates every queue with the new secret (the kernel's
+    sysfs dhchap_secret), I/O goes on, no queue fails."""
+    khost.require_harness()
+    khost.require_tools("nvme")
+    hid = str(uuid.uuid4())
+    hostnqn = f"nqn.2014-08.org.nvmexpress:uuid:{hid}"
+    old, new = _gen_key(1, 32, hostnqn), _gen_key(3, 64, hostnqn)
+    port = khost.free_port()
+    d = daemon_factory(mask="0x3").start()
+    malloc(d, "Malloc0", 32)
+    bf_nvmf_subsystem(d, port, NQN, "Malloc0")
+    d.rpc("nvmf_subsystem_allow_any_host", {"nqn": NQN, "allow_any_host": False})
+    d.rpc("keyring_file_add_key", {"name": "old", "path": _key_file(tmp_path, "old", old)})
+    d.rpc("keyring_file_add_key", {"name": "new", "path": _key_file(tmp_path, "new", new)})
+    d.rpc("nvmf_set_config", {"dhchap_digests": ["sha256"], "dhchap_dhgroups": ["ffdhe2048"]})
+    d.rpc("nvmf_subsystem_add_host", {"nqn": NQN, "host": hostnqn, "dhchap_key": "old"})
+    seen: dict[str, Any] = {}
+
+    def rotate() -> None:
+        seen["before"] = d.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})
+        d.rpc("nvmf_subsystem_set_keys", {"nqn": NQN, "host": hostnqn, "dhchap_key": "new"})
+
+    run = khost.run_guest(
+        "nvme-auth-rotate.sh",
+        {
+            "KH_KERNEL_SUITE": SUITE,
+            "PORT": port,
+            "NQN": NQN,
+            "HOSTNQN": hostnqn,
+            "HOSTID": hid,
+            "DHCHAP_SECRET": old,
+            "DHCHAP_NEW_SECRET": new,
+            "DHCHAP_DHGROUP": "ffdhe2048",
+        },
+        timeout=600,
+        on_mark={"rotate": rotate},
+        log_path=tmp_path / "guest.log",
+    )
+    print(run.summary())
+    log = d.log()
+    daemon_clean(d)
+    assert not run.mark_errors, run.explain()
+    run.require("connect", "pattern_before", "reauth", "pattern_after", "disconnect")
+    assert run.facts.get("ctrl_state") == "live", run.explain()
+    assert run.facts.get("auth_failed") == "0", run.explain()
+    before = seen["before"]
+    assert len(before) >= 2 and all(q["auth"]["state"] == "completed" for q in before), before
+    assert "DH-HMAC-CHAP failed" not in log, log[-3000:]
