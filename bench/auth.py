@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "plain_iops": iops_plain,
             "auth_iops": iops_auth,
             "ratio": iops_auth / iops_plain,
+            "plain_runs": plain_runs,
+            "auth_runs": auth_runs,
         },
         "commands": rec.commands,
     }
