@@ -106,9 +106,11 @@ def test_kernel_nvme_auth_blockfabric(daemon_factory: Any, tmp_path: Any) -> Non
 
 
 def test_kernel_nvme_auth_rotation_blockfabric(daemon_factory: Any, tmp_path: Any) -> None:
-    """nvmf_subsystem_set_keys while the 6.12 host is connected: the live
-    controller re-authenticates every queue with the new secret (the kernel's
-    sysfs dhchap_secret), I/O goes on, no queue fails."""
+    """First the kernel host refuses our controller when it expects another
+    controller secret (it checks our response). Then nvmf_subsystem_set_keys
+    while the 6.12 host is connected: the live controller re-authenticates
+    every queue with the new secret (the kernel's sysfs dhchap_secret), I/O
+    goes on, no queue fails."""
     khost.require_harness()
     khost.require_tools("nvme")
     hid = str(uuid.uuid4())
@@ -122,12 +124,22 @@ def test_kernel_nvme_auth_rotation_blockfabric(daemon_factory: Any, tmp_path: An
     d.rpc("keyring_file_add_key", {"name": "old", "path": _key_file(tmp_path, "old", old)})
     d.rpc("keyring_file_add_key", {"name": "new", "path": _key_file(tmp_path, "new", new)})
     d.rpc("nvmf_set_config", {"dhchap_digests": ["sha256"], "dhchap_dhgroups": ["ffdhe2048"]})
-    d.rpc("nvmf_subsystem_add_host", {"nqn": NQN, "host": hostnqn, "dhchap_key": "old"})
+    d.rpc(
+        "keyring_file_add_key",
+        {"name": "ck", "path": _key_file(tmp_path, "ck", _gen_key(2, 48, NQN))},
+    )
+    d.rpc(
+        "nvmf_subsystem_add_host",
+        {"nqn": NQN, "host": hostnqn, "dhchap_key": "old", "dhchap_ctrlr_key": "ck"},
+    )
     seen: dict[str, Any] = {}
 
     def rotate() -> None:
         seen["before"] = d.rpc("nvmf_subsystem_get_qpairs", {"nqn": NQN})
-        d.rpc("nvmf_subsystem_set_keys", {"nqn": NQN, "host": hostnqn, "dhchap_key": "new"})
+        d.rpc(
+            "nvmf_subsystem_set_keys",
+            {"nqn": NQN, "host": hostnqn, "dhchap_key": "new", "dhchap_ctrlr_key": "ck"},
+        )
 
     run = khost.run_guest(
         "nvme-auth-rotate.sh",
@@ -139,6 +151,7 @@ def test_kernel_nvme_auth_rotation_blockfabric(daemon_factory: Any, tmp_path: An
             "HOSTID": hid,
             "DHCHAP_SECRET": old,
             "DHCHAP_NEW_SECRET": new,
+            "DHCHAP_WRONG_CTRL_SECRET": _gen_key(2, 48, NQN),
             "DHCHAP_DHGROUP": "ffdhe2048",
         },
         timeout=600,
@@ -149,8 +162,11 @@ def test_kernel_nvme_auth_rotation_blockfabric(daemon_factory: Any, tmp_path: An
     log = d.log()
     daemon_clean(d)
     assert not run.mark_errors, run.explain()
-    run.require("connect", "pattern_before", "reauth", "pattern_after", "disconnect")
+    run.require(
+        "wrong_ctrl_refused", "connect", "pattern_before", "reauth", "pattern_after", "disconnect"
+    )
     assert run.facts.get("ctrl_state") == "live", run.explain()
+    # no authentication failed after the refused connect (the re-authentication included)
     assert run.facts.get("auth_failed") == "0", run.explain()
     before = seen["before"]
     assert len(before) >= 2 and all(q["auth"]["state"] == "completed" for q in before), before

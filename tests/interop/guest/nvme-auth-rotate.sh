@@ -5,10 +5,24 @@
 # nvmf_subsystem_set_keys to the new key), then the kernel re-authenticates
 # every queue of the live controller with DHCHAP_NEW_SECRET (written to
 # /sys/class/nvme/nvmeX/dhchap_secret), pattern I/O again on the same
-# controller, disconnect.
+# controller, disconnect.  With DHCHAP_WRONG_CTRL_SECRET first a connect
+# that expects that controller secret must be refused by the kernel host.
 . /guest/interop-lib.sh
 TARGET_ADDR=${TARGET_ADDR:-10.0.2.2}
 [ -z "${DHCHAP_DHGROUP:-}" ] || kh_nvme_dh_prepare $DHCHAP_DHGROUP
+# the kernel refuses our controller when it expects another controller secret
+if [ -n "${DHCHAP_WRONG_CTRL_SECRET:-}" ]; then
+  if kh_nvme_auth_refused "$NQN" kh_nvme_tcp_connect_auth "$TARGET_ADDR" "$PORT" "$NQN" "$DHCHAP_SECRET" "$DHCHAP_WRONG_CTRL_SECRET"; then
+    if grep -q 'qid 0: controller authentication failed' /tmp/kh-refused.log; then
+      ki_pass wrong_ctrl_refused "$(grep 'controller authentication failed' /tmp/kh-refused.log | head -1)"
+    else
+      ki_fail wrong_ctrl_refused "refused, but not by the host's check: $(tr '\n' ' ' < /tmp/kh-refused.log)"
+    fi
+  else
+    ki_fail wrong_ctrl_refused "the connect was not refused as it should"
+  fi
+fi
+f0=$(dmesg | grep -c 'authentication failed')
 DEV=$(kh_nvme_tcp_connect_auth "$TARGET_ADDR" "$PORT" "$NQN" "$DHCHAP_SECRET") || { ki_fail connect "$(dmesg | tail -5 | tr '\n' ' ')"; ki_exit; }
 CTRL=$(kh_nvme_ctrl "$NQN" | head -1)
 ki_pass connect "$CTRL $DEV"
@@ -26,6 +40,6 @@ sleep 2   # the I/O queues re-authenticate after the admin queue
 ki_fact ctrl_state "$(cat /sys/class/nvme/$CTRL/state)"
 ki_fact same_ctrl "$(kh_nvme_ctrl "$NQN" | head -1)"
 ki_check pattern_after ki_pattern "$DEV" 4 4k 8
-ki_fact auth_failed "$(dmesg | grep -c 'authentication failed')"
+ki_fact auth_failed "$(( $(dmesg | grep -c 'authentication failed') - f0 ))"   # since the refused step
 if kh_run nvme disconnect -n "$NQN" >/dev/null; then ki_pass disconnect; else ki_fail disconnect; fi
 ki_exit
