@@ -169,6 +169,7 @@ class NvmeChannel(IoChannel):
 
     # ---------------------------------------------------------- connection
     def _connect(self) -> None:
+        from ..transports.nvmf_host.auth import HostAuthConfig
         from ..transports.nvmf_host.controller import LoopQueue
         from ..transports.nvmf_host.queue import TransportError
 
@@ -198,6 +199,7 @@ class NvmeChannel(IoChannel):
                 timeout=5.0,
                 fc=(c["host_traddr"], c["assoc_id"]) if c.get("trtype") == "FC" else None,
                 tls=_tls_entry(c),
+                dhchap=HostAuthConfig.from_strings(*c["dhchap"]) if c.get("dhchap") else None,
             )
             self.connected_gen = c.get("gen", 0)
         except TransportError as e:

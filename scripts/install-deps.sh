@@ -57,6 +57,9 @@ if [ "$what" = all ]; then
   kh="${BLOCKFABRIC_KERNEL_HOST:-$(dirname "$0")/../../shared/interop/kernel-host}"
   if [ -x "$kh/setup.sh" ] || [ -f "$kh/setup.sh" ]; then
     bash "$kh/setup.sh" >/dev/null || echo "install-deps: kernel-host setup failed (its interop tests skip, and FAIL under CI=true)" >&2
+    # the 6.12 kernel of bookworm-backports (DH-HMAC-CHAP host) for
+    # tests/interop/test_kernel_nvme_auth.py: a 106 MB package, fetched once
+    KH_KERNEL_SUITE=bookworm-backports bash "$kh/setup.sh" >/dev/null || echo "install-deps: kernel-host setup of the 6.12 kernel failed (the DH-HMAC-CHAP interop test FAILS under CI=true)" >&2
   else
     echo "install-deps: no kernel-host harness at $kh (set BLOCKFABRIC_KERNEL_HOST; its interop tests skip, and FAIL under CI=true)" >&2
   fi

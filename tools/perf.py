@@ -203,7 +203,7 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             _tls_entry(cfg.get("tls")),
         )
     try:
-        bq.execute(
+        res = bq.execute(
             lambda cb: bq.q.connect(
                 cfg["subnqn"],
                 cfg["hostnqn"],
@@ -215,11 +215,58 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             ),
             f"Connect I/O queue {cfg['qid']}",
         )
+        _authenticate_queue(cfg, bq, res)
     except BaseException:
         bq.close()
         raise
     bq.q.icd_max = cfg["icd_max"]
     return bq
+
+
+def _authenticate_queue(cfg: dict[str, Any], bq: Any, connect_result: int) -> None:
+    """DH-HMAC-CHAP on a worker's I/O queue (the secrets travel in ``cfg``)."""
+    from ..transports.nvmf_host.auth import HostAuthConfig
+    from ..transports.nvmf_host.controller import Controller
+
+    dh = cfg.get("dhchap")
+    auth = HostAuthConfig.from_strings(*dh) if dh else None
+    c = Controller(
+        cfg["traddr"], cfg["trsvcid"], cfg["subnqn"], hostnqn=cfg["hostnqn"], dhchap=auth
+    )  # fmt: skip
+    c._maybe_authenticate(bq, connect_result)
+
+
+def _dhchap_from_args(a: Any) -> Any:
+    """--dhchap-key / --dhchap-ctrlr-key FILE (DHHC-1 key files, checked like the
+    keyring does: owner-only) and the offered --dhchap-digests / --dhchap-dhgroups."""
+    from ..control.keyring import DhchapSecret, read_key_file
+    from ..transports.nvmf_host.auth import HostAuthConfig
+
+    if not a.dhchap_key:
+        if a.dhchap_ctrlr_key:
+            raise ValueError("--dhchap-ctrlr-key needs --dhchap-key")
+        return None
+    keys: list[DhchapSecret | None] = []
+    for path in (a.dhchap_key, a.dhchap_ctrlr_key):
+        if path is None:
+            keys.append(None)
+            continue
+        m = read_key_file(os.path.abspath(path))
+        if not isinstance(m, DhchapSecret):
+            raise ValueError(f"{path}: not a DH-HMAC-CHAP secret (DHHC-1)")
+        keys.append(m)
+    digests = a.dhchap_digests.split(",") if a.dhchap_digests else None
+    dhgroups = a.dhchap_dhgroups.split(",") if a.dhchap_dhgroups else None
+    from ..transports.nvmf.auth_crypto import DHGROUP_IDS, HASH_IDS
+
+    for v in digests or ():
+        if v not in HASH_IDS:
+            raise ValueError(f"--dhchap-digests: unknown {v!r}")
+    for v in dhgroups or ():
+        if v not in DHGROUP_IDS:
+            raise ValueError(f"--dhchap-dhgroups: unknown {v!r}")
+    assert keys[0] is not None
+    return HostAuthConfig(keys[0], keys[1], digests, dhgroups)
 
 
 class _Shared:
@@ -762,6 +809,7 @@ class _CtrlKeeper:
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..transports.nvmf.auth_host import AuthFailed
     from ..transports.nvmf_host.controller import Controller
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
 
@@ -825,6 +873,11 @@ def run(a: argparse.Namespace) -> int:
         if trid["trtype"] != "TCP":
             print("perf: --psk-path: TLS is for the TCP transport only", file=sys.stderr)
             return 2
+    try:
+        dhchap = _dhchap_from_args(a)
+    except (OSError, ValueError) as e:
+        print(f"perf: {e}", file=sys.stderr)
+        return 2
     ident: dict[str, Any] = {"hostnqn": trid.get("hostnqn"), "hostid": None}
 
     def make() -> Any:
@@ -841,12 +894,13 @@ def run(a: argparse.Namespace) -> int:
             trtype=trid["trtype"],
             host_traddr=trid.get("hostaddr"),
             psk=psk,
+            dhchap=dhchap,
         ).connect()
 
     try:
         ctrl = make()
         ident["hostnqn"], ident["hostid"] = ctrl.hostnqn, ctrl.hostid
-    except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+    except (OSError, TransportError, NvmeStatusError, TimeoutError, AuthFailed) as e:
         print(
             f"perf: cannot connect to {trid['traddr']}:{trid['trsvcid']} {trid['subnqn']}: {e}",
             file=sys.stderr,
@@ -922,6 +976,14 @@ def run(a: argparse.Namespace) -> int:
                 "tls": [ctrl.tls.identity, ctrl.tls.suite, ctrl.tls.key.hex()]
                 if ctrl.tls
                 else None,
+                "dhchap": (
+                    [
+                        dhchap.key.interchange(),
+                        dhchap.ctrl_key.interchange() if dhchap.ctrl_key else None,
+                    ]
+                    if dhchap is not None
+                    else None
+                ),
             }
             r, w = ctx.Pipe(duplex=False)
             v = ctx.RawValue("q", 0)
@@ -1186,6 +1248,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SEC",
         help="seconds between reconnect attempts (default 1)",
+    )
+    p.add_argument(
+        "--dhchap-key",
+        default=None,
+        metavar="FILE",
+        help="DH-HMAC-CHAP: authenticate every queue with the DHHC-1 secret in FILE (mode 0600)",
+    )
+    p.add_argument(
+        "--dhchap-ctrlr-key",
+        default=None,
+        metavar="FILE",
+        help="DH-HMAC-CHAP controller secret: the controller is authenticated too (bidirectional)",
+    )
+    p.add_argument(
+        "--dhchap-digests", default=None, help="digests offered (default sha256,sha384,sha512)"
+    )
+    p.add_argument(
+        "--dhchap-dhgroups", default=None, help="DH groups offered (default null,ffdhe2048,...)"
     )
     p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     p.add_argument(

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import Bdev, IoChannel
+from ...control.keyring import parse_dhchap_secret
 from ...runtime.loop import Timer
 from ..context import ReactorContext
 from . import ana, reservation_io, spec
@@ -145,6 +146,23 @@ class Subsystem:
         for nd in d.get("namespaces", ()):
             ns = Namespace(nd)
             self.namespaces[ns.nsid] = ns
+        # DH-HMAC-CHAP (auth.py): the material of each host's keys, the offered lists
+        self.dhchap_secrets: dict[str, list[str | None]] = dict(d.get("dhchap_secrets") or {})
+        self.dhchap_digests: list[str] = list(d.get("dhchap_digests") or ())
+        self.dhchap_dhgroups: list[str] = list(d.get("dhchap_dhgroups") or ())
+        self._dhchap_parsed: dict[str, tuple[Any, Any]] = {}
+
+    def dhchap_keys(self, hostnqn: str) -> tuple[Any, Any]:
+        """(host key, controller key) of ``hostnqn`` as DhchapSecret, None when unset."""
+        got = self._dhchap_parsed.get(hostnqn)
+        if got is None:
+            m = list(self.dhchap_secrets.get(hostnqn) or ()) + [None, None]
+            got = (
+                parse_dhchap_secret(m[0]) if m[0] else None,
+                parse_dhchap_secret(m[1]) if m[1] else None,
+            )
+            self._dhchap_parsed[hostnqn] = got
+        return got
 
     def host_allowed(self, hostnqn: str) -> bool:
         return self.is_discovery or self.allow_any_host or hostnqn in self.hosts

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...control.hostlog import HostLog
 from ...shm.iobuf import IoBufs, IoVec
@@ -110,6 +110,8 @@ class QueuePair:
         self.close_reason = ""
         self.connect_pending = False
         self.write_through = False  # VWC = 0 on the controller: every write is FUA
+        self.auth: Any = None  # auth.TargetAuth when the host must authenticate (DH-HMAC-CHAP)
+        self.auth_timer: Any = None
         self.reqs: dict[int, Request] = {}  # CID -> request in flight
         self.fused_first: Request | None = None
         self.iobufs: IoBufs | None = getattr(target.ctx, "iobufs", None)
@@ -348,6 +350,9 @@ class QueuePair:
             return
         self.closed = True
         self.close_reason = self.close_reason or reason
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
         idle = {id(r) for r in self.pending_transfers()}
         if self.fused_first is not None:
             idle.add(id(self.fused_first))
@@ -370,7 +375,7 @@ class QueuePair:
         if lhost.startswith(tt + ":"):  # non-TCP keys carry their trtype
             lhost = lhost[len(tt) + 1 :]
         fam = self.adrfam
-        return {
+        d: dict[str, object] = {
             "cntlid": self.cntlid,
             "qid": self.qid,
             "state": "active" if not self.closed else "deleting",
@@ -379,6 +384,9 @@ class QueuePair:
             "listen_address": {"trtype": tt, "adrfam": fam, "traddr": lhost, "trsvcid": lport},
             "peer_address": {"trtype": tt, "adrfam": fam, "traddr": host, "trsvcid": port},
         }
+        if self.auth is not None:
+            d["auth"] = self.auth.describe()
+        return d
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.peer} qid={self.qid} cntlid={self.cntlid}>"

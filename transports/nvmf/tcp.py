@@ -438,6 +438,7 @@ class TcpQpair(QueuePair):
             and self.fused_first is None
             and not self.closed
             and not ana.refuses_io(self.subsys, self.listener)
+            and (self.auth is None or self.auth.authenticated)
         )
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:
