@@ -8,6 +8,7 @@ MODULES = (
     "blockfabric.bdevs.rpc",
     "blockfabric.control.framework_methods",
     "blockfabric.actors.supervisor",
+    "blockfabric.actors.trace_rpc",
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",
     "blockfabric.bdevs.nvme_rpc",
