@@ -130,8 +130,8 @@ TP_ISCSI_DATAIN = _tp("iscsi_conn", 4)  # a2 = bytes, a3 = 1 with the status col
 TP_ISCSI_RESP = _tp("iscsi_conn", 5)  # a3 = SCSI status
 TP_ISCSI_LOGIN = _tp("iscsi_conn", 8)  # connection entered full feature phase
 TP_ISCSI_CLOSE = _tp("iscsi_conn", 9)
-# SCSI core: obj = connection, a0 = task tag
-TP_SCSI_TASK = _tp("scsi", 0)  # a3 = CDB opcode
+# SCSI core: obj = the SCSI device (target node), a0 = task tag
+TP_SCSI_TASK = _tp("scsi", 0)  # a1 = LUN, a2 = expected transfer length, a3 = CDB opcode
 TP_SCSI_DONE = _tp("scsi", 1)  # a3 = status
 # bdev layer: obj = the channel (its BDEV_OPEN record carries the name)
 TP_BDEV_START = _tp("bdev", 0)  # a1 = LBA, a2 = bytes, a3 = 1 read 2 write
@@ -203,8 +203,8 @@ TPOINTS.update(
         TP_ISCSI_RESP: Tpoint("ISCSI_RESP_SENT", "iscsi_conn", "conn", ("itt", "", "", "status"), "RESP_SENT"),
         TP_ISCSI_LOGIN: Tpoint("ISCSI_CONN_FFP", "iscsi_conn", "conn", ("cid",)),
         TP_ISCSI_CLOSE: Tpoint("ISCSI_CONN_CLOSE", "iscsi_conn", "conn", ()),
-        TP_SCSI_TASK: Tpoint("SCSI_TASK_START", "scsi", "conn", ("tag", "", "len", "cdb0")),
-        TP_SCSI_DONE: Tpoint("SCSI_TASK_DONE", "scsi", "conn", ("tag", "", "", "status")),
+        TP_SCSI_TASK: Tpoint("SCSI_TASK_START", "scsi", "device", ("tag", "lun", "len", "cdb0")),
+        TP_SCSI_DONE: Tpoint("SCSI_TASK_DONE", "scsi", "device", ("tag", "", "", "status")),
         TP_BDEV_START: Tpoint("BDEV_IO_START", "bdev", "channel", ("", "lba", "len", "type")),
         TP_BDEV_DONE: Tpoint("BDEV_IO_DONE", "bdev", "channel", ("", "lba", "len", "status")),
         TP_BDEV_OPEN: Tpoint("BDEV_CHANNEL_OPEN", "bdev", "channel", (), string=True),

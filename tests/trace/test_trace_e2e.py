@@ -232,6 +232,39 @@ def test_trace_record_copies_the_rings(daemon_factory: Any, tmp_path: Path) -> N
     assert len(live) <= 1024 * 2
 
 
+def test_iscsi_requests_and_the_scsi_and_bdev_groups(daemon_factory: Any) -> None:
+    d = daemon_factory(mask="0x1", extra=["-e", "iscsi,scsi,bdev"]).start()
+    port = dlib.free_port()
+    d.rpc("bdev_malloc_create", {"name": "Malloc1", "num_blocks": 8192, "block_size": 512})
+    dlib.export_iscsi(d, port, {"n0": "Malloc1"})
+    w = dlib.IscsiPatternWriter(port, "iqn.2016-06.io.blockfabric:n0").start()
+    try:
+        deadline = time.monotonic() + 60
+        while w.ios < 100 and time.monotonic() < deadline and not w.error:
+            time.sleep(0.1)
+    finally:
+        w.stop()
+    assert not w.error and w.ios >= 100, (w.error, w.ios)
+    reqs = [q for q in _trace(d, "--slowest", "100000000") if q["group"] == "iscsi_conn"]
+    reads = [q for q in reqs if q["opc"] in (0x28, 0x88)]
+    writes = [q for q in reqs if q["opc"] in (0x2A, 0x8A)]
+    assert len(reads) > 20 and len(writes) > 20, (len(reads), len(writes))
+    for q in reads:
+        names = [p["phase"] for p in q["phases"]]
+        assert names == READ_PHASES + ([] if names[-1] == "DATA_SENT" else ["RESP_SENT"]), q
+    for q in writes:
+        names = [p["phase"] for p in q["phases"]]
+        assert names == ["PDU_RECV", "REQ_NEW", "BDEV_SUBMIT", "BDEV_DONE", "RESP_SENT"], q
+        assert q["len"] > 0
+    evs = _trace(d)
+    names = {e["tpoint"] for e in evs}
+    assert {"SCSI_TASK_START", "SCSI_TASK_DONE", "BDEV_IO_START", "BDEV_IO_DONE"} <= names
+    assert {"ISCSI_CONN_FFP", "BDEV_CHANNEL_OPEN"} <= names, names
+    # the bdev records name their bdev
+    text = d.cli("trace", "-n", d.name, "--group", "bdev", "--last", "5").stdout
+    assert "(Malloc1)" in text and "BDEV_IO_DONE" in text, text
+
+
 def test_clean_stop_removes_the_trace(daemon_factory: Any) -> None:
     d = daemon_factory(mask="0x1", extra=["-e", "all"]).start()
     seg = f"/dev/shm/blockfabric.{d.name}.trace"
