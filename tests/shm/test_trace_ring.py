@@ -221,3 +221,27 @@ def test_requests_are_grouped_and_phased() -> None:
     ]  # fmt: skip
     assert q.latency_ns == 60 and q.opc == 2
     assert tc.percentiles([1000, 2000, 3000, 4000])["p50"] == 2.0
+
+
+def test_garbage_rings_and_files_decode_without_crashing(seg: SharedSegment, tmp_path: Any) -> None:
+    h = tr.Header.parse(seg.buf)
+    base = tr.ring_offset(h, 0)
+    seg.buf[base:] = os.urandom(len(seg.buf) - base)
+    snap = tr.snapshot(bytes(seg.buf), live=False)
+    assert len(snap.records) <= 2 and snap.torn >= 28  # random slots are (nearly) never valid
+    for r in snap.records:
+        tc.describe(r)  # unknown tpoints and odd args print, never raise
+    f = tmp_path / "t.bftrace"
+    f.write_bytes(bytes(seg.buf[: tr.header_size(2) + 100]))
+    with pytest.raises(ValueError, match="truncated"):
+        tc.load_file(str(f))
+    f.write_bytes(tc.REC_MAGIC + struct.pack("<I", 10) + b"x" * 10)
+    with pytest.raises(ValueError, match="corrupt"):
+        tc.load_file(str(f))
+    # a recording whose recorder died inside a block: the blocks before it count
+    hdr = bytes(seg.buf[: tr.header_size(2)])
+    good = tr.REC.pack(1, 5, tr.TP_RPC_START, 0, 0, 1, 0, 0, 0, 1)
+    blk = struct.pack("<4sIII", b"BLK1", 0, 1, 0) + good
+    f.write_bytes(tc.REC_MAGIC + struct.pack("<I", len(hdr)) + hdr + blk + blk[:30])
+    snap = tc.load_file(str(f))
+    assert [r.seq for r in snap.records] == [1] and snap.torn == 1
