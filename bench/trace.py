@@ -13,6 +13,15 @@ A micro-benchmark in this process gives the cost of one hook statement
 path pays when the group is off) against an empty statement, and enabled
 (one record into a ring). Writes bench/results/trace.md and trace.json
 (BENCHMARKS.md includes trace.md, see bench/report.py).
+
+``--callgrind`` adds instructions per 4 KiB read command of the sans-I/O
+NVMe/TCP path (the in-process fake target of tests/transports/nvmf, one
+command fed at a time, its response taken), counted by callgrind as the
+difference of a 2000- and a 12000-command run: tracing off and nvmf_tcp on in
+this tree, and off in ``--base DIR`` (a checkout without the tracepoints, e.g.
+``git archive <commit> | tar -x -C DIR/blockfabric``; DIR is put on
+PYTHONPATH so that ``import blockfabric`` finds it). Independent of the
+machine's load.
 """
 
 from __future__ import annotations
@@ -20,9 +29,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import timeit
 from pathlib import Path
 from typing import Any
@@ -63,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cpus-target", default="0")
     ap.add_argument("--cpus-load", default="1")
     ap.add_argument("--micro-only", action="store_true", help="only the hook micro-benchmark")
+    ap.add_argument("--callgrind", action="store_true", help="instructions per command too")
+    ap.add_argument("--base", type=Path, default=None, help="--callgrind: a tree without tracing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
@@ -102,6 +117,65 @@ def micro(number: int = 2_000_000) -> dict[str, float]:
             seg.unlink()
 
 
+def percmd_child(tree: str, n: int, mode: str) -> None:
+    """Feed ``n`` 4 KiB read capsules to one in-process I/O queue pair."""
+    import types
+
+    sys.path.insert(0, os.path.join(tree, "tests"))
+    sys.path.insert(0, os.path.join(tree, "tests", "transports", "nvmf"))
+    import conftest as c  # the fake target of the NVMe-oF tests
+    from test_nvmf_tcp_fastpath import Io, _capsule
+
+    from blockfabric.transports.nvmf import spec
+
+    seg = None
+    if mode == "on":
+        from blockfabric.shm import trace as tr
+
+        seg = tr.create_segment(f"percmd{os.getpid()}", 1, 1 << 16, tr.G_NVMF_TCP | tr.G_NVMF)
+        tr.TRACE.attach(seg, 0)
+    h = types.SimpleNamespace(
+        FakeRpc=c.FakeRpc, setup_target=c.setup_target, HOSTID=c.HOSTID, SUBNQN=c.SUBNQN,
+        HOSTNQN=c.HOSTNQN,
+    )  # fmt: skip
+    qp = Io(h).qp
+    caps = [_capsule(spec.IO_READ, cid, 1, (cid % 56, 0, 7), None) for cid in range(32)]
+    feed, take = qp.feed_input, qp.take_output
+    for i in range(n):
+        feed(caps[i & 31])
+        assert take(), "no response"
+    if seg is not None:
+        tr.TRACE.detach()
+        seg.unlink()
+    os._exit(0)  # the fake target's threads need no orderly end here
+
+
+def callgrind(base: Path | None) -> dict[str, float]:
+    """Instructions per command: {"base_off"?, "off", "nvmf_tcp"}."""
+    out: dict[str, float] = {}
+    runs = [("off", ROOT, "off"), ("nvmf_tcp", ROOT, "on")]
+    if base is not None:
+        runs.insert(0, ("base_off", base / "blockfabric", "off"))
+    for key, tree, mode in runs:
+        ir = []
+        for n in (2000, 12000):
+            with tempfile.NamedTemporaryFile(prefix="cg.", delete=False) as f:
+                path = f.name
+            env = {**os.environ, "PYTHONPATH": str(Path(tree).parent)}
+            cmd = [
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={path}",
+                sys.executable, "-m", "bench.trace", "--percmd-child", str(tree), str(n), mode,
+            ]  # fmt: skip
+            subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, timeout=3600)
+            m = re.search(r"^summary:\s*(\d+)", Path(path).read_text(), re.M)
+            os.unlink(path)
+            assert m, f"no callgrind summary for {key}"
+            ir.append(int(m.group(1)))
+        out[key] = (ir[1] - ir[0]) / 10000
+        print(f"[trace] callgrind {key}: {out[key]:,.0f} instructions per command", flush=True)
+    return out
+
+
 def build(bf: BlockfabricTarget, size_mb: int) -> str:
     port = free_port()
     bf.rpc("nvmf_create_transport", {"trtype": "TCP"})
@@ -139,6 +213,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "rows": {},
     }
     print(f"[trace] micro: {res['micro']}", flush=True)
+    if a.callgrind:
+        res["callgrind"] = callgrind(a.base)
     if a.micro_only:
         return res
     rec = Recorder()
@@ -198,6 +274,23 @@ def markdown(res: dict[str, Any]) -> str:
         f"{mi['enabled_ns']:.0f} ns (one 64-byte record and the ring's write index).",
         "",
     ]
+    cg = res.get("callgrind")
+    if cg:
+        off = cg["off"]
+        parts = []
+        if "base_off" in cg:
+            parts.append(
+                f"without the tracepoints {cg['base_off']:,.0f}, with them and every group off "
+                f"{off:,.0f} ({off / cg['base_off']:.3f}x)"
+            )
+        else:
+            parts.append(f"every group off {off:,.0f}")
+        parts.append(f"nvmf_tcp on {cg['nvmf_tcp']:,.0f} ({cg['nvmf_tcp'] / off:.2f}x of off)")
+        lines += [
+            "Callgrind, instructions per 4 KiB read command of the sans-I/O NVMe/TCP path "
+            "(in-process queue pair, one command at a time): " + "; ".join(parts) + ".",
+            "",
+        ]
     if res["rows"]:
         base = res["rows"].get("off", {}).get("iops_median")
         lines += [
@@ -241,6 +334,10 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--percmd-child"]:
+        percmd_child(argv[1], int(argv[2]), argv[3])
+        return 0
     a = parse_args(argv)
     try:
         res = run(a)
