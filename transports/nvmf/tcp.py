@@ -337,6 +337,7 @@ class TcpQpair(QueuePair):
         rw_unpack = _RW.unpack_from
         limit_out = self.opts.max_unsent_bytes - self.backlog
         wt = self.write_through
+        traced = TRACE.mask & G_NVMF_TCP  # tracepoints of this batch (one test per command)
         n_io = 0
         try:
             while end - s >= 72:
@@ -373,7 +374,7 @@ class TcpQpair(QueuePair):
                         or sgl_len > max_io
                     ):
                         return
-                    if TRACE.mask & G_NVMF_TCP:
+                    if traced:
                         self._tr_fast(cid, op, slba, n, plen)
                     s += 72
                     r._start = s
@@ -393,7 +394,7 @@ class TcpQpair(QueuePair):
                         return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
                         return
-                    if TRACE.mask & G_NVMF_TCP:
+                    if traced:
                         self._tr_fast(cid, op, slba, n, plen)
                     req = Request(self, _FAST_SQE, cid, op, nsid)
                     req.data = memoryview(buf)[s + 72 : s + plen]
