@@ -19,6 +19,7 @@ SIGTERM, ``--duration`` or the instance's end.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import signal
@@ -96,14 +97,16 @@ class Req:
     phases: dict[str, int] = field(default_factory=dict)  # phase -> first ts
     order: list[str] = field(default_factory=list)  # phases in the order seen
     done: bool = False
+    gap: bool = False  # records of its ring between its first and last event are missing
     lba: int = 0
     length: int = 0
     opc: int = 0
 
     @property
     def complete(self) -> bool:
-        """Ended, and its start is in the trace (not overwritten)."""
-        return self.done and "REQ_NEW" in self.phases
+        """Ended, its start is in the trace (not overwritten) and no record
+        of its ring between its first and last event was lost."""
+        return self.done and "REQ_NEW" in self.phases and not self.gap
 
     @property
     def key(self) -> str:
@@ -146,6 +149,12 @@ def requests(records: Iterable[tr.Record]) -> list[Req]:
     kept, unfinished)."""
     open_: dict[tuple[int, int, int], Req] = {}
     out: list[Req] = []
+    records = list(records)
+    seqs: dict[int, list[int]] = {}
+    for r in records:
+        seqs.setdefault(r.ring, []).append(r.seq)
+    for v in seqs.values():
+        v.sort()
     for r in records:
         tp = tr.TPOINTS.get(r.tpoint)
         if tp is None or not tp.phase:
@@ -170,6 +179,10 @@ def requests(records: Iterable[tr.Record]) -> list[Req]:
         if _ends(r, ph):
             q.done = True
             del open_[key]
+    for q in out:
+        lo, hi = q.events[0].seq, q.events[-1].seq
+        v = seqs[q.ring]
+        q.gap = bisect.bisect_right(v, hi) - bisect.bisect_left(v, lo) != hi - lo + 1
     return out
 
 

@@ -220,6 +220,11 @@ def test_requests_are_grouped_and_phased() -> None:
         ("DATA_SENT", 10),
     ]  # fmt: skip
     assert q.latency_ns == 60 and q.opc == 2
+    # a record of the ring lost inside a request's span (a recording that fell
+    # behind, a torn slot): every request spanning it is no longer complete
+    lossy = tc.requests([r for r in recs if r.seq != 4])
+    assert [q.gap for q in lossy] == [True, True, False, False]
+    assert not any(q.complete for q in lossy)
     assert tc.percentiles([1000, 2000, 3000, 4000])["p50"] == 2.0
 
 

@@ -113,7 +113,8 @@ def test_nvmf_tcp_requests_have_their_phases_in_order(daemon_factory: Any) -> No
 
 
 def test_rpc_mask_changes_reach_every_reactor(daemon_factory: Any) -> None:
-    d = daemon_factory(mask="0x3").start()
+    # rings big enough that the controller events at the start are not overwritten
+    d = daemon_factory(mask="0x3", extra=["--num-trace-entries", "524288"]).start()
     port = _target(d)
     m = d.rpc("trace_get_tpoint_group_mask")
     assert m["tpoint_group_mask"] == "0x0" and m["nvmf_tcp"] == {"enabled": False, "mask": "0x20"}
@@ -207,7 +208,7 @@ def test_sigkill_under_load_leaves_a_ring_that_decodes(daemon_factory: Any, tmp_
 
 
 def test_trace_record_copies_the_rings(daemon_factory: Any, tmp_path: Path) -> None:
-    d = daemon_factory(mask="0x1", extra=["-e", "nvmf_tcp", "--num-trace-entries", "1024"])
+    d = daemon_factory(mask="0x1", extra=["-e", "nvmf_tcp", "--num-trace-entries", "16384"])
     d.start()
     port = _target(d)
     out = tmp_path / "rec.bftrace"
@@ -217,7 +218,7 @@ def test_trace_record_copies_the_rings(daemon_factory: Any, tmp_path: Path) -> N
     )  # fmt: skip
     try:
         time.sleep(1.0)
-        _run_perf(port, 1.0, workers=1, qd=4)
+        _run_perf(port, 2.0, workers=1, qd=4)
         time.sleep(0.5)
     finally:
         rec.send_signal(signal.SIGINT)
@@ -225,11 +226,11 @@ def test_trace_record_copies_the_rings(daemon_factory: Any, tmp_path: Path) -> N
     assert rec.returncode == 0, se
     assert "recorded" in so, so
     reqs = json.loads(d.cli("trace", "-f", str(out), "--slowest", "10000000", "--json").stdout)
-    # far more requests than one 1024-entry ring holds: the recorder kept them
+    # more requests than one ring holds (6 records per read): the recorder kept them
     reads = [q for q in reqs if _check_phases(q)]
-    assert len(reads) > 1024 // 6 * 2, len(reads)
+    assert len(reads) > 16384 // 6, len(reads)
     live = json.loads(d.cli("trace", "-n", d.name, "--json").stdout)
-    assert len(live) <= 1024 * 2
+    assert len(live) <= 16384 * 2
 
 
 def test_iscsi_requests_and_the_scsi_and_bdev_groups(daemon_factory: Any) -> None:
