@@ -44,9 +44,11 @@ from ..control.context import SUPERVISOR_OPS
 from ..control.errors import INTERNAL_ERROR, RpcError
 from ..control.registry import OUT_DICT, REGISTRY, Param, rpc_method
 from ..shm import names
+from ..shm import trace as tr
 from ..shm.lock import InstanceLock
 from ..shm.manifest import Manifest
 from ..shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool
+from ..shm.segment import SharedSegment
 from . import messages as m
 from .fdpass import Handoff, recv_fd, send_fd
 from .logpipe import DEFAULT_LOG_COUNT, DEFAULT_LOG_MAX_MB, PipeReader, make_handler, make_pipe
@@ -169,6 +171,8 @@ class Options:
     log_file: str | None = None
     log_max_mb: float = DEFAULT_LOG_MAX_MB
     log_count: int = DEFAULT_LOG_COUNT
+    tpoint_group: str = ""  # -e/--tpoint-group: groups traced from the start
+    num_trace_entries: int = tr.DEFAULT_ENTRIES  # per ring (power of 2)
 
 
 class Supervisor:
@@ -206,6 +210,13 @@ class Supervisor:
         self.started = time.time()
         self.lock = InstanceLock(self.instance)
         self.pool: BufferPool | None = None
+        self.trace_seg: SharedSegment | None = None
+        try:
+            self.trace_mask0 = tr.parse_groups(opts.tpoint_group)
+            tr.check_entries(opts.num_trace_entries)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        self._rpc_calls = itertools.count(1)
         self.rpc: Any = None
         self.zctx = zmq.Context()
         self.router: zmq.Socket[bytes] | None = None
@@ -258,6 +269,7 @@ class Supervisor:
         self.nvmf = _new_state("blockfabric.transports.nvmf.state", "NvmfState")
         self.iscsi = _new_state("blockfabric.transports.iscsi.state", "IscsiState")
         self.pool = self._create_pool(entries)
+        self._create_trace()
         self.router = self.zctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -347,6 +359,22 @@ class Supervisor:
         )  # fmt: skip
         return pool
 
+    def _create_trace(self) -> None:
+        """The trace segment: one ring per reactor, the last one for the
+        supervisor (RPCs). It always exists, so groups can be enabled at run
+        time; it is removed at a clean stop and kept after a SIGKILL."""
+        seg = tr.create_segment(
+            self.instance, self.num_reactors + 1, self.opts.num_trace_entries, self.trace_mask0
+        )
+        self.trace_seg = seg
+        tr.TRACE.attach(seg, self.num_reactors, tr.ROLE_SUPERVISOR)
+        if self.trace_mask0:
+            log.info(
+                "tracepoint group mask %#x specified; use `blockfabric trace -n %s` to see the "
+                "events at run time, or `blockfabric trace -f %s` after the instance has died",
+                self.trace_mask0, self.instance, seg.path,
+            )  # fmt: skip
+
     def _install_signals(self) -> None:
         r, w = socket.socketpair()
         r.setblocking(False)
@@ -380,6 +408,8 @@ class Supervisor:
             "--nreactors", str(self.num_reactors), "--state-dir", self.state_dir,
             "--pool", self.pool.name, "--log-fd", str(lw),
         ]  # fmt: skip
+        if self.trace_seg is not None:
+            args += ["--trace", self.trace_seg.name]
         try:
             proc = subprocess.Popen(
                 args, pass_fds=(b.fileno(), lw), env=dict(os.environ), stdin=subprocess.DEVNULL
@@ -977,7 +1007,21 @@ class Supervisor:
         return self.exit_code
 
     def dispatch(self, method: str, params: Any) -> Any:
+        if tr.TRACE.mask & tr.G_RPC:
+            return self._traced_dispatch(method, params)
         return REGISTRY.call(self, method, params)
+
+    def _traced_dispatch(self, method: str, params: Any) -> Any:
+        call = next(self._rpc_calls)
+        tr.TRACE.rec_name(tr.TP_RPC_START, call, method)
+        err = 1
+        try:
+            res = REGISTRY.call(self, method, params)
+            err = 0
+            return res
+        finally:
+            if tr.TRACE.mask & tr.G_RPC:
+                tr.TRACE.rec_name(tr.TP_RPC_DONE, call, method, err)
 
     def shutdown(self) -> None:
         self._stopping = True
@@ -1027,6 +1071,11 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.pool.destroy()
             self.pool = None
+        if self.trace_seg is not None:
+            tr.TRACE.detach()
+            with contextlib.suppress(Exception):
+                self.trace_seg.unlink()
+            self.trace_seg = None
         if self.router is not None:
             self.router.close(0)
             self.router = None

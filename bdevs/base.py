@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..runtime.loop import Loop
+from ..shm import trace as _tr
+from ..shm.trace import G_BDEV, TRACE
 
 
 class IoStatus(enum.IntEnum):
@@ -107,6 +109,8 @@ class IoChannel:
         self.removed = False
         self.in_flight = 0
         self.write_through = False
+        self.tp_id = _tr.new_object_id()  # this channel in the trace
+        self._tp_named = -(1 << 62)  # TRACE.seq of its last BDEV_CHANNEL_OPEN record
 
     # --- range check shared by every module -------------------------------
     def _check(self, offset_blocks: int, num_blocks: int) -> IoStatus:
@@ -123,6 +127,8 @@ class IoChannel:
         cb: ReadCallback,
         into: memoryview | None = None,
     ) -> None:
+        if TRACE.mask & G_BDEV:
+            cb = self._tr_read(cb, offset_blocks, num_blocks * self.bdev.block_size)
         # _check, inlined (every read of every transport comes through here)
         if self.removed:
             st = IoStatus.REMOVED
@@ -158,6 +164,8 @@ class IoChannel:
 
     def write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False) -> None:
         bs = self.bdev.block_size
+        if TRACE.mask & G_BDEV:
+            cb = self._tr_write(cb, offset_blocks, len(data))
         if len(data) % bs:
             cb(IoStatus.FAILED)
             return
@@ -173,6 +181,36 @@ class IoChannel:
             self._do_write(offset_blocks, data, cb, True)
         else:
             self._do_write(offset_blocks, data, cb)
+
+    # --- tracepoints (bdev group), only called while the group is enabled ----
+    def _tr_start(self, lba: int, n: int, kind: int) -> None:
+        t = TRACE
+        if t.seq - self._tp_named > t.slot_mask:  # (again once the ring may have lost it)
+            self._tp_named = t.seq + 1
+            t.rec_name(_tr.TP_BDEV_OPEN, self.tp_id, self.bdev.name)
+        t.rec(_tr.TP_BDEV_START, self.tp_id, 0, lba, n, kind)
+
+    def _tr_read(self, cb: ReadCallback, lba: int, n: int) -> ReadCallback:
+        self._tr_start(lba, n, 1)
+        obj = self.tp_id
+
+        def done(st: IoStatus, data: memoryview | None) -> None:
+            if TRACE.mask & G_BDEV:
+                TRACE.rec(_tr.TP_BDEV_DONE, obj, 0, lba, n, int(st))
+            cb(st, data)
+
+        return done
+
+    def _tr_write(self, cb: Callback, lba: int, n: int) -> Callback:
+        self._tr_start(lba, n, 2)
+        obj = self.tp_id
+
+        def done(st: IoStatus) -> None:
+            if TRACE.mask & G_BDEV:
+                TRACE.rec(_tr.TP_BDEV_DONE, obj, 0, lba, n, int(st))
+            cb(st)
+
+        return done
 
     def _check_cmp(self, offset_blocks: int, *bufs: memoryview) -> IoStatus:
         bs = self.bdev.block_size

@@ -683,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import auth
 
         return auth.main(argv[2:])
+    if argv[:2] == ["--only", "trace"]:  # tracing off / one group / all: bench/trace.py
+        from . import trace
+
+        return trace.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

@@ -30,6 +30,11 @@ SPDK_FORMS: dict[str, str] = {
     "load_config": "-i/--include-aliases -j/--json-conf",
     "log_set_level": "level",
     "log_get_level": "",
+    # --- trace.py -------------------------------------------------------------
+    "trace_enable_tpoint_group": "name",
+    "trace_disable_tpoint_group": "name",
+    "trace_get_tpoint_group_mask": "",
+    "trace_get_info": "",
     # --- iobuf.py / sock.py / accel.py / keyring.py / vmd.py -----------------
     "iobuf_set_options": (
         "--small-pool-count --large-pool-count --small-bufsize --large-bufsize --enable-numa"

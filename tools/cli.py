@@ -48,6 +48,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         log_file=a.log_file,
         log_max_mb=a.log_max_mb,
         log_count=a.log_count,
+        tpoint_group=a.tpoint_group,
+        num_trace_entries=a.num_trace_entries,
     )
     if a.daemon:
         return _daemonize(a, opts)
@@ -339,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotated log files kept: NAME.log.1 .. NAME.log.N (default %(default)s)",
     )
     s.add_argument(
+        "-e",
+        "--tpoint-group",
+        default="",
+        metavar="GROUPS",
+        help="tracepoint groups to record from the start, comma separated "
+        "(nvmf_tcp, nvmf_rdma, nvmf_fc, nvmf, bdev, scsi, iscsi_conn (or iscsi), rpc, all, "
+        "or a mask like SPDK's -e); decode with `blockfabric trace`",
+    )
+    s.add_argument(
+        "--num-trace-entries",
+        type=int,
+        default=32768,
+        metavar="N",
+        help="trace ring entries per reactor, a power of 2 (default %(default)s)",
+    )
+    s.add_argument(
         "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
     )
     s.add_argument(
@@ -364,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import shm_cmd
 
     shm_cmd.register(sub)
+    from . import trace_cmd
+
+    trace_cmd.register(sub)
     try:
         from . import perf
 

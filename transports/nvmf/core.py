@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from ...bdevs.base import Bdev, IoChannel
 from ...control.keyring import parse_dhchap_secret
 from ...runtime.loop import Timer
+from ...shm import trace as _tr
+from ...shm.trace import G_NVMF, TRACE
 from ..context import ReactorContext
 from . import ana, reservation_io, spec
 from .nqn import DISCOVERY_NQN
@@ -259,6 +261,8 @@ class Controller:
         now = time.monotonic()
         if now >= deadline:
             msg = "keep-alive timeout (%d ms) for %s cntlid %d: tearing down"
+            if TRACE.mask & G_NVMF:
+                TRACE.rec(_tr.TP_KATO_EXPIRED, self.cntlid, 0, self.kato_ms)
             hl = getattr(self.admin_qp, "hlog", None)
             if hl is not None:
                 hl.event(logging.WARNING, msg, self.kato_ms, self.subsys.nqn, self.cntlid)
@@ -459,12 +463,16 @@ class NvmfTarget:
     # -- controllers ----------------------------------------------------------------
     def add_controller(self, ctrl: Controller) -> None:
         self.controllers[ctrl.key] = ctrl
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_CTRLR_CREATE, ctrl.cntlid, getattr(ctrl.admin_qp, "tp_id", 0))
 
     def destroy_controller(self, ctrl: Controller, reason: str, notify: bool = True) -> None:
         """Tear down a controller owned here: its admin queue, its local I/O
         queues; the supervisor frees the cntlid and tells other reactors."""
         if ctrl.destroyed:
             return
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_CTRLR_DESTROY, ctrl.cntlid)
         ctrl.stop()
         self.controllers.pop(ctrl.key, None)
         for qp in list(ctrl.io_qpairs):
@@ -494,6 +502,8 @@ class NvmfTarget:
 
     def qpair_closed(self, qp: QueuePair) -> None:
         self.qpairs.discard(qp)
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_DISCONNECT, qp.tp_id, max(qp.qid, 0), qp.cntlid)
         if qp.qid == 0 and qp.ctrl is not None:
             self.destroy_controller(qp.ctrl, "admin queue closed")
         elif qp.qid > 0 and qp.subsys is not None:

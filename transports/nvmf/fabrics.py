@@ -14,6 +14,8 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from ...shm import trace as _tr
+from ...shm.trace import G_NVMF, TRACE
 from . import auth, spec
 from .core import DISC_KATO_MS, Controller, Subsystem
 
@@ -177,6 +179,8 @@ def _connect_admin(
         target.add_controller(ctrl)
         target.stats["admin_qpairs"] += 1
         ctrl.start_keep_alive()
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_CONNECT, qp.tp_id, 0, cntlid)
         req.complete(0, cntlid | auth.start(qp))
 
     target.ctx.call(
@@ -229,6 +233,8 @@ def _connect_io(
             ctrl.io_qpairs.add(qp)
             qp.ctrl = ctrl
         target.stats["io_qpairs"] += 1
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_CONNECT, qp.tp_id, qid, cntlid)
         req.complete(0, cntlid | auth.start(qp))
 
     target.ctx.call(

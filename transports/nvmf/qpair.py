@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...control.hostlog import HostLog
 from ...shm.iobuf import IoBufs, IoVec
+from ...shm.trace import REQ_DONE, TRACE, new_object_id, transport_group
 from . import spec
 from .request import DataLike, Request
 
@@ -116,6 +117,9 @@ class QueuePair:
         self.fused_first: Request | None = None
         self.iobufs: IoBufs | None = getattr(target.ctx, "iobufs", None)
         self.hlog = HostLog(log, f"nvmf-{transport.trtype.lower()} {peer}")
+        # tracepoints: this transport's group bit and tpoint base, our object id
+        self.tp_bit, self.tp_base = transport_group(transport.trtype)
+        self.tp_id = new_object_id()
         target.qpairs.add(self)
 
     # ================================================================ transport hooks
@@ -287,6 +291,8 @@ class QueuePair:
             self.release_transfer(req)
 
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
+        if TRACE.mask & self.tp_bit:
+            TRACE.rec(self.tp_base | REQ_DONE, self.tp_id, req.cid, 0, 0, status)
         try:
             if not self.finish(req, status):
                 return
@@ -298,6 +304,8 @@ class QueuePair:
     def complete_with_data(
         self, req: Request, data: DataLike, status: int = 0, result: int = 0
     ) -> None:
+        if TRACE.mask & self.tp_bit:
+            TRACE.rec(self.tp_base | REQ_DONE, self.tp_id, req.cid, 0, 0, status)
         try:
             if req.done:
                 return

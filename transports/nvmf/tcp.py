@@ -41,7 +41,10 @@ from collections import deque
 from collections.abc import Callable
 
 from ...runtime.loop import Timer
+from ...shm import trace as _tr
 from ...shm.iobuf import CHUNK, IoVec
+from ...shm.trace import G_NVMF_TCP, TRACE
+from ...shm.trace import TP_NVMF_TCP as _TP
 from . import ana, io, spec
 from . import pdu as P
 from .core import NvmfTarget
@@ -341,6 +344,7 @@ class TcpQpair(QueuePair):
         rw_unpack = _RW_UNPACK_FROM
         limit_out = self.opts.max_unsent_bytes - self.backlog
         wt = self.write_through
+        traced = TRACE.mask & G_NVMF_TCP  # tracepoints of this batch (one test per command)
         n_io = 0
         try:
             while end - s >= 72:
@@ -380,6 +384,8 @@ class TcpQpair(QueuePair):
                         or sgl_len > max_io
                     ):
                         return
+                    if traced:
+                        self._tr_fast(cid, op, slba, n, plen)
                     s += 72
                     r._start = s
                     self.sqhd = (self.sqhd + 1) % limit
@@ -402,6 +408,8 @@ class TcpQpair(QueuePair):
                         return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
                         return
+                    if traced:
+                        self._tr_fast(cid, op, slba, n, plen)
                     req = Request(self, _FAST_SQE, cid, op, nsid)
                     req.data = memoryview(buf)[s + 72 : s + plen]
                     s += plen
@@ -425,6 +433,23 @@ class TcpQpair(QueuePair):
         finally:
             if n_io:
                 self.target.stats["completed_nvme_io"] += n_io
+
+    def _tr_fast(self, cid: int, op: int, slba: int, n: int, plen: int) -> None:
+        """Tracepoints of a fast-path command: it is parsed and handed to the
+        bdev in one step (the timestamps differ by the recording only)."""
+        t, o = TRACE, self.tp_id
+        t.rec(_TP | _tr.REQ_PDU, o, cid, 0, plen, 4)
+        t.rec(_TP | _tr.REQ_NEW, o, cid, slba, n, op)
+        t.rec(_TP | _tr.REQ_SUBMIT, o, cid, slba, n)
+
+    def _tr_capsule(self, req: Request, pdu: P.Pdu) -> None:
+        sqe = req.sqe
+        lba = sqe.cdw10 | sqe.cdw11 << 32 if self.qid > 0 else 0
+        n = spec.unpack_sgl(sqe.dptr).length
+        TRACE.rec(
+            _TP | _tr.REQ_PDU, self.tp_id, req.cid, 0, len(pdu.hdr) + len(pdu.data or b""), pdu.type
+        )
+        TRACE.rec(_TP | _tr.REQ_NEW, self.tp_id, req.cid, lba, n, sqe.opcode)
 
     @property
     def fast_ok(self) -> bool:
@@ -497,6 +522,8 @@ class TcpQpair(QueuePair):
     def _capsule(self, pdu: P.Pdu) -> None:
         sqe = spec.unpack_sqe(pdu.hdr, 8)
         req = Request(self, sqe)
+        if TRACE.mask & G_NVMF_TCP:
+            self._tr_capsule(req, pdu)
         self._cur_hdr = pdu.hdr
         admitted = self.submit(req)  # queue depth, SQHD, CID uniqueness (core)
         self._cur_hdr = b""
@@ -611,6 +638,8 @@ class TcpQpair(QueuePair):
                 req.buf = self._get_buf(req.sgl_len)
             req.buf[datao : datao + datal] = pdu.data
         req.xfer_off = datao + datal
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_H2C, self.tp_id, req.cid, datao, datal)
         if req.xfer_off < req.sgl_len:
             return
         del self.ttags[ttag]
@@ -645,6 +674,8 @@ class TcpQpair(QueuePair):
 
     # ------------------------------------------------------------ output side
     def send_response(self, req: Request, status: int, result: int) -> None:
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_RESP, self.tp_id, req.cid, 0, 0, status)
         self.out_bytes += 24
         if not self.hdgst:
             self.out.append(
@@ -678,6 +709,8 @@ class TcpQpair(QueuePair):
             and self.opts.c2h_success
             and n > 0
         )
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_DATA, self.tp_id, req.cid, 0, n, success)
         unit = self.c2h_unit
         if 0 < n <= unit and not (self.hdgst or self.ddgst or self.hpda):
             # the common case: one C2HData PDU, header packed here
