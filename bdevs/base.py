@@ -15,7 +15,9 @@ Offsets and lengths are in blocks of `Bdev.block_size` bytes.
 from __future__ import annotations
 
 import enum
+import time
 import uuid as uuid_mod
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -65,6 +67,24 @@ def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
     return n  # not reached
 
 
+# Upper bounds (ns) of the per-bdev latency histogram buckets, Prometheus
+# ``le`` semantics; one more bucket counts everything slower (+Inf). A
+# completion costs one bisect and one list increment (issue 13).
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
+    int(us * 1000)
+    for us in (
+        10, 25, 50, 100, 250, 500,
+        1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+        100_000, 250_000, 500_000, 1_000_000,
+    )
+)  # fmt: skip
+_NBUCKETS = len(LATENCY_BOUNDS_NS) + 1
+
+
+def _hist() -> list[int]:
+    return [0] * _NBUCKETS
+
+
 @dataclass
 class IoStats:
     bytes_read: int = 0
@@ -75,16 +95,61 @@ class IoStats:
     num_unmap_ops: int = 0
     num_flush_ops: int = 0
     num_write_zeroes_ops: int = 0
+    # nanoseconds from submission to completion, summed over completed
+    # reads / writes (writes include compare-and-write)
     read_latency_ticks: int = 0
     write_latency_ticks: int = 0
     io_errors: int = 0
+    # blockfabric extension: completed reads / writes per latency bucket
+    # (LATENCY_BOUNDS_NS, non-cumulative, the last one is +Inf)
+    read_latency_hist: list[int] = field(default_factory=_hist)
+    write_latency_hist: list[int] = field(default_factory=_hist)
 
     def add(self, other: IoStats) -> None:
         for k in self.__dataclass_fields__:
-            setattr(self, k, getattr(self, k) + getattr(other, k))
+            mine, theirs = getattr(self, k), getattr(other, k)
+            if isinstance(mine, list):
+                if len(theirs) == len(mine):
+                    for i, v in enumerate(theirs):
+                        mine[i] += v
+            else:
+                setattr(self, k, mine + theirs)
 
-    def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (list(v) if isinstance(v, list) else v)
+            for k in self.__dataclass_fields__
+            for v in (getattr(self, k),)
+        }
+
+    def read_done(self, cb: ReadCallback, t0: int) -> ReadCallback:
+        """``cb`` wrapped to add its latency since ``t0`` (monotonic_ns)."""
+
+        def done(status: IoStatus, data: memoryview | None) -> None:
+            dt = time.monotonic_ns() - t0
+            self.read_latency_ticks += dt
+            self.read_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status, data)
+
+        return done
+
+    def write_done(self, cb: Callback, t0: int) -> Callback:
+        def done(status: IoStatus) -> None:
+            dt = time.monotonic_ns() - t0
+            self.write_latency_ticks += dt
+            self.write_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status)
+
+        return done
+
+    def cmp_write_done(self, cb: CompareCallback, t0: int) -> CompareCallback:
+        def done(status: IoStatus, diff: int) -> None:
+            dt = time.monotonic_ns() - t0
+            self.write_latency_ticks += dt
+            self.write_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status, diff)
+
+        return done
 
 
 class IoChannel:
@@ -132,6 +197,7 @@ class IoChannel:
             return
         self.stats.num_read_ops += 1
         self.stats.bytes_read += num_blocks * self.bdev.block_size
+        cb = self.stats.read_done(cb, time.monotonic_ns())
         # hooks take ``into``/``fua`` as optional trailing arguments, so
         # modules (and test doubles) written before them keep working
         if into is None:
@@ -152,6 +218,7 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(data)
+        cb = self.stats.write_done(cb, time.monotonic_ns())
         if fua or self.write_through:
             self._do_write(offset_blocks, data, cb, True)
         else:
@@ -190,6 +257,7 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(write)
+        cb = self.stats.cmp_write_done(cb, time.monotonic_ns())
         self._do_compare_and_write(offset_blocks, compare, write, cb, fua or self.write_through)
 
     def flush(self, cb: Callback) -> None:

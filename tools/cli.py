@@ -48,6 +48,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         log_file=a.log_file,
         log_max_mb=a.log_max_mb,
         log_count=a.log_count,
+        metrics_addr=a.metrics,
+        http_addr=a.http,
     )
     if a.daemon:
         return _daemonize(a, opts)
@@ -337,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         metavar="N",
         help="rotated log files kept: NAME.log.1 .. NAME.log.N (default %(default)s)",
+    )
+    s.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+        "a bare PORT binds 127.0.0.1)",
+    )
+    s.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the read-only web dashboard at http://HOST:PORT/ (off by default; "
+        "a bare PORT binds 127.0.0.1)",
     )
     s.add_argument(
         "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
