@@ -44,7 +44,7 @@ polyline { fill: none; stroke-width: 1.5; }
 <tbody></tbody></table>
 <div class="charts" id="charts"></div></section>
 <section><h2>Reactors</h2><table id="reactors"><thead><tr><th>lcore</th><th>pid</th>
-<th class="n">busy %</th><th class="n">connections</th><th class="n">restarts</th><th>state</th>
+<th class="n">busy polls %</th><th class="n">CPU %</th><th class="n">connections</th><th class="n">restarts</th><th>state</th>
 </tr></thead><tbody></tbody></table></section>
 <section><h2>Listeners</h2><table id="listeners"><thead><tr><th>proto</th><th>address</th>
 </tr></thead><tbody></tbody></table></section>
@@ -106,7 +106,8 @@ function chart(name, key, label, color) {
   }
   const data = series[name][key];
   const max = Math.max(1e-9, ...data);
-  const pts = data.map((v, i) => ((i * 300) / (HISTORY - 1)).toFixed(1) + ',' +
+  const off = HISTORY - data.length;  // the newest point at the right edge
+  const pts = data.map((v, i) => (((off + i) * 300) / (HISTORY - 1)).toFixed(1) + ',' +
                                   (88 - (v / max) * 76).toFixed(1));
   box.querySelector('polyline').setAttribute('points', pts.join(' '));
   box.querySelector('text').textContent = 'max ' + max.toFixed(1) + ' now ' +
@@ -152,7 +153,8 @@ function render(s) {
     const p = pr[r.lcore];
     const db = p ? r.busy - p.busy : r.busy, di = p ? r.idle - p.idle : r.idle;
     const busy = db + di > 0 ? 100 * db / (db + di) : 0;
-    return [r.lcore, r.pid, num(busy, 'busy-' + r.lcore, 1),
+    const cpu = p && dt > 0 ? 100 * (r.cpu_s - p.cpu_s) / dt : 0;
+    return [r.lcore, r.pid, num(busy, 'busy-' + r.lcore, 1), num(cpu, 'cpu-' + r.lcore, 1),
             num(r.connections, 'conns-' + r.lcore), r.restarts || 0, r.state];
   }));
   fill('listeners', s.listeners.map(l => [l.proto, l.addr + ':' + l.port]));

@@ -104,6 +104,7 @@ def dashboard_view(snap: dict[str, Any]) -> dict[str, Any]:
                 "pid": r.get("pid"),
                 "busy": r.get("busy", 0),
                 "idle": r.get("idle", 0),
+                "cpu_s": float(r.get("cpu_user_s", 0.0)) + float(r.get("cpu_sys_s", 0.0)),
                 "restarts": r.get("restarts", 0),
                 "state": r.get("state", ""),
                 "connections": conns.get(i, 0),

@@ -131,13 +131,15 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
 
 def _reactor_families(snap: dict[str, Any]) -> Iterable[Metric]:
     rinfo = snap.get("reactors") or {}
-    tick = float(rinfo.get("tick_rate") or 1e9)
-    busy = CounterMetricFamily(
-        "blockfabric_reactor_busy_seconds", "time the reactor spent working", labels=["reactor"]
+    cpu = CounterMetricFamily(
+        "blockfabric_reactor_cpu_seconds",
+        "CPU time of the reactor process (its busy time: an idle reactor blocks in epoll)",
+        labels=["reactor", "mode"],
     )
-    idle = CounterMetricFamily(
-        "blockfabric_reactor_idle_seconds", "time the reactor spent idle", labels=["reactor"]
-    )
+    polls = CounterMetricFamily(
+        "blockfabric_reactor_polls", "event loop polls that found work (busy) or none (idle)",
+        labels=["reactor", "kind"],
+    )  # fmt: skip
     restarts = CounterMetricFamily(
         "blockfabric_reactor_restarts", "restarts of the reactor by the supervisor",
         labels=["reactor"],
@@ -154,12 +156,14 @@ def _reactor_families(snap: dict[str, Any]) -> Iterable[Metric]:
     per = observe.reactor_connections(snap)
     for i, r in enumerate(rinfo.get("reactors", [])):
         lab = [str(r.get("lcore", i))]
-        busy.add_metric(lab, r.get("busy", 0) / tick)
-        idle.add_metric(lab, r.get("idle", 0) / tick)
+        cpu.add_metric([*lab, "user"], float(r.get("cpu_user_s", 0.0)))
+        cpu.add_metric([*lab, "system"], float(r.get("cpu_sys_s", 0.0)))
+        polls.add_metric([*lab, "busy"], r.get("busy", 0))
+        polls.add_metric([*lab, "idle"], r.get("idle", 0))
         restarts.add_metric(lab, r.get("restarts") or 0)
         cberr.add_metric(lab, r.get("callback_errors", 0))
         conns.add_metric(lab, per.get(i, 0))
-    return [busy, idle, restarts, cberr, conns]
+    return [cpu, polls, restarts, cberr, conns]
 
 
 _NVMF_COUNTERS = {

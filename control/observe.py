@@ -67,7 +67,8 @@ def _avg_us(ticks: int, ops: int) -> float:
 def rates(prev: dict[str, Any] | None, cur: dict[str, Any]) -> dict[str, Any]:
     """Per-second figures between two snapshots (all zero without ``prev``):
     ``bdevs`` name -> read/write IOPS, MiB/s, average latency (us) of the
-    interval; ``reactors`` lcore -> busy % of the interval."""
+    interval; ``reactors`` lcore -> ``busy_pct`` (polls that found work),
+    ``cpu_pct`` (the process's CPU time) and ``polls_s`` of the interval."""
     dt = cur["time"] - prev["time"] if prev else 0.0
     out_b: dict[str, dict[str, float]] = {}
     before = bdev_stats(prev) if prev else {}
@@ -99,16 +100,26 @@ def rates(prev: dict[str, Any] | None, cur: dict[str, Any]) -> dict[str, Any]:
             "read_lat_us": _avg_us(b["read_latency_ticks"] - p["read_latency_ticks"], dr),
             "write_lat_us": _avg_us(b["write_latency_ticks"] - p["write_latency_ticks"], dw),
         }
-    out_r: dict[int, float] = {}
+    out_r: dict[int, dict[str, float]] = {}
     prev_r = {r["lcore"]: r for r in ((prev or {}).get("reactors") or {}).get("reactors", [])}
     for r in (cur.get("reactors") or {}).get("reactors", []):
         p = prev_r.get(r["lcore"])
-        if p is None:
+        cpu = float(r.get("cpu_user_s", 0.0)) + float(r.get("cpu_sys_s", 0.0))
+        if p is None or dt <= 0:
             tot = r["busy"] + r["idle"]
-            out_r[r["lcore"]] = 100.0 * r["busy"] / tot if tot else 0.0
+            out_r[r["lcore"]] = {
+                "busy_pct": 100.0 * r["busy"] / tot if tot else 0.0,
+                "cpu_pct": 0.0,
+                "polls_s": 0.0,
+            }
             continue
         db, di = r["busy"] - p["busy"], r["idle"] - p["idle"]
-        out_r[r["lcore"]] = 100.0 * db / (db + di) if db + di > 0 else 0.0
+        pcpu = float(p.get("cpu_user_s", 0.0)) + float(p.get("cpu_sys_s", 0.0))
+        out_r[r["lcore"]] = {
+            "busy_pct": 100.0 * db / (db + di) if db + di > 0 else 0.0,
+            "cpu_pct": 100.0 * (cpu - pcpu) / dt,
+            "polls_s": (db + di) / dt,
+        }
     return {"interval_s": dt, "bdevs": out_b, "reactors": out_r}
 
 

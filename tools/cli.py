@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import shm_cmd
 
     shm_cmd.register(sub)
+    from . import top
+
+    top.register(sub)
     try:
         from . import perf
 
