@@ -26,6 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from ..bdevs.base import LATENCY_BOUNDS_NS
 from . import observe
@@ -39,7 +40,7 @@ def _buckets(hist: list[int], sum_ns: int) -> tuple[list[tuple[str, float]], flo
     (le, count) pairs and the sum in seconds."""
     out: list[tuple[str, float]] = []
     acc = 0
-    bounds = [f"{b * NS:.6g}" for b in LATENCY_BOUNDS_NS] + ["+Inf"]
+    bounds = [floatToGoString(b * NS) for b in LATENCY_BOUNDS_NS] + ["+Inf"]
     for le, n in zip(bounds, hist, strict=False):
         acc += n
         out.append((le, float(acc)))
