@@ -381,6 +381,7 @@ STANDALONE = (
     ("rbd", "Ceph RBD: blockfabric NVMe/TCP on an RBD image vs `rbd bench` (same run)"),
     ("fuzz", "Coverage-guided fuzzing"),
     ("stack", "Stackable bdevs: cost on the malloc path"),
+    ("metrics", "Observability: cost of a metrics scrape every second"),
 )
 
 
