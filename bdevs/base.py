@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..control.observe import LATENCY_BOUNDS_NS
 from ..runtime.loop import Loop
 
 
@@ -67,17 +68,6 @@ def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
     return n  # not reached
 
 
-# Upper bounds (ns) of the per-bdev latency histogram buckets, Prometheus
-# ``le`` semantics; one more bucket counts everything slower (+Inf). A
-# completion costs one bisect and one list increment (issue 13).
-LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
-    int(us * 1000)
-    for us in (
-        10, 25, 50, 100, 250, 500,
-        1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
-        100_000, 250_000, 500_000, 1_000_000,
-    )
-)  # fmt: skip
 _NBUCKETS = len(LATENCY_BOUNDS_NS) + 1
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -180,6 +181,10 @@ def _handler(src: _Source, routes: set[str]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class HttpServers:
     """The metrics and dashboard servers of one instance (either may be
     absent; the same address serves both)."""
@@ -194,7 +199,8 @@ class HttpServers:
         self.servers: list[tuple[ThreadingHTTPServer, threading.Thread, set[str]]] = []
         try:
             for addr, routes in wanted.items():
-                srv = ThreadingHTTPServer(addr, _handler(self.src, routes))
+                cls = _Server6 if ":" in addr[0] else ThreadingHTTPServer
+                srv = cls(addr, _handler(self.src, routes))
                 srv.daemon_threads = True
                 t = threading.Thread(
                     target=srv.serve_forever,
@@ -207,17 +213,22 @@ class HttpServers:
             self.close()
             raise
 
+    @staticmethod
+    def _bound(srv: ThreadingHTTPServer) -> tuple[str, int]:
+        host, port = srv.server_address[:2]
+        return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
+
     def start(self) -> None:
         for srv, t, routes in self.servers:
             t.start()
-            host, port = srv.server_address[:2]
+            host, port = self._bound(srv)
             log.info("http: %s at http://%s:%s/", "+".join(sorted(routes)), host, port)
 
     def addresses(self) -> dict[str, str]:
         """route -> ``HOST:PORT`` actually bound (port 0 resolved)."""
         out = {}
         for srv, _t, routes in self.servers:
-            host, port = srv.server_address[:2]
+            host, port = self._bound(srv)
             for r in routes:
                 out[r] = f"{host}:{port}"
         return out

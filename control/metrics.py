@@ -28,8 +28,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ..bdevs.base import LATENCY_BOUNDS_NS
 from . import observe
+from .observe import LATENCY_BOUNDS_NS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NS = 1e-9
@@ -266,8 +266,8 @@ def _pool_families(snap: dict[str, Any]) -> Iterable[Metric]:
         bufs.add_metric(lab, e.get("in_use", 0))
         waits.add_metric(lab, e.get("waits", 0))
         nomem.add_metric(lab, e.get("nomem", 0))
-        for pool in ("small", "large"):
-            gets.add_metric([*lab, pool], (e.get(f"{pool}_pool") or {}).get("gets", 0))
+        for kind in ("small", "large"):
+            gets.add_metric([*lab, kind], (e.get(f"{kind}_pool") or {}).get("gets", 0))
     out: list[Metric] = [in_use, bufs, waits, nomem, gets]
     pool = (snap.get("status") or {}).get("pool")
     if pool:

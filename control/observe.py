@@ -16,6 +16,19 @@ from typing import Any
 
 Call = Callable[[str, Any], Any]
 
+# Upper bounds (ns) of the per-bdev latency histogram buckets, Prometheus
+# ``le`` semantics; one more bucket counts everything slower (+Inf). A
+# completion costs one bisect and one list increment (issue 13).
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
+    int(us * 1000)
+    for us in (
+        10, 25, 50, 100, 250, 500,
+        1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+        100_000, 250_000, 500_000, 1_000_000,
+    )
+)  # fmt: skip
+
+
 # what a snapshot holds -> the RPC that answers it (params None)
 _PLAIN = {
     "status": "blockfabric_get_status",

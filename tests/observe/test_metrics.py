@@ -16,9 +16,10 @@ from obs_helpers import Target, finish, get
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from blockfabric.bdevs.base import LATENCY_BOUNDS_NS, IoStats
+from blockfabric.bdevs.base import IoStats
 from blockfabric.control import metrics, observe
 from blockfabric.control.http import parse_bind
+from blockfabric.control.observe import LATENCY_BOUNDS_NS
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
