@@ -76,11 +76,11 @@ def main() -> int:
             trid = f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN} ns:{ns}"
             extra = ["-M", "70"] if pat == "randrw" else []
             loads.append(subprocess.Popen(
-                [*BIN, "perf", "-r", trid, "-t", "40", "-q", "16", "-w", pat, *extra,
-                 "--quiet"], env=env, stdout=subprocess.DEVNULL))  # fmt: skip
+                [*BIN, "perf", "-r", trid, "-t", "90", "-q", "16", "-w", pat, *extra,
+                 "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
         time.sleep(3)
         top = shlex.join([*BIN, "top", "-r", rpc, "--view", "bdevs"])
-        subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "120", "-y", "14", top],
+        subprocess.run([*tmux, "new-session", "-d", "-s", "top", "-x", "150", "-y", "14", top],
                        env={**env, "TERM": "xterm-256color"}, check=True)  # fmt: skip
         time.sleep(4)
         screens = []
@@ -99,9 +99,9 @@ def main() -> int:
             + "</pre></body></html>"
         )  # fmt: skip
         rows = text.count("\n") + 2
-        chromium(f"--window-size=1000,{int(rows * 16.25 + 24)}", f"--screenshot={IMG / 'top.png'}",
+        chromium(f"--window-size=1250,{int(rows * 16.25 + 24)}", f"--screenshot={IMG / 'top.png'}",
                  page.as_uri())  # fmt: skip
-        chromium("--window-size=1280,1000", "--virtual-time-budget=8000",
+        chromium("--window-size=1280,1000", "--virtual-time-budget=30000",
                  f"--screenshot={IMG / 'dashboard.png'}", f"http://127.0.0.1:{hport}/")  # fmt: skip
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
