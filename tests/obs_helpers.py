@@ -102,6 +102,21 @@ class Target:
         raise AssertionError("no I/O reached Malloc0")
 
 
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus text page parsed by prometheus_client: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(sm: dict[Any, float], name: str, **labels: str) -> float:
+    return sm[(name, tuple(sorted(labels.items())))]
+
+
 def get(url: str, timeout: float = 30.0) -> tuple[int, str, bytes]:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.status, r.headers.get("Content-Type", ""), r.read()

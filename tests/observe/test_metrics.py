@@ -12,26 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from obs_helpers import Target, finish, get
-from prometheus_client.parser import text_string_to_metric_families
+from obs_helpers import Target, finish, get, samples, value
 from prometheus_client.utils import floatToGoString
 
 from blockfabric.bdevs.base import IoStats
 from blockfabric.control import metrics, observe
 from blockfabric.control.http import parse_bind
 from blockfabric.control.observe import LATENCY_BOUNDS_NS
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(sm: dict[Any, float], name: str, **labels: str) -> float:
-    return sm[(name, tuple(sorted(labels.items())))]
 
 
 def fake_snapshot() -> dict[str, Any]:
