@@ -15,6 +15,7 @@ Offsets and lengths are in blocks of `Bdev.block_size` bytes.
 from __future__ import annotations
 
 import enum
+import os
 import time
 import uuid as uuid_mod
 from bisect import bisect_left
@@ -69,6 +70,12 @@ def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
 
 
 _NBUCKETS = len(LATENCY_BOUNDS_NS) + 1
+_now = time.monotonic_ns
+_bucket = bisect_left
+# Latency accounting of reads and writes (two clock reads and a closure per
+# I/O); BLOCKFABRIC_BDEV_LATENCY=0 in a reactor's environment turns it off
+# (bench/metrics.py measures what it costs). The counters stay 0 then.
+TIME_IO = os.environ.get("BLOCKFABRIC_BDEV_LATENCY", "1") != "0"
 
 
 def _hist() -> list[int]:
@@ -112,31 +119,37 @@ class IoStats:
             for v in (getattr(self, k),)
         }
 
-    def read_done(self, cb: ReadCallback, t0: int) -> ReadCallback:
-        """``cb`` wrapped to add its latency since ``t0`` (monotonic_ns)."""
+    def read_done(self, cb: ReadCallback) -> ReadCallback:
+        """``cb`` wrapped to add its latency from now to its call (the
+        channel's read is submitted right after)."""
+        t0 = _now()
 
         def done(status: IoStatus, data: memoryview | None) -> None:
-            dt = time.monotonic_ns() - t0
+            dt = _now() - t0
             self.read_latency_ticks += dt
-            self.read_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            self.read_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
             cb(status, data)
 
         return done
 
-    def write_done(self, cb: Callback, t0: int) -> Callback:
+    def write_done(self, cb: Callback) -> Callback:
+        t0 = _now()
+
         def done(status: IoStatus) -> None:
-            dt = time.monotonic_ns() - t0
+            dt = _now() - t0
             self.write_latency_ticks += dt
-            self.write_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            self.write_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
             cb(status)
 
         return done
 
-    def cmp_write_done(self, cb: CompareCallback, t0: int) -> CompareCallback:
+    def cmp_write_done(self, cb: CompareCallback) -> CompareCallback:
+        t0 = _now()
+
         def done(status: IoStatus, diff: int) -> None:
-            dt = time.monotonic_ns() - t0
+            dt = _now() - t0
             self.write_latency_ticks += dt
-            self.write_latency_hist[bisect_left(LATENCY_BOUNDS_NS, dt)] += 1
+            self.write_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
             cb(status, diff)
 
         return done
@@ -187,7 +200,8 @@ class IoChannel:
             return
         self.stats.num_read_ops += 1
         self.stats.bytes_read += num_blocks * self.bdev.block_size
-        cb = self.stats.read_done(cb, time.monotonic_ns())
+        if TIME_IO:
+            cb = self.stats.read_done(cb)
         # hooks take ``into``/``fua`` as optional trailing arguments, so
         # modules (and test doubles) written before them keep working
         if into is None:
@@ -208,7 +222,8 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(data)
-        cb = self.stats.write_done(cb, time.monotonic_ns())
+        if TIME_IO:
+            cb = self.stats.write_done(cb)
         if fua or self.write_through:
             self._do_write(offset_blocks, data, cb, True)
         else:
@@ -247,7 +262,8 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(write)
-        cb = self.stats.cmp_write_done(cb, time.monotonic_ns())
+        if TIME_IO:
+            cb = self.stats.cmp_write_done(cb)
         self._do_compare_and_write(offset_blocks, compare, write, cb, fua or self.write_through)
 
     def flush(self, cb: Callback) -> None:

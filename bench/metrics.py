@@ -1,7 +1,7 @@
 """Cost of watching a target: ``python -m bench.metrics`` (or ``python -m
 bench --only metrics``).
 
-One blockfabric target (one busy-polling reactor on --cpus-target, started
+One blockfabric target (one adaptive-polling reactor on --cpus-target, started
 with ``--metrics`` and ``--http`` on loopback) exports one 64 MiB malloc
 namespace over NVMe/TCP. `blockfabric perf` (1 worker, --busy-poll, on
 --cpus-load) runs 4 KiB random reads at QD32 under three conditions,
@@ -10,7 +10,11 @@ condition, so drift hits all alike):
 
 * ``none``: nobody scrapes (the peer);
 * ``metrics``: a Prometheus-style scraper GETs ``/metrics`` every second;
-* ``dashboard``: a browser-style poller GETs ``/api/snapshot`` every second.
+* ``dashboard``: a browser-style poller GETs ``/api/snapshot`` every second;
+* ``nolat``: nobody scrapes a second, identical target (same CPU, started
+  before the runs, idle and blocked in epoll while the others run) whose reactors do no bdev
+  latency accounting (BLOCKFABRIC_BDEV_LATENCY=0): what the per-I/O latency
+  sum and histogram cost.
 
 The ratio is a condition's median IOPS over ``none``'s median IOPS from the
 same run. The scraper runs on --cpus-scrape (default: the load CPUs).
@@ -43,6 +47,9 @@ from .systems import (
     run_bf_perf,
 )
 
+# both targets share the CPU: an idle one must block in epoll, not spin
+# (adaptive: spins 200 us after work, so a loaded reactor never blocks)
+ADAPTIVE = ["--poll-mode", "adaptive"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NQN = "nqn.2016-06.io.blockfabric:metrics"
@@ -52,6 +59,8 @@ CONDITIONS = (
     ("none", "no scraping (peer)", None),
     ("metrics", "GET /metrics every 1 s", "/metrics"),
     ("dashboard", "GET /api/snapshot every 1 s (dashboard open)", "/api/snapshot"),
+    # a second target, the same but started with BLOCKFABRIC_BDEV_LATENCY=0
+    ("nolat", "no scraping, bdev latency accounting off (2nd target)", None),
 )
 
 
@@ -109,6 +118,19 @@ class Scraper:
         return finish
 
 
+def export(bf: BlockfabricTarget) -> str:
+    """One 64 MiB malloc namespace over NVMe/TCP on a fresh port; its trid."""
+    port = free_port()
+    bf.rpc("nvmf_create_transport", {"trtype": "TCP"})
+    bf.rpc("bdev_malloc_create", {"name": "M0", "num_blocks": 64 * MIB // 512,
+                                  "block_size": 512})  # fmt: skip
+    bf.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
+    bf.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "M0"}})
+    bf.rpc("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": {
+        "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}})  # fmt: skip
+    return f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN}"
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder()
     mport, hport = free_port(), free_port()
@@ -117,7 +139,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         a.target_cpus[:1],
         rec,
         "m",
-        extra=["--metrics", f"127.0.0.1:{mport}", "--http", f"127.0.0.1:{hport}"],
+        extra=["--metrics", f"127.0.0.1:{mport}", "--http", f"127.0.0.1:{hport}", *ADAPTIVE],
     )
     urls = {"/metrics": f"http://127.0.0.1:{mport}/metrics",
             "/api/snapshot": f"http://127.0.0.1:{hport}/api/snapshot"}  # fmt: skip
@@ -135,19 +157,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         },
         "rows": {},
     }
+    bf0 = BlockfabricTarget(a.target_cpus[:1], a.target_cpus[:1], rec, "n", extra=ADAPTIVE)
+    bf0.env["BLOCKFABRIC_BDEV_LATENCY"] = "0"
     try:
         bf.start()
-        port = free_port()
-        bf.rpc("nvmf_create_transport", {"trtype": "TCP"})
-        bf.rpc("bdev_malloc_create", {"name": "M0", "num_blocks": 64 * MIB // 512,
-                                      "block_size": 512})  # fmt: skip
-        bf.rpc("nvmf_create_subsystem", {"nqn": NQN, "allow_any_host": True})
-        bf.rpc("nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "M0"}})
-        bf.rpc("nvmf_subsystem_add_listener", {"nqn": NQN, "listen_address": {
-            "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port)}})  # fmt: skip
-        trid = f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{port} subnqn:{NQN}"
+        bf0.start()
+        trids = {"bf": export(bf), "bf0": export(bf0)}
+        trid = trids["bf"]
         warm = Workload("warmup", "warm-up", "write", 131072, 16)
-        run_bf_perf(trid, warm, 2.0, 1, a.load_cpus, bf.pids, rec)
+        for t in trids.values():
+            run_bf_perf(t, warm, 2.0, 1, a.load_cpus, bf.pids, rec)
         reps: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in CONDITIONS}
         scrapes: dict[str, list[float]] = {c[0]: [] for c in CONDITIONS}
         sizes: dict[str, list[int]] = {c[0]: [] for c in CONDITIONS}
@@ -159,9 +178,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 scraper = Scraper(urls[path], a.interval, a.scrape_cpus) if path else None
                 during = scraper.start if scraper is not None else None
 
+                on = bf0 if key == "nolat" else bf
                 rep = run_bf_perf(
-                    trid, WL, a.duration, 1, a.load_cpus, bf.pids, rec, during=during,
-                    busy_poll=True,
+                    trids["bf0"] if key == "nolat" else trid, WL, a.duration, 1, a.load_cpus,
+                    on.pids, rec, during=during, busy_poll=True,
                 )  # fmt: skip
                 reps[key].append(rep)
                 if scraper is not None:
@@ -196,6 +216,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 "errors": [r.get("error") for r in reps[key] if not r.get("ok")] + errors[key],
             }
     finally:
+        bf0.stop()
         bf.stop()
     res["commands"] = rec.commands
     return res
@@ -208,7 +229,7 @@ def markdown(res: dict[str, Any]) -> str:
         "# Cost of a metrics scrape every second",
         "",
         f"One run ({m['started']}): NVMe/TCP {WL.label}, `blockfabric perf` 1 worker "
-        f"`--busy-poll` on CPU {m['cpus_load']}, target 1 busy-polling reactor on CPU "
+        f"`--busy-poll` on CPU {m['cpus_load']}, target 1 reactor (`--poll-mode adaptive`) on CPU "
         f"{m['cpus_target']} started with `--metrics` and `--http`; scraper on CPU "
         f"{m['cpus_scrape']}, one GET every {m['interval_s']:g} s; {m['duration_s']:g} s per "
         f"run, {m['reps']} rounds over the conditions (interleaved), median. Ratio = the "
@@ -235,7 +256,8 @@ def markdown(res: dict[str, Any]) -> str:
         "nvmf_get_stats, framework_get_reactors, ...); those that gather from reactors cost "
         "each reactor one mailbox message per RPC and scrape, handled between polls. The "
         "reactors only keep plain counters (and, per completed bdev I/O, a latency sum and "
-        "one histogram bucket increment, paid with or without scraping).",
+        "one histogram bucket increment, paid with or without scraping: the last row, a "
+        "target started with BLOCKFABRIC_BDEV_LATENCY=0, shows what that costs).",
     ]
     errs = [f"{row['label']}: {e}" for row in res["rows"].values() for e in row.get("errors", [])]
     if errs:
