@@ -218,6 +218,9 @@ _ISCSI_COUNTERS = {
     "exceptions": ("iscsi_exceptions", "handler exceptions contained"),
     "cmdsn_dropped": ("iscsi_cmdsn_dropped", "commands outside the CmdSN window"),
     "immediate_refused": ("iscsi_immediate_refused", "immediate commands refused (TASK SET FULL)"),
+    "rejects": ("iscsi_rejects", "Reject PDUs sent"),
+    "digest_errors": ("iscsi_digest_errors", "header or data digest mismatches"),
+    "r2t_timeouts": ("iscsi_r2t_timeouts", "R2T transfers whose Data-Out never came"),
 }
 
 

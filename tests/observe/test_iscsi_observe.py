@@ -54,6 +54,10 @@ def test_iscsi_session_in_metrics_top_and_dashboard(daemon_factory: Any) -> None
         assert value(sm, "blockfabric_iscsi_target_connections", target=f"{BASE}:disk1",
                      initiator=INITIATOR) == 1  # fmt: skip
         assert sum(v for (n, _l), v in sm.items() if n == "blockfabric_iscsi_connections") == 1
+        # a well-behaved initiator: no Reject PDUs, no digest errors (but counted per reactor)
+        for name in ("blockfabric_iscsi_rejects_total", "blockfabric_iscsi_digest_errors_total"):
+            got = [v for (n, _l), v in sm.items() if n == name]
+            assert len(got) == 2 and sum(got) == 0, (name, got)
         out = subprocess.run([*BIN, "top", "-r", d.rpc_addr, "--once"], capture_output=True,
                              text=True, timeout=60, env=d.env)  # fmt: skip
         assert out.returncode == 0, out.stderr
