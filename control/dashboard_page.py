@@ -115,6 +115,7 @@ function chart(name, key, label, color) {
 }
 
 function render(s) {
+  if (prev && s.time <= prev.time) return;  // the same snapshot again (shared by scrapes)
   document.getElementById('instance').textContent = 'instance ' + s.instance;
   const before = {};
   if (prev) for (const b of prev.bdevs) before[b.name] = b;

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,6 +24,10 @@ from .client import RpcClient
 log = logging.getLogger("blockfabric.http")
 
 DEFAULT_HOST = "127.0.0.1"
+# bounds: what any number of HTTP clients can make the supervisor do
+MAX_CLIENTS = 16  # connections served at once; more are closed at accept
+IDLE_TIMEOUT_S = 15.0  # an idle or slow client is dropped after this
+MIN_SNAPSHOT_AGE_S = 0.5  # scrapes closer together share one snapshot
 
 
 def parse_bind(spec: str) -> tuple[str, int]:
@@ -48,6 +53,8 @@ class _Source:
         self.rpc_addr = rpc_addr
         self._lock = threading.Lock()
         self._client: RpcClient | None = None
+        self._last: dict[str, Any] | None = None
+        self._last_done = 0.0
 
     def _call(self, method: str, params: Any) -> Any:
         if self._client is None:
@@ -60,8 +67,16 @@ class _Source:
             raise
 
     def snapshot(self) -> dict[str, Any]:
+        """A fresh snapshot, or the last one when it is younger than
+        MIN_SNAPSHOT_AGE_S: however many clients scrape however often, the
+        reactors are asked at most twice a second."""
         with self._lock:
-            return observe.collect(self._call)
+            last = self._last
+            if last is not None and time.monotonic() - self._last_done < MIN_SNAPSHOT_AGE_S:
+                return last
+            self._last = observe.collect(self._call)
+            self._last_done = time.monotonic()
+            return self._last
 
     def close(self) -> None:
         with self._lock:
@@ -120,6 +135,7 @@ def _handler(src: _Source, routes: set[str]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "blockfabric"
         protocol_version = "HTTP/1.1"
+        timeout = IDLE_TIMEOUT_S  # socket timeout: idle keep-alive clients go
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("http %s: " + format, self.client_address[0], *args)
@@ -181,7 +197,34 @@ def _handler(src: _Source, routes: set[str]) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Server6(ThreadingHTTPServer):
+class _Server(ThreadingHTTPServer):
+    """At most MAX_CLIENTS connections served at once (a thread each)."""
+
+    daemon_threads = True
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(*a, **kw)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("http: more than %d clients, closing %s", MAX_CLIENTS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
@@ -199,9 +242,8 @@ class HttpServers:
         self.servers: list[tuple[ThreadingHTTPServer, threading.Thread, set[str]]] = []
         try:
             for addr, routes in wanted.items():
-                cls = _Server6 if ":" in addr[0] else ThreadingHTTPServer
+                cls = _Server6 if ":" in addr[0] else _Server
                 srv = cls(addr, _handler(self.src, routes))
-                srv.daemon_threads = True
                 t = threading.Thread(
                     target=srv.serve_forever,
                     kwargs={"poll_interval": 0.2},

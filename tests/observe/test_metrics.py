@@ -217,3 +217,42 @@ def test_bad_metrics_address_fails_start(daemon_factory: Any) -> None:
     p = d.cli("start", "--name", d.name, "-r", d.rpc_addr, "--empty", "--daemon",
               "--metrics", "127.0.0.1:notaport", check=False)  # fmt: skip
     assert p.returncode == 1 and "--metrics" in p.stderr
+
+
+def test_client_bounds_and_shared_snapshots(target: Target) -> None:
+    """However many clients: at most MAX_CLIENTS served at once (the next is
+    closed at once), and scrapes closer than MIN_SNAPSHOT_AGE_S share one
+    snapshot, so clients cannot make the reactors answer more often."""
+    import socket
+
+    from blockfabric.control.http import MAX_CLIENTS
+
+    host, port = target.http_url.split("//")[1].rstrip("/").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_CLIENTS)]
+    try:
+        time.sleep(0.5)
+        extra = socket.create_connection((host, int(port)), timeout=10)
+        extra.sendall(b"GET /api/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert extra.recv(100) == b"", "a client beyond MAX_CLIENTS was served"
+        extra.close()
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # the slots come back once the idle connections are gone
+        try:
+            a = json.loads(get(target.http_url + "api/snapshot")[2])
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    time.sleep(0.7)
+    # four clients at once: they queue for one snapshot and all get it
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as ex:
+        views = list(ex.map(lambda _i: json.loads(get(target.http_url + "api/snapshot")[2]),
+                            range(4)))  # fmt: skip
+    times = {v["time"] for v in views}
+    assert len(times) == 1 and times.pop() > a["time"], [v["time"] for v in views]
