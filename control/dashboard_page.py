@@ -115,7 +115,7 @@ function chart(name, key, label, color) {
 }
 
 function render(s) {
-  if (prev && s.time <= prev.time) return;  // the same snapshot again (shared by scrapes)
+  if (prev && s.time <= prev.time) return false;  // the same snapshot again (shared)
   document.getElementById('instance').textContent = 'instance ' + s.instance;
   const before = {};
   if (prev) for (const b of prev.bdevs) before[b.name] = b;
@@ -172,6 +172,7 @@ function render(s) {
   const errs = Object.keys(s.errors || {});
   document.getElementById('error').textContent = errs.length ? 'unavailable: ' + errs.join(', ') : '';
   prev = s;
+  return true;
 }
 
 let updates = 0;
@@ -179,8 +180,7 @@ async function tick() {
   try {
     const r = await fetch('/api/snapshot', {cache: 'no-store'});
     if (!r.ok) throw new Error('HTTP ' + r.status);
-    render(await r.json());
-    updates += 1;
+    if (render(await r.json())) updates += 1;  // distinct snapshots shown
     const u = document.getElementById('updated');
     u.textContent = 'updated ' + new Date().toLocaleTimeString();
     u.setAttribute('data-updates', String(updates));

@@ -1,6 +1,7 @@
 """The web dashboard in a real browser (issue 13 item 5): headless Chromium
-loads the page during a perf run, a screenshot is taken, and the DOM's live
-numbers must move between two loads and agree with the RPC's."""
+loads the page during a perf run and keeps it open (DevTools protocol over a
+pipe, tests/cdp_pipe.py), a screenshot is taken, and the DOM's live numbers
+must move and agree with the RPC's."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from bftest import missing_tool
+from cdp_pipe import Browser
 from obs_helpers import Target, get
 
 
@@ -44,40 +45,67 @@ def reads(t: Target) -> int:
     return int(t.daemon.rpc("bdev_get_iostat", {"name": "Malloc0"})["bdevs"][0]["num_read_ops"])
 
 
+def _cell(b: Browser, cid: str) -> float:
+    v = b.eval(f"(document.getElementById({cid!r}) || {{}}).textContent")
+    assert v is not None, f"no #{cid} in the page"
+    return float(v)
+
+
 def test_dashboard_in_chromium_during_perf(target: Target, tmp_path: Path) -> None:
-    p = target.perf(40, qd=8)
+    """The page, left open in a real browser (DevTools protocol over a pipe),
+    updates itself every second: its numbers move and match the RPC's."""
+    p = target.perf(60, qd=8)
+    b = Browser(chromium(), tmp_path / "profile", 1280, 900)
     try:
         target.wait_io()
+        b.open(target.http_url)
+        updates = "+(document.getElementById('updated').dataset.updates || 0)"
+        b.wait_for(f"{updates} >= 2", timeout=60)
         before = reads(target)
-        dom1 = browse(target.http_url, tmp_path / "p1", "--dump-dom")
+        n = b.eval(updates)
+        b.wait_for(f"{updates} >= {n + 1}", timeout=30)  # a snapshot taken after `before`
         after = reads(target)
-        m = re.search(r'data-updates="(\d+)"', dom1)
-        assert m and int(m.group(1)) >= 2, "the page did not update itself"
-        r1 = cell(dom1, "reads-Malloc0")
+        r1 = _cell(b, "reads-Malloc0")
         # the page's count is one the RPC also went through
         assert before <= r1 <= after, (before, r1, after)
-        assert cell(dom1, "iops-Malloc0") > 0 and cell(dom1, "riops-Malloc0") > 0
-        assert cell(dom1, "mibs-Malloc0") > 0
-        assert cell(dom1, "rlat-Malloc0") > 0
-        # the chart drew more than one point
-        pts = re.search(r'id="chart-iops-Malloc0".*?points="([^"]*)"', dom1, re.S)
-        assert pts and len(pts.group(1).split()) >= 1
+        assert _cell(b, "iops-Malloc0") > 0 and _cell(b, "riops-Malloc0") > 0
+        assert _cell(b, "mibs-Malloc0") > 0
+        assert _cell(b, "rlat-Malloc0") > 0
+        assert max(_cell(b, f"cpu-{lc}") for lc in (0, 1)) > 0
+        # live: a few seconds later the counts moved, and the chart grew
+        pts = "document.querySelector('#chart-iops-Malloc0 polyline').getAttribute('points')"
+        n1 = len(b.eval(pts).split())
+        n = b.eval(updates)
+        b.wait_for(f"{updates} >= {n + 2}", timeout=30)
+        r2 = _cell(b, "reads-Malloc0")
+        assert r1 < r2 <= reads(target), (r1, r2)
+        assert len(b.eval(pts).split()) > n1
+        dom = b.dom()
         # what the page lists
-        assert "nqn.2016-06.io.blockfabric:obs1" in dom1
-        assert f"TCP 127.0.0.1:{target.port}" in dom1  # listener of the subsystem
-        assert "1: Malloc0" in dom1  # namespace
-        assert re.search(r"<td>nvmf</td><td>nqn\.2016-06\.io\.blockfabric:obs1</td><td>nqn\.", dom1)
-        busy = [cell(dom1, f"cpu-{lc}") for lc in (0, 1)]
-        assert max(busy) > 0, busy
-        time.sleep(1.5)
-        dom2 = browse(target.http_url, tmp_path / "p2", "--dump-dom")
-        r2 = cell(dom2, "reads-Malloc0")
-        assert r2 > r1, f"the numbers did not move: {r1} -> {r2}"
-        assert r2 <= reads(target)
+        assert "nqn.2016-06.io.blockfabric:obs1" in dom
+        assert f"TCP 127.0.0.1:{target.port}" in dom  # listener of the subsystem
+        assert "1: Malloc0" in dom  # namespace
+        assert re.search(r"<td>nvmf</td><td>nqn\.2016-06\.io\.blockfabric:obs1</td><td>nqn\.", dom)
         shot = tmp_path / "dashboard.png"
-        browse(target.http_url, tmp_path / "p3", f"--screenshot={shot}", "--window-size=1280,900")
+        b.screenshot(shot)
         data = shot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    finally:
+        b.close()
+        p.kill()
+        p.communicate()
+
+
+def test_dashboard_dump_dom(target: Target, tmp_path: Path) -> None:
+    """The same page through chromium's own --dump-dom (no DevTools): the
+    script ran and filled the tables from the snapshot."""
+    p = target.perf(30, qd=4)
+    try:
+        target.wait_io()
+        dom = browse(target.http_url, tmp_path / "p", "--dump-dom")
+        assert re.search(r'data-updates="[1-9]', dom), "the page did not update itself"
+        assert cell(dom, "reads-Malloc0") > 0
+        assert "nqn.2016-06.io.blockfabric:obs1" in dom
     finally:
         p.kill()
         p.communicate()
