@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import curses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,10 @@ def run_once(a: argparse.Namespace) -> int:
             print()
         print("\n".join(render_text(t)))
     if cur["errors"] and len(cur["errors"]) == len(observe._PLAIN):
-        print(f"blockfabric top: target not answering: {next(iter(cur['errors'].values()))}")
+        print(
+            f"blockfabric top: target not answering: {next(iter(cur['errors'].values()))}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -293,7 +297,7 @@ class _Screen:
 
 def run(a: argparse.Namespace) -> int:
     if a.interval <= 0:
-        print("blockfabric top: --interval must be > 0")
+        print("blockfabric top: --interval must be > 0", file=sys.stderr)
         return 2
     if a.once:
         return run_once(a)

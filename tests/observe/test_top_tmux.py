@@ -176,4 +176,4 @@ def test_top_once_without_target(tmp_path: object) -> None:
         [*BIN, "top", "-r", addr, "--once", "--timeout", "1", "--interval", "0.1"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert out.returncode == 1 and "not answering" in out.stdout
+    assert out.returncode == 1 and "not answering" in out.stderr
