@@ -173,6 +173,8 @@ class Options:
     log_count: int = DEFAULT_LOG_COUNT
     tpoint_group: str = ""  # -e/--tpoint-group: groups traced from the start
     num_trace_entries: int = tr.DEFAULT_ENTRIES  # per ring (power of 2)
+    metrics_addr: str | None = None  # --metrics HOST:PORT: Prometheus /metrics
+    http_addr: str | None = None  # --http HOST:PORT: the read-only dashboard
 
 
 class Supervisor:
@@ -218,6 +220,7 @@ class Supervisor:
             raise StartupError(str(e)) from None
         self._rpc_calls = itertools.count(1)
         self.rpc: Any = None
+        self.http: Any = None  # control.http.HttpServers (--metrics / --http)
         self.zctx = zmq.Context()
         self.router: zmq.Socket[bytes] | None = None
         # persistent state (PR APTPL files) survives restarts and cleanup
@@ -297,6 +300,14 @@ class Supervisor:
             spdk_path=self.opts.spdk_rpc,
             zmq_context=self.zctx,
         )
+        if self.opts.metrics_addr or self.opts.http_addr:
+            from ..control.http import HttpServers
+
+            try:
+                self.http = HttpServers(self.rpc_addr, self.opts.metrics_addr, self.opts.http_addr)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"--metrics/--http: {e}") from None
+            self.http.start()
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
         dead = [r for r in self.reactors if r.proc.poll() is not None]
         if dead:
@@ -1025,6 +1036,10 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self._stopping = True
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                self.http.close()
+            self.http = None
         for lst in list(self.listeners.values()):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_fd(lst.sock.fileno())
@@ -1098,6 +1113,7 @@ def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
         "pid": os.getpid(),
         "started": ctx.started,
         "rpc_addr": ctx.rpc_addr,
+        "http": ctx.http.addresses() if ctx.http is not None else {},
         "reactors": [
             {"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started, **r.info()}
             for r in ctx.reactors

@@ -432,6 +432,7 @@ STANDALONE = (
     ("resv", "NVMe reservations: cost of a held reservation (same run)"),
     ("tls", "NVMe/TCP with TLS 1.3: cost against plain TCP (same run)"),
     ("trace", "Tracing: cost on the NVMe/TCP data path"),
+    ("metrics", "Observability: cost of a metrics scrape every second"),
 )
 
 

@@ -687,6 +687,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import trace
 
         return trace.main(argv[2:])
+    if argv[:2] == ["--only", "metrics"]:  # a standalone A/B: bench/metrics.py
+        from . import metrics
+
+        return metrics.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

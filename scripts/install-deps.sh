@@ -14,6 +14,8 @@
 #             symlink in its site-packages when the venv's interpreter has the
 #             same SOABI, otherwise a note (nvmf_create_transport -t RDMA then
 #             refuses with the package name)
+#             + tmux (the test of `blockfabric top` runs it in a real terminal)
+#             + chromium (the web dashboard's test loads it in headless Chromium)
 #             + Ceph for the RBD bdev and its tests (ceph-mon, ceph-osd, ceph-common
 #             for the rbd/ceph tools, python3-rados + python3-rbd: the bindings).
 #   rbd:      only the Ceph part.
@@ -41,7 +43,7 @@ if [ "$what" = pyverbs-link ]; then pyverbs_link "${2:-.venv}"; exit 0; fi
 need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
-[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
+[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils tmux chromium"
 ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
 { [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done

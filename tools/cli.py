@@ -50,6 +50,8 @@ def cmd_start(a: argparse.Namespace) -> int:
         log_count=a.log_count,
         tpoint_group=a.tpoint_group,
         num_trace_entries=a.num_trace_entries,
+        metrics_addr=a.metrics,
+        http_addr=a.http,
     )
     if a.daemon:
         return _daemonize(a, opts)
@@ -357,6 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="trace ring entries per reactor, a power of 2 (default %(default)s)",
     )
     s.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+        "a bare PORT binds 127.0.0.1)",
+    )
+    s.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the read-only web dashboard at http://HOST:PORT/ (off by default; "
+        "a bare PORT binds 127.0.0.1)",
+    )
+    s.add_argument(
         "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
     )
     s.add_argument(
@@ -385,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import trace_cmd
 
     trace_cmd.register(sub)
+    from . import top
+
+    top.register(sub)
     try:
         from . import perf
 

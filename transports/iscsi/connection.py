@@ -116,7 +116,7 @@ class Connection:
         self.close_reason = ""
         self.pdus_in = 0
         self.pdus_out = 0
-        self.stats = {"rejects": 0, "errors": 0, "r2t_timeouts": 0}
+        self.stats = {"rejects": 0, "errors": 0, "r2t_timeouts": 0, "digest_errors": 0}
         self.now: Callable[[], float] = time.monotonic
         # transfer buffers: the reactor's share of the shared pool
         self.iobufs: Any = getattr(env, "iobufs", None) or HeapBufs()
@@ -182,6 +182,8 @@ class Connection:
 
     def pdu_error(self, e: P.PduError) -> None:
         self.hostlog.event(logging.INFO, "%s", e)
+        if e.reason == P.REJ_DATA_DIGEST or "digest" in str(e):
+            self.stats["digest_errors"] += 1
         if self.state == "ffp":
             self.reject(e.bhs or bytes(P.BHS_LEN), e.reason)
         if e.fatal or self.state != "ffp":

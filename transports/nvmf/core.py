@@ -268,6 +268,7 @@ class Controller:
                 hl.event(logging.WARNING, msg, self.kato_ms, self.subsys.nqn, self.cntlid)
             else:
                 log.warning("nvmf: " + msg, self.kato_ms, self.subsys.nqn, self.cntlid)
+            self.target.stats["keep_alive_expiries"] += 1
             self.target.destroy_controller(self, "keep-alive timeout")
         else:
             self._timer = self.target.ctx.loop.call_later(deadline - now, self._check_kato)
@@ -373,6 +374,12 @@ class NvmfTarget:
             "refused_connections": 0,  # over max_connections_per_reactor
             "iobuf_waits": 0,  # R2T transfers that queued for pool buffers
             "admin_data_bytes": 0,  # admin payload bytes built
+            # transport errors and expiries (issue 13: Prometheus metrics)
+            "c2h_term_reqs": 0,  # C2HTermReq sent (fatal errors of the host's stream)
+            "h2c_term_reqs": 0,  # H2CTermReq received
+            "hdgst_errors": 0,  # header digest mismatches (fatal)
+            "ddgst_errors": 0,  # data digest mismatches (the command fails)
+            "keep_alive_expiries": 0,  # controllers torn down for a keep-alive timeout
         }
         self.clock: Callable[[], float] = time.monotonic  # tests substitute a fake clock
         self.stopping = False  # reactor shutdown: no messages to the supervisor
@@ -564,6 +571,17 @@ class NvmfTarget:
             "h2c_timeouts": self.stats["h2c_timeouts"],
             "refused_connections": self.stats["refused_connections"],
             "iobuf_waits": self.stats["iobuf_waits"],
+            # blockfabric extension (issue 13): errors and expiries
+            **{
+                k: self.stats[k]
+                for k in (
+                    "c2h_term_reqs",
+                    "h2c_term_reqs",
+                    "hdgst_errors",
+                    "ddgst_errors",
+                    "keep_alive_expiries",
+                )
+            },
             "transports": [
                 ops.poll_group_stats(self)
                 for ops in map(find_transport, self.configured_transports())

@@ -251,6 +251,7 @@ class TcpQpair(QueuePair):
         C2HTermReq, then close once it is flushed."""
         if not self.want_close:
             self.out.append(P.encode_term_req(P.C2H_TERM_REQ, P.FES_PDU_SEQUENCE_ERROR, 0, b""))
+            self.target.stats["c2h_term_reqs"] += 1
             self.want_close = True
         self.close(reason)
 
@@ -471,6 +472,10 @@ class TcpQpair(QueuePair):
         if self.want_close:
             return
         self.hlog.event(logging.WARNING, "fatal error (FES %#x, FEI %d): %s", fes, fei, msg)
+        st = self.target.stats
+        st["c2h_term_reqs"] += 1
+        if fes == P.FES_HDGST_ERROR:
+            st["hdgst_errors"] += 1
         self.out.append(P.encode_term_req(P.C2H_TERM_REQ, fes, fei, header))
         self.close_reason = msg
         self.want_close = True
@@ -495,6 +500,7 @@ class TcpQpair(QueuePair):
                 logging.INFO, "host terminated the connection (FES %#x FEI %d)", fes, fei
             )
             self.close_reason = "H2CTermReq"
+            self.target.stats["h2c_term_reqs"] += 1
             self.want_close = True
             self.wake()
 
@@ -548,6 +554,7 @@ class TcpQpair(QueuePair):
             if sgl.length > have - sgl.address:
                 return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
             if not pdu.ddgst_ok:
+                self.target.stats["ddgst_errors"] += 1
                 return self.complete(req, spec.ST_TRANSIENT_TRANSPORT_ERROR)
             req.sgl_len = sgl.length
             if sgl.length and data is not None:
@@ -627,6 +634,7 @@ class TcpQpair(QueuePair):
             )
         assert pdu.data is not None
         if not pdu.ddgst_ok:
+            self.target.stats["ddgst_errors"] += 1
             req.data_err = True
         iov = req.iov
         if iov is not None:
