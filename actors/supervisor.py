@@ -405,6 +405,14 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):
             self._sig_r.recv(4096)
 
+    def _reactor_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.opts.metrics_addr or self.opts.http_addr:
+            # the metrics show bdev latency histograms: reactors time every I/O
+            # (bdevs/base.py TIME_IO) unless the environment says otherwise
+            env.setdefault("BLOCKFABRIC_BDEV_LATENCY", "1")
+        return env
+
     def _spawn(self, rid: int, core: int, rp: ReactorProc | None = None) -> ReactorProc:
         """Start reactor process ``rid`` on ``core`` (into ``rp`` on a restart)."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -423,7 +431,7 @@ class Supervisor:
             args += ["--trace", self.trace_seg.name]
         try:
             proc = subprocess.Popen(
-                args, pass_fds=(b.fileno(), lw), env=dict(os.environ), stdin=subprocess.DEVNULL
+                args, pass_fds=(b.fileno(), lw), env=self._reactor_env(), stdin=subprocess.DEVNULL
             )
         except BaseException:
             for x in (a, b):

@@ -75,9 +75,12 @@ _NBUCKETS = len(LATENCY_BOUNDS_NS) + 1
 _now = time.monotonic_ns
 _bucket = bisect_left
 # Latency accounting of reads and writes (two clock reads and a closure per
-# I/O); BLOCKFABRIC_BDEV_LATENCY=0 in a reactor's environment turns it off
-# (bench/metrics.py measures what it costs). The counters stay 0 then.
-TIME_IO = os.environ.get("BLOCKFABRIC_BDEV_LATENCY", "1") != "0"
+# I/O: not free on a data path that costs a few microseconds per I/O). Off
+# unless BLOCKFABRIC_BDEV_LATENCY=1 is in the reactor's environment, which the
+# supervisor sets when `start --metrics` or `--http` asks for the latency
+# histograms (as SPDK keeps bdev histograms off until bdev_enable_histogram);
+# bench/metrics.py measures what it costs. The counters stay 0 while off.
+TIME_IO = os.environ.get("BLOCKFABRIC_BDEV_LATENCY", "0") == "1"
 
 
 def _hist() -> list[int]:

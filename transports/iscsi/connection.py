@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ...bdevs.base import IoStatus
+from ...bdevs.base import TIME_IO, IoStatus
 from ...control.hostlog import HostLog
 from ...shm import trace as _tr
 from ...shm.trace import G_BDEV, G_ISCSI, TRACE
@@ -197,8 +197,10 @@ class Connection:
         reader.advance(n)
         if (
             self.fast_scan
-            # traced requests go PDU by PDU, where every phase records
+            # traced requests go PDU by PDU, where every phase records, and
+            # timed reads through IoChannel.read, which times them
             and not TRACE.mask & _TRACED_BY_PDU
+            and not TIME_IO
             and self.state == "ffp"
             and self._stalled_by is None
             and not self._backlog
