@@ -81,17 +81,19 @@ def parse_trid(s: str) -> dict[str, str]:
             raise TridError(f"transport ID key {k!r} given twice")
         out[k] = v
     if "trtype" not in out:
-        raise TridError("transport ID needs trtype (TCP or FC)")
+        raise TridError("transport ID needs trtype (TCP, RDMA or FC)")
     if out["trtype"].upper() == "FC":
         return _parse_fc_trid(out)
-    if out["trtype"].upper() == "RDMA":
-        raise TridError(
-            "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
-            "the target side is: nvmf_create_transport -t RDMA); use TCP or FC"
-        )
-    if out["trtype"].upper() != "TCP":
-        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP or FC)")
-    out["trtype"] = "TCP"
+    tr = out["trtype"].upper()
+    if tr == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import pyverbs_refusal
+
+        why = pyverbs_refusal()
+        if why is not None:
+            raise TridError(why)
+    elif tr != "TCP":
+        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP, RDMA or FC)")
+    out["trtype"] = tr
     fam = out.setdefault("adrfam", "IPv4")
     if fam.lower() not in ("ipv4", "ipv6"):
         raise TridError(f"adrfam {fam!r} must be IPv4 or IPv6")
@@ -181,6 +183,19 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             cfg["hostnqn"],
             bytes.fromhex(cfg["hostid"]),
             cfg["assoc_id"],
+        )
+    elif cfg.get("trtype") == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import RdmaBlockingQueue
+
+        bq = RdmaBlockingQueue(
+            cfg["traddr"],
+            cfg["trsvcid"],
+            cfg["qid"],
+            cfg["qd"] + 1,
+            10.0,
+            cntlid=cfg["cntlid"],
+            icd_cap=min(cfg["icd_max"], 8192),
+            stage=cfg["io_size"],
         )
     else:
         bq = BlockingQueue(
@@ -299,6 +314,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             raise
         # the controller was lost before this worker started
         bq = _reconnect(cfg, shared, f"{type(e).__name__}: {e}")
+    rdma = cfg.get("trtype") == "RDMA"  # no socket: post SENDs, poll the CQ
     bq.sock.setblocking(False)
     sock, q = bq.sock, bq.q
     qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]
@@ -519,35 +535,47 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
     fd = sock.fileno()
     while True:
         try:
-            if pending or q.tx:
-                bufs_out = pending + q.take_tx() if pending else q.take_tx()
-                while bufs_out:
-                    batch = bufs_out if len(bufs_out) <= IOV_MAX_SEND else bufs_out[:IOV_MAX_SEND]
-                    try:
-                        n = sock.sendmsg(batch)
-                    except BlockingIOError:
-                        break
-                    if batch is bufs_out and n == sum(map(len, batch)):
-                        bufs_out = []  # the usual case: all of it went out
-                        break
-                    bufs_out = advance(bufs_out, n)
-                pending = bufs_out
-            try:
-                buf = q.recv_buffer()
-                n = sock.recv_into(buf)
-                del buf
-                if n == 0:
-                    raise ConnectionError("connection closed by the target")
-                q.received(n)
-                idle_since = 0
-            except BlockingIOError:
-                del buf
-                if not busy:
+            if rdma:
+                if bq.pump():
+                    idle_since = 0
+                elif not busy:
                     now = perf_ns()
                     if not idle_since:
                         idle_since = now
                     elif now - idle_since > SPIN_NS:
-                        select.select([fd], [fd] if pending else [], [], 0.01)
+                        bq.conn.wait(0.01)
+            else:
+                if pending or q.tx:
+                    bufs_out = pending + q.take_tx() if pending else q.take_tx()
+                    while bufs_out:
+                        batch = (
+                            bufs_out if len(bufs_out) <= IOV_MAX_SEND else bufs_out[:IOV_MAX_SEND]
+                        )
+                        try:
+                            n = sock.sendmsg(batch)
+                        except BlockingIOError:
+                            break
+                        if batch is bufs_out and n == sum(map(len, batch)):
+                            bufs_out = []  # the usual case: all of it went out
+                            break
+                        bufs_out = advance(bufs_out, n)
+                    pending = bufs_out
+                try:
+                    buf = q.recv_buffer()
+                    n = sock.recv_into(buf)
+                    del buf
+                    if n == 0:
+                        raise ConnectionError("connection closed by the target")
+                    q.received(n)
+                    idle_since = 0
+                except BlockingIOError:
+                    del buf
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            select.select([fd], [fd] if pending else [], [], 0.01)
         except (OSError, TransportError) as e:
             if not reconnect:
                 raise
@@ -673,6 +701,9 @@ class _CtrlKeeper:
             return c.last_error
         if c.admin is None:
             return "admin queue closed"
+        peek = getattr(c.admin, "peek", None)
+        if peek is not None:  # RDMA: no socket to peek at
+            return str(peek())
         try:
             data = c.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -764,6 +795,9 @@ def run(a: argparse.Namespace) -> int:
         )
         return 2
     delay = float(a.reconnect_delay_sec)
+    if trid["trtype"] == "RDMA" and (a.hdgst or a.ddgst):
+        print("perf: --hdgst/--ddgst are NVMe/TCP digests: not with trtype RDMA", file=sys.stderr)
+        return 2
     if loss and trid["trtype"] == "FC":
         print(
             "perf: --ctrlr-loss-timeout-sec is not supported over FC (a new controller "

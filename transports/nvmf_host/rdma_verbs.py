@@ -348,6 +348,22 @@ class RdmaConn:
         self.vqp = self.cq = None
 
 
+class _NoSocket:
+    """What callers written for TCP may do with ``bq.sock`` (perf's worker)."""
+
+    def __init__(self, conn: RdmaConn) -> None:
+        self.conn = conn
+
+    def setblocking(self, _flag: bool) -> None:
+        pass  # polling the CQ never blocks
+
+    def fileno(self) -> int:
+        return self.conn.cm_fd
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class RdmaBlockingQueue(BlockingQueue):
     """An `RdmaHostQueue` driven synchronously (tools, perf, the supervisor)."""
 
@@ -366,6 +382,7 @@ class RdmaBlockingQueue(BlockingQueue):
         self.lock = threading.RLock()
         self.conn = RdmaConn(traddr, trsvcid, qid, qsize, cntlid, icd_cap, stage, timeout)
         self.q: RdmaHostQueue = self.conn.q  # type: ignore[assignment]  # a HostQueue subclass
+        self.sock = _NoSocket(self.conn)  # type: ignore[assignment]  # no socket over RDMA
         try:
             self._run(lambda: self.q.ic_done, time.monotonic() + timeout, "RDMA CM connect")
         except BaseException:
@@ -396,6 +413,16 @@ class RdmaBlockingQueue(BlockingQueue):
             c.wait(min(left, 0.05))
             if q.failed is not None:
                 raise q.failed
+
+    def peek(self) -> str:
+        """Why the queue is lost ("" while it is up), without waiting."""
+        with self.lock:
+            try:
+                self.conn.on_cm()
+                self.pump()
+            except TransportError as e:
+                return str(e)
+            return str(self.q.failed or "")
 
     def close(self) -> None:
         self.conn.close()

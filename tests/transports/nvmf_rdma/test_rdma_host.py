@@ -297,3 +297,57 @@ def test_admin_identify_and_io_against_the_target(h, rdma_target) -> None:  # ty
     # an NVMe error status comes back as such (LBA out of range)
     st, _ = w.execute(lambda cb: q.read(1, 1 << 40, 1, bufs[0], cb))
     assert st != 0 and not w.disconnected
+
+
+# ---------------------------------------------------------------- entry points
+def test_perf_trid_rdma_parses_and_is_refused_without_pyverbs(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    from blockfabric.tools import perf
+
+    t = perf.parse_trid("trtype:rdma adrfam:IPv4 traddr:10.0.2.15 trsvcid:4421 subnqn:nqn.x:y")
+    assert (t["trtype"], t["traddr"], t["trsvcid"], t["subnqn"]) == (
+        "RDMA",
+        "10.0.2.15",
+        "4421",
+        "nqn.x:y",
+    )
+    for m in [m for m in sys.modules if m == "pyverbs" or m.startswith("pyverbs.")]:
+        monkeypatch.delitem(sys.modules, m)
+    monkeypatch.setitem(sys.modules, "pyverbs", None)
+    with pytest.raises(perf.TridError, match="python3-pyverbs"):
+        perf.parse_trid("trtype:RDMA traddr:10.0.2.15")
+    from blockfabric.transports.nvmf_host.rdma_verbs import RdmaBlockingQueue
+
+    with pytest.raises(TransportError, match="python3-pyverbs"):
+        RdmaBlockingQueue("10.0.2.15", 4420, 0, 32, 1.0)
+
+
+def test_perf_refuses_tcp_digests_over_rdma() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "blockfabric.tools.cli", "perf", "-q", "1", "-o", "4096", "-w",
+         "read", "-t", "1", "--hdgst", "-r", "trtype:RDMA traddr:10.0.2.15 trsvcid:4420"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "not with trtype RDMA" in r.stderr, r.stderr
+
+
+def test_target_refuses_connect_qid_other_than_cm_private_data(h, rdma_target) -> None:  # type: ignore[no-untyped-def]
+    rpc, key = rdma_target
+    _aw, cntlid = _admin(h, rpc, key)
+    # the CM private data says QID 1, the Fabrics Connect then asks for QID 2
+    q, mem = make_queue(1, 32, cntlid=cntlid)
+    w = Wire(rpc, key, q, mem, 32)
+    assert w.qp.cm_qid == 1
+    q.qid = 2
+    st, res = w.execute(lambda cb: q.connect(h.SUBNQN, h.HOSTNQN, h.HOSTID, cntlid, 0, cb))
+    assert (st >> 1) & 0xFF == spec.SC_CONNECT_INVALID_PARAM and (st >> 9) & 0x7 == 1, hex(st)
+    assert res & 0xFFFF == spec.CONNECT_OFF_QID and not res >> 16 & 1  # in the SQE, at QID
+    assert w.qp.qid < 0  # not connected
+    # the same queue pair then takes the Connect for its own QID
+    q.qid = 1
+    st, _ = w.execute(lambda cb: q.connect(h.SUBNQN, h.HOSTNQN, h.HOSTID, cntlid, 0, cb))
+    assert st == 0 and w.qp.qid == 1
