@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +44,23 @@ def pyverbs_refusal() -> str | None:
 
     why = pyverbs_missing()
     return None if why is None else f"trtype RDMA needs pyverbs: {why}"
+
+
+def _wc_status(st: int) -> str:
+    try:
+        import pyverbs.enums as e
+
+        for k in dir(e):
+            if k.startswith("IBV_WC_") and getattr(e, k) == st and "FLAG" not in k:
+                return k[7:].lower()
+    except Exception:  # noqa: BLE001 - only a name for a message
+        pass
+    return "?"
+
+
+def _debug(msg: str) -> None:
+    if os.environ.get("BLOCKFABRIC_RDMA_DEBUG"):
+        print(f"nvmf-host-rdma: {msg}", file=sys.stderr, flush=True)
 
 
 class _Region:
@@ -240,10 +259,18 @@ class RdmaConn:
 
         for st in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
             attr, mask = self.cmid.init_qp_attr(st)
-            if st == e.IBV_QPS_RTS:
+            if st == e.IBV_QPS_RTR:
+                # the target RDMA READs our memory: we are the responder
+                attr.max_dest_rd_atomic = max(attr.max_dest_rd_atomic, R.MAX_RD_ATOMIC)
+                mask |= e.IBV_QP_MAX_DEST_RD_ATOMIC
+            else:
                 attr.max_rd_atomic = R.MAX_RD_ATOMIC
                 mask |= e.IBV_QP_MAX_QP_RD_ATOMIC
             self.vqp.modify(attr, mask)
+        _debug(
+            f"{self.where} qid {self.q.qid}: QP {self.vqp.qp_num} RTS, arena {self.arena_addr:#x}"
+            f"+{len(self.arena)} lkey {self.lkey:#x} rkey {self.q.rkey:#x}"
+        )
 
     # ------------------------------------------------------------- verbs
     def _post_recv(self, slot: int) -> None:
@@ -297,21 +324,28 @@ class RdmaConn:
         if n <= 0:
             return 0
         ok = e.IBV_WC_SUCCESS
+        bad = [wc for wc in wcs[:n] if wc.status != ok]
+        if bad:  # the first error that is not a flush says why
+            why = next((w for w in bad if w.status != e.IBV_WC_WR_FLUSH_ERR), bad[0])
+            for wc in wcs[:n]:
+                if wc.status == ok and not wc.wr_id & RECV_BIT:
+                    q.on_send(wc.wr_id, True)
+            raise q.lost(
+                f"{'receive' if why.wr_id & RECV_BIT else 'SEND'} completion status "
+                f"{why.status} ({_wc_status(why.status)}, vendor error {why.vendor_err:#x}): "
+                "connection lost"
+            )
         for wc in wcs[:n]:
             wid = wc.wr_id
             if wid & RECV_BIT:
                 slot = wid & 0xFFFF
-                if wc.status != ok:
-                    raise q.lost(f"receive completion status {wc.status} (connection lost)")
                 try:
                     q.on_recv(slot, wc.byte_len)
                 finally:
                     if q.failed is None and not self.closed:
                         self._post_recv(slot)
             else:
-                q.on_send(wid, wc.status == ok)
-                if wc.status != ok:
-                    raise q.lost(f"SEND completion status {wc.status} (connection lost)")
+                q.on_send(wid, True)
         return n
 
     def wait(self, timeout: float) -> None:

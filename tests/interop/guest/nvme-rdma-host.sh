@@ -24,6 +24,7 @@ ADDR=10.0.2.15
 NQN=nqn.2016-06.io.blockfabric:rdmahost
 export BLOCKFABRIC_RUN_DIR=/tmp/bfrun
 export BLOCKFABRIC_REACTOR_START_TIMEOUT=120
+export BLOCKFABRIC_RDMA_DEBUG=${BLOCKFABRIC_RDMA_DEBUG:-1}
 mkdir -p $BLOCKFABRIC_RUN_DIR
 BF="$REPO/.venv/bin/blockfabric"
 PY="$REPO/.venv/bin/python"
@@ -42,6 +43,10 @@ perf_run() {
   ki_fact "${_n}_miscompares" "$(sed -n 's/^verify: \([0-9]*\) miscompare(s).*/\1/p' /tmp/perf-$_n.log)"
   ki_fact "${_n}_errors" "$(grep -c 'I/O error' /tmp/perf-$_n.log)"
   ki_fact "${_n}_reconnects" "$(sed -n 's/^reconnect: \([0-9]*\) I\/O queue reconnect.*/\1/p' /tmp/perf-$_n.log)"
+  if [ "$_rc" != 0 ]; then  # what the target(s) said meanwhile
+    for _l in /tmp/bf-*.log; do [ -f "$_l" ] && tail -n 25 "$_l" | sed "s|^|[$_l] |"; done
+    dmesg | tail -n 15
+  fi
   return $_rc
 }
 
@@ -185,6 +190,44 @@ JEOF
   else
     ki_fail attach "blockfabric with bdev_nvme_attach_controller -t rdma did not start"
   fi
+  kh_nvmet_del "$KNQN"
+fi
+if [ "$MODE" = bench ]; then
+  # bench row (bench/rdma_host.py): our host vs the kernel's nvme-rdma host,
+  # same target (kernel nvmet-rdma, brd), same guest run; kernel host twice
+  SECS=${SECS:-15}
+  modprobe brd rd_nr=1 rd_size=65536 || { ki_fail brd "modprobe brd"; ki_exit; }
+  KNQN=nqn.2024-01.io.kernel-host:rdma-host-bench
+  kh_nvmet_add rdma $ADDR "$PORT" "$KNQN" /dev/ram0 || { ki_fail nvmet "kh_nvmet_add rdma"; ki_exit; }
+  dd if=/dev/urandom of=/dev/ram0 bs=1M count=32 status=none
+  ki_pass nvmet
+  KR="trtype:RDMA adrfam:IPv4 traddr:$ADDR trsvcid:$PORT subnqn:$KNQN"
+  kernel_host() {  # NAME
+    local dev r
+    dev=$(kh_nvme_rdma_connect $ADDR "$PORT" "$KNQN") || { ki_fail "$1-connect"; return 1; }
+    r=$($PY "$REPO/tests/interop/guest/rdma-randread.py" "$dev" 4096 32 "$SECS")
+    kh_log "$1 4k randread QD32: $r"
+    ki_fact "${1}_randread_4k_iops" "$(echo "$r" | sed 's/.*iops=\([0-9.]*\).*/\1/')"
+    r=$($PY "$REPO/tests/interop/guest/rdma-randread.py" "$dev" 131072 1 "$SECS" seq)
+    kh_log "$1 128k seqread QD1: $r"
+    ki_fact "${1}_seqread_128k_mibs" "$(echo "$r" | sed 's/.*mibs=\([0-9.]*\).*/\1/')"
+    nvme disconnect -n "$KNQN" >/dev/null
+    ki_pass "$1"
+  }
+  kernel_host kernel
+  if perf_run b4k "$KR" -q 32 -o 4096 -w randread -t "$SECS" -P 1; then
+    ki_fact blockfabric_randread_4k_iops "$(awk '$1=="Total"{print $2}' /tmp/perf-b4k.log)"
+    ki_pass blockfabric-4k
+  else
+    ki_fail blockfabric-4k
+  fi
+  if perf_run b128k "$KR" -q 1 -o 131072 -w read -t "$SECS" -P 1; then
+    ki_fact blockfabric_seqread_128k_mibs "$(awk '$1=="Total"{print $3}' /tmp/perf-b128k.log)"
+    ki_pass blockfabric-128k
+  else
+    ki_fail blockfabric-128k
+  fi
+  kernel_host kernel2
   kh_nvmet_del "$KNQN"
 fi
 ki_exit
