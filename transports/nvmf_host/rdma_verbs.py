@@ -50,10 +50,10 @@ def _wc_status(st: int) -> str:
     try:
         import pyverbs.enums as e
 
-        for k in dir(e):
-            if k.startswith("IBV_WC_") and getattr(e, k) == st and "FLAG" not in k:
+        for k in dir(e.ibv_wc_status):
+            if k.startswith("IBV_WC_") and getattr(e, k) == st:
                 return k[7:].lower()
-    except Exception:  # noqa: BLE001 - only a name for a message
+    except Exception:  # only a name for a message
         pass
     return "?"
 
@@ -240,8 +240,7 @@ class RdmaConn:
         cap = qpm.QPCap(max_send_wr=nsend, max_recv_wr=nrecv, max_send_sge=1, max_recv_sge=1)
         init = qpm.QPInitAttr(qp_type=e.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap, sq_sig_all=0)
         self.vqp = qpm.QP(self.pd, init)
-        attr, mask = self.cmid.init_qp_attr(e.IBV_QPS_INIT)
-        self.vqp.modify(attr, mask)
+        self._init_qp()
         for slot in range(nrecv):
             self._post_recv(slot)
         priv = q.cm_private_data()
@@ -254,9 +253,23 @@ class RdmaConn:
         param.set_private_data(priv)
         self.cmid.connect(param)
 
+    def _init_qp(self) -> None:
+        """To INIT (again), with remote read/write access: the target RDMA
+        READs our write data and RDMA WRITEs read data (before the connect
+        the RDMA CM hands out no access flags; librdmacm itself redoes INIT
+        when the connect response came, so do we)."""
+        import pyverbs.enums as e
+
+        attr, mask = self.cmid.init_qp_attr(e.IBV_QPS_INIT)
+        attr.qp_access_flags = (
+            e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_REMOTE_READ | e.IBV_ACCESS_REMOTE_WRITE
+        )
+        self.vqp.modify(attr, mask | e.IBV_QP_ACCESS_FLAGS)
+
     def _ready_qp(self) -> None:
         import pyverbs.enums as e
 
+        self._init_qp()
         for st in (e.IBV_QPS_RTR, e.IBV_QPS_RTS):
             attr, mask = self.cmid.init_qp_attr(st)
             if st == e.IBV_QPS_RTR:

@@ -44,7 +44,7 @@ perf_run() {
   ki_fact "${_n}_errors" "$(grep -c 'I/O error' /tmp/perf-$_n.log)"
   ki_fact "${_n}_reconnects" "$(sed -n 's/^reconnect: \([0-9]*\) I\/O queue reconnect.*/\1/p' /tmp/perf-$_n.log)"
   if [ "$_rc" != 0 ]; then  # what the target(s) said meanwhile
-    for _l in /tmp/bf-*.log; do [ -f "$_l" ] && tail -n 25 "$_l" | sed "s|^|[$_l] |"; done
+    for _l in /tmp/bf-tgt.log /tmp/bf-host.log; do [ -f "$_l" ] && tail -n 25 "$_l" | sed "s|^|[$_l] |"; done
     dmesg | tail -n 15
   fi
   return $_rc
