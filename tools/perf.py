@@ -60,6 +60,12 @@ PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
 SPIN_NS = 50_000
 
 
+# an RDMA worker with commands outstanding and no completion for this long
+# reports the queue lost (the RDMA CM may not tell: a user-space QP is not
+# moved to error by a disconnect)
+RDMA_STALL_S = 30.0
+
+
 class TridError(ValueError):
     pass
 
@@ -538,12 +544,14 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             if rdma:
                 if bq.pump():
                     idle_since = 0
-                elif not busy:
-                    now = perf_ns()
-                    if not idle_since:
-                        idle_since = now
-                    elif now - idle_since > SPIN_NS:
-                        bq.conn.wait(0.01)
+                else:
+                    bq.check_stall(RDMA_STALL_S)
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            bq.conn.wait(0.01)
             else:
                 if pending or q.tx:
                     bufs_out = pending + q.take_tx() if pending else q.take_tx()

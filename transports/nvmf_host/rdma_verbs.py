@@ -430,6 +430,7 @@ class RdmaBlockingQueue(BlockingQueue):
         self.conn = RdmaConn(traddr, trsvcid, qid, qsize, cntlid, icd_cap, stage, timeout)
         self.q: RdmaHostQueue = self.conn.q  # type: ignore[assignment]  # a HostQueue subclass
         self.sock = _NoSocket(self.conn)  # type: ignore[assignment]  # no socket over RDMA
+        self.last_progress = time.monotonic()
         try:
             self._run(lambda: self.q.ic_done, time.monotonic() + timeout, "RDMA CM connect")
         except BaseException:
@@ -443,7 +444,23 @@ class RdmaBlockingQueue(BlockingQueue):
         n = c.poll()
         if n:
             c.flush()
+            self.last_progress = time.monotonic()
         return n
+
+    def check_stall(self, timeout_s: float) -> None:
+        """TransportError when commands are outstanding and nothing completed
+        for ``timeout_s`` (a lost connection the RDMA CM did not report)."""
+        q = self.q
+        if not q.outstanding:
+            self.last_progress = time.monotonic()
+            return
+        if time.monotonic() - self.last_progress > timeout_s:
+            busy = [r.cid for r in q.slots if r.busy]
+            sending = [i for i, v in enumerate(q._sending) if v]
+            raise q.lost(
+                f"no completion for {timeout_s:g} s with {q.outstanding} command(s) outstanding "
+                f"(CIDs {busy[:16]}, SENDs not completed {sending[:16]}, stats {q.stats})"
+            )
 
     def _run(self, done: Callable[[], bool], deadline: float, what: str) -> None:
         c = self.conn
