@@ -193,15 +193,18 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
     elif cfg.get("trtype") == "RDMA":
         from ..transports.nvmf_host.rdma_verbs import RdmaBlockingQueue
 
+        # queue entries for twice the depth: the target's receive buffers
+        # need headroom (see RdmaHostQueue), -q commands in flight
         bq = RdmaBlockingQueue(
             cfg["traddr"],
             cfg["trsvcid"],
             cfg["qid"],
-            cfg["qd"] + 1,
+            max(cfg["qd"] + 1, min(2 * cfg["qd"] + 1, int(cfg.get("mqes") or 0))),
             10.0,
             cntlid=cfg["cntlid"],
             icd_cap=min(cfg["icd_max"], 8192),
             stage=cfg["io_size"],
+            inflight=cfg["qd"],
         )
     else:
         bq = BlockingQueue(
@@ -895,6 +898,7 @@ def run(a: argparse.Namespace) -> int:
                 "hdgst": a.hdgst,
                 "ddgst": a.ddgst,
                 "icd_max": ctrl.icd_max,
+                "mqes": ctrl.mqes,
                 "qd": qd,
                 "bs": bs,
                 "nsid": nsid,

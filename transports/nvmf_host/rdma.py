@@ -117,6 +117,7 @@ class RdmaHostQueue(HostQueue):
         icd_cap: int = 0,
         stage: int = DEFAULT_STAGE,
         translate: Translate | None = None,
+        inflight: int = 0,
     ) -> None:
         super().__init__(qid=qid, qsize=qsize, bufsize=4096)
         self.lay = layout(qsize, icd_cap, stage)
@@ -134,6 +135,12 @@ class RdmaHostQueue(HostQueue):
         self._held = [False] * n  # completed, CID waits for its SEND completion
         self._staged = [False] * n  # the read lands in the staging buffer
         self._force_keyed = False
+        # commands in flight: half the queue by default. A target reposts a
+        # receive buffer only once its response's SEND completed, so a host
+        # that refills every slot the moment a response lands finds the
+        # target's receive queue empty (RNR NAK: the SEND waits out the RNR
+        # timer, Soft-RoCE retries late or never); the other half is headroom
+        self._limit(inflight or max(1, (qsize - 1) // 2))
         self.stats = {"send": 0, "recv": 0, "incapsule": 0, "keyed": 0, "staged": 0}
 
     # ------------------------------------------------------------ RDMA CM
@@ -153,12 +160,17 @@ class RdmaHostQueue(HostQueue):
         the commands we keep in flight."""
         crq = R.parse_accept(private_data)
         self.crqsize = crq
-        if crq and crq < self.max_outstanding and self.outstanding == 0:
-            self.max_outstanding = crq
-            self._free = list(range(crq - 1, -1, -1))
+        if crq and crq - 1 < self.max_outstanding and self.outstanding == 0:
+            self._limit(max(1, crq - 1))
         self.ic_done = True
         if self.on_ic is not None:
             self.on_ic()
+
+    def _limit(self, n: int) -> None:
+        """At most ``n`` commands in flight (before any is submitted)."""
+        n = min(n, len(self.slots))
+        self.max_outstanding = n
+        self._free = list(range(n - 1, -1, -1))
 
     def rejected(self, private_data: bytes | memoryview | None, detail: str = "") -> RdmaRejected:
         e = RdmaRejected(R.parse_reject(private_data), detail)

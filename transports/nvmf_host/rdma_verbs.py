@@ -83,6 +83,7 @@ class RdmaConn:
         icd_cap: int = 0,
         stage: int = DEFAULT_STAGE,
         timeout: float = 10.0,
+        inflight: int = 0,
     ) -> None:
         why = pyverbs_refusal()
         if why is not None:
@@ -107,6 +108,7 @@ class RdmaConn:
             icd_cap,
             stage,
             self.translate,
+            inflight,
         )
         self.closed = False
         self.vqp: Any = None
@@ -424,10 +426,11 @@ class RdmaBlockingQueue(BlockingQueue):
         cntlid: int = 0,
         icd_cap: int = 0,
         stage: int = DEFAULT_STAGE,
+        inflight: int = 0,
     ) -> None:
         self.timeout = timeout
         self.lock = threading.RLock()
-        self.conn = RdmaConn(traddr, trsvcid, qid, qsize, cntlid, icd_cap, stage, timeout)
+        self.conn = RdmaConn(traddr, trsvcid, qid, qsize, cntlid, icd_cap, stage, timeout, inflight)
         self.q: RdmaHostQueue = self.conn.q  # type: ignore[assignment]  # a HostQueue subclass
         self.sock = _NoSocket(self.conn)  # type: ignore[assignment]  # no socket over RDMA
         self.last_progress = time.monotonic()

@@ -184,9 +184,12 @@ def test_cm_private_data_accept_and_reject() -> None:
     assert ca.cntlid == 0 and R.check_connect(ca, 128, 32, 127) == 32  # the admin queue fits AQ 32
     # CRQSIZE of the accept bounds the commands in flight
     q.established(R.pack_accept(16))
-    assert q.ic_done and q.max_outstanding == 16 and q.crqsize == 16
-    got = [q.submit(spec.ADMIN_KEEP_ALIVE) for _ in range(16)]
-    assert len({r.cid for r in got}) == 16 and not q.can_submit
+    assert q.ic_done and q.max_outstanding == 15 and q.crqsize == 16  # one receive spare
+    got = [q.submit(spec.ADMIN_KEEP_ALIVE) for _ in range(15)]
+    assert len({r.cid for r in got}) == 15 and not q.can_submit
+    # by default half the queue is in flight (headroom for the target's reposts)
+    assert make_queue(qid=1, qsize=64)[0].max_outstanding == 31
+    assert make_queue(qid=1, qsize=64, inflight=40)[0].max_outstanding == 40
     r, _ = make_queue(qid=1)
     e = r.rejected(R.pack_reject(R.REJ_INVALID_HSQSIZE))
     assert isinstance(e, RdmaRejected) and e.sts == R.REJ_INVALID_HSQSIZE
@@ -246,7 +249,7 @@ def test_unregistered_buffer_above_staging_is_refused_and_slot_kept() -> None:
     q.established(None)
     with pytest.raises(ValueError, match="staging"):
         q.read(1, 0, 16, memoryview(bytearray(8192)), None)
-    assert q.outstanding == 0 and len(q._free) == 3 and not q.tx
+    assert q.outstanding == 0 and len(q._free) == q.max_outstanding and not q.tx
 
 
 # ---------------------------------------------------------------- end to end (fake NIC)
@@ -285,13 +288,13 @@ def test_admin_identify_and_io_against_the_target(h, rdma_target) -> None:  # ty
     st, _ = w.execute(lambda cb: q.read(1, 8, 8, user[4096:8192], cb))
     assert st == 0 and bytes(user[4096:8192]) == bytes(big[:4096])
     assert q.stats["staged"] == staged
-    # many in flight: QD 16 of reads, each completes with its own data
-    bufs = [memoryview(bytearray(512)) for _ in range(16)]
+    # many in flight: QD 15 of reads, each completes with its own data
+    bufs = [memoryview(bytearray(512)) for _ in range(15)]
     done: list[int] = []
     for i, b in enumerate(bufs):
         q.read(1, i, 1, b, lambda _r, st, _res: done.append(st))
     w.run(60)
-    assert done == [0] * 16
+    assert done == [0] * 15
     whole = bytes(pat) + bytes(big)
     assert all(bytes(b) == whole[i * 512 : (i + 1) * 512] for i, b in enumerate(bufs))
     # an NVMe error status comes back as such (LBA out of range)
