@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from ..nvmf import rdma_proto as R
 from ..nvmf import spec as S
-from .queue import Completion, HostQueue, Request, TransportError
+from .queue import Completion, HostQueue, QueueFull, Request, TransportError
 
 _CQE = S.CQE.unpack_from
 _SGL_LEN = struct.Struct("<I")
@@ -167,10 +167,19 @@ class RdmaHostQueue(HostQueue):
             self.on_ic()
 
     def _limit(self, n: int) -> None:
-        """At most ``n`` commands in flight (before any is submitted)."""
-        n = min(n, len(self.slots))
-        self.max_outstanding = n
-        self._free = list(range(n - 1, -1, -1))
+        """At most ``n`` commands in flight. Every CID stays usable: a command
+        that completed before its SEND did holds its CID a little longer, so
+        the CIDs outnumber the commands in flight."""
+        self.max_outstanding = min(n, len(self.slots))
+
+    @property
+    def can_submit(self) -> bool:
+        return bool(self._free) and self.outstanding < self.max_outstanding and self.failed is None
+
+    def _alloc(self, cb: Completion | None, ctx: Any) -> Request:
+        if self.failed is None and self.outstanding >= self.max_outstanding:
+            raise QueueFull(f"queue {self.qid}: {self.max_outstanding} commands in flight")
+        return super()._alloc(cb, ctx)
 
     def rejected(self, private_data: bytes | memoryview | None, detail: str = "") -> RdmaRejected:
         e = RdmaRejected(R.parse_reject(private_data), detail)

@@ -35,6 +35,7 @@ from .controller import BlockingQueue
 from .queue import ST_ABORTED_BY_HOST, ST_HOST_PATH_ERROR, Request, TransportError, status_str
 from .rdma import DEFAULT_STAGE, RdmaHostQueue, layout
 
+ACK_TIMEOUT = 16  # local ACK timeout 4.096 us * 2^16 = 268 ms
 RECV_BIT = 1 << 40  # wr_id of a receive: RECV_BIT | slot; of a SEND: the CID
 
 
@@ -251,6 +252,8 @@ class RdmaConn:
             depth=R.MAX_RD_ATOMIC,
             qp_num=self.vqp.qp_num,
             data_len=len(priv),
+            retry=7,
+            rnr_retry=7,
         )
         param.set_private_data(priv)
         self.cmid.connect(param)
@@ -278,13 +281,22 @@ class RdmaConn:
                 # the target RDMA READs our memory: we are the responder
                 attr.max_dest_rd_atomic = max(attr.max_dest_rd_atomic, R.MAX_RD_ATOMIC)
                 mask |= e.IBV_QP_MAX_DEST_RD_ATOMIC
+                attr.min_rnr_timer = min(attr.min_rnr_timer or 12, 12)  # 0.64 ms
+                mask |= e.IBV_QP_MIN_RNR_TIMER
             else:
                 attr.max_rd_atomic = R.MAX_RD_ATOMIC
                 mask |= e.IBV_QP_MAX_QP_RD_ATOMIC
+                # a lost packet is retransmitted after the local ACK timeout
+                # (0 would be never); retry and RNR retry as Linux' host does
+                if not attr.timeout or attr.timeout > ACK_TIMEOUT:
+                    attr.timeout = ACK_TIMEOUT
+                attr.retry_cnt = 7
+                attr.rnr_retry = 7
+                mask |= e.IBV_QP_TIMEOUT | e.IBV_QP_RETRY_CNT | e.IBV_QP_RNR_RETRY
             self.vqp.modify(attr, mask)
         _debug(
             f"{self.where} qid {self.q.qid}: QP {self.vqp.qp_num} RTS, arena {self.arena_addr:#x}"
-            f"+{len(self.arena)} lkey {self.lkey:#x} rkey {self.q.rkey:#x}"
+            f"+{len(self.arena)} lkey {self.lkey:#x} rkey {self.q.rkey:#x} timeout {attr.timeout}"
         )
 
     # ------------------------------------------------------------- verbs

@@ -22,7 +22,7 @@ from blockfabric.transports.nvmf import spec
 from blockfabric.transports.nvmf.core import target_for
 from blockfabric.transports.nvmf.rdma import RDMA
 from blockfabric.transports.nvmf.rdma_qpair import RdmaQpair
-from blockfabric.transports.nvmf_host.queue import TransportError
+from blockfabric.transports.nvmf_host.queue import QueueFull, TransportError
 from blockfabric.transports.nvmf_host.rdma import RdmaHostQueue, RdmaRejected, Send, layout
 
 HOST_BASE = 0x7F0000000000
@@ -249,7 +249,7 @@ def test_unregistered_buffer_above_staging_is_refused_and_slot_kept() -> None:
     q.established(None)
     with pytest.raises(ValueError, match="staging"):
         q.read(1, 0, 16, memoryview(bytearray(8192)), None)
-    assert q.outstanding == 0 and len(q._free) == q.max_outstanding and not q.tx
+    assert q.outstanding == 0 and len(q._free) == len(q.slots) and not q.tx
 
 
 # ---------------------------------------------------------------- end to end (fake NIC)
@@ -354,3 +354,23 @@ def test_target_refuses_connect_qid_other_than_cm_private_data(h, rdma_target) -
     q.qid = 1
     st, _ = w.execute(lambda cb: q.connect(h.SUBNQN, h.HOSTNQN, h.HOSTID, cntlid, 0, cb))
     assert st == 0 and w.qp.qid == 1
+
+
+def test_held_cids_do_not_block_submission_below_the_inflight_limit() -> None:
+    # perf --verify submits the read-back from the write's completion, often
+    # before that write's SEND completion: the CID is held, another is used
+    q, mem = make_queue(qid=1, qsize=9, inflight=4)
+    q.established(R.pack_accept(9))
+    rs = [q.submit(spec.IO_FLUSH, 1) for _ in range(4)]
+    with pytest.raises(QueueFull):
+        q.submit(spec.IO_FLUSH, 1)
+    sends = q.take_tx()
+    for i, r in enumerate(rs):  # every response before any SEND completion
+        o = q.lay.recv_off + i * R.CQE_SIZE
+        mem[o : o + 16] = R.pack_cqe(r.cid, 0, 0, 1, 1)
+        q.on_recv(i, 16)
+    more = [q.submit(spec.IO_FLUSH, 1) for _ in range(4)]  # 4 held CIDs, 4 others
+    assert {r.cid for r in more}.isdisjoint({r.cid for r in rs})
+    for s in sends:
+        q.on_send(s.cid, True)
+    assert len(q._free) == len(q.slots) - 4
