@@ -30,7 +30,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..nvmf import rdma_proto as R
-from ..nvmf.rdma_verbs import _KEEP, addr_of, comp_channel_fd, event_channel_fd, event_status
+from ..nvmf.rdma_pyverbs import (
+    _KEEP,
+    addr_of,
+    comp_channel_fd,
+    event_channel_fd,
+    event_status,
+    pyverbs_missing,
+)
 from .controller import BlockingQueue
 from .queue import ST_ABORTED_BY_HOST, ST_HOST_PATH_ERROR, Request, TransportError, status_str
 from .rdma import DEFAULT_STAGE, RdmaHostQueue, layout
@@ -41,8 +48,6 @@ RECV_BIT = 1 << 40  # wr_id of a receive: RECV_BIT | slot; of a SEND: the CID
 
 def pyverbs_refusal() -> str | None:
     """None when pyverbs loads, else the reason naming the packages."""
-    from ..nvmf.rdma import pyverbs_missing
-
     why = pyverbs_missing()
     return None if why is None else f"trtype RDMA needs pyverbs: {why}"
 
