@@ -320,6 +320,10 @@ class RdmaConn:
         import pyverbs.wr as wr
 
         sends = self.q.take_tx()
+        # every SendWR of the chain stays referenced until post_send returned:
+        # pyverbs' next_wr is a bare C pointer, a collected middle WR would
+        # leave the chain pointing at freed memory
+        wrs: list[Any] = []
         first: Any = None
         prev: Any = None
         base, lkey = self.arena_addr, self.lkey
@@ -332,6 +336,7 @@ class RdmaConn:
                 sg=[wr.SGE(base + s.off, s.length, lkey)],
                 send_flags=flags,
             )
+            wrs.append(w)
             if prev is None:
                 first = w
             else:
@@ -341,6 +346,7 @@ class RdmaConn:
             self.vqp.post_send(first)
         except Exception as ex:
             raise self.q.lost(f"post_send failed: {ex}") from None
+        del wrs
         return len(sends)
 
     def poll(self) -> int:
