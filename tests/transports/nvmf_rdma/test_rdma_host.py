@@ -374,3 +374,78 @@ def test_held_cids_do_not_block_submission_below_the_inflight_limit() -> None:
     for s in sends:
         q.on_send(s.cid, True)
     assert len(q._free) == len(q.slots) - 4
+
+
+# ---------------------------------------------------------------- the glue, fake pyverbs
+def test_glue_posts_every_send_of_a_batch_and_dispatches_completions(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    import types
+
+    from blockfabric.transports.nvmf_host import rdma_verbs as G
+
+    e = types.SimpleNamespace(
+        IBV_WR_SEND=0, IBV_SEND_SIGNALED=2, IBV_WC_SUCCESS=0, IBV_WC_WR_FLUSH_ERR=5
+    )
+
+    class SGE:
+        def __init__(self, addr: int, length: int, lkey: int) -> None:
+            self.addr, self.length, self.lkey = addr, length, lkey
+
+    class SendWR:
+        def __init__(
+            self, wr_id: int, opcode: int, num_sge: int, sg: list[SGE], send_flags: int
+        ) -> None:
+            self.wr_id, self.sg, self.next_wr = wr_id, sg, None
+
+    class RecvWR:
+        def __init__(self, wr_id: int, num_sge: int, sg: list[SGE]) -> None:
+            self.wr_id, self.sg = wr_id, sg
+
+    wr = types.SimpleNamespace(SGE=SGE, SendWR=SendWR, RecvWR=RecvWR)
+    pv = types.ModuleType("pyverbs")
+    monkeypatch.setitem(sys.modules, "pyverbs", pv)
+    monkeypatch.setitem(sys.modules, "pyverbs.enums", e)
+    monkeypatch.setitem(sys.modules, "pyverbs.wr", wr)
+    posted: list[SendWR] = []
+    recvs: list[int] = []
+
+    class QP:
+        def post_send(self, w: SendWR) -> None:
+            while w is not None:
+                posted.append(w)
+                w = w.next_wr
+
+        def post_recv(self, w: RecvWR) -> None:
+            recvs.append(w.wr_id)
+
+    class WC:
+        def __init__(self, wr_id: int, status: int = 0, byte_len: int = 16) -> None:
+            self.wr_id, self.status, self.byte_len, self.vendor_err = wr_id, status, byte_len, 0
+
+    class CQ:
+        def __init__(self) -> None:
+            self.wcs: list[WC] = []
+
+        def poll(self, n: int) -> tuple[int, list[WC]]:
+            out, self.wcs = self.wcs[:n], self.wcs[n:]
+            return len(out), out
+
+    q, mem = make_queue(qid=1, qsize=9, inflight=8)
+    q.established(None)
+    c = object.__new__(G.RdmaConn)
+    c.q, c.closed, c.vqp, c.cq = q, False, QP(), CQ()
+    c.arena_addr, c.lkey = HOST_BASE, 0x55
+    rs = [q.submit(spec.IO_FLUSH, 1) for _ in range(5)]
+    assert c.flush() == 5
+    assert [w.wr_id for w in posted] == [r.cid for r in rs]  # the whole chain went out
+    assert all(w.sg[0].lkey == 0x55 and w.sg[0].length == 64 for w in posted)
+    # completions: two SENDs, one response (its receive slot is posted again)
+    o = q.lay.recv_off
+    mem[o : o + 16] = R.pack_cqe(rs[0].cid, 0, 0, 1, 1)
+    c.cq.wcs = [WC(rs[0].cid), WC(rs[1].cid), WC(G.RECV_BIT | 0)]
+    assert c.poll() == 3 and q.outstanding == 4 and recvs == [G.RECV_BIT | 0]
+    # an error completion fails the queue, named by the first non-flush status
+    c.cq.wcs = [WC(G.RECV_BIT | 1, status=5), WC(rs[2].cid, status=12)]
+    with pytest.raises(TransportError, match="SEND completion status 12"):
+        c.poll()
+    assert q.failed is not None
