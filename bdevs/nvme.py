@@ -181,6 +181,26 @@ class NvmeChannel(IoChannel):
             self._schedule_retry()
             return
         try:
+            if c.get("trtype") == "RDMA":
+                from ..transports.nvmf_host.rdma_verbs import RdmaLoopQueue
+
+                self.lq = RdmaLoopQueue(
+                    self.loop,
+                    c["traddr"],
+                    c["trsvcid"],
+                    c["subnqn"],
+                    c["hostnqn"],
+                    bytes.fromhex(c["hostid"]),
+                    c["cntlid"],
+                    self._qid(),
+                    c.get("qsize", 128),
+                    c.get("icd_max", 0),
+                    self._on_ready,
+                    self._on_fail,
+                    timeout=5.0,
+                )
+                self.connected_gen = c.get("gen", 0)
+                return
             self.lq = LoopQueue(
                 self.loop,
                 c["traddr"],

@@ -72,6 +72,10 @@ class NvmeCtrlr:
         # on every fabrics target we know); 0 means no limit
         mdts = c.identify_controller().mdts
         self.max_xfer = (4096 << mdts) if mdts else 0
+        if p.get("trtype") == "RDMA":  # an I/O in unregistered memory goes through
+            from ..transports.nvmf_host.rdma import DEFAULT_STAGE  # a staging buffer per CID
+
+            self.max_xfer = min(self.max_xfer or DEFAULT_STAGE, DEFAULT_STAGE)
         p["hostid"] = c.hostid.hex()
         p["hostnqn"] = c.hostnqn
         self.ctrl = c
@@ -161,6 +165,12 @@ class NvmeCtrlr:
         """The admin socket is readable while no command is running: the
         controller closed the connection (or sent something unasked)."""
         if self.ctrl is None or self.ctrl.admin is None:
+            return
+        peek = getattr(self.ctrl.admin, "peek", None)
+        if peek is not None:  # RDMA: its RDMA CM event channel is readable
+            why = peek()
+            if why:
+                self._lost(f"admin connection lost: {why}")
             return
         try:
             data = self.ctrl.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -414,8 +424,18 @@ def bdev_nvme_attach_controller(
             raise invalid_params(f"parameter 'trsvcid': FC has none, got {trsvcid!r}")
         adrfam, port = "FC", "none"
     else:
-        if trtype.upper() != "TCP":
-            raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (TCP, FC)")
+        if trtype.upper() == "RDMA":
+            from ..transports.nvmf_host.rdma_verbs import pyverbs_refusal
+
+            why = pyverbs_refusal()
+            if why is not None:
+                raise invalid_params(f"parameter 'trtype' RDMA: {why}")
+            if hdgst or ddgst:
+                raise invalid_params(
+                    "parameters 'hdgst'/'ddgst' are NVMe/TCP digests: not with RDMA"
+                )
+        elif trtype.upper() != "TCP":
+            raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (TCP, RDMA, FC)")
         if adrfam is not None and adrfam.lower() not in ("ipv4", "ipv6"):
             raise invalid_params(f"parameter 'adrfam' must be IPv4 or IPv6, got {adrfam!r}")
         port = trsvcid or "4420"

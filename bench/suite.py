@@ -691,6 +691,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import metrics
 
         return metrics.main(argv[2:])
+    if argv[:2] == ["--only", "rdma-host"]:  # our RDMA host, in a QEMU guest: bench/rdma_host.py
+        from . import rdma_host
+
+        return rdma_host.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

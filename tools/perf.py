@@ -61,6 +61,12 @@ PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
 SPIN_NS = 50_000
 
 
+# an RDMA worker with commands outstanding and no completion for this long
+# reports the queue lost (the RDMA CM may not tell: a user-space QP is not
+# moved to error by a disconnect)
+RDMA_STALL_S = 30.0
+
+
 class TridError(ValueError):
     pass
 
@@ -82,17 +88,19 @@ def parse_trid(s: str) -> dict[str, str]:
             raise TridError(f"transport ID key {k!r} given twice")
         out[k] = v
     if "trtype" not in out:
-        raise TridError("transport ID needs trtype (TCP or FC)")
+        raise TridError("transport ID needs trtype (TCP, RDMA or FC)")
     if out["trtype"].upper() == "FC":
         return _parse_fc_trid(out)
-    if out["trtype"].upper() == "RDMA":
-        raise TridError(
-            "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
-            "the target side is: nvmf_create_transport -t RDMA); use TCP or FC"
-        )
-    if out["trtype"].upper() != "TCP":
-        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP or FC)")
-    out["trtype"] = "TCP"
+    tr = out["trtype"].upper()
+    if tr == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import pyverbs_refusal
+
+        why = pyverbs_refusal()
+        if why is not None:
+            raise TridError(why)
+    elif tr != "TCP":
+        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP, RDMA or FC)")
+    out["trtype"] = tr
     fam = out.setdefault("adrfam", "IPv4")
     if fam.lower() not in ("ipv4", "ipv6"):
         raise TridError(f"adrfam {fam!r} must be IPv4 or IPv6")
@@ -190,6 +198,22 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             cfg["hostnqn"],
             bytes.fromhex(cfg["hostid"]),
             cfg["assoc_id"],
+        )
+    elif cfg.get("trtype") == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import RdmaBlockingQueue
+
+        # queue entries for twice the depth: the target's receive buffers
+        # need headroom (see RdmaHostQueue), -q commands in flight
+        bq = RdmaBlockingQueue(
+            cfg["traddr"],
+            cfg["trsvcid"],
+            cfg["qid"],
+            max(cfg["qd"] + 1, min(2 * cfg["qd"] + 1, int(cfg.get("mqes") or 0))),
+            10.0,
+            cntlid=cfg["cntlid"],
+            icd_cap=min(cfg["icd_max"], 8192),
+            stage=cfg["io_size"],
+            inflight=cfg["qd"],
         )
     else:
         bq = BlockingQueue(
@@ -356,6 +380,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             raise
         # the controller was lost before this worker started
         bq = _reconnect(cfg, shared, f"{type(e).__name__}: {e}")
+    rdma = cfg.get("trtype") == "RDMA"  # no socket: post SENDs, poll the CQ
     bq.sock.setblocking(False)
     sock, q = bq.sock, bq.q
     qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]
@@ -595,7 +620,9 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             except OSError:
                 pass  # the recv of the main loop sees the lost connection
 
-    submit = send_each if per_command else queue_io
+    # per-command submission is a TCP notion (one send per command PDU); over
+    # RDMA every command is its own SEND work request anyway, posted by pump()
+    submit = send_each if per_command and not rdma else queue_io
 
     t_start = time.perf_counter()
     rus0 = os.times()
@@ -607,24 +634,36 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
     fd = sock.fileno()
     while True:
         try:
-            if pending or q.tx:
-                send_now()
-            try:
-                buf = q.recv_buffer()
-                n = sock.recv_into(buf)
-                del buf
-                if n == 0:
-                    raise ConnectionError("connection closed by the target")
-                q.received(n)
-                idle_since = 0
-            except BlockingIOError:
-                del buf
-                if not busy:
-                    now = perf_ns()
-                    if not idle_since:
-                        idle_since = now
-                    elif now - idle_since > SPIN_NS:
-                        select.select([fd], [fd] if pending else [], [], 0.01)
+            if rdma:
+                if bq.pump():
+                    idle_since = 0
+                else:
+                    bq.check_stall(RDMA_STALL_S)
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            bq.conn.wait(0.01)
+            else:
+                if pending or q.tx:
+                    send_now()
+                try:
+                    buf = q.recv_buffer()
+                    n = sock.recv_into(buf)
+                    del buf
+                    if n == 0:
+                        raise ConnectionError("connection closed by the target")
+                    q.received(n)
+                    idle_since = 0
+                except BlockingIOError:
+                    del buf
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            select.select([fd], [fd] if pending else [], [], 0.01)
         except (OSError, TransportError) as e:
             if not reconnect:
                 raise
@@ -752,6 +791,9 @@ class _CtrlKeeper:
             return c.last_error
         if c.admin is None:
             return "admin queue closed"
+        peek = getattr(c.admin, "peek", None)
+        if peek is not None:  # RDMA: no socket to peek at
+            return str(peek())
         try:
             data = c.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -844,6 +886,9 @@ def run(a: argparse.Namespace) -> int:
         )
         return 2
     delay = float(a.reconnect_delay_sec)
+    if trid["trtype"] == "RDMA" and (a.hdgst or a.ddgst):
+        print("perf: --hdgst/--ddgst are NVMe/TCP digests: not with trtype RDMA", file=sys.stderr)
+        return 2
     if loss and trid["trtype"] == "FC":
         print(
             "perf: --ctrlr-loss-timeout-sec is not supported over FC (a new controller "
@@ -957,6 +1002,7 @@ def run(a: argparse.Namespace) -> int:
                 "hdgst": a.hdgst,
                 "ddgst": a.ddgst,
                 "icd_max": ctrl.icd_max,
+                "mqes": ctrl.mqes,
                 "qd": qd,
                 "bs": bs,
                 "nsid": nsid,

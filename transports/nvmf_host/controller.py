@@ -395,8 +395,8 @@ class Controller:
         authenticates after its Connect when the controller asks (AUTHREQ.ATR)
         or a controller key is set (the host then authenticates the controller)."""
         self.trtype = trtype.lower()
-        if self.trtype not in ("tcp", "fc"):
-            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
+        if self.trtype not in ("tcp", "fc", "rdma"):
+            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, RDMA, FC)")
         self.host_traddr = host_traddr
         self.assoc_id = 0  # FC: the association of the admin queue
         self.traddr = traddr
@@ -449,6 +449,18 @@ class Controller:
             if qid == 0:
                 self.assoc_id = bq.q.assoc_id
             return bq
+        if self.trtype == "rdma":
+            from .rdma_verbs import RdmaBlockingQueue
+
+            return RdmaBlockingQueue(
+                self.traddr,
+                self.trsvcid,
+                qid,
+                qsize,
+                self.timeout,
+                cntlid=self.cntlid if qid else 0,
+                icd_cap=min(self.icd_max, 8192) if qid else 0,
+            )
         return BlockingQueue(
             self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout, self.tls
         )
