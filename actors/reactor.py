@@ -27,8 +27,10 @@ import zmq
 
 from ..bdevs.base import Bdev, IoChannel
 from ..bdevs.registry import bdev_from_description
+from ..shm import trace as tr
 from ..shm.iobuf import IoBufs
 from ..shm.pool import BufferPool
+from ..shm.segment import SharedSegment
 from ..transports.base import DRIVERS
 from . import messages as m
 from .fdpass import Handoff, recv_fd, send_fd
@@ -41,6 +43,7 @@ PR_SET_PDEATHSIG = 1
 MBOX_POLL_S = 0.001  # how often a busy reactor checks its ZeroMQ mailbox
 IOBUF_POLL_S = 0.002  # retry pool waiters this often while some are queued
 IOBUF_IDLE_S = 0.05  # ... and this often otherwise
+TRACE_RELOAD_S = 1.0  # re-read the tpoint group mask (RPCs also say so at once)
 _ZMQ_EVENTS = int(zmq.EVENTS)
 _ZMQ_POLLIN = int(zmq.POLLIN)
 _monotonic = time.monotonic
@@ -87,6 +90,7 @@ class Reactor:
         num_reactors: int = 1,
         state_dir: str = "",
         pool_name: str = "",
+        trace_name: str = "",
     ) -> None:
         self.instance = instance
         self.num_reactors = num_reactors
@@ -131,6 +135,12 @@ class Reactor:
             self._private_pool = True
         self.iobufs = IoBufs(self.pool)
         self._iobuf_timer = self.loop.call_later(IOBUF_IDLE_S, self._poll_iobufs)
+        # this reactor's trace ring (shm/trace.py); the mask is reloaded on
+        # framework.trace_mask and every TRACE_RELOAD_S
+        self._trace_timer: Any = None
+        if trace_name:
+            tr.TRACE.attach(SharedSegment.attach(trace_name), reactor_id, tr.ROLE_REACTOR, core)
+            self._trace_timer = self.loop.call_every(TRACE_RELOAD_S, tr.TRACE.reload)
 
     def _poll_iobufs(self) -> None:
         try:
@@ -339,6 +349,8 @@ class Reactor:
                 "uptime_s": time.time() - self.started,
                 "callback_errors": self.loop.callback_errors,
             }
+        if op == "framework.trace_mask":
+            return tr.TRACE.reload()
         if op == "framework.log_level":
             logging.getLogger("blockfabric").setLevel(args.get("level", "INFO"))
             return True
@@ -427,6 +439,7 @@ class Reactor:
             detach = getattr(b, "detach", None)
             if detach:
                 detach()
+        tr.TRACE.detach()
         self.mbox.close(0)
         self.fd_sock.close()
         if self.pool is not None:
@@ -451,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", default="")
     ap.add_argument("--pool", default="", help="the instance's buffer pool segment")
     ap.add_argument("--log-fd", type=int, default=-1, help="log pipe to the supervisor")
+    ap.add_argument("--trace", default="", help="the instance's trace segment")
     a = ap.parse_args(argv)
     die_with_parent()
     reactor_logging(
@@ -470,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     fd_sock = socket.socket(fileno=a.fd)
     r = Reactor(
         a.instance, a.id, a.core, a.sup, fd_sock, a.poll_mode, a.spin_us, a.nreactors,
-        a.state_dir, a.pool,
+        a.state_dir, a.pool, a.trace,
     )  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: r.stop())
     r.run()

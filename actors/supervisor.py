@@ -44,9 +44,11 @@ from ..control.context import SUPERVISOR_OPS
 from ..control.errors import INTERNAL_ERROR, RpcError
 from ..control.registry import OUT_DICT, REGISTRY, Param, rpc_method
 from ..shm import names
+from ..shm import trace as tr
 from ..shm.lock import InstanceLock
 from ..shm.manifest import Manifest
 from ..shm.pool import LARGE_SIZE, SMALL_SIZE, BufferPool
+from ..shm.segment import SharedSegment
 from . import messages as m
 from .fdpass import Handoff, recv_fd, send_fd
 from .logpipe import DEFAULT_LOG_COUNT, DEFAULT_LOG_MAX_MB, PipeReader, make_handler, make_pipe
@@ -169,6 +171,10 @@ class Options:
     log_file: str | None = None
     log_max_mb: float = DEFAULT_LOG_MAX_MB
     log_count: int = DEFAULT_LOG_COUNT
+    tpoint_group: str = ""  # -e/--tpoint-group: groups traced from the start
+    num_trace_entries: int = tr.DEFAULT_ENTRIES  # per ring (power of 2)
+    metrics_addr: str | None = None  # --metrics HOST:PORT: Prometheus /metrics
+    http_addr: str | None = None  # --http HOST:PORT: the read-only dashboard
 
 
 class Supervisor:
@@ -206,7 +212,15 @@ class Supervisor:
         self.started = time.time()
         self.lock = InstanceLock(self.instance)
         self.pool: BufferPool | None = None
+        self.trace_seg: SharedSegment | None = None
+        try:
+            self.trace_mask0 = tr.parse_groups(opts.tpoint_group)
+            tr.check_entries(opts.num_trace_entries)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        self._rpc_calls = itertools.count(1)
         self.rpc: Any = None
+        self.http: Any = None  # control.http.HttpServers (--metrics / --http)
         self.zctx = zmq.Context()
         self.router: zmq.Socket[bytes] | None = None
         # persistent state (PR APTPL files) survives restarts and cleanup
@@ -258,6 +272,7 @@ class Supervisor:
         self.nvmf = _new_state("blockfabric.transports.nvmf.state", "NvmfState")
         self.iscsi = _new_state("blockfabric.transports.iscsi.state", "IscsiState")
         self.pool = self._create_pool(entries)
+        self._create_trace()
         self.router = self.zctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -285,6 +300,14 @@ class Supervisor:
             spdk_path=self.opts.spdk_rpc,
             zmq_context=self.zctx,
         )
+        if self.opts.metrics_addr or self.opts.http_addr:
+            from ..control.http import HttpServers
+
+            try:
+                self.http = HttpServers(self.rpc_addr, self.opts.metrics_addr, self.opts.http_addr)
+            except (OSError, ValueError) as e:
+                raise StartupError(f"--metrics/--http: {e}") from None
+            self.http.start()
         self._aio_timer = self.loop.call_later(1.0, self._watch_aio)
         dead = [r for r in self.reactors if r.proc.poll() is not None]
         if dead:
@@ -347,6 +370,22 @@ class Supervisor:
         )  # fmt: skip
         return pool
 
+    def _create_trace(self) -> None:
+        """The trace segment: one ring per reactor, the last one for the
+        supervisor (RPCs). It always exists, so groups can be enabled at run
+        time; it is removed at a clean stop and kept after a SIGKILL."""
+        seg = tr.create_segment(
+            self.instance, self.num_reactors + 1, self.opts.num_trace_entries, self.trace_mask0
+        )
+        self.trace_seg = seg
+        tr.TRACE.attach(seg, self.num_reactors, tr.ROLE_SUPERVISOR)
+        if self.trace_mask0:
+            log.info(
+                "tracepoint group mask %#x specified; use `blockfabric trace -n %s` to see the "
+                "events at run time, or `blockfabric trace -f %s` after the instance has died",
+                self.trace_mask0, self.instance, seg.path,
+            )  # fmt: skip
+
     def _install_signals(self) -> None:
         r, w = socket.socketpair()
         r.setblocking(False)
@@ -366,6 +405,14 @@ class Supervisor:
         with contextlib.suppress(BlockingIOError):
             self._sig_r.recv(4096)
 
+    def _reactor_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.opts.metrics_addr or self.opts.http_addr:
+            # the metrics show bdev latency histograms: reactors time every I/O
+            # (bdevs/base.py TIME_IO) unless the environment says otherwise
+            env.setdefault("BLOCKFABRIC_BDEV_LATENCY", "1")
+        return env
+
     def _spawn(self, rid: int, core: int, rp: ReactorProc | None = None) -> ReactorProc:
         """Start reactor process ``rid`` on ``core`` (into ``rp`` on a restart)."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -380,9 +427,11 @@ class Supervisor:
             "--nreactors", str(self.num_reactors), "--state-dir", self.state_dir,
             "--pool", self.pool.name, "--log-fd", str(lw),
         ]  # fmt: skip
+        if self.trace_seg is not None:
+            args += ["--trace", self.trace_seg.name]
         try:
             proc = subprocess.Popen(
-                args, pass_fds=(b.fileno(), lw), env=dict(os.environ), stdin=subprocess.DEVNULL
+                args, pass_fds=(b.fileno(), lw), env=self._reactor_env(), stdin=subprocess.DEVNULL
             )
         except BaseException:
             for x in (a, b):
@@ -977,10 +1026,28 @@ class Supervisor:
         return self.exit_code
 
     def dispatch(self, method: str, params: Any) -> Any:
+        if tr.TRACE.mask & tr.G_RPC:
+            return self._traced_dispatch(method, params)
         return REGISTRY.call(self, method, params)
+
+    def _traced_dispatch(self, method: str, params: Any) -> Any:
+        call = next(self._rpc_calls)
+        tr.TRACE.rec_name(tr.TP_RPC_START, call, method)
+        err = 1
+        try:
+            res = REGISTRY.call(self, method, params)
+            err = 0
+            return res
+        finally:
+            if tr.TRACE.mask & tr.G_RPC:
+                tr.TRACE.rec_name(tr.TP_RPC_DONE, call, method, err)
 
     def shutdown(self) -> None:
         self._stopping = True
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                self.http.close()
+            self.http = None
         for lst in list(self.listeners.values()):
             with contextlib.suppress(OSError, ValueError):
                 self.loop.remove_fd(lst.sock.fileno())
@@ -1027,6 +1094,11 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 self.pool.destroy()
             self.pool = None
+        if self.trace_seg is not None:
+            tr.TRACE.detach()
+            with contextlib.suppress(Exception):
+                self.trace_seg.unlink()
+            self.trace_seg = None
         if self.router is not None:
             self.router.close(0)
             self.router = None
@@ -1049,6 +1121,7 @@ def blockfabric_get_status(ctx: Supervisor) -> dict[str, Any]:
         "pid": os.getpid(),
         "started": ctx.started,
         "rpc_addr": ctx.rpc_addr,
+        "http": ctx.http.addresses() if ctx.http is not None else {},
         "reactors": [
             {"id": r.rid, "core": r.core, "pid": r.proc.pid, "started": r.started, **r.info()}
             for r in ctx.reactors

@@ -15,12 +15,18 @@ Offsets and lengths are in blocks of `Bdev.block_size` bytes.
 from __future__ import annotations
 
 import enum
+import os
+import time
 import uuid as uuid_mod
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..control.observe import LATENCY_BOUNDS_NS
 from ..runtime.loop import Loop
+from ..shm import trace as _tr
+from ..shm.trace import G_BDEV, TRACE
 
 
 class IoStatus(enum.IntEnum):
@@ -65,6 +71,22 @@ def first_difference(a: memoryview | bytes, b: memoryview | bytes) -> int:
     return n  # not reached
 
 
+_NBUCKETS = len(LATENCY_BOUNDS_NS) + 1
+_now = time.monotonic_ns
+_bucket = bisect_left
+# Latency accounting of reads and writes (two clock reads and a closure per
+# I/O: not free on a data path that costs a few microseconds per I/O). Off
+# unless BLOCKFABRIC_BDEV_LATENCY=1 is in the reactor's environment, which the
+# supervisor sets when `start --metrics` or `--http` asks for the latency
+# histograms (as SPDK keeps bdev histograms off until bdev_enable_histogram);
+# bench/metrics.py measures what it costs. The counters stay 0 while off.
+TIME_IO = os.environ.get("BLOCKFABRIC_BDEV_LATENCY", "0") == "1"
+
+
+def _hist() -> list[int]:
+    return [0] * _NBUCKETS
+
+
 @dataclass
 class IoStats:
     bytes_read: int = 0
@@ -75,16 +97,67 @@ class IoStats:
     num_unmap_ops: int = 0
     num_flush_ops: int = 0
     num_write_zeroes_ops: int = 0
+    # nanoseconds from submission to completion, summed over completed
+    # reads / writes (writes include compare-and-write)
     read_latency_ticks: int = 0
     write_latency_ticks: int = 0
     io_errors: int = 0
+    # blockfabric extension: completed reads / writes per latency bucket
+    # (LATENCY_BOUNDS_NS, non-cumulative, the last one is +Inf)
+    read_latency_hist: list[int] = field(default_factory=_hist)
+    write_latency_hist: list[int] = field(default_factory=_hist)
 
     def add(self, other: IoStats) -> None:
         for k in self.__dataclass_fields__:
-            setattr(self, k, getattr(self, k) + getattr(other, k))
+            mine, theirs = getattr(self, k), getattr(other, k)
+            if isinstance(mine, list):
+                if len(theirs) == len(mine):
+                    for i, v in enumerate(theirs):
+                        mine[i] += v
+            else:
+                setattr(self, k, mine + theirs)
 
-    def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            k: (list(v) if isinstance(v, list) else v)
+            for k in self.__dataclass_fields__
+            for v in (getattr(self, k),)
+        }
+
+    def read_done(self, cb: ReadCallback) -> ReadCallback:
+        """``cb`` wrapped to add its latency from now to its call (the
+        channel's read is submitted right after)."""
+        t0 = _now()
+
+        def done(status: IoStatus, data: memoryview | None) -> None:
+            dt = _now() - t0
+            self.read_latency_ticks += dt
+            self.read_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status, data)
+
+        return done
+
+    def write_done(self, cb: Callback) -> Callback:
+        t0 = _now()
+
+        def done(status: IoStatus) -> None:
+            dt = _now() - t0
+            self.write_latency_ticks += dt
+            self.write_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status)
+
+        return done
+
+    def cmp_write_done(self, cb: CompareCallback) -> CompareCallback:
+        t0 = _now()
+
+        def done(status: IoStatus, diff: int) -> None:
+            dt = _now() - t0
+            self.write_latency_ticks += dt
+            self.write_latency_hist[_bucket(LATENCY_BOUNDS_NS, dt)] += 1
+            cb(status, diff)
+
+        return done
 
 
 class IoChannel:
@@ -107,6 +180,8 @@ class IoChannel:
         self.removed = False
         self.in_flight = 0
         self.write_through = False
+        self.tp_id = _tr.new_object_id()  # this channel in the trace
+        self._tp_named = -(1 << 62)  # TRACE.seq of its last BDEV_CHANNEL_OPEN record
 
     # --- range check shared by every module -------------------------------
     def _check(self, offset_blocks: int, num_blocks: int) -> IoStatus:
@@ -123,6 +198,8 @@ class IoChannel:
         cb: ReadCallback,
         into: memoryview | None = None,
     ) -> None:
+        if TRACE.mask & G_BDEV:
+            cb = self._tr_read(cb, offset_blocks, num_blocks * self.bdev.block_size)
         # _check, inlined (every read of every transport comes through here)
         if self.removed:
             st = IoStatus.REMOVED
@@ -141,6 +218,8 @@ class IoChannel:
         stats = self.stats
         stats.num_read_ops += 1
         stats.bytes_read += num_blocks * self.bdev.block_size
+        if TIME_IO:
+            cb = stats.read_done(cb)
         # hooks take ``into``/``fua`` as optional trailing arguments, so
         # modules (and test doubles) written before them keep working
         if into is None:
@@ -158,6 +237,8 @@ class IoChannel:
 
     def write(self, offset_blocks: int, data: memoryview, cb: Callback, fua: bool = False) -> None:
         bs = self.bdev.block_size
+        if TRACE.mask & G_BDEV:
+            cb = self._tr_write(cb, offset_blocks, len(data))
         if len(data) % bs:
             cb(IoStatus.FAILED)
             return
@@ -169,10 +250,42 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(data)
+        if TIME_IO:
+            cb = self.stats.write_done(cb)
         if fua or self.write_through:
             self._do_write(offset_blocks, data, cb, True)
         else:
             self._do_write(offset_blocks, data, cb)
+
+    # --- tracepoints (bdev group), only called while the group is enabled ----
+    def _tr_start(self, lba: int, n: int, kind: int) -> None:
+        t = TRACE
+        if t.seq - self._tp_named > t.slot_mask:  # (again once the ring may have lost it)
+            self._tp_named = t.seq + 1
+            t.rec_name(_tr.TP_BDEV_OPEN, self.tp_id, self.bdev.name)
+        t.rec(_tr.TP_BDEV_START, self.tp_id, 0, lba, n, kind)
+
+    def _tr_read(self, cb: ReadCallback, lba: int, n: int) -> ReadCallback:
+        self._tr_start(lba, n, 1)
+        obj = self.tp_id
+
+        def done(st: IoStatus, data: memoryview | None) -> None:
+            if TRACE.mask & G_BDEV:
+                TRACE.rec(_tr.TP_BDEV_DONE, obj, 0, lba, n, int(st))
+            cb(st, data)
+
+        return done
+
+    def _tr_write(self, cb: Callback, lba: int, n: int) -> Callback:
+        self._tr_start(lba, n, 2)
+        obj = self.tp_id
+
+        def done(st: IoStatus) -> None:
+            if TRACE.mask & G_BDEV:
+                TRACE.rec(_tr.TP_BDEV_DONE, obj, 0, lba, n, int(st))
+            cb(st)
+
+        return done
 
     def _check_cmp(self, offset_blocks: int, *bufs: memoryview) -> IoStatus:
         bs = self.bdev.block_size
@@ -207,6 +320,8 @@ class IoChannel:
             return
         self.stats.num_write_ops += 1
         self.stats.bytes_written += len(write)
+        if TIME_IO:
+            cb = self.stats.cmp_write_done(cb)
         self._do_compare_and_write(offset_blocks, compare, write, cb, fua or self.write_through)
 
     def flush(self, cb: Callback) -> None:

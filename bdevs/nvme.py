@@ -169,6 +169,7 @@ class NvmeChannel(IoChannel):
 
     # ---------------------------------------------------------- connection
     def _connect(self) -> None:
+        from ..transports.nvmf_host.auth import HostAuthConfig
         from ..transports.nvmf_host.controller import LoopQueue
         from ..transports.nvmf_host.queue import TransportError
 
@@ -180,6 +181,26 @@ class NvmeChannel(IoChannel):
             self._schedule_retry()
             return
         try:
+            if c.get("trtype") == "RDMA":
+                from ..transports.nvmf_host.rdma_verbs import RdmaLoopQueue
+
+                self.lq = RdmaLoopQueue(
+                    self.loop,
+                    c["traddr"],
+                    c["trsvcid"],
+                    c["subnqn"],
+                    c["hostnqn"],
+                    bytes.fromhex(c["hostid"]),
+                    c["cntlid"],
+                    self._qid(),
+                    c.get("qsize", 128),
+                    c.get("icd_max", 0),
+                    self._on_ready,
+                    self._on_fail,
+                    timeout=5.0,
+                )
+                self.connected_gen = c.get("gen", 0)
+                return
             self.lq = LoopQueue(
                 self.loop,
                 c["traddr"],
@@ -198,6 +219,7 @@ class NvmeChannel(IoChannel):
                 timeout=5.0,
                 fc=(c["host_traddr"], c["assoc_id"]) if c.get("trtype") == "FC" else None,
                 tls=_tls_entry(c),
+                dhchap=HostAuthConfig.from_strings(*c["dhchap"]) if c.get("dhchap") else None,
             )
             self.connected_gen = c.get("gen", 0)
         except TransportError as e:

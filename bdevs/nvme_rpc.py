@@ -39,6 +39,9 @@ class NvmeCtrlr:
         self._fd = -1
         self.last_error = ""
         self.max_xfer = 0
+        # DH-HMAC-CHAP (transports/nvmf_host/auth.py): the secrets, resolved
+        # from the keyring by name at attach time; p keeps only the names
+        self.dhchap: Any = None
 
     # ------------------------------------------------------------ connect
     def connect(self) -> None:
@@ -60,6 +63,7 @@ class NvmeCtrlr:
             trtype=p.get("trtype", "TCP"),
             host_traddr=p.get("hostaddr") if p.get("trtype") == "FC" else None,
             psk=self._psk(),
+            dhchap=self.dhchap,
         )
         c.connect()
         if p.get("trtype") == "FC":
@@ -68,6 +72,10 @@ class NvmeCtrlr:
         # on every fabrics target we know); 0 means no limit
         mdts = c.identify_controller().mdts
         self.max_xfer = (4096 << mdts) if mdts else 0
+        if p.get("trtype") == "RDMA":  # an I/O in unregistered memory goes through
+            from ..transports.nvmf_host.rdma import DEFAULT_STAGE  # a staging buffer per CID
+
+            self.max_xfer = min(self.max_xfer or DEFAULT_STAGE, DEFAULT_STAGE)
         p["hostid"] = c.hostid.hex()
         p["hostnqn"] = c.hostnqn
         self.ctrl = c
@@ -127,6 +135,16 @@ class NvmeCtrlr:
             # the reactors' I/O queues do TLS with the same derived PSK (the
             # configured key never leaves the supervisor)
             **(_tls_desc(c.tls) if c is not None and getattr(c, "tls", None) else {}),
+            # reactors authenticate their I/O queues with these (never shown:
+            # driver_specific and save_config pick their fields by name)
+            "dhchap": (
+                [
+                    self.dhchap.key.interchange(),
+                    self.dhchap.ctrl_key.interchange() if self.dhchap.ctrl_key else None,
+                ]
+                if self.dhchap is not None
+                else None
+            ),
         }
 
     def publish(self) -> None:
@@ -147,6 +165,12 @@ class NvmeCtrlr:
         """The admin socket is readable while no command is running: the
         controller closed the connection (or sent something unasked)."""
         if self.ctrl is None or self.ctrl.admin is None:
+            return
+        peek = getattr(self.ctrl.admin, "peek", None)
+        if peek is not None:  # RDMA: its RDMA CM event channel is readable
+            why = peek()
+            if why:
+                self._lost(f"admin connection lost: {why}")
             return
         try:
             data = self.ctrl.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -341,6 +365,13 @@ _HOSTSVCID = Param("hostsvcid", str, required=False, short="-c", help="NVMe-oF h
         short="-k",
         help="Name of the TLS PSK (keyring_file_add_key) for NVMe/TCP over TLS 1.3",
     ),
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name (keyring)"),
+    Param(
+        "dhchap_ctrlr_key",
+        str,
+        required=False,
+        help="DH-HMAC-CHAP controller key name (the host authenticates the controller too)",
+    ),
     aliases=("construct_nvme_bdev",),
     ignored=(
         Param(
@@ -370,8 +401,12 @@ def bdev_nvme_attach_controller(
     hostaddr: str | None = None,
     hostsvcid: str | None = None,
     psk: str | None = None,
+    dhchap_key: str | None = None,
+    dhchap_ctrlr_key: str | None = None,
     **_: Any,
 ) -> list[str]:
+    from ..transports.nvmf.auth_host import AuthFailed
+    from ..transports.nvmf_host.auth import HostAuthConfig
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
 
     if trtype.upper() == "FC":  # over the loopback FC LLD (transports/fc)
@@ -389,8 +424,18 @@ def bdev_nvme_attach_controller(
             raise invalid_params(f"parameter 'trsvcid': FC has none, got {trsvcid!r}")
         adrfam, port = "FC", "none"
     else:
-        if trtype.upper() != "TCP":
-            raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (TCP, FC)")
+        if trtype.upper() == "RDMA":
+            from ..transports.nvmf_host.rdma_verbs import pyverbs_refusal
+
+            why = pyverbs_refusal()
+            if why is not None:
+                raise invalid_params(f"parameter 'trtype' RDMA: {why}")
+            if hdgst or ddgst:
+                raise invalid_params(
+                    "parameters 'hdgst'/'ddgst' are NVMe/TCP digests: not with RDMA"
+                )
+        elif trtype.upper() != "TCP":
+            raise invalid_params(f"parameter 'trtype' {trtype!r} is not supported (TCP, RDMA, FC)")
         if adrfam is not None and adrfam.lower() not in ("ipv4", "ipv6"):
             raise invalid_params(f"parameter 'adrfam' must be IPv4 or IPv6, got {adrfam!r}")
         port = trsvcid or "4420"
@@ -428,7 +473,21 @@ def bdev_nvme_attach_controller(
     }
     if psk is not None and p["trtype"] != "TCP":
         raise invalid_params("parameter 'psk': TLS is for the TCP transport only")
+    dhchap = None
+    if dhchap_ctrlr_key is not None and dhchap_key is None:
+        raise invalid_params("parameter 'dhchap_ctrlr_key' needs 'dhchap_key'")
+    if dhchap_key is not None:
+        from ..control.keyring import keyring_of
+
+        kr = keyring_of(ctx)
+        dhchap = HostAuthConfig(
+            kr.dhchap_secret(dhchap_key),
+            kr.dhchap_secret(dhchap_ctrlr_key) if dhchap_ctrlr_key else None,
+        )
+        p["dhchap_key"] = dhchap_key
+        p["dhchap_ctrlr_key"] = dhchap_ctrlr_key
     nc = NvmeCtrlr(ctx, name, p)
+    nc.dhchap = dhchap
     if psk is not None:
         from ..control.keyring import keyring_of
 
@@ -436,6 +495,11 @@ def bdev_nvme_attach_controller(
     try:
         nc.connect()
         nss = nc.namespaces()
+    except AuthFailed as e:
+        nc._drop_ctrl()
+        raise RpcError(
+            -13, f"controller {traddr}:{port} {p['subnqn']}: DH-HMAC-CHAP: {e}"
+        ) from None
     except (OSError, TransportError, TimeoutError) as e:
         nc._drop_ctrl()
         raise RpcError(-5, f"cannot connect to {traddr}:{port} {p['subnqn']}: {e}") from None

@@ -431,6 +431,8 @@ STANDALONE = (
     ("stack", "Stackable bdevs: cost on the malloc path"),
     ("resv", "NVMe reservations: cost of a held reservation (same run)"),
     ("tls", "NVMe/TCP with TLS 1.3: cost against plain TCP (same run)"),
+    ("trace", "Tracing: cost on the NVMe/TCP data path"),
+    ("metrics", "Observability: cost of a metrics scrape every second"),
 )
 
 

@@ -679,6 +679,22 @@ def main(argv: list[str] | None = None) -> int:
         from . import tls
 
         return tls.main(argv[2:])
+    if argv[:2] == ["--only", "auth"]:  # DH-HMAC-CHAP connect cost: bench/auth.py
+        from . import auth
+
+        return auth.main(argv[2:])
+    if argv[:2] == ["--only", "trace"]:  # tracing off / one group / all: bench/trace.py
+        from . import trace
+
+        return trace.main(argv[2:])
+    if argv[:2] == ["--only", "metrics"]:  # a standalone A/B: bench/metrics.py
+        from . import metrics
+
+        return metrics.main(argv[2:])
+    if argv[:2] == ["--only", "rdma-host"]:  # our RDMA host, in a QEMU guest: bench/rdma_host.py
+        from . import rdma_host
+
+        return rdma_host.main(argv[2:])
     a = parse_args(argv)
     missing = [t for t in ("taskset",) if shutil.which(t) is None]
     if missing:

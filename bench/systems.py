@@ -380,7 +380,15 @@ class BlockfabricTarget:
     """A private blockfabric instance: busy-polling reactors on `cores`, the
     supervisor pinned to `launch_cpus`, one 256 MiB Malloc bdev."""
 
-    def __init__(self, cores: list[int], launch_cpus: list[int], rec: Recorder, tag: str) -> None:
+    def __init__(
+        self,
+        cores: list[int],
+        launch_cpus: list[int],
+        rec: Recorder,
+        tag: str,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.extra = list(extra or [])  # more `blockfabric start` options
         self.cores = cores
         self.launch_cpus = launch_cpus
         self.rec = rec
@@ -417,6 +425,7 @@ class BlockfabricTarget:
             "--daemon",
             "--poll-mode",
             "busy",
+            *self.extra,
         ]
         self.rec.add(cmd, {"BLOCKFABRIC_RUN_DIR": "DIR"})
         CLEANUPS.append(self.stop)

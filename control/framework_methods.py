@@ -246,6 +246,11 @@ def framework_get_reactors(ctx: RpcContext) -> dict[str, Any]:
                 "pid": a.get("pid"),
                 "poll_mode": a.get("poll_mode"),
                 "callback_errors": a.get("callback_errors", 0),
+                # blockfabric extension: "busy"/"idle" count polls that found
+                # work / found none; the process's CPU time is its busy time
+                "cpu_user_s": a.get("user_s", 0.0),
+                "cpu_sys_s": a.get("sys_s", 0.0),
+                "blocks": a.get("blocks", 0),
                 "lw_threads": [
                     {
                         "name": f"reactor_{lcore}",

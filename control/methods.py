@@ -9,6 +9,7 @@ MODULES = (
     "blockfabric.control.framework_methods",
     "blockfabric.control.keyring_methods",
     "blockfabric.actors.supervisor",
+    "blockfabric.actors.trace_rpc",
     "blockfabric.transports.nvmf.rpc",
     "blockfabric.transports.iscsi.rpc",
     "blockfabric.bdevs.nvme_rpc",

@@ -14,6 +14,8 @@
 #             symlink in its site-packages when the venv's interpreter has the
 #             same SOABI, otherwise a note (nvmf_create_transport -t RDMA then
 #             refuses with the package name)
+#             + tmux (the test of `blockfabric top` runs it in a real terminal)
+#             + chromium (the web dashboard's test loads it in headless Chromium)
 #             + Ceph for the RBD bdev and its tests (ceph-mon, ceph-osd, ceph-common
 #             for the rbd/ceph tools, python3-rados + python3-rbd: the bindings).
 #   rbd:      only the Ceph part.
@@ -41,7 +43,7 @@ if [ "$what" = pyverbs-link ]; then pyverbs_link "${2:-.venv}"; exit 0; fi
 need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
-[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils"
+[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils tmux chromium"
 ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
 { [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done
@@ -57,6 +59,9 @@ if [ "$what" = all ]; then
   kh="${BLOCKFABRIC_KERNEL_HOST:-$(dirname "$0")/../../shared/interop/kernel-host}"
   if [ -x "$kh/setup.sh" ] || [ -f "$kh/setup.sh" ]; then
     bash "$kh/setup.sh" >/dev/null || echo "install-deps: kernel-host setup failed (its interop tests skip, and FAIL under CI=true)" >&2
+    # the 6.12 kernel of bookworm-backports (DH-HMAC-CHAP host) for
+    # tests/interop/test_kernel_nvme_auth.py: a 106 MB package, fetched once
+    KH_KERNEL_SUITE=bookworm-backports bash "$kh/setup.sh" >/dev/null || echo "install-deps: kernel-host setup of the 6.12 kernel failed (the DH-HMAC-CHAP interop test FAILS under CI=true)" >&2
   else
     echo "install-deps: no kernel-host harness at $kh (set BLOCKFABRIC_KERNEL_HOST; its interop tests skip, and FAIL under CI=true)" >&2
   fi

@@ -30,6 +30,11 @@ SPDK_FORMS: dict[str, str] = {
     "load_config": "-i/--include-aliases -j/--json-conf",
     "log_set_level": "level",
     "log_get_level": "",
+    # --- trace.py -------------------------------------------------------------
+    "trace_enable_tpoint_group": "name",
+    "trace_disable_tpoint_group": "name",
+    "trace_get_tpoint_group_mask": "",
+    "trace_get_info": "",
     # --- iobuf.py / sock.py / accel.py / keyring.py / vmd.py -----------------
     "iobuf_set_options": (
         "--small-pool-count --large-pool-count --small-bufsize --large-bufsize --enable-numa"
@@ -146,6 +151,7 @@ SPDK_FORMS: dict[str, str] = {
     "nvmf_subsystem_remove_ns": "nqn nsid -t/--tgt-name",
     "nvmf_subsystem_add_host": ("nqn host -t/--tgt-name --psk --dhchap-key --dhchap-ctrlr-key"),
     "nvmf_subsystem_remove_host": "nqn host -t/--tgt-name",
+    "nvmf_subsystem_set_keys": "nqn host -t/--tgt-name --dhchap-key --dhchap-ctrlr-key",
     "nvmf_subsystem_allow_any_host": "nqn -e/--enable -d/--disable -t/--tgt-name",
     "nvmf_subsystem_get_controllers": "nqn -t/--tgt-name",
     "nvmf_subsystem_get_qpairs": "nqn -t/--tgt-name",
@@ -226,8 +232,6 @@ NOT_DECLARED: dict[tuple[str, str], str] = {
     ("bdev_null_create", "-r/--preferred-unmap-granularity"): "no unmap-hint geometry",
     ("bdev_aio_create", "--no-wait"): "RWF_NOWAIT is not used",
     ("bdev_nvme_attach_controller", "-m/--max-bdevs"): "no limit on namespaces per controller",
-    ("bdev_nvme_attach_controller", "--dhchap-key"): "DH-HMAC-CHAP is not supported",
-    ("bdev_nvme_attach_controller", "--dhchap-ctrlr-key"): "DH-HMAC-CHAP is not supported",
     ("bdev_nvme_attach_controller", "-U/--allow-unrecognized-csi"): "NVM command set only",
     ("nvmf_create_subsystem", "--max-discard-size"): "no per-subsystem discard limit",
     ("nvmf_create_subsystem", "--max-write-zeroes-size"): "no per-subsystem write-zeroes limit",

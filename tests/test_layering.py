@@ -47,6 +47,10 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("blockfabric.transports.tls", 3),
     # FC-NVMe wire definitions (IUs, link services, FC addresses, the loopback
     # LLD's framing): the FC host in nvmf_host is built on them, like pdu.py
+    # NVMe/RDMA wire codec and the pyverbs C-level helpers: the RDMA host in
+    # nvmf_host is built on them, like pdu.py
+    ("blockfabric.transports.nvmf.rdma_proto", 3),
+    ("blockfabric.transports.nvmf.rdma_pyverbs", 3),
     ("blockfabric.transports.nvmf.fc_iu", 3),
     ("blockfabric.transports.nvmf.fc_ls", 3),
     ("blockfabric.transports.fc.addr", 3),

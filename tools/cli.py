@@ -48,6 +48,10 @@ def cmd_start(a: argparse.Namespace) -> int:
         log_file=a.log_file,
         log_max_mb=a.log_max_mb,
         log_count=a.log_count,
+        tpoint_group=a.tpoint_group,
+        num_trace_entries=a.num_trace_entries,
+        metrics_addr=a.metrics,
+        http_addr=a.http,
     )
     if a.daemon:
         return _daemonize(a, opts)
@@ -339,6 +343,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotated log files kept: NAME.log.1 .. NAME.log.N (default %(default)s)",
     )
     s.add_argument(
+        "-e",
+        "--tpoint-group",
+        default="",
+        metavar="GROUPS",
+        help="tracepoint groups to record from the start, comma separated "
+        "(nvmf_tcp, nvmf_rdma, nvmf_fc, nvmf, bdev, scsi, iscsi_conn (or iscsi), rpc, all, "
+        "or a mask like SPDK's -e); decode with `blockfabric trace`",
+    )
+    s.add_argument(
+        "--num-trace-entries",
+        type=int,
+        default=32768,
+        metavar="N",
+        help="trace ring entries per reactor, a power of 2 (default %(default)s)",
+    )
+    s.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; "
+        "a bare PORT binds 127.0.0.1)",
+    )
+    s.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the read-only web dashboard at http://HOST:PORT/ (off by default; "
+        "a bare PORT binds 127.0.0.1)",
+    )
+    s.add_argument(
         "-D", "--daemon", action="store_true", help="detach; return once the RPC server answers"
     )
     s.add_argument(
@@ -364,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import shm_cmd
 
     shm_cmd.register(sub)
+    from . import trace_cmd
+
+    trace_cmd.register(sub)
+    from . import top
+
+    top.register(sub)
     try:
         from . import perf
 

@@ -61,6 +61,12 @@ PATTERNS = ("read", "write", "randread", "randwrite", "rw", "randrw")
 SPIN_NS = 50_000
 
 
+# an RDMA worker with commands outstanding and no completion for this long
+# reports the queue lost (the RDMA CM may not tell: a user-space QP is not
+# moved to error by a disconnect)
+RDMA_STALL_S = 30.0
+
+
 class TridError(ValueError):
     pass
 
@@ -82,17 +88,19 @@ def parse_trid(s: str) -> dict[str, str]:
             raise TridError(f"transport ID key {k!r} given twice")
         out[k] = v
     if "trtype" not in out:
-        raise TridError("transport ID needs trtype (TCP or FC)")
+        raise TridError("transport ID needs trtype (TCP, RDMA or FC)")
     if out["trtype"].upper() == "FC":
         return _parse_fc_trid(out)
-    if out["trtype"].upper() == "RDMA":
-        raise TridError(
-            "trtype RDMA is not supported by blockfabric's host yet (NVMe/RDMA host not implemented; "
-            "the target side is: nvmf_create_transport -t RDMA); use TCP or FC"
-        )
-    if out["trtype"].upper() != "TCP":
-        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP or FC)")
-    out["trtype"] = "TCP"
+    tr = out["trtype"].upper()
+    if tr == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import pyverbs_refusal
+
+        why = pyverbs_refusal()
+        if why is not None:
+            raise TridError(why)
+    elif tr != "TCP":
+        raise TridError(f"trtype {out['trtype']!r} is not supported (TCP, RDMA or FC)")
+    out["trtype"] = tr
     fam = out.setdefault("adrfam", "IPv4")
     if fam.lower() not in ("ipv4", "ipv6"):
         raise TridError(f"adrfam {fam!r} must be IPv4 or IPv6")
@@ -191,6 +199,22 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             bytes.fromhex(cfg["hostid"]),
             cfg["assoc_id"],
         )
+    elif cfg.get("trtype") == "RDMA":
+        from ..transports.nvmf_host.rdma_verbs import RdmaBlockingQueue
+
+        # queue entries for twice the depth: the target's receive buffers
+        # need headroom (see RdmaHostQueue), -q commands in flight
+        bq = RdmaBlockingQueue(
+            cfg["traddr"],
+            cfg["trsvcid"],
+            cfg["qid"],
+            max(cfg["qd"] + 1, min(2 * cfg["qd"] + 1, int(cfg.get("mqes") or 0))),
+            10.0,
+            cntlid=cfg["cntlid"],
+            icd_cap=min(cfg["icd_max"], 8192),
+            stage=cfg["io_size"],
+            inflight=cfg["qd"],
+        )
     else:
         bq = BlockingQueue(
             cfg["traddr"],
@@ -203,7 +227,7 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             _tls_entry(cfg.get("tls")),
         )
     try:
-        bq.execute(
+        res = bq.execute(
             lambda cb: bq.q.connect(
                 cfg["subnqn"],
                 cfg["hostnqn"],
@@ -215,11 +239,58 @@ def _connect_queue(cfg: dict[str, Any]) -> Any:
             ),
             f"Connect I/O queue {cfg['qid']}",
         )
+        _authenticate_queue(cfg, bq, res)
     except BaseException:
         bq.close()
         raise
     bq.q.icd_max = cfg["icd_max"]
     return bq
+
+
+def _authenticate_queue(cfg: dict[str, Any], bq: Any, connect_result: int) -> None:
+    """DH-HMAC-CHAP on a worker's I/O queue (the secrets travel in ``cfg``)."""
+    from ..transports.nvmf_host.auth import HostAuthConfig
+    from ..transports.nvmf_host.controller import Controller
+
+    dh = cfg.get("dhchap")
+    auth = HostAuthConfig.from_strings(*dh) if dh else None
+    c = Controller(
+        cfg["traddr"], cfg["trsvcid"], cfg["subnqn"], hostnqn=cfg["hostnqn"], dhchap=auth
+    )  # fmt: skip
+    c._maybe_authenticate(bq, connect_result)
+
+
+def _dhchap_from_args(a: Any) -> Any:
+    """--dhchap-key / --dhchap-ctrlr-key FILE (DHHC-1 key files, checked like the
+    keyring does: owner-only) and the offered --dhchap-digests / --dhchap-dhgroups."""
+    from ..control.keyring import DhchapSecret, read_key_file
+    from ..transports.nvmf_host.auth import HostAuthConfig
+
+    if not a.dhchap_key:
+        if a.dhchap_ctrlr_key:
+            raise ValueError("--dhchap-ctrlr-key needs --dhchap-key")
+        return None
+    keys: list[DhchapSecret | None] = []
+    for path in (a.dhchap_key, a.dhchap_ctrlr_key):
+        if path is None:
+            keys.append(None)
+            continue
+        m = read_key_file(os.path.abspath(path))
+        if not isinstance(m, DhchapSecret):
+            raise ValueError(f"{path}: not a DH-HMAC-CHAP secret (DHHC-1)")
+        keys.append(m)
+    digests = a.dhchap_digests.split(",") if a.dhchap_digests else None
+    dhgroups = a.dhchap_dhgroups.split(",") if a.dhchap_dhgroups else None
+    from ..transports.nvmf.auth_crypto import DHGROUP_IDS, HASH_IDS
+
+    for v in digests or ():
+        if v not in HASH_IDS:
+            raise ValueError(f"--dhchap-digests: unknown {v!r}")
+    for v in dhgroups or ():
+        if v not in DHGROUP_IDS:
+            raise ValueError(f"--dhchap-dhgroups: unknown {v!r}")
+    assert keys[0] is not None
+    return HostAuthConfig(keys[0], keys[1], digests, dhgroups)
 
 
 class _Shared:
@@ -309,6 +380,7 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             raise
         # the controller was lost before this worker started
         bq = _reconnect(cfg, shared, f"{type(e).__name__}: {e}")
+    rdma = cfg.get("trtype") == "RDMA"  # no socket: post SENDs, poll the CQ
     bq.sock.setblocking(False)
     sock, q = bq.sock, bq.q
     qd, bs, nsid = cfg["qd"], cfg["bs"], cfg["nsid"]
@@ -548,7 +620,9 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
             except OSError:
                 pass  # the recv of the main loop sees the lost connection
 
-    submit = send_each if per_command else queue_io
+    # per-command submission is a TCP notion (one send per command PDU); over
+    # RDMA every command is its own SEND work request anyway, posted by pump()
+    submit = send_each if per_command and not rdma else queue_io
 
     t_start = time.perf_counter()
     rus0 = os.times()
@@ -560,24 +634,36 @@ def _run_worker(cfg: dict[str, Any], progress: Any, shared: Any = None) -> dict[
     fd = sock.fileno()
     while True:
         try:
-            if pending or q.tx:
-                send_now()
-            try:
-                buf = q.recv_buffer()
-                n = sock.recv_into(buf)
-                del buf
-                if n == 0:
-                    raise ConnectionError("connection closed by the target")
-                q.received(n)
-                idle_since = 0
-            except BlockingIOError:
-                del buf
-                if not busy:
-                    now = perf_ns()
-                    if not idle_since:
-                        idle_since = now
-                    elif now - idle_since > SPIN_NS:
-                        select.select([fd], [fd] if pending else [], [], 0.01)
+            if rdma:
+                if bq.pump():
+                    idle_since = 0
+                else:
+                    bq.check_stall(RDMA_STALL_S)
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            bq.conn.wait(0.01)
+            else:
+                if pending or q.tx:
+                    send_now()
+                try:
+                    buf = q.recv_buffer()
+                    n = sock.recv_into(buf)
+                    del buf
+                    if n == 0:
+                        raise ConnectionError("connection closed by the target")
+                    q.received(n)
+                    idle_since = 0
+                except BlockingIOError:
+                    del buf
+                    if not busy:
+                        now = perf_ns()
+                        if not idle_since:
+                            idle_since = now
+                        elif now - idle_since > SPIN_NS:
+                            select.select([fd], [fd] if pending else [], [], 0.01)
         except (OSError, TransportError) as e:
             if not reconnect:
                 raise
@@ -705,6 +791,9 @@ class _CtrlKeeper:
             return c.last_error
         if c.admin is None:
             return "admin queue closed"
+        peek = getattr(c.admin, "peek", None)
+        if peek is not None:  # RDMA: no socket to peek at
+            return str(peek())
         try:
             data = c.admin.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -762,6 +851,7 @@ class _CtrlKeeper:
 
 
 def run(a: argparse.Namespace) -> int:
+    from ..transports.nvmf.auth_host import AuthFailed
     from ..transports.nvmf_host.controller import Controller
     from ..transports.nvmf_host.queue import NvmeStatusError, TransportError
 
@@ -796,6 +886,9 @@ def run(a: argparse.Namespace) -> int:
         )
         return 2
     delay = float(a.reconnect_delay_sec)
+    if trid["trtype"] == "RDMA" and (a.hdgst or a.ddgst):
+        print("perf: --hdgst/--ddgst are NVMe/TCP digests: not with trtype RDMA", file=sys.stderr)
+        return 2
     if loss and trid["trtype"] == "FC":
         print(
             "perf: --ctrlr-loss-timeout-sec is not supported over FC (a new controller "
@@ -825,6 +918,11 @@ def run(a: argparse.Namespace) -> int:
         if trid["trtype"] != "TCP":
             print("perf: --psk-path: TLS is for the TCP transport only", file=sys.stderr)
             return 2
+    try:
+        dhchap = _dhchap_from_args(a)
+    except (OSError, ValueError) as e:
+        print(f"perf: {e}", file=sys.stderr)
+        return 2
     ident: dict[str, Any] = {"hostnqn": trid.get("hostnqn"), "hostid": None}
 
     def make() -> Any:
@@ -841,12 +939,13 @@ def run(a: argparse.Namespace) -> int:
             trtype=trid["trtype"],
             host_traddr=trid.get("hostaddr"),
             psk=psk,
+            dhchap=dhchap,
         ).connect()
 
     try:
         ctrl = make()
         ident["hostnqn"], ident["hostid"] = ctrl.hostnqn, ctrl.hostid
-    except (OSError, TransportError, NvmeStatusError, TimeoutError) as e:
+    except (OSError, TransportError, NvmeStatusError, TimeoutError, AuthFailed) as e:
         print(
             f"perf: cannot connect to {trid['traddr']}:{trid['trsvcid']} {trid['subnqn']}: {e}",
             file=sys.stderr,
@@ -903,6 +1002,7 @@ def run(a: argparse.Namespace) -> int:
                 "hdgst": a.hdgst,
                 "ddgst": a.ddgst,
                 "icd_max": ctrl.icd_max,
+                "mqes": ctrl.mqes,
                 "qd": qd,
                 "bs": bs,
                 "nsid": nsid,
@@ -922,6 +1022,14 @@ def run(a: argparse.Namespace) -> int:
                 "tls": [ctrl.tls.identity, ctrl.tls.suite, ctrl.tls.key.hex()]
                 if ctrl.tls
                 else None,
+                "dhchap": (
+                    [
+                        dhchap.key.interchange(),
+                        dhchap.ctrl_key.interchange() if dhchap.ctrl_key else None,
+                    ]
+                    if dhchap is not None
+                    else None
+                ),
             }
             r, w = ctx.Pipe(duplex=False)
             v = ctx.RawValue("q", 0)
@@ -1186,6 +1294,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SEC",
         help="seconds between reconnect attempts (default 1)",
+    )
+    p.add_argument(
+        "--dhchap-key",
+        default=None,
+        metavar="FILE",
+        help="DH-HMAC-CHAP: authenticate every queue with the DHHC-1 secret in FILE (mode 0600)",
+    )
+    p.add_argument(
+        "--dhchap-ctrlr-key",
+        default=None,
+        metavar="FILE",
+        help="DH-HMAC-CHAP controller secret: the controller is authenticated too (bidirectional)",
+    )
+    p.add_argument(
+        "--dhchap-digests", default=None, help="digests offered (default sha256,sha384,sha512)"
+    )
+    p.add_argument(
+        "--dhchap-dhgroups", default=None, help="DH groups offered (default null,ffdhe2048,...)"
     )
     p.add_argument("--json", default=None, metavar="FILE", help="write results as JSON")
     p.add_argument(

@@ -160,7 +160,7 @@ def test_attach_errors(daemon_factory) -> None:
         with pytest.raises(Exception, match="trtype"):
             d.rpc(
                 "bdev_nvme_attach_controller",
-                {"name": "X", "trtype": "rdma", "traddr": "127.0.0.1"},
+                {"name": "X", "trtype": "pcie", "traddr": "127.0.0.1"},
             )
         with pytest.raises(Exception, match="cannot connect"):
             d.rpc(

@@ -117,7 +117,7 @@ def test_parse_bf_perf() -> None:
 def test_bf_perf_cmd_submission() -> None:
     cmd = bf_perf_cmd("trtype:TCP", WL["rr4k_qd32"], 5, 1, "F")
     assert cmd[cmd.index("--submission") + 1] == "per-command"  # the default: as real hosts
-    cmd = bf_perf_cmd("trtype:TCP", WL["rr4k_qd32"], 5, 1, "F", True, "batch")
+    cmd = bf_perf_cmd("trtype:TCP", WL["rr4k_qd32"], 5, 1, "F", True, submission="batch")
     assert cmd[cmd.index("--submission") + 1] == "batch" and "--busy-poll" in cmd
 
 

@@ -8,9 +8,8 @@ TSAS), connects with 2 I/O queues, writes/reads/compares a pattern (1 MiB
 blocks and 4 KiB blocks), sees a namespace hot-added while connected and does
 I/O on it, disconnects, and the target's queue pairs are gone.
 
-Not here yet (see README, NVMe/RDMA): blockfabric's own RDMA host (perf,
-bdev_nvme -t rdma) against the kernel nvmet-rdma target and against
-blockfabric.
+blockfabric's own RDMA host (perf, bdev_nvme -t rdma) against the kernel
+nvmet-rdma target and against blockfabric: test_nvme_rdma_host.py.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def test_parse_trid_spdk_form() -> None:
     "bad,msg",
     [
         ("trtype:TCP traddr:1.2.3.4 color:blue", "unknown transport ID key 'color'"),
-        ("trtype:RDMA traddr:1.2.3.4", "not supported"),
+        ("trtype:PCIE traddr:1.2.3.4", "not supported"),
         ("traddr:1.2.3.4", "needs trtype"),
         ("trtype:TCP", "needs traddr"),
         ("trtype:TCP traddr:x trsvcid:99999", "not a TCP port"),

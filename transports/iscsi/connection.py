@@ -34,8 +34,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ...bdevs.base import IoStatus
+from ...bdevs.base import TIME_IO, IoStatus
 from ...control.hostlog import HostLog
+from ...shm import trace as _tr
+from ...shm.trace import G_BDEV, G_ISCSI, TRACE
 from ..scsi.cdb import parse_rw
 from . import fastread, tmf
 from . import pdu as P
@@ -66,11 +68,13 @@ STAGED_READ_BUDGET = 8 * 1024 * 1024  # pool bytes of staged READs per connectio
 LOGIN_READER_SIZE = 0  # receive buffer before login: two maximal login PDUs
 FFP_READER_SIZE = 256 * 1024  # receive buffer in full feature phase
 _READ_OPS = frozenset({0x08, 0x28, 0xA8, 0x88})
+_RW_OPS = _READ_OPS | {0x0A, 0x2A, 0xAA, 0x8A}  # READ/WRITE (6/10/12/16): a traced LBA
 # READ(10) / READ(16) CDB fields from byte 1: flags, LBA, transfer length
 _R10 = struct.Struct(">BIxH")
 _R16 = struct.Struct(">BQI")
 _OP_SCSI_CMD = P.OP_SCSI_CMD
 _Pdu = P.Pdu
+_TRACED_BY_PDU = G_ISCSI | G_BDEV
 
 
 class Connection:
@@ -112,7 +116,7 @@ class Connection:
         self.close_reason = ""
         self.pdus_in = 0
         self.pdus_out = 0
-        self.stats = {"rejects": 0, "errors": 0, "r2t_timeouts": 0}
+        self.stats = {"rejects": 0, "errors": 0, "r2t_timeouts": 0, "digest_errors": 0}
         self.now: Callable[[], float] = time.monotonic
         # transfer buffers: the reactor's share of the shared pool
         self.iobufs: Any = getattr(env, "iobufs", None) or HeapBufs()
@@ -132,6 +136,7 @@ class Connection:
         # the driver calls cb once everything sent so far left the socket
         self.after_sent: Callable[[Callable[[], None]], None] = _call_now
         self.hostlog = HostLog(log, f"iscsi {peer_addr}")
+        self.tp_id = _tr.new_object_id()  # this connection in the trace
 
     # ------------------------------------------------------------------ io
     def send(self, bufs: list[P.Buffer]) -> None:
@@ -144,6 +149,8 @@ class Connection:
             return
         self.state = "closed"
         self.close_reason = reason
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_CLOSE, self.tp_id)
         for t in list(self.tasks.values()):
             self.drop_task(t, abort=True)
         s = self.session
@@ -175,6 +182,8 @@ class Connection:
 
     def pdu_error(self, e: P.PduError) -> None:
         self.hostlog.event(logging.INFO, "%s", e)
+        if e.reason == P.REJ_DATA_DIGEST or "digest" in str(e):
+            self.stats["digest_errors"] += 1
         if self.state == "ffp":
             self.reject(e.bhs or bytes(P.BHS_LEN), e.reason)
         if e.fatal or self.state != "ffp":
@@ -188,6 +197,10 @@ class Connection:
         reader.advance(n)
         if (
             self.fast_scan
+            # traced requests go PDU by PDU, where every phase records, and
+            # timed reads through IoChannel.read, which times them
+            and not TRACE.mask & _TRACED_BY_PDU
+            and not TIME_IO
             and self.state == "ffp"
             and self._stalled_by is None
             and not self._backlog
@@ -224,6 +237,8 @@ class Connection:
             return
         assert isinstance(pdu, P.Pdu)
         self.pdus_in += 1
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_PDU, self.tp_id, pdu.itt, 0, pdu.dlen, pdu.opcode)
         state = self.state
         if state == "ffp":
             s = self.session
@@ -306,6 +321,8 @@ class Connection:
         self.session = sess
         self.login = None
         self.state = "ffp"
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_LOGIN, self.tp_id, self.cid)
         cp = self.cp
         self.datain.configure(
             cp.max_xmit_dlen, sess.params.max_burst_length, cp.header_digest, cp.data_digest
@@ -505,6 +522,8 @@ class Connection:
         direction = "write" if wr else ("read" if rd else "none")
         t = Task(itt, pdu.lun, pdu.cdb, edtl, direction)
         t.conn = self
+        if TRACE.mask & G_ISCSI:
+            self._tr_cmd(itt, pdu.cdb, edtl)
         imm = pdu.data
         sp = s.params
         if len(imm) and (
@@ -574,6 +593,8 @@ class Connection:
         if ch is None:
             return False
         itt = pdu.itt
+        if TRACE.mask & G_ISCSI:
+            self._tr_fast(itt, lba, edtl, op)
         box = self._fast_box
         box.clear()
         self._fast_itt = itt
@@ -603,6 +624,18 @@ class Connection:
         self.tasks[itt] = t
         return True
 
+    def _tr_fast(self, itt: int, lba: int, n: int, op: int) -> None:
+        """Tracepoints of a fast-path READ: parsed and submitted in one step."""
+        TRACE.rec(_tr.TP_ISCSI_CMD, self.tp_id, itt, lba, n, op)
+        TRACE.rec(_tr.TP_ISCSI_SUBMIT, self.tp_id, itt, lba, n)
+
+    def _tr_cmd(self, itt: int, cdb: bytes, edtl: int) -> None:
+        try:
+            lba = parse_rw(cdb).lba if cdb and cdb[0] in _RW_OPS else 0
+        except Exception:
+            lba = 0
+        TRACE.rec(_tr.TP_ISCSI_CMD, self.tp_id, itt, lba, edtl, cdb[0] if cdb else 0)
+
     def _fast_read_async_done(self, t: Task, lun_field: int, st: Any, data: Any) -> None:
         self.io_done(t)
         if t.dead or self.state == "closed":
@@ -613,6 +646,8 @@ class Connection:
     def _read_data(self, itt: int, lun_field: int, edtl: int, st: Any, data: Any) -> None:
         """The fast path's bdev read is done: Data-In with the status, or the
         SCSI core's sense data for an I/O error."""
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_DONE, self.tp_id, itt, 0, 0, int(st or 0))
         if st or data is None or len(data) != edtl:
             self._fast_read_error(itt, lun_field, edtl, st)
             return
@@ -623,6 +658,8 @@ class Connection:
         sn = self.statsn
         self.statsn = (sn + 1) & 0xFFFFFFFF
         send = self._send
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_DATAIN, self.tp_id, itt, 0, edtl, 1)
         for p in self.datain.pack(
             itt, lun_field, (data,), edtl, 0, 0, 0, True, sn, s.exp_cmdsn, s.max_cmdsn
         ):
@@ -718,9 +755,13 @@ class Connection:
         def done(task: Any, _t: Task = t) -> None:
             self.guard(self._executed, _t, task)
 
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_SUBMIT, self.tp_id, t.itt, 0, t.edtl)
         dev.execute(st, done)
 
     def _executed(self, t: Task, st: Any) -> None:
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_DONE, self.tp_id, t.itt, 0, 0, int(st.status))
         for reg in t.regions:
             reg.pending -= 1
             reg.release_if_idle(self.iobufs)
@@ -803,6 +844,8 @@ class Connection:
                 s.exp_cmdsn,
                 s.max_cmdsn,
             )
+            if TRACE.mask & G_ISCSI:
+                TRACE.rec(_tr.TP_ISCSI_DATAIN, self.tp_id, t.itt, 0, send_len, int(collapse))
             for p in pdus:
                 self.send(p)
             if collapse:
@@ -810,6 +853,8 @@ class Connection:
             datasn = len(pdus)
         sn, exp, mx = self.status_words()
         data = (len(sense).to_bytes(2, "big") + sense) if sense else b""
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_RESP, self.tp_id, t.itt, 0, 0, status)
         self.send(
             self.encode(
                 P.OP_SCSI_RESP,
@@ -825,6 +870,8 @@ class Connection:
 
     def _respond_status(self, itt: int, status: int, edtl: int) -> None:
         """A SCSI Response with a status and no sense (TASK SET FULL, BUSY)."""
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_RESP, self.tp_id, itt, 0, 0, status)
         sn, exp, mx = self.status_words()
         flags, residual = (P.F_UNDERFLOW, edtl) if edtl else (0, 0)
         self.send(
@@ -834,6 +881,8 @@ class Connection:
         )
 
     def _respond_error(self, t: Task, sense: bytes) -> None:
+        if TRACE.mask & G_ISCSI:
+            TRACE.rec(_tr.TP_ISCSI_RESP, self.tp_id, t.itt, 0, 0, CHECK_CONDITION)
         sn, exp, mx = self.status_words()
         flags, residual = (P.F_UNDERFLOW, t.edtl) if t.edtl else (0, 0)
         data = len(sense).to_bytes(2, "big") + sense

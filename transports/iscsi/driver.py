@@ -74,6 +74,11 @@ class ReactorIscsi:
         self.timer: Any = None
         self.iobufs: Any = getattr(ctx, "iobufs", None)
         self.stats: dict[str, int] = {"exceptions": 0, "refused": 0, "login_timeouts": 0}
+        # per-connection counters of the connections already gone (iscsi_get_stats
+        # adds the live ones: the totals never go down)
+        self.closed_conn_stats: dict[str, int] = {
+            "rejects": 0, "digest_errors": 0, "r2t_timeouts": 0,
+        }  # fmt: skip
         self.refusals = HostLog(log, f"iscsi reactor {ctx.reactor_id}")
 
     # ConnEnv
@@ -359,6 +364,10 @@ class SockConn:
 
     def _detach(self) -> None:
         self.closed = True
+        if self in self.rs.conns:
+            done = self.rs.closed_conn_stats
+            for k in done:
+                done[k] += self.conn.stats.get(k, 0)
         self.rs.conns.discard(self)
         self.rs.ctx.loop.remove_fd(self.fd)
 
@@ -517,6 +526,8 @@ class IscsiDriver:
                 x.stats["immediate_refused"] for x in rs.sessions.sessions.values()
             )
             st["unsent_bytes"] = sum(sc.out_bytes for sc in rs.conns)
+            for k, v in rs.closed_conn_stats.items():  # Reject PDUs sent, digest errors
+                st[k] = v + sum(sc.conn.stats.get(k, 0) for sc in rs.conns)
             return st
         if op == "iscsi.bdev_removed":
             rs.sync_devices()

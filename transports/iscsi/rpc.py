@@ -630,7 +630,9 @@ def iscsi_get_stats(ctx: Any) -> list[dict[str, Any]]:
     bounds: connections, refused (max_connections_per_reactor),
     login_timeouts, exceptions (contained: each closed one connection),
     cmdsn_dropped (outside the window), immediate_refused (TASK SET FULL),
-    unsent_bytes (output waiting for slow readers)."""
+    unsent_bytes (output waiting for slow readers), rejects (Reject PDUs
+    sent), digest_errors (header/data digest mismatches), r2t_timeouts
+    (these three: of every connection the reactor has had)."""
     out: list[dict[str, Any]] = []
     for i, part in enumerate(ctx.gather("iscsi.stats", {})):
         if isinstance(part, dict):

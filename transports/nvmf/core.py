@@ -27,7 +27,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...bdevs.base import Bdev, IoChannel
+from ...control.keyring import parse_dhchap_secret
 from ...runtime.loop import Timer
+from ...shm import trace as _tr
+from ...shm.trace import G_NVMF, TRACE
 from ..context import ReactorContext
 from . import ana, reservation_io, spec
 from .nqn import DISCOVERY_NQN
@@ -145,6 +148,23 @@ class Subsystem:
         for nd in d.get("namespaces", ()):
             ns = Namespace(nd)
             self.namespaces[ns.nsid] = ns
+        # DH-HMAC-CHAP (auth.py): the material of each host's keys, the offered lists
+        self.dhchap_secrets: dict[str, list[str | None]] = dict(d.get("dhchap_secrets") or {})
+        self.dhchap_digests: list[str] = list(d.get("dhchap_digests") or ())
+        self.dhchap_dhgroups: list[str] = list(d.get("dhchap_dhgroups") or ())
+        self._dhchap_parsed: dict[str, tuple[Any, Any]] = {}
+
+    def dhchap_keys(self, hostnqn: str) -> tuple[Any, Any]:
+        """(host key, controller key) of ``hostnqn`` as DhchapSecret, None when unset."""
+        got = self._dhchap_parsed.get(hostnqn)
+        if got is None:
+            m = list(self.dhchap_secrets.get(hostnqn) or ()) + [None, None]
+            got = (
+                parse_dhchap_secret(m[0]) if m[0] else None,
+                parse_dhchap_secret(m[1]) if m[1] else None,
+            )
+            self._dhchap_parsed[hostnqn] = got
+        return got
 
     def host_allowed(self, hostnqn: str) -> bool:
         return self.is_discovery or self.allow_any_host or hostnqn in self.hosts
@@ -241,11 +261,14 @@ class Controller:
         now = time.monotonic()
         if now >= deadline:
             msg = "keep-alive timeout (%d ms) for %s cntlid %d: tearing down"
+            if TRACE.mask & G_NVMF:
+                TRACE.rec(_tr.TP_KATO_EXPIRED, self.cntlid, 0, self.kato_ms)
             hl = getattr(self.admin_qp, "hlog", None)
             if hl is not None:
                 hl.event(logging.WARNING, msg, self.kato_ms, self.subsys.nqn, self.cntlid)
             else:
                 log.warning("nvmf: " + msg, self.kato_ms, self.subsys.nqn, self.cntlid)
+            self.target.stats["keep_alive_expiries"] += 1
             self.target.destroy_controller(self, "keep-alive timeout")
         else:
             self._timer = self.target.ctx.loop.call_later(deadline - now, self._check_kato)
@@ -351,6 +374,12 @@ class NvmfTarget:
             "refused_connections": 0,  # over max_connections_per_reactor
             "iobuf_waits": 0,  # R2T transfers that queued for pool buffers
             "admin_data_bytes": 0,  # admin payload bytes built
+            # transport errors and expiries (issue 13: Prometheus metrics)
+            "c2h_term_reqs": 0,  # C2HTermReq sent (fatal errors of the host's stream)
+            "h2c_term_reqs": 0,  # H2CTermReq received
+            "hdgst_errors": 0,  # header digest mismatches (fatal)
+            "ddgst_errors": 0,  # data digest mismatches (the command fails)
+            "keep_alive_expiries": 0,  # controllers torn down for a keep-alive timeout
         }
         self.clock: Callable[[], float] = time.monotonic  # tests substitute a fake clock
         self.stopping = False  # reactor shutdown: no messages to the supervisor
@@ -441,12 +470,16 @@ class NvmfTarget:
     # -- controllers ----------------------------------------------------------------
     def add_controller(self, ctrl: Controller) -> None:
         self.controllers[ctrl.key] = ctrl
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_CTRLR_CREATE, ctrl.cntlid, getattr(ctrl.admin_qp, "tp_id", 0))
 
     def destroy_controller(self, ctrl: Controller, reason: str, notify: bool = True) -> None:
         """Tear down a controller owned here: its admin queue, its local I/O
         queues; the supervisor frees the cntlid and tells other reactors."""
         if ctrl.destroyed:
             return
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_CTRLR_DESTROY, ctrl.cntlid)
         ctrl.stop()
         self.controllers.pop(ctrl.key, None)
         for qp in list(ctrl.io_qpairs):
@@ -476,6 +509,8 @@ class NvmfTarget:
 
     def qpair_closed(self, qp: QueuePair) -> None:
         self.qpairs.discard(qp)
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_DISCONNECT, qp.tp_id, max(qp.qid, 0), qp.cntlid)
         if qp.qid == 0 and qp.ctrl is not None:
             self.destroy_controller(qp.ctrl, "admin queue closed")
         elif qp.qid > 0 and qp.subsys is not None:
@@ -536,6 +571,17 @@ class NvmfTarget:
             "h2c_timeouts": self.stats["h2c_timeouts"],
             "refused_connections": self.stats["refused_connections"],
             "iobuf_waits": self.stats["iobuf_waits"],
+            # blockfabric extension (issue 13): errors and expiries
+            **{
+                k: self.stats[k]
+                for k in (
+                    "c2h_term_reqs",
+                    "h2c_term_reqs",
+                    "hdgst_errors",
+                    "ddgst_errors",
+                    "keep_alive_expiries",
+                )
+            },
             "transports": [
                 ops.poll_group_stats(self)
                 for ops in map(find_transport, self.configured_transports())

@@ -30,6 +30,8 @@ from typing import Any
 
 from ...control.hostlog import HostLog
 from ...runtime.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from ...shm import trace as _tr
+from ...shm.trace import G_NVMF_TCP, TRACE
 from ..base import register_driver
 from ..context import ReactorContext
 from ..sockout import IOV_MAX, SockOut
@@ -178,6 +180,8 @@ class TcpConnection:
             out.push(qp.take_output(), qp.last_taken)
         try:
             out.flush()
+            if TRACE.mask & G_NVMF_TCP:
+                TRACE.rec(_tr.TP_NVMF_TCP | _tr.QP_FLUSH, qp.tp_id, 0, 0, out.sent_total)
         except OSError as e:
             log.debug("nvmf-tcp %s: send failed: %s", qp.peer, e)
             self.close()
@@ -214,6 +218,8 @@ class TcpConnection:
         if self.closed:
             return
         self.closed = True
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_tr.TP_NVMF_TCP | _tr.QP_CLOSE, self.qp.tp_id, max(self.qp.qid, 0))
         self.out.discard()
         self.ctx.loop.remove_fd(self.fd)
         try:
@@ -275,6 +281,8 @@ class NvmfTcpDriver:
                 cls = TlsTcpConnection
         conn = cls(self, ctx, sock, listener, target)
         self.conns.add(conn)
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_tr.TP_NVMF_TCP | _tr.QP_NEW, conn.qp.tp_id)
         if preread:
             # bytes another reactor read before handing the socket over
             conn.qp.feed_input(preread)

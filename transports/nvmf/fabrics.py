@@ -14,7 +14,9 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from . import spec
+from ...shm import trace as _tr
+from ...shm.trace import G_NVMF, TRACE
+from . import auth, spec
 from .core import DISC_KATO_MS, Controller, Subsystem
 
 if TYPE_CHECKING:
@@ -33,14 +35,18 @@ def execute(req: Request) -> None:
         return connect(req)
     if qp.qid < 0:
         return req.complete(spec.ST_CMD_SEQ_ERROR)
+    if fctype in (spec.FCTYPE_AUTH_SEND, spec.FCTYPE_AUTH_RECV):
+        return auth.execute(req, fctype)
     if qp.qid > 0:
-        # only Connect (and authentication, unsupported) exist on I/O queues
+        # only Connect and authentication exist on I/O queues
         return req.complete(spec.ST_INVALID_OPCODE)
+    if not auth.gate(req):
+        return  # Authentication Required
     if fctype == spec.FCTYPE_PROPERTY_GET:
         return property_get(req)
     if fctype == spec.FCTYPE_PROPERTY_SET:
         return property_set(req)
-    # Disconnect, Authentication Send/Receive and unknown types
+    # Disconnect and unknown types
     req.complete(spec.ST_INVALID_OPCODE)
 
 
@@ -173,7 +179,9 @@ def _connect_admin(
         target.add_controller(ctrl)
         target.stats["admin_qpairs"] += 1
         ctrl.start_keep_alive()
-        req.complete(0, cntlid)
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_CONNECT, qp.tp_id, 0, cntlid)
+        req.complete(0, cntlid | auth.start(qp))
 
     target.ctx.call(
         "nvmf.create_ctrlr",
@@ -225,7 +233,9 @@ def _connect_io(
             ctrl.io_qpairs.add(qp)
             qp.ctrl = ctrl
         target.stats["io_qpairs"] += 1
-        req.complete(0, cntlid)
+        if TRACE.mask & G_NVMF:
+            TRACE.rec(_tr.TP_QP_CONNECT, qp.tp_id, qid, cntlid)
+        req.complete(0, cntlid | auth.start(qp))
 
     target.ctx.call(
         "nvmf.find_ctrlr",

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ...bdevs.base import IoChannel, IoStatus
 from ...shm.iobuf import CHUNK, IoVec
+from ...shm.trace import REQ_SUBMIT, TRACE
 from ..context import ReactorContext
 from . import ana, reservation_io, spec
 from .reservation import RESV_OPCODES
@@ -182,6 +183,8 @@ def read(req: Request) -> None:
 
     iob = qp.iobufs
     ns = qp.subsys.namespaces.get(req.nsid) if qp.subsys is not None else None
+    if TRACE.mask & qp.tp_bit:
+        TRACE.rec(qp.tp_base | REQ_SUBMIT, qp.tp_id, req.cid, slba, n)
     if iob is None or ns is None or not ns.copies or n > CHUNK:
         return ch.read(slba, nlb, done)
 
@@ -208,6 +211,8 @@ def write(req: Request) -> None:
     c.write_cmds += 1
     c.write_bytes += n
     fua = req.fua
+    if TRACE.mask & qp.tp_bit:
+        TRACE.rec(qp.tp_base | REQ_SUBMIT, qp.tp_id, req.cid, slba, n)
     if multi:
         assert iov is not None
         # an R2T transfer in several pool chunks: one channel write per chunk

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...control.hostlog import HostLog
 from ...shm.iobuf import IoBufs, IoVec
+from ...shm.trace import REQ_DONE, TRACE, new_object_id, transport_group
 from . import spec
 from .request import DataLike, Request
 
@@ -110,10 +111,15 @@ class QueuePair:
         self.close_reason = ""
         self.connect_pending = False
         self.write_through = False  # VWC = 0 on the controller: every write is FUA
+        self.auth: Any = None  # auth.TargetAuth when the host must authenticate (DH-HMAC-CHAP)
+        self.auth_timer: Any = None
         self.reqs: dict[int, Request] = {}  # CID -> request in flight
         self.fused_first: Request | None = None
         self.iobufs: IoBufs | None = getattr(target.ctx, "iobufs", None)
         self.hlog = HostLog(log, f"nvmf-{transport.trtype.lower()} {peer}")
+        # tracepoints: this transport's group bit and tpoint base, our object id
+        self.tp_bit, self.tp_base = transport_group(transport.trtype)
+        self.tp_id = new_object_id()
         target.qpairs.add(self)
 
     # ================================================================ transport hooks
@@ -285,6 +291,8 @@ class QueuePair:
             self.release_transfer(req)
 
     def complete(self, req: Request, status: int = 0, result: int = 0) -> None:
+        if TRACE.mask & self.tp_bit:
+            TRACE.rec(self.tp_base | REQ_DONE, self.tp_id, req.cid, 0, 0, status)
         try:
             if not self.finish(req, status):
                 return
@@ -296,6 +304,8 @@ class QueuePair:
     def complete_with_data(
         self, req: Request, data: DataLike, status: int = 0, result: int = 0
     ) -> None:
+        if TRACE.mask & self.tp_bit:
+            TRACE.rec(self.tp_base | REQ_DONE, self.tp_id, req.cid, 0, 0, status)
         try:
             if req.done:
                 return
@@ -348,6 +358,9 @@ class QueuePair:
             return
         self.closed = True
         self.close_reason = self.close_reason or reason
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
         idle = {id(r) for r in self.pending_transfers()}
         if self.fused_first is not None:
             idle.add(id(self.fused_first))
@@ -370,7 +383,7 @@ class QueuePair:
         if lhost.startswith(tt + ":"):  # non-TCP keys carry their trtype
             lhost = lhost[len(tt) + 1 :]
         fam = self.adrfam
-        return {
+        d: dict[str, object] = {
             "cntlid": self.cntlid,
             "qid": self.qid,
             "state": "active" if not self.closed else "deleting",
@@ -379,6 +392,9 @@ class QueuePair:
             "listen_address": {"trtype": tt, "adrfam": fam, "traddr": lhost, "trsvcid": lport},
             "peer_address": {"trtype": tt, "adrfam": fam, "traddr": host, "trsvcid": port},
         }
+        if self.auth is not None:
+            d["auth"] = self.auth.describe()
+        return d
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.peer} qid={self.qid} cntlid={self.cntlid}>"

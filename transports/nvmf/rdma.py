@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import spec
 from .rdma_proto import SGLS
+from .rdma_pyverbs import PYVERBS_PACKAGES, pyverbs_missing  # noqa: F401 - re-exported
 from .transport import (
     IdentifyFields,
     ListenAddress,
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from .core import NvmfTarget
 
 PROTO = "nvmf-rdma"
-PYVERBS_PACKAGES = "python3-pyverbs rdma-core ibverbs-providers"
 
 RDMA_OPTIONS: dict[str, OptSpec] = {
     # name: OptSpec(type, default, min, max, rpc.py help, rpc.py short option)
@@ -81,20 +81,6 @@ RDMA_IGNORED = (
     "masked_oncs",
     "masked_fuses",
 )
-
-
-def pyverbs_missing() -> str | None:
-    """None if pyverbs imports, else why (naming the packages)."""
-    try:
-        import pyverbs.cmid  # noqa: F401
-        import pyverbs.cq  # noqa: F401
-    except Exception as e:  # ImportError, or libibverbs/librdmacm missing
-        return (
-            f"pyverbs is not installed or does not load ({type(e).__name__}: {e}); "
-            f"install the Debian packages {PYVERBS_PACKAGES} and run scripts/install-deps.sh "
-            "(it links pyverbs into .venv)"
-        )
-    return None
 
 
 def listener_key(traddr: str, trsvcid: str) -> str:

@@ -127,6 +127,20 @@ class RdmaQpair(QueuePair):
         op = sqe.opcode
         if op == spec.FABRICS_OPCODE:
             op = buf[4]  # fctype: its low bits give the direction
+            if op == spec.FCTYPE_CONNECT and 0 <= self.cm_qid != sqe.cdw10 >> 16:
+                # the queue pair was set up (depth, AQ limits) for the QID of
+                # its RDMA CM private data: a Connect for another is refused
+                log.warning(
+                    "nvmf-rdma %s: Connect for QID %d on the queue pair of QID %d",
+                    self.peer,
+                    sqe.cdw10 >> 16,
+                    self.cm_qid,
+                )
+                return self.complete(
+                    req,
+                    spec.ST_CONNECT_INVALID_PARAM,
+                    spec.connect_ipo(spec.CONNECT_OFF_QID, False),
+                )
         req.xfer = op & 0x3
         if sqe.psdt != spec.PSDT_SGL:
             return self.complete(req, spec.ST_INVALID_FIELD)

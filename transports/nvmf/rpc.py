@@ -22,7 +22,7 @@ from ...control import cli_forms
 from ...control.context import RpcContext
 from ...control.errors import INVALID_PARAMS, RpcError, invalid_params
 from ...control.registry import OUT_DICT, OUT_JSON, Param, rpc_method
-from . import ana, reservation_sup  # reservation_sup registers its supervisor ops
+from . import ana, auth_config, reservation_sup  # reservation_sup registers its supervisor ops
 from .nqn import DISCOVERY_NQN, validate_nqn
 from .state import (
     DEFAULT_MAX_NAMESPACES,
@@ -266,10 +266,22 @@ def _set_config_cli(args: dict[str, Any]) -> dict[str, Any]:
         parse=cli_forms.flag_set,
         help="Comma-separated list of admin commands to be passthru (not supported)",
     ),
+    Param(
+        "dhchap_digests",
+        list,
+        required=False,
+        parse=cli_forms.commas,
+        help="Comma-separated list of allowed DH-HMAC-CHAP digests (sha256,sha384,sha512)",
+    ),
+    Param(
+        "dhchap_dhgroups",
+        list,
+        required=False,
+        parse=cli_forms.commas,
+        help="Comma-separated list of allowed DH-HMAC-CHAP DH groups (null,ffdhe2048,...,ffdhe8192)",
+    ),
     ignored=(
         Param("poll_groups_mask", str, required=False, short="-m", help="(no effect)"),
-        Param("dhchap_digests", list, required=False, parse=cli_forms.commas, help="(no effect)"),
-        Param("dhchap_dhgroups", list, required=False, parse=cli_forms.commas, help="(no effect)"),
         "dup_host_policy",
     ),
     cli_extra=(
@@ -287,8 +299,18 @@ def nvmf_set_config(
     ctx: RpcContext,
     discovery_filter: str | None = None,
     admin_cmd_passthru: dict[str, Any] | None = None,
+    dhchap_digests: list[str] | None = None,
+    dhchap_dhgroups: list[str] | None = None,
 ) -> bool:
     st = _st(ctx)
+    # validate everything before changing anything
+    digests = dhgroups = None
+    if dhchap_digests is not None:
+        digests = auth_config.check_names(dhchap_digests, auth_config.ALL_DIGESTS, "dhchap_digests")
+    if dhchap_dhgroups is not None:
+        dhgroups = auth_config.check_names(
+            dhchap_dhgroups, auth_config.ALL_DHGROUPS, "dhchap_dhgroups"
+        )
     if discovery_filter is not None:
         if discovery_filter != "match_any":
             raise invalid_params("parameter 'discovery_filter': only 'match_any' is supported")
@@ -297,6 +319,12 @@ def nvmf_set_config(
         if any(admin_cmd_passthru.values()):
             raise invalid_params("parameter 'admin_cmd_passthru': pass-through is not supported")
         st.config["admin_cmd_passthru"] = dict(admin_cmd_passthru)
+    if digests is not None:
+        st.config["dhchap_digests"] = digests
+    if dhgroups is not None:
+        st.config["dhchap_dhgroups"] = dhgroups
+    if digests is not None or dhgroups is not None:
+        ctx.config_changed()  # reactors offer the new lists from the next Negotiate on
     return True
 
 
@@ -436,6 +464,7 @@ def nvmf_delete_subsystem(ctx: RpcContext, nqn: str, tgt_name: str | None = None
     for h in list(ss.get("host_psks") or {}):
         _drop_host_psk(ctx, st, ss, h)
     del st.subsystems[nqn]
+    auth_config.clear_subsystem(ctx, ss)
     _drop_ctrlrs(ctx, st, nqn)
     st.bump_genctr()
     ctx.config_changed()
@@ -453,7 +482,11 @@ def subsystem_info(ss: dict[str, Any]) -> dict[str, Any]:
         "listen_addresses": [_listener_out(li) for li in ss["listeners"]],
         "allow_any_host": ss["allow_any_host"],
         "hosts": [
-            {"nqn": h, **({"psk": ss["host_psks"][h]} if h in ss.get("host_psks", {}) else {})}
+            {
+                "nqn": h,
+                **({"psk": ss["host_psks"][h]} if h in ss.get("host_psks", {}) else {}),
+                **auth_config.host_params(ss, h),
+            }
             for h in ss["hosts"]
         ],
     }
@@ -961,8 +994,13 @@ def _drop_host_psk(ctx: RpcContext, st: NvmfState, ss: dict[str, Any], host: str
     Param("host", str, pos=1, help="Host NQN"),
     _TGT_NAME,
     Param("psk", str, required=False, help="Name of the TLS PSK (keyring_file_add_key)"),
-    Param("dhchap_key", str, required=False),
-    Param("dhchap_ctrlr_key", str, required=False),
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name (keyring)"),
+    Param(
+        "dhchap_ctrlr_key",
+        str,
+        required=False,
+        help="DH-HMAC-CHAP controller key name (bidirectional authentication)",
+    ),
 )
 def nvmf_subsystem_add_host(
     ctx: RpcContext,
@@ -976,12 +1014,11 @@ def nvmf_subsystem_add_host(
     st = _st(ctx)
     ss = _subsys(st, nqn)
     _check_nqn(host, "host NQN")
-    if dhchap_key is not None or dhchap_ctrlr_key is not None:
-        raise invalid_params("TLS PSK and DH-HMAC-CHAP keys are not supported")
     if host in ss["hosts"]:
         raise invalid_params(f"Host {host} is already allowed on {nqn}")
     if psk is not None:
         _add_host_psk(ctx, st, ss, host, psk)
+    auth_config.set_host_keys(ctx, ss, host, dhchap_key, dhchap_ctrlr_key)
     ss["hosts"].append(host)
     st.bump_genctr()
     ctx.config_changed()
@@ -1004,9 +1041,39 @@ def nvmf_subsystem_remove_host(
         raise invalid_params(f"Host {host} is not allowed on {nqn}")
     ss["hosts"].remove(host)
     _drop_host_psk(ctx, st, ss, host)
+    auth_config.clear_host(ctx, ss, host)
     if not ss["allow_any_host"]:
         _drop_ctrlrs(ctx, st, nqn, host)
     st.bump_genctr()
+    ctx.config_changed()
+    return True
+
+
+@rpc_method(
+    "nvmf_subsystem_set_keys",
+    _NQN,
+    Param("host", str, pos=1, help="Host NQN"),
+    _TGT_NAME,
+    Param("dhchap_key", str, required=False, help="DH-HMAC-CHAP key name"),
+    Param("dhchap_ctrlr_key", str, required=False, help="DH-HMAC-CHAP controller key name"),
+)
+def nvmf_subsystem_set_keys(
+    ctx: RpcContext,
+    nqn: str,
+    host: str,
+    tgt_name: str | None = None,
+    dhchap_key: str | None = None,
+    dhchap_ctrlr_key: str | None = None,
+) -> bool:
+    """New DH-HMAC-CHAP keys for a host already allowed on the subsystem
+    (rotation): connected queues stay, the next (re-)authentication of any of
+    them uses the new keys. Without dhchap_key the host needs no
+    authentication from now on."""
+    st = _st(ctx)
+    ss = _subsys(st, nqn)
+    if host not in ss["hosts"]:
+        raise invalid_params(f"Host {host} is not allowed on {nqn}")
+    auth_config.set_host_keys(ctx, ss, host, dhchap_key, dhchap_ctrlr_key)
     ctx.config_changed()
     return True
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from ...control.context import RpcContext, supervisor_op
 from ..tls.psk import PskEntry
-from . import ana
+from . import ana, auth_config
 from .nqn import DISCOVERY_NQN
 from .reservation import NsResv
 
@@ -153,6 +153,7 @@ class NvmfState:
             d = {k: v for k, v in ss.items() if k != "namespaces"}
             d["hosts"] = list(ss["hosts"])
             d["host_psks"] = dict(ss.get("host_psks") or {})
+            d.update(auth_config.snapshot_fields(self.config))
             d["listeners"] = [dict(x) for x in ss["listeners"]]
             d["namespaces"] = [dict(ns) for _, ns in sorted(ss["namespaces"].items())]
             subs[nqn] = d
@@ -211,6 +212,7 @@ class NvmfState:
                 hp: dict[str, Any] = {"nqn": nqn, "host": h}
                 if h in psks:
                     hp["psk"] = psks[h]  # the key's name: keyring_file_add_key loads it
+                hp = {"nqn": nqn, "host": h, **auth_config.host_params(ss, h)}
                 out.append({"method": "nvmf_subsystem_add_host", "params": hp})
             for nsid, ns in sorted(ss["namespaces"].items()):
                 nsp: dict[str, Any] = {"nsid": nsid, "bdev_name": ns["bdev_name"]}

@@ -41,7 +41,10 @@ from collections import deque
 from collections.abc import Callable
 
 from ...runtime.loop import Timer
+from ...shm import trace as _tr
 from ...shm.iobuf import CHUNK, IoVec
+from ...shm.trace import G_NVMF_TCP, TRACE
+from ...shm.trace import TP_NVMF_TCP as _TP
 from . import ana, io, spec
 from . import pdu as P
 from .core import NvmfTarget
@@ -248,6 +251,7 @@ class TcpQpair(QueuePair):
         C2HTermReq, then close once it is flushed."""
         if not self.want_close:
             self.out.append(P.encode_term_req(P.C2H_TERM_REQ, P.FES_PDU_SEQUENCE_ERROR, 0, b""))
+            self.target.stats["c2h_term_reqs"] += 1
             self.want_close = True
         self.close(reason)
 
@@ -341,6 +345,7 @@ class TcpQpair(QueuePair):
         rw_unpack = _RW_UNPACK_FROM
         limit_out = self.opts.max_unsent_bytes - self.backlog
         wt = self.write_through
+        traced = TRACE.mask & G_NVMF_TCP  # tracepoints of this batch (one test per command)
         n_io = 0
         try:
             while end - s >= 72:
@@ -380,6 +385,8 @@ class TcpQpair(QueuePair):
                         or sgl_len > max_io
                     ):
                         return
+                    if traced:
+                        self._tr_fast(cid, op, slba, n, plen)
                     s += 72
                     r._start = s
                     self.sqhd = (self.sqhd + 1) % limit
@@ -402,6 +409,8 @@ class TcpQpair(QueuePair):
                         return
                     if pdo != 72 or plen != 72 + n or end - s < plen:
                         return
+                    if traced:
+                        self._tr_fast(cid, op, slba, n, plen)
                     req = Request(self, _FAST_SQE, cid, op, nsid)
                     req.data = memoryview(buf)[s + 72 : s + plen]
                     s += plen
@@ -426,6 +435,23 @@ class TcpQpair(QueuePair):
             if n_io:
                 self.target.stats["completed_nvme_io"] += n_io
 
+    def _tr_fast(self, cid: int, op: int, slba: int, n: int, plen: int) -> None:
+        """Tracepoints of a fast-path command: it is parsed and handed to the
+        bdev in one step (the timestamps differ by the recording only)."""
+        t, o = TRACE, self.tp_id
+        t.rec(_TP | _tr.REQ_PDU, o, cid, 0, plen, 4)
+        t.rec(_TP | _tr.REQ_NEW, o, cid, slba, n, op)
+        t.rec(_TP | _tr.REQ_SUBMIT, o, cid, slba, n)
+
+    def _tr_capsule(self, req: Request, pdu: P.Pdu) -> None:
+        sqe = req.sqe
+        lba = sqe.cdw10 | sqe.cdw11 << 32 if self.qid > 0 else 0
+        n = spec.unpack_sgl(sqe.dptr).length
+        TRACE.rec(
+            _TP | _tr.REQ_PDU, self.tp_id, req.cid, 0, len(pdu.hdr) + len(pdu.data or b""), pdu.type
+        )
+        TRACE.rec(_TP | _tr.REQ_NEW, self.tp_id, req.cid, lba, n, sqe.opcode)
+
     @property
     def fast_ok(self) -> bool:
         """The fast path applies: an I/O queue, no digests, no fused pair open."""
@@ -438,6 +464,7 @@ class TcpQpair(QueuePair):
             and self.fused_first is None
             and not self.closed
             and not ana.refuses_io(self.subsys, self.listener)
+            and (self.auth is None or self.auth.authenticated)
         )
 
     def fatal(self, fes: int, fei: int, msg: str, header: bytes = b"") -> None:
@@ -445,6 +472,10 @@ class TcpQpair(QueuePair):
         if self.want_close:
             return
         self.hlog.event(logging.WARNING, "fatal error (FES %#x, FEI %d): %s", fes, fei, msg)
+        st = self.target.stats
+        st["c2h_term_reqs"] += 1
+        if fes == P.FES_HDGST_ERROR:
+            st["hdgst_errors"] += 1
         self.out.append(P.encode_term_req(P.C2H_TERM_REQ, fes, fei, header))
         self.close_reason = msg
         self.want_close = True
@@ -469,6 +500,7 @@ class TcpQpair(QueuePair):
                 logging.INFO, "host terminated the connection (FES %#x FEI %d)", fes, fei
             )
             self.close_reason = "H2CTermReq"
+            self.target.stats["h2c_term_reqs"] += 1
             self.want_close = True
             self.wake()
 
@@ -496,6 +528,8 @@ class TcpQpair(QueuePair):
     def _capsule(self, pdu: P.Pdu) -> None:
         sqe = spec.unpack_sqe(pdu.hdr, 8)
         req = Request(self, sqe)
+        if TRACE.mask & G_NVMF_TCP:
+            self._tr_capsule(req, pdu)
         self._cur_hdr = pdu.hdr
         admitted = self.submit(req)  # queue depth, SQHD, CID uniqueness (core)
         self._cur_hdr = b""
@@ -520,6 +554,7 @@ class TcpQpair(QueuePair):
             if sgl.length > have - sgl.address:
                 return self.complete(req, spec.ST_DATA_SGL_LENGTH_INVALID)
             if not pdu.ddgst_ok:
+                self.target.stats["ddgst_errors"] += 1
                 return self.complete(req, spec.ST_TRANSIENT_TRANSPORT_ERROR)
             req.sgl_len = sgl.length
             if sgl.length and data is not None:
@@ -599,6 +634,7 @@ class TcpQpair(QueuePair):
             )
         assert pdu.data is not None
         if not pdu.ddgst_ok:
+            self.target.stats["ddgst_errors"] += 1
             req.data_err = True
         iov = req.iov
         if iov is not None:
@@ -610,6 +646,8 @@ class TcpQpair(QueuePair):
                 req.buf = self._get_buf(req.sgl_len)
             req.buf[datao : datao + datal] = pdu.data
         req.xfer_off = datao + datal
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_H2C, self.tp_id, req.cid, datao, datal)
         if req.xfer_off < req.sgl_len:
             return
         del self.ttags[ttag]
@@ -644,6 +682,8 @@ class TcpQpair(QueuePair):
 
     # ------------------------------------------------------------ output side
     def send_response(self, req: Request, status: int, result: int) -> None:
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_RESP, self.tp_id, req.cid, 0, 0, status)
         self.out_bytes += 24
         if not self.hdgst:
             self.out.append(
@@ -677,6 +717,8 @@ class TcpQpair(QueuePair):
             and self.opts.c2h_success
             and n > 0
         )
+        if TRACE.mask & G_NVMF_TCP:
+            TRACE.rec(_TP | _tr.REQ_DATA, self.tp_id, req.cid, 0, n, success)
         unit = self.c2h_unit
         if 0 < n <= unit and not (self.hdgst or self.ddgst or self.hpda):
             # the common case: one C2HData PDU, header packed here

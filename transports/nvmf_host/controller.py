@@ -24,7 +24,10 @@ from typing import Any
 
 from ...control.keyring import TlsPsk
 from ..nvmf import spec as S
+from ..nvmf.auth_host import AuthFailed
 from ..tls.psk import PskEntry, derive
+from . import auth
+from .auth import HostAuthConfig
 from .queue import (
     ST_ABORTED_BY_HOST,
     ST_HOST_PATH_ERROR,
@@ -384,12 +387,16 @@ class Controller:
         trtype: str = "tcp",
         host_traddr: str | None = None,
         psk: TlsPsk | None = None,
+        dhchap: HostAuthConfig | None = None,
     ) -> None:
         """``psk``: a configured TLS PSK (keyring); the queues then speak
-        TLS 1.3 with the PSK derived for (host NQN, subsystem NQN)."""
+        TLS 1.3 with the PSK derived for (host NQN, subsystem NQN).
+        ``dhchap``: DH-HMAC-CHAP secrets (auth.HostAuthConfig): every queue
+        authenticates after its Connect when the controller asks (AUTHREQ.ATR)
+        or a controller key is set (the host then authenticates the controller)."""
         self.trtype = trtype.lower()
-        if self.trtype not in ("tcp", "fc"):
-            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, FC)")
+        if self.trtype not in ("tcp", "fc", "rdma"):
+            raise ValueError(f"trtype {trtype!r} is not supported by this host (TCP, RDMA, FC)")
         self.host_traddr = host_traddr
         self.assoc_id = 0  # FC: the association of the admin queue
         self.traddr = traddr
@@ -418,6 +425,8 @@ class Controller:
         self._ka_stop = threading.Event()
         self._ka: threading.Thread | None = None
         self.last_error: str = ""
+        self.dhchap = dhchap
+        self.auth_result: dict[int, tuple[str, str]] = {}  # qid -> (digest, dhgroup)
 
     # ------------------------------------------------------ connect
     def _open_queue(self, qid: int, qsize: int) -> BlockingQueue:
@@ -440,6 +449,18 @@ class Controller:
             if qid == 0:
                 self.assoc_id = bq.q.assoc_id
             return bq
+        if self.trtype == "rdma":
+            from .rdma_verbs import RdmaBlockingQueue
+
+            return RdmaBlockingQueue(
+                self.traddr,
+                self.trsvcid,
+                qid,
+                qsize,
+                self.timeout,
+                cntlid=self.cntlid if qid else 0,
+                icd_cap=min(self.icd_max, 8192) if qid else 0,
+            )
         return BlockingQueue(
             self.traddr, self.trsvcid, qid, qsize, self.hdgst, self.ddgst, self.timeout, self.tls
         )
@@ -448,15 +469,14 @@ class Controller:
         a = self._open_queue(0, 32)
         self.admin = a
         try:
-            self.cntlid = (
-                a.execute(
-                    lambda cb: a.q.connect(
-                        self.subnqn, self.hostnqn, self.hostid, 0xFFFF, self.kato_ms, cb
-                    ),
-                    "Connect",
-                )
-                & 0xFFFF
+            res = a.execute(
+                lambda cb: a.q.connect(
+                    self.subnqn, self.hostnqn, self.hostid, 0xFFFF, self.kato_ms, cb
+                ),
+                "Connect",
             )
+            self.cntlid = res & 0xFFFF
+            self._maybe_authenticate(a, res)
             self.cap = self.property_get(S.PROP_CAP, True)
             self.vs = self.property_get(S.PROP_VS)
             if enable:
@@ -497,15 +517,43 @@ class Controller:
         qs = min(qsize or self.io_queue_size, self.mqes)
         bq = self._open_queue(qid, qs)
         try:
-            bq.execute(
+            res = bq.execute(
                 lambda cb: bq.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, cb),
                 f"Connect I/O queue {qid}",
             )
+            self._maybe_authenticate(bq, res)
         except BaseException:
             bq.close()
             raise
         bq.q.icd_max = self.icd_max
         return bq
+
+    def _maybe_authenticate(self, bq: BlockingQueue, connect_result: int) -> None:
+        need = auth.required(connect_result)
+        if self.dhchap is None:
+            if need:
+                raise AuthFailed("the controller requires DH-HMAC-CHAP and no key was given")
+            return
+        if need or self.dhchap.ctrl_key is not None:
+            self.authenticate(bq)
+
+    def authenticate(self, bq: BlockingQueue | None = None) -> tuple[str, str]:
+        """One DH-HMAC-CHAP transaction on ``bq`` (default: the admin queue;
+        called again it is a re-authentication). Returns (digest, DH group);
+        raises AuthFailed when refused."""
+        if self.dhchap is None:
+            raise AuthFailed("no DH-HMAC-CHAP key configured", by_controller=False)
+        bq = bq or self._admin()
+        ha = self.dhchap.transaction(self.hostnqn, self.subnqn)
+        box: list[BaseException | None] = []
+        with bq.lock:
+            auth.drive(bq.q, ha, box.append)
+            bq._run(lambda: bool(box), time.monotonic() + bq.timeout, "DH-HMAC-CHAP")
+        if box[0] is not None:
+            raise box[0]
+        got = (ha.digest, ha.dhgroup_name)
+        self.auth_result[bq.q.qid] = got
+        return got
 
     def create_io_queues(self, n: int) -> None:
         if n <= 0:
@@ -870,9 +918,14 @@ class LoopQueue:
         timeout: float = 10.0,
         fc: tuple[str, int] | None = None,
         tls: PskEntry | None = None,
+        dhchap: HostAuthConfig | None = None,
     ) -> None:
         """``fc``: (host port traddr, association id): an FC-NVMe I/O queue over
-        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``)."""
+        the loopback FC LLD (``traddr`` is the target port ``nn-0x..:pn-0x..``).
+        ``dhchap``: the queue authenticates (DH-HMAC-CHAP) after its Connect
+        when the controller asks or a controller key is set; ``on_ready`` runs
+        after that."""
+        self.dhchap = dhchap
         from ...runtime.loop import EPOLLOUT
 
         self.loop = loop
@@ -953,16 +1006,38 @@ class LoopQueue:
             self._flush()
 
     def _after_ic(self) -> None:
-        def done(_r: Request, status: int, _res: int) -> None:
+        def ready() -> None:
+            self.q.icd_max = self.icd_max
+            self.ready = True
+            self._timer.cancel()
+            self.on_ready()
+
+        def authenticated(err: BaseException | None) -> None:
+            if err is not None:
+                self._fail(f"I/O queue {self.q.qid}: DH-HMAC-CHAP: {err}")
+            elif not self.closed:
+                ready()
+
+        def done(_r: Request, status: int, res: int) -> None:
             if status:
                 from .queue import status_str
 
                 self._fail(f"Connect I/O queue {self.q.qid} failed: {status_str(status)}")
                 return
-            self.q.icd_max = self.icd_max
-            self.ready = True
-            self._timer.cancel()
-            self.on_ready()
+            try:
+                need = auth.required(res)
+            except AuthFailed as e:
+                return self._fail(str(e))
+            cfg = self.dhchap
+            if cfg is None:
+                if need:
+                    self._fail(f"I/O queue {self.q.qid}: the controller requires DH-HMAC-CHAP")
+                else:
+                    ready()
+                return
+            if not need and cfg.ctrl_key is None:
+                return ready()
+            auth.drive(self.q, cfg.transaction(self.hostnqn, self.subnqn), authenticated)
 
         self.q.connect(self.subnqn, self.hostnqn, self.hostid, self.cntlid, 0, done)
 

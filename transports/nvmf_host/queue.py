@@ -109,7 +109,9 @@ Completion = Callable[["Request", int, int], Any]  # (req, status, result)
 class Request:
     """One command slot; preallocated per CID and reused."""
 
-    __slots__ = ("cid", "opcode", "cb", "rbuf", "wbuf", "xfer", "t0", "ctx", "hdr", "busy", "bad")
+    __slots__ = (
+        "cid", "opcode", "cb", "rbuf", "wbuf", "xfer", "t0", "ctx", "hdr", "busy", "bad", "short_ok",
+    )  # fmt: skip
 
     def __init__(self, cid: int) -> None:
         self.cid = cid
@@ -123,6 +125,7 @@ class Request:
         self.hdr = bytearray(72)  # CapsuleCmd CH + SQE, packed in place
         self.busy = False
         self.bad = False  # a C2HData PDU of this command failed its data digest
+        self.short_ok = False  # less data than the buffer is a success (Authentication Receive)
 
 
 _CAP_CH = struct.Struct("<BBBBI")
@@ -242,6 +245,7 @@ class HostQueue:
         r.rbuf = None
         r.wbuf = None
         r.bad = False
+        r.short_ok = False
         self.outstanding += 1
         return r
 
@@ -476,6 +480,25 @@ class HostQueue:
         struct.pack_into("<B3xIQ", sqe, 40, 1 if size8 else 0, offset, value)
         return self.submit_sqe(bytes(sqe), cb)
 
+    def auth_send(self, payload: bytes, cb: Completion | None = None) -> Request:
+        """Authentication Send (fabrics 05h, SECP E9h, SPSP 01h/01h): one
+        DH-HMAC-CHAP message (auth_host.HostAuth), in the capsule when it fits."""
+        sqe = bytearray(64)
+        sqe[0] = S.FABRICS_OPCODE
+        sqe[4] = S.FCTYPE_AUTH_SEND
+        struct.pack_into("<xBBBI", sqe, 40, 0x01, 0x01, 0xE9, len(payload))
+        return self.submit_sqe(bytes(sqe), cb, None, write_from=payload)
+
+    def auth_recv(self, into: bytearray, cb: Completion | None = None) -> Request:
+        """Authentication Receive of ``len(into)`` bytes (the allocation length)."""
+        sqe = bytearray(64)
+        sqe[0] = S.FABRICS_OPCODE
+        sqe[4] = S.FCTYPE_AUTH_RECV
+        struct.pack_into("<xBBBI", sqe, 40, 0x01, 0x01, 0xE9, len(into))
+        r = self.submit_sqe(bytes(sqe), cb, None, read_into=into)
+        r.short_ok = True  # the message may be shorter; r.xfer says how long
+        return r
+
     # ------------------------------------------------------ receive side
     def recv_buffer(self) -> memoryview:
         """Writable view to ``recv_into``; then call ``received(n)``."""
@@ -564,7 +587,8 @@ class HostQueue:
                     s += plen
                     r._start = s
                     if fl & _SUCCESS:
-                        self._complete(req, 0 if req.xfer == len(dst) else _ST_XFER, 0)
+                        ok = req.xfer == len(dst) or req.short_ok
+                        self._complete(req, 0 if ok else _ST_XFER, 0)
                         done += 1
                 elif t == _CAPSULE_RESP:
                     if fl or hl != 24 or pdo or plen != 24:
@@ -580,7 +604,8 @@ class HostQueue:
                         if req.bad:
                             status = S.ST_TRANSIENT_TRANSPORT_ERROR
                         elif req.rbuf is not None and req.xfer != len(req.rbuf):
-                            status = _ST_XFER  # success with data missing
+                            if not req.short_ok:
+                                status = _ST_XFER  # success with data missing
                     self._complete(req, status, result)
                     done += 1
                 else:
@@ -623,7 +648,7 @@ class HostQueue:
         if status == 0:
             if r.bad:
                 status = S.ST_TRANSIENT_TRANSPORT_ERROR
-            elif r.rbuf is not None and r.xfer != len(r.rbuf):
+            elif r.rbuf is not None and r.xfer != len(r.rbuf) and not r.short_ok:
                 status = S.ST_DATA_TRANSFER_ERROR  # success with data missing
         self._complete(r, status, result)
         return 1
@@ -657,7 +682,7 @@ class HostQueue:
                 )
             if r.bad:
                 st = S.ST_TRANSIENT_TRANSPORT_ERROR
-            elif r.xfer != len(dst):
+            elif r.xfer != len(dst) and not r.short_ok:
                 st = S.ST_DATA_TRANSFER_ERROR
             else:
                 st = 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
+from ...shm import trace as _tr
+from ...shm.trace import G_SCSI, TRACE
 from . import cdb as C
 from . import inquiry, spc
 from .lun import Done, ScsiLun
@@ -42,6 +44,7 @@ class ScsiDevice:
         # called with (initiator_port, target_port) when PREEMPT AND ABORT must
         # abort a nexus' tasks on other reactors; local LUNs are handled here
         self.on_abort_nexus: Callable[[Nexus], None] | None = None
+        self.tp_id = _tr.new_object_id()  # this device in the trace
 
     # ------------------------------------------------------------- LUNs
     def add_lun(self, lun: ScsiLun) -> None:
@@ -155,7 +158,23 @@ class ScsiDevice:
             return None
         return lun
 
+    def _tr_task(self, task: ScsiTask, done: Done) -> Done:
+        """Tracepoints of one task (scsi group, called only while it is on)."""
+        obj = self.tp_id
+        tag = task.tag & 0xFFFFFFFF
+        op = task.cdb[0] if task.cdb else 0
+        TRACE.rec(_tr.TP_SCSI_TASK, obj, tag, task.lun, task.expected_transfer_length, op)
+
+        def traced(t: ScsiTask) -> None:
+            if TRACE.mask & G_SCSI:
+                TRACE.rec(_tr.TP_SCSI_DONE, obj, tag, 0, 0, int(t.status))
+            done(t)
+
+        return traced
+
     def execute(self, task: ScsiTask, done: Done) -> None:
+        if TRACE.mask & G_SCSI:
+            done = self._tr_task(task, done)
         self._see((task.initiator_port, task.target_port))
         lun = self.luns.get(task.lun)
         if lun is not None:

@@ -38,6 +38,11 @@ CORE = (
     "reservation_io",
     "reservation_sup",
     "reservation_ptpl",
+    "auth",
+    "auth_msg",
+    "auth_crypto",
+    "auth_config",
+    "auth_host",
 )
 # shared helpers a core file may import besides other core files
 ALLOWED_OUTSIDE = (
