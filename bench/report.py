@@ -433,6 +433,10 @@ STANDALONE = (
     ("tls", "NVMe/TCP with TLS 1.3: cost against plain TCP (same run)"),
     ("trace", "Tracing: cost on the NVMe/TCP data path"),
     ("metrics", "Observability: cost of a metrics scrape every second"),
+    ("auth", "DH-HMAC-CHAP: cost of in-band authentication (same run)"),
+    ("rdma", "NVMe/RDMA target: blockfabric vs the kernel's nvmet-rdma (QEMU guest, Soft-RoCE)"),
+    ("rdma_host", "NVMe/RDMA host: blockfabric perf vs the kernel's nvme-rdma host (same target)"),
+    ("multipath", "NVMe-oF multipath: the longest I/O stall the Linux host saw during failover"),
 )
 
 
