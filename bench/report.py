@@ -424,6 +424,7 @@ def _disturbed_warning(results: dict[str, Any]) -> list[str]:
 # Benchmarks run on their own (not by `python -m bench`) keep their latest
 # table in bench/results/NAME.md; BENCHMARKS.md carries each of them as a section.
 STANDALONE = (
+    ("cload", "NVMe/TCP under a C load generator (per-command submission, same run)"),
     ("attacks", "Hostile hosts: a well-behaved host next to each attack"),
     ("recovery", "Recovery after a reactor kill"),
     ("rbd", "Ceph RBD: blockfabric NVMe/TCP on an RBD image vs `rbd bench` (same run)"),

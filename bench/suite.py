@@ -663,6 +663,10 @@ def merge_previous(results: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--only", "cload"]:  # NVMe/TCP under a C load generator: bench/cload.py
+        from . import cload
+
+        return cload.main(argv[2:])
     if argv[:2] == ["--only", "rdma"]:  # the RDMA row runs in a QEMU guest: bench/rdma.py
         from . import rdma
 

@@ -43,7 +43,7 @@ if [ "$what" = pyverbs-link ]; then pyverbs_link "${2:-.venv}"; exit 0; fi
 need=""
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 pkgs="python3-venv"
-[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils tmux chromium"
+[ "$what" = all ] && pkgs="$pkgs libiscsi-bin tgt iperf3 procps iproute2 rdma-core ibverbs-providers python3-pyverbs rdmacm-utils tmux chromium gcc libc6-dev"
 ceph_pkgs="ceph-mon ceph-osd ceph-common python3-rados python3-rbd"
 { [ "$what" = all ] || [ "$what" = rbd ]; } && pkgs="$pkgs $ceph_pkgs"
 for p in $pkgs; do have "$p" || need="$need $p"; done

@@ -50,6 +50,12 @@ LAYERS: tuple[tuple[str, int], ...] = (
     # NVMe/RDMA wire codec and the pyverbs C-level helpers: the RDMA host in
     # nvmf_host is built on them, like pdu.py
     ("blockfabric.transports.nvmf.rdma_proto", 3),
+    # DH-HMAC-CHAP: the message codec, the key transformations and the host's
+    # state machine are pure (hashlib, cryptography's DH); the host library
+    # and bdev_nvme authenticate with them
+    ("blockfabric.transports.nvmf.auth_msg", 3),
+    ("blockfabric.transports.nvmf.auth_crypto", 3),
+    ("blockfabric.transports.nvmf.auth_host", 3),
     ("blockfabric.transports.nvmf.rdma_pyverbs", 3),
     ("blockfabric.transports.nvmf.fc_iu", 3),
     ("blockfabric.transports.nvmf.fc_ls", 3),

@@ -209,10 +209,9 @@ class NvmfState:
                 out.extend(ana.saved_calls(nqn, li))
             psks = ss.get("host_psks") or {}
             for h in ss["hosts"]:
-                hp: dict[str, Any] = {"nqn": nqn, "host": h}
+                hp: dict[str, Any] = {"nqn": nqn, "host": h, **auth_config.host_params(ss, h)}
                 if h in psks:
                     hp["psk"] = psks[h]  # the key's name: keyring_file_add_key loads it
-                hp = {"nqn": nqn, "host": h, **auth_config.host_params(ss, h)}
                 out.append({"method": "nvmf_subsystem_add_host", "params": hp})
             for nsid, ns in sorted(ss["namespaces"].items()):
                 nsp: dict[str, Any] = {"nsid": nsid, "bdev_name": ns["bdev_name"]}
