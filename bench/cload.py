@@ -5,8 +5,8 @@ command, as the Linux and SPDK hosts do) it is at ~98 % of its core before the
 target is (the profile of the main suite shows the reactor mostly spinning).
 bench/nvmf_loadgen.c is a small NVMe/TCP host in C that submits the same way
 (one admin and one I/O queue, each command PDU sent on its own as soon as its
-slot frees, reads by C2HData, writes with in-capsule data), built here with
-`cc -O2`. It drives one blockfabric target (one reactor on --cpus-target, the
+slot frees, reads by C2HData, writes with in-capsule data; it busy-polls its
+socket, like `perf --busy-poll` in the main suite), built here with `cc -O2`. It drives one blockfabric target (one reactor on --cpus-target, the
 loader on --cpus-load) through the issue-15 workloads:
 
 - busy: the reactor busy-polls (the default of the main suite), IOPS and mean
@@ -100,7 +100,7 @@ def one(
     exe: Path, port: int, wl: tuple[Any, ...], dur: float, a: argparse.Namespace, pids: list[int]
 ) -> dict[str, Any]:
     _key, _label, rw, size, qd, _tgt = wl
-    cmd = [str(exe), "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "-q", str(qd)]
+    cmd = [str(exe), "-a", "127.0.0.1", "-s", str(port), "-n", NQN, "-q", str(qd), "-p"]
     cmd += ["-o", str(size), "-w", rw, "-t", f"{dur:g}", "-l", "512", "-N", str(256 * 2048)]
     meter = Meter(pids, a.target_cpus + a.load_cpus)
     p = run_pinned(cmd, a.load_cpus, dur + 60)
@@ -175,7 +175,8 @@ def markdown(res: dict[str, Any]) -> str:
         "# blockfabric NVMe/TCP under a C load generator (per-command submission)",
         "",
         f"One run ({m['started']}), `{m['argv']}`: bench/nvmf_loadgen.c (C, one I/O queue, each "
-        f"command PDU sent on its own as its slot frees, like the Linux and SPDK hosts) pinned to "
+        f"command PDU sent on its own as its slot frees, like the Linux and SPDK hosts; busy-polling "
+        f"its socket) pinned to "
         f"CPU {m['cpus_load']}; blockfabric with one reactor on CPU {m['cpus_target']}, 256 MiB "
         f"malloc bdev, 512-byte blocks. busy: busy-polling reactor, {m['reps']} runs of "
         f"{m['duration_s']:g} s, median. blocking: a reactor that sleeps in epoll when idle, one "

@@ -10,7 +10,7 @@
  * digests, no R2T, no TLS.  Prints one line of key=value results.
  *
  *   nvmf_loadgen -a 127.0.0.1 -s 4420 -n NQN -q 32 -o 4096 -w randread -t 5
- *                [-l 512] [-N nblocks] [-H hostnqn]
+ *                [-l 512] [-N nblocks] [-H hostnqn] [-p: busy-poll the socket]
  *
  * Built by bench/cload.py with `cc -O2`; not part of the package. */
 #define _GNU_SOURCE
@@ -121,7 +121,7 @@ static void admin_resp(int fd, uint8_t *cqe) {
 }
 
 static uint16_t fabrics_connect(int fd, const char *subnqn, const char *hostnqn, uint16_t qid,
-                                uint16_t sqsize, uint16_t cntlid) {
+                                uint16_t sqsize, uint16_t cntlid, uint8_t cattr) {
     uint8_t sqe[64] = {0}, data[1024] = {0}, cqe[16];
     sqe[0] = 0x7F;
     sqe[1] = 0x40; /* SGL */
@@ -131,6 +131,7 @@ static uint16_t fabrics_connect(int fd, const char *subnqn, const char *hostnqn,
     sqe[24 + 15] = 0x01; /* data block, offset subtype: in-capsule */
     put16(sqe + 42, qid);
     put16(sqe + 44, sqsize);
+    sqe[46] = cattr;
     put32(sqe + 48, qid ? 0 : 120000); /* KATO on the admin queue */
     for (int i = 0; i < 16; i++) data[i] = (uint8_t)(0xB0 + i);
     put16(data + 16, cntlid);
@@ -169,8 +170,8 @@ int main(int argc, char **argv) {
     int port = 4420, qd = 32, io = 4096, lba = 512;
     double secs = 5;
     uint64_t nblocks = 256ull * 2048;
-    int c;
-    while ((c = getopt(argc, argv, "a:s:n:q:o:w:t:l:N:H:")) != -1) {
+    int c, busy = 0;
+    while ((c = getopt(argc, argv, "a:s:n:q:o:w:t:l:N:H:p")) != -1) {
         switch (c) {
         case 'a': addr = optarg; break;
         case 's': port = atoi(optarg); break;
@@ -182,6 +183,7 @@ int main(int argc, char **argv) {
         case 'l': lba = atoi(optarg); break;
         case 'N': nblocks = strtoull(optarg, NULL, 0); break;
         case 'H': hostnqn = optarg; break;
+        case 'p': busy = 1; break; /* busy-poll the socket (like perf --busy-poll) */
         default: fprintf(stderr, "usage: see the file's comment\n"); return 2;
         }
     }
@@ -194,11 +196,15 @@ int main(int argc, char **argv) {
     uint64_t span = nblocks / nlb; /* I/O-sized units */
 
     int afd = dial(addr, port);
-    uint16_t cntlid = fabrics_connect(afd, nqn, hostnqn, 0, 31, 0xFFFF);
+    uint16_t cntlid = fabrics_connect(afd, nqn, hostnqn, 0, 31, 0xFFFF, 0);
     prop(afd, 1, 0x14, 0x00460001); /* CC: EN, IOSQES 6, IOCQES 4 */
     for (int i = 0; i < 1000 && !(prop(afd, 0, 0x1C, 0) & 1); i++) usleep(1000);
     int fd = dial(addr, port);
-    fabrics_connect(fd, nqn, hostnqn, 1, (uint16_t)(2 * qd), cntlid);
+    /* 2 x QD entries, at most 128 (the target's default max queue depth);
+     * with QD + 1 > 128 the SQ-full rule would cap QD: SQ flow control off */
+    int entries = 2 * qd > 128 ? 128 : 2 * qd;
+    fabrics_connect(fd, nqn, hostnqn, 1, (uint16_t)(entries - 1), cntlid,
+                    qd + 1 > entries ? 0x04 : 0);
 
     uint8_t *wdata = malloc((size_t)io);
     memset(wdata, 0xA5, (size_t)io);
@@ -248,9 +254,9 @@ int main(int argc, char **argv) {
             have -= off;
             off = 0;
         }
-        ssize_t k = recv(fd, buf + have, cap - have, 0);
+        ssize_t k = recv(fd, buf + have, cap - have, busy ? MSG_DONTWAIT : 0);
         if (k <= 0) {
-            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
             die("recv (connection closed?)");
         }
         have += (size_t)k;
