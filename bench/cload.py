@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from .systems import (
-    CLEANUPS,
     NQN,
     BenchError,
     BlockfabricTarget,
@@ -39,6 +37,7 @@ from .systems import (
     Recorder,
     parse_cpus,
     run_pinned,
+    run_standalone,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,18 +221,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    try:
-        res = run(a)
-    finally:
-        for stop in reversed(list(CLEANUPS)):
-            stop()
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "cload.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (a.out / "cload.md").write_text(md)
-    print(md)
-    return 0
+    return run_standalone("cload", parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -38,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from .systems import (
-    CLEANUPS,
     BlockfabricTarget,
     Recorder,
     Workload,
     free_port,
     parse_cpus,
     run_bf_perf,
+    run_standalone,
 )
 
 # both targets share the CPU: an idle one must block in epoll, not spin
@@ -266,18 +265,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    try:
-        res = run(a)
-    finally:
-        for stop in reversed(list(CLEANUPS)):
-            stop()
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "metrics.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (a.out / "metrics.md").write_text(md)
-    print(md)
-    return 0
+    return run_standalone("metrics", parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import sys
@@ -27,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .systems import (
-    CLEANUPS,
     BlockfabricTarget,
     Recorder,
     Workload,
     free_port,
     parse_cpus,
     run_bf_perf,
+    run_standalone,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,18 +180,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parse_args(argv)
-    try:
-        res = run(a)
-    finally:
-        for stop in reversed(list(CLEANUPS)):
-            stop()
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "resv.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (a.out / "resv.md").write_text(md)
-    print(md)
-    return 0
+    return run_standalone("resv", parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":

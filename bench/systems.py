@@ -931,3 +931,26 @@ def top_self(raw: str, n: int = 10) -> tuple[int, list[dict[str, Any]]]:
         {"function": f, "samples": c, "self_pct": round(100.0 * c / max(total, 1), 1)}
         for f, c in top
     ]
+
+
+def run_standalone(
+    name: str,
+    a: Any,
+    run: Callable[[Any], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> int:
+    """The main of a standalone bench module (`python -m bench --only NAME`):
+    run it, stop whatever it started even when it fails, write
+    ``a.out``/NAME.json and NAME.md (BENCHMARKS.md includes the .md) and print
+    the table."""
+    try:
+        res = run(a)
+    finally:
+        for stop in reversed(list(CLEANUPS)):
+            stop()
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = markdown(res)
+    (a.out / f"{name}.md").write_text(md)
+    print(md)
+    return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -41,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from .systems import (
-    CLEANUPS,
     BlockfabricTarget,
     Recorder,
     Workload,
     free_port,
     parse_cpus,
     run_bf_perf,
+    run_standalone,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,18 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--percmd-child"]:
         percmd_child(argv[1], int(argv[2]), argv[3])
         return 0
-    a = parse_args(argv)
-    try:
-        res = run(a)
-    finally:
-        for stop in reversed(list(CLEANUPS)):
-            stop()
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "trace.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (a.out / "trace.md").write_text(md)
-    print(md)
-    return 0
+    return run_standalone("trace", parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":
