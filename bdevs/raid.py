@@ -229,6 +229,14 @@ class RaidChannel(IoChannel):
             )
         return ok
 
+    def _gone(self, i: int, why: IoStatus) -> bool:
+        """raid1, after member i failed an I/O: True when the I/O may go to
+        another member, i.e. i is failed now, by this failure or by an earlier
+        one (another I/O in flight to it, or another reactor, may have failed
+        it first: `_fail` then returns False, but the copy on the others is
+        good). False only while i is the last online copy."""
+        return self._fail(i, why) or i not in self._online()
+
     # ----------------------------------------------------------- locking
     def _locked(self, start: int, n: int, go: Callable[[Callable[[], None]], None]) -> None:
         if n <= 0:
@@ -376,7 +384,7 @@ class RaidChannel(IoChannel):
             return
 
         def done(st: IoStatus, data: memoryview | None) -> None:
-            if st in (IoStatus.FAILED, IoStatus.REMOVED) and self._fail(s, st):
+            if st in (IoStatus.FAILED, IoStatus.REMOVED) and self._gone(s, st):
                 self._read1(lba, n, cb, into)  # another member (bounded: one fewer online)
                 return
             cb(st, data)
@@ -393,7 +401,7 @@ class RaidChannel(IoChannel):
                 return
 
             def done1(st: IoStatus, diff: int) -> None:
-                if st in (IoStatus.FAILED, IoStatus.REMOVED) and self._fail(s, st):
+                if st in (IoStatus.FAILED, IoStatus.REMOVED) and self._gone(s, st):
                     self._do_compare(offset_blocks, data, cb)
                     return
                 cb(st, diff)
